@@ -1,0 +1,199 @@
+//! The data file's I/O path: one async interface, two implementations.
+//!
+//! [`Backend::Uring`] drives an io_uring from a dedicated thread;
+//! [`Backend::Sync`] runs `pread`/`pwrite` on a small thread pool, for hosts
+//! where `io_uring_setup` is refused (Docker's default seccomp profile, old
+//! kernels). Both take ownership of an [`AlignedBuf`] for the duration of the
+//! operation, so a caller that stops waiting (a cancelled future) can never
+//! leave the kernel writing into freed memory.
+
+mod aligned;
+mod sync;
+mod uring;
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::str::FromStr;
+
+pub use aligned::AlignedBuf;
+
+/// Which I/O backend a pool uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// io_uring when the kernel allows it, otherwise the thread pool (logged once).
+    #[default]
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// The pread/pwrite thread pool.
+    Sync,
+}
+
+impl FromStr for IoMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(IoMode::Auto),
+            "uring" | "io_uring" | "io-uring" => Ok(IoMode::Uring),
+            "sync" | "threads" => Ok(IoMode::Sync),
+            _ => Err(format!("unknown I/O mode {s:?}: expected auto, uring or sync")),
+        }
+    }
+}
+
+impl fmt::Display for IoMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IoMode::Auto => "auto",
+            IoMode::Uring => "uring",
+            IoMode::Sync => "sync",
+        })
+    }
+}
+
+/// A started I/O backend bound to one file.
+pub enum Backend {
+    Uring(uring::UringIo),
+    Sync(sync::SyncIo),
+}
+
+impl Backend {
+    /// Starts the backend `mode` asks for on `file`.
+    pub fn start(file: File, mode: IoMode) -> io::Result<Backend> {
+        match mode {
+            IoMode::Sync => Ok(Backend::Sync(sync::SyncIo::start(file)?)),
+            IoMode::Uring => Ok(Backend::Uring(uring::UringIo::start(file)?)),
+            IoMode::Auto => {
+                let fallback = file.try_clone()?;
+                match uring::UringIo::start(file) {
+                    Ok(io) => Ok(Backend::Uring(io)),
+                    Err(e) => {
+                        tracing::warn!(
+                            "io_uring unavailable ({e}); using the pread/pwrite thread pool"
+                        );
+                        Ok(Backend::Sync(sync::SyncIo::start(fallback)?))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The backend in use, for logs and stats.
+    pub fn mode(&self) -> IoMode {
+        match self {
+            Backend::Uring(_) => IoMode::Uring,
+            Backend::Sync(_) => IoMode::Sync,
+        }
+    }
+
+    /// Fills `buf` from `offset`. The buffer comes back whatever the outcome.
+    pub async fn read(&self, offset: u64, buf: AlignedBuf) -> (AlignedBuf, io::Result<()>) {
+        self.submit(Op::Read, offset, buf).await
+    }
+
+    /// Writes all of `buf` at `offset`.
+    pub async fn write(&self, offset: u64, buf: AlignedBuf) -> (AlignedBuf, io::Result<()>) {
+        self.submit(Op::Write, offset, buf).await
+    }
+
+    /// `fdatasync` of the file.
+    pub async fn sync_data(&self) -> io::Result<()> {
+        self.submit(Op::SyncData, 0, AlignedBuf::new(0)).await.1
+    }
+
+    async fn submit(&self, op: Op, offset: u64, buf: AlignedBuf) -> (AlignedBuf, io::Result<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let request = Request { op, offset, buf, done: 0, reply: tx };
+        let sent = match self {
+            Backend::Uring(u) => u.send(request),
+            Backend::Sync(s) => s.send(request),
+        };
+        if let Err(request) = sent {
+            return (request.buf, Err(io::Error::other("I/O backend has stopped")));
+        }
+        match rx.await {
+            Ok(reply) => reply,
+            // The worker dropped the request without answering: it only does
+            // that while shutting down, and the buffer went with it.
+            Err(_) => (AlignedBuf::new(0), Err(io::Error::other("I/O backend has stopped"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+    SyncData,
+}
+
+/// One operation travelling to a worker and back.
+struct Request {
+    op: Op,
+    offset: u64,
+    buf: AlignedBuf,
+    /// Bytes already transferred (short reads/writes are resumed).
+    done: usize,
+    reply: tokio::sync::oneshot::Sender<(AlignedBuf, io::Result<()>)>,
+}
+
+impl Request {
+    fn finish(self, result: io::Result<()>) {
+        // The caller may have gone away; the buffer is dropped here then.
+        let _ = self.reply.send((self.buf, result));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    fn roundtrip(mode: IoMode) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .unwrap();
+        file.set_len(1 << 20).unwrap();
+        let io = Backend::start(file, mode).unwrap();
+        assert_eq!(io.mode(), mode);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let mut buf = AlignedBuf::new(8192);
+            buf.fill(0x5a);
+            let (_, r) = io.write(4096, buf).await;
+            r.unwrap();
+            io.sync_data().await.unwrap();
+            let (buf, r) = io.read(4096, AlignedBuf::new(8192)).await;
+            r.unwrap();
+            assert!(buf.iter().all(|&b| b == 0x5a));
+            let (buf, r) = io.read(0, AlignedBuf::new(4096)).await;
+            r.unwrap();
+            assert!(buf.iter().all(|&b| b == 0));
+        });
+    }
+
+    #[test]
+    fn uring_roundtrip() {
+        roundtrip(IoMode::Uring);
+    }
+
+    #[test]
+    fn sync_roundtrip() {
+        roundtrip(IoMode::Sync);
+    }
+
+    #[test]
+    fn parses_modes() {
+        assert_eq!("sync".parse::<IoMode>().unwrap(), IoMode::Sync);
+        assert_eq!("io_uring".parse::<IoMode>().unwrap(), IoMode::Uring);
+        assert!("fast".parse::<IoMode>().is_err());
+    }
+}

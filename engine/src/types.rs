@@ -1,0 +1,90 @@
+//! Plain data types of the engine's public API.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::io::IoMode;
+
+/// How to open a pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Directory holding `pool.data` and `meta/` (created if missing).
+    pub root: PathBuf,
+    /// Cap on the data file size in bytes; writes that need more space fail
+    /// with [`crate::Error::NoSpace`]. `None` = limited by the filesystem.
+    pub max_size: Option<u64>,
+    /// I/O backend selection.
+    pub io: IoMode,
+}
+
+impl PoolConfig {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        PoolConfig { root: root.into(), max_size: None, io: IoMode::Auto }
+    }
+}
+
+/// A volume as reported by list/inspect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Bytes of pool space held by this volume's own layers (head and
+    /// snapshots; a clone's origin is counted with the origin volume).
+    pub allocated: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// `VOL@SNAP` this volume was cloned from, if any.
+    pub origin: Option<String>,
+    /// Snapshots, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// A snapshot as reported by list/inspect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub volume: String,
+    pub name: String,
+    /// Volume size when the snapshot was taken.
+    pub size: u64,
+    /// Bytes of pool space held by this snapshot's own layer.
+    pub allocated: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// Number of volumes cloned from this snapshot.
+    pub clones: u32,
+}
+
+/// Pool-wide space accounting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStats {
+    /// Bytes of blocks referenced by any layer.
+    pub used: u64,
+    /// Current size of the data file.
+    pub file_size: u64,
+    /// The configured cap, if any.
+    pub max_size: Option<u64>,
+    /// The I/O backend actually in use.
+    pub io: String,
+}
+
+/// What a range of a volume holds, for allocation queries (NBD block status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockState {
+    /// Mapped to pool blocks.
+    Data,
+    /// Explicitly zeroed (trim / write-zeroes over older data): reads as
+    /// zeros, holds no pool space.
+    Zero,
+    /// Never written anywhere in the chain: reads as zeros.
+    Hole,
+}
+
+/// A run of bytes with one [`BlockState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+    pub state: BlockState,
+}
