@@ -1,1 +1,40 @@
+//! ballast-nbd: the NBD front end of ballast.
+//!
+//! A modern NBD server on tokio: fixed-newstyle handshake with
+//! NBD_OPT_GO/INFO/LIST/EXPORT_NAME/ABORT, structured replies,
+//! `base:allocation` block status, FLUSH, FUA, TRIM, WRITE_ZEROES (with
+//! FAST_ZERO), CACHE, multi-connection, pipelined requests answered out of
+//! order, over unix sockets and TCP.
+//!
+//! Exports come from an [`ExportProvider`]; [`EngineExports`] serves a
+//! ballast pool: export `VOL` is the volume read-write, `VOL@SNAP` that
+//! snapshot read-only.
+//!
+//! ```no_run
+//! # async fn run(pool: ballast_engine::Pool) -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use ballast_nbd::{serve_unix, EngineExports, Server};
+//! let server = Server::new(Arc::new(EngineExports::new(pool)));
+//! let listener = tokio::net::UnixListener::bind("/run/ballast/nbd.sock")?;
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! serve_unix(listener, server, shutdown).await
+//! # }
+//! ```
 
+mod engine;
+mod error;
+mod export;
+mod handshake;
+pub mod proto;
+mod reply;
+mod server;
+mod transmission;
+mod uri;
+pub mod wire;
+
+pub use engine::EngineExports;
+pub use error::ConnectionError;
+pub use export::{BlockDevice, Export, ExportProvider, IoFuture};
+pub use server::{serve_tcp, serve_unix, Server};
+pub use tokio_util::sync::CancellationToken;
+pub use uri::{tcp_uri, unix_uri};

@@ -1,0 +1,131 @@
+//! Listeners and per-connection driver.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::error::ConnectionError;
+use crate::export::ExportProvider;
+use crate::handshake::{self, Negotiated};
+use crate::transmission;
+
+const READ_BUFFER: usize = 256 * 1024;
+
+/// An NBD server over a set of exports; shared by all listeners.
+pub struct Server {
+    provider: Arc<dyn ExportProvider>,
+    next_connection: AtomicU64,
+}
+
+impl Server {
+    pub fn new(provider: Arc<dyn ExportProvider>) -> Arc<Server> {
+        Arc::new(Server { provider, next_connection: AtomicU64::new(1) })
+    }
+
+    /// Runs one client connection (handshake, then transmission) to its
+    /// end. When `shutdown` is cancelled the connection stops reading
+    /// requests, answers those in flight, and closes.
+    pub async fn serve_connection<S>(&self, stream: S, shutdown: &CancellationToken) -> Result<(), ConnectionError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (reader, writer) = tokio::io::split(stream);
+        self.run(reader, writer, shutdown).await
+    }
+
+    async fn run<R, W>(&self, reader: R, mut writer: W, shutdown: &CancellationToken) -> Result<(), ConnectionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+        match handshake::negotiate(&mut reader, &mut writer, self.provider.as_ref(), shutdown).await? {
+            Negotiated::Closed => Ok(()),
+            Negotiated::Transmission(session) => {
+                tracing::info!(export = %session.export.name, size = session.size, structured = session.structured, "client attached");
+                let result = transmission::serve(&mut reader, writer, session, shutdown).await;
+                tracing::info!("client detached");
+                result
+            }
+        }
+    }
+
+    fn spawn<R, W>(self: &Arc<Self>, tracker: &TaskTracker, reader: R, writer: W, peer: String, shutdown: &CancellationToken)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("nbd", conn = id, peer = %peer);
+        let server = self.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(
+            async move {
+                if let Err(err) = server.run(reader, writer, &shutdown).await {
+                    tracing::warn!(error = %err, "connection closed");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Accepts connections on a unix socket until `shutdown` is cancelled, then
+/// waits for every connection to finish its in-flight requests.
+pub async fn serve_unix(listener: UnixListener, server: Arc<Server>, shutdown: CancellationToken) -> std::io::Result<()> {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let (reader, writer) = stream.into_split();
+                server.spawn(&tracker, reader, writer, "unix".into(), &shutdown);
+            }
+            Err(err) => accept_failed(err).await,
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// Accepts TCP connections (with TCP_NODELAY) until `shutdown` is
+/// cancelled, then waits for every connection to finish.
+pub async fn serve_tcp(listener: TcpListener, server: Arc<Server>, shutdown: CancellationToken) -> std::io::Result<()> {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if let Err(err) = stream.set_nodelay(true) {
+                    tracing::warn!(error = %err, "cannot set TCP_NODELAY");
+                }
+                let (reader, writer) = stream.into_split();
+                server.spawn(&tracker, reader, writer, peer.to_string(), &shutdown);
+            }
+            Err(err) => accept_failed(err).await,
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// Accept errors (EMFILE, ECONNABORTED...) are transient: log and back off
+/// briefly instead of spinning or giving up.
+async fn accept_failed(err: std::io::Error) {
+    tracing::warn!(error = %err, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}

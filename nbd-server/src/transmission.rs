@@ -1,0 +1,315 @@
+//! The transmission phase: requests are read in order, each runs in its own
+//! task, and replies go out as they complete (out of order), serialized by
+//! a [`ReplyWriter`]. In-flight memory per connection is bounded by a
+//! semaphore over request buffer bytes.
+
+use std::sync::Arc;
+
+use ballast_engine::{BlockState, Extent};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ConnectionError;
+use crate::handshake::Session;
+use crate::proto::*;
+use crate::reply::{chunk_header, error_chunk, simple_reply, ReplyWriter, CHUNK_HEADER_LEN, SIMPLE_REPLY_LEN};
+use crate::wire::{decode_request_header, RequestHeader, REQUEST_HEADER_LEN};
+
+/// Buffer bytes all in-flight requests of one connection may hold. At
+/// least one maximum-size request always fits.
+const MAX_INFLIGHT_BYTES: u32 = 2 * MAX_BLOCK_SIZE + 64 * REQUEST_OVERHEAD;
+/// Accounted per request on top of its buffer, which bounds the number of
+/// in-flight requests too.
+const REQUEST_OVERHEAD: u32 = 4096;
+/// Most descriptors in one block-status reply; clients ask again for the rest.
+const MAX_STATUS_DESCRIPTORS: usize = 64 * 1024;
+/// Room in front of read data for a reply header, so data is read straight
+/// into the buffer that goes on the wire.
+const READ_PREFIX: usize = CHUNK_HEADER_LEN + 8;
+
+/// A request refused or failed, with a message for the client's user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub errno: NbdErrno,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(errno: NbdErrno, message: impl Into<String>) -> Self {
+        Failure { errno, message: message.into() }
+    }
+}
+
+impl From<ballast_engine::Error> for Failure {
+    fn from(err: ballast_engine::Error) -> Self {
+        Failure::new(NbdErrno::from_engine(&err), err.to_string())
+    }
+}
+
+enum Reply {
+    Ack,
+    /// Read data at `READ_PREFIX..` of the buffer.
+    Data(Vec<u8>),
+    /// A block-status chunk payload.
+    Status(Vec<u8>),
+}
+
+struct Connection<W> {
+    writer: ReplyWriter<W>,
+    session: Session,
+    /// Cancelled when a reply cannot be written: the connection is dead.
+    dead: CancellationToken,
+}
+
+pub async fn serve<R, W>(
+    reader: &mut R,
+    writer: W,
+    session: Session,
+    shutdown: &CancellationToken,
+) -> Result<(), ConnectionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(Connection { writer: ReplyWriter::new(writer), session, dead: CancellationToken::new() });
+    let budget = Arc::new(Semaphore::new(MAX_INFLIGHT_BYTES as usize));
+    let mut tasks = JoinSet::new();
+
+    let result = loop {
+        while tasks.try_join_next().is_some() {}
+        let mut header = [0u8; REQUEST_HEADER_LEN];
+        let got = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = conn.dead.cancelled() => break Ok(()),
+            got = read_header(reader, &mut header) => got,
+        };
+        match got {
+            Ok(true) => {}
+            Ok(false) => break Ok(()),
+            Err(err) => break Err(err.into()),
+        }
+        let req = match decode_request_header(&header) {
+            Ok(req) => req,
+            Err(err) => break Err(err.into()),
+        };
+        tracing::trace!(?req, "request");
+        if req.command == CMD_DISC {
+            break Ok(());
+        }
+        if req.command == CMD_WRITE && req.length > MAX_BLOCK_SIZE {
+            // The payload cannot be skipped cheaply: hard disconnect, as the
+            // spec allows for payloads deemed a denial of service.
+            break Err(ConnectionError::RequestTooLarge(req.length));
+        }
+        let buffer = match req.command {
+            CMD_WRITE => req.length,
+            CMD_READ => req.length.min(MAX_BLOCK_SIZE),
+            _ => 0,
+        };
+        let Ok(permit) = budget.clone().acquire_many_owned(buffer + REQUEST_OVERHEAD).await else {
+            break Ok(());
+        };
+        let payload = if req.command == CMD_WRITE {
+            let mut data = vec![0u8; req.length as usize];
+            if let Err(err) = reader.read_exact(&mut data).await {
+                break Err(err.into());
+            }
+            Some(data)
+        } else {
+            None
+        };
+        let conn = conn.clone();
+        let shutting_down = shutdown.is_cancelled();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let result = if shutting_down {
+                Err(Failure::new(NbdErrno::Shutdown, "server is shutting down"))
+            } else {
+                execute(&conn.session, &req, payload).await
+            };
+            if let Err(err) = send_reply(&conn, &req, result).await {
+                tracing::debug!(error = %err, "reply not delivered; closing connection");
+                conn.dead.cancel();
+            }
+        });
+    };
+
+    // Every request read so far is answered before the connection closes
+    // (NBD_CMD_DISC, EOF, error, or server shutdown alike).
+    while tasks.join_next().await.is_some() {}
+    let _ = conn.writer.shutdown().await;
+    result
+}
+
+/// Reads one request header; `false` on a clean EOF between requests.
+async fn read_header<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8; REQUEST_HEADER_LEN]) -> std::io::Result<bool> {
+    let first = r.read(&mut buf[..]).await?;
+    if first == 0 {
+        return Ok(false);
+    }
+    r.read_exact(&mut buf[first..]).await?;
+    Ok(true)
+}
+
+/// Refuses requests the spec says to refuse, before touching the device.
+pub fn check(req: &RequestHeader, session: &Session) -> Result<(), Failure> {
+    let allowed = match req.command {
+        CMD_READ if session.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
+        CMD_READ | CMD_WRITE | CMD_FLUSH | CMD_TRIM | CMD_CACHE => CMD_FLAG_FUA,
+        CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+        CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
+        other => return Err(Failure::new(NbdErrno::Inval, format!("unknown command {other}"))),
+    };
+    if req.flags & !allowed != 0 {
+        let msg = format!("command flags {:#x} not valid for command {}", req.flags & !allowed, req.command);
+        return Err(Failure::new(NbdErrno::Inval, msg));
+    }
+    let writes = matches!(req.command, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
+    if writes && session.export.read_only {
+        return Err(Failure::new(NbdErrno::Perm, format!("export {} is read-only", session.export.name)));
+    }
+    if matches!(req.command, CMD_READ | CMD_CACHE) && req.length > MAX_BLOCK_SIZE {
+        return Err(Failure::new(NbdErrno::Inval, format!("length {} exceeds the maximum block size", req.length)));
+    }
+    if req.command != CMD_FLUSH {
+        let end = req.offset.checked_add(u64::from(req.length));
+        if end.map_or(true, |end| end > session.size) {
+            let errno = if matches!(req.command, CMD_WRITE | CMD_WRITE_ZEROES) { NbdErrno::NoSpc } else { NbdErrno::Inval };
+            let msg = format!("range {}+{} is beyond the end of the export ({} bytes)", req.offset, req.length, session.size);
+            return Err(Failure::new(errno, msg));
+        }
+    }
+    if req.command == CMD_BLOCK_STATUS {
+        if !session.block_status {
+            return Err(Failure::new(NbdErrno::Inval, "no metadata context was negotiated"));
+        }
+        if req.length == 0 {
+            return Err(Failure::new(NbdErrno::Inval, "block status of zero bytes"));
+        }
+    }
+    Ok(())
+}
+
+async fn execute(session: &Session, req: &RequestHeader, payload: Option<Vec<u8>>) -> Result<Reply, Failure> {
+    check(req, session)?;
+    let device = &session.export.device;
+    let (offset, len) = (req.offset, u64::from(req.length));
+    let fua = req.flags & CMD_FLAG_FUA != 0;
+    match req.command {
+        CMD_READ => {
+            // Read everything before any header goes out: a failed read is
+            // then a clean error reply, never a half-sent data reply.
+            let mut buf = vec![0u8; READ_PREFIX + req.length as usize];
+            if len > 0 {
+                device.read(offset, &mut buf[READ_PREFIX..]).await?;
+            }
+            return Ok(Reply::Data(buf));
+        }
+        CMD_WRITE => {
+            let data = payload.unwrap_or_default();
+            if !data.is_empty() {
+                device.write(offset, &data).await?;
+            }
+        }
+        CMD_TRIM if len > 0 => device.trim(offset, len).await?,
+        // Zeroing drops mappings in the engine, so it is always fast
+        // (FAST_ZERO never fails). NO_HOLE cannot be honoured literally by a
+        // redirect-on-write engine, where every later write allocates anyway.
+        CMD_WRITE_ZEROES if len > 0 => device.write_zeroes(offset, len).await?,
+        CMD_FLUSH => device.flush().await?,
+        CMD_BLOCK_STATUS => {
+            let extents = device.block_status(offset, len)?;
+            let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
+            return Ok(Reply::Status(encode_block_status(&extents, len, req_one)));
+        }
+        // CACHE is a hint we have no use for; zero-length trims and zeroing
+        // are no-ops.
+        _ => {}
+    }
+    if fua && matches!(req.command, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES) {
+        device.flush().await?;
+    }
+    Ok(Reply::Ack)
+}
+
+/// The `base:allocation` chunk payload: context id, then (length, flags)
+/// descriptors with equal neighbours merged.
+pub fn encode_block_status(extents: &[Extent], len: u64, req_one: bool) -> Vec<u8> {
+    let mut descriptors: Vec<(u64, u32)> = Vec::new();
+    for extent in extents.iter().filter(|e| e.len > 0) {
+        let flags = match extent.state {
+            BlockState::Data => 0,
+            BlockState::Zero | BlockState::Hole => STATE_HOLE | STATE_ZERO,
+        };
+        if let Some((run, last)) = descriptors.last_mut() {
+            if *last == flags {
+                *run += extent.len;
+                continue;
+            }
+        }
+        if descriptors.len() == MAX_STATUS_DESCRIPTORS {
+            break;
+        }
+        descriptors.push((extent.len, flags));
+    }
+    if descriptors.is_empty() {
+        // Status 0 ("allocated, contents unknown") is always truthful.
+        descriptors.push((len, 0));
+    }
+    if req_one {
+        descriptors.truncate(1);
+        descriptors[0].0 = descriptors[0].0.min(len);
+    }
+    let mut out = Vec::with_capacity(4 + 8 * descriptors.len());
+    out.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+    for (run, flags) in descriptors {
+        // Runs never exceed the request length, which is a u32.
+        out.extend_from_slice(&(run.min(u64::from(u32::MAX)) as u32).to_be_bytes());
+        out.extend_from_slice(&flags.to_be_bytes());
+    }
+    out
+}
+
+async fn send_reply<W: AsyncWrite + Unpin + Send>(
+    conn: &Connection<W>,
+    req: &RequestHeader,
+    result: Result<Reply, Failure>,
+) -> std::io::Result<()> {
+    let handle = req.handle;
+    let structured = conn.session.structured;
+    match result {
+        Ok(Reply::Ack) => conn.writer.send(&[&simple_reply(handle, 0)]).await,
+        Ok(Reply::Data(mut buf)) => {
+            let data_len = buf.len() - READ_PREFIX;
+            let start = if !structured {
+                buf[READ_PREFIX - SIMPLE_REPLY_LEN..READ_PREFIX].copy_from_slice(&simple_reply(handle, 0));
+                READ_PREFIX - SIMPLE_REPLY_LEN
+            } else if data_len == 0 {
+                buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, handle, 0));
+                buf.truncate(CHUNK_HEADER_LEN);
+                0
+            } else {
+                let header = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, handle, data_len as u32 + 8);
+                buf[..CHUNK_HEADER_LEN].copy_from_slice(&header);
+                buf[CHUNK_HEADER_LEN..READ_PREFIX].copy_from_slice(&req.offset.to_be_bytes());
+                0
+            };
+            conn.writer.send(&[&buf[start..]]).await
+        }
+        Ok(Reply::Status(payload)) => {
+            let header = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, handle, payload.len() as u32);
+            conn.writer.send(&[&header, &payload]).await
+        }
+        Err(failure) => {
+            tracing::debug!(command = req.command, offset = req.offset, length = req.length, errno = ?failure.errno, message = %failure.message, "request failed");
+            if structured {
+                conn.writer.send(&[&error_chunk(handle, failure.errno, &failure.message)]).await
+            } else {
+                conn.writer.send(&[&simple_reply(handle, failure.errno as u32)]).await
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! A byte-level NBD client for protocol tests: exact error values,
+//! malformed input, pipelining.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use ballast_nbd::proto::*;
+
+pub struct Raw {
+    pub s: UnixStream,
+}
+
+pub struct Chunk {
+    pub flags: u16,
+    pub kind: u16,
+    pub handle: u64,
+    pub payload: Vec<u8>,
+}
+
+impl Chunk {
+    /// The error value of an error chunk.
+    pub fn errno(&self) -> u32 {
+        assert!(self.kind & 0x8000 != 0, "chunk type {} is not an error", self.kind);
+        u32::from_be_bytes(self.payload[..4].try_into().unwrap())
+    }
+}
+
+impl Raw {
+    pub fn connect(path: &Path) -> Raw {
+        let s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Raw { s }
+    }
+
+    pub fn read_n(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        self.s.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_be_bytes(self.read_n(2).try_into().unwrap())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_be_bytes(self.read_n(4).try_into().unwrap())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_be_bytes(self.read_n(8).try_into().unwrap())
+    }
+
+    /// Reads the server greeting and sends client flags.
+    pub fn greet(&mut self, client_flags: u32) -> u16 {
+        assert_eq!(self.u64(), NBD_MAGIC);
+        assert_eq!(self.u64(), IHAVEOPT);
+        let flags = self.u16();
+        self.s.write_all(&client_flags.to_be_bytes()).unwrap();
+        flags
+    }
+
+    pub fn option(&mut self, option: u32, data: &[u8]) {
+        let mut msg = IHAVEOPT.to_be_bytes().to_vec();
+        msg.extend_from_slice(&option.to_be_bytes());
+        msg.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        msg.extend_from_slice(data);
+        self.s.write_all(&msg).unwrap();
+    }
+
+    /// (option, reply type, data)
+    pub fn option_reply(&mut self) -> (u32, u32, Vec<u8>) {
+        assert_eq!(self.u64(), OPTION_REPLY_MAGIC);
+        let option = self.u32();
+        let kind = self.u32();
+        let len = self.u32() as usize;
+        (option, kind, self.read_n(len))
+    }
+
+    pub fn name_payload(name: &str) -> Vec<u8> {
+        let mut p = (name.len() as u32).to_be_bytes().to_vec();
+        p.extend_from_slice(name.as_bytes());
+        p
+    }
+
+    /// Full fixed-newstyle handshake ending in NBD_OPT_GO; returns (size, transmission flags).
+    pub fn go(&mut self, name: &str, structured: bool, meta: bool) -> (u64, u16) {
+        self.greet(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES);
+        if structured {
+            self.option(OPT_STRUCTURED_REPLY, &[]);
+            assert_eq!(self.option_reply().1, REP_ACK);
+        }
+        if meta {
+            let mut p = Self::name_payload(name);
+            p.extend_from_slice(&1u32.to_be_bytes());
+            p.extend_from_slice(&Self::name_payload(BASE_ALLOCATION));
+            self.option(OPT_SET_META_CONTEXT, &p);
+            let (_, kind, data) = self.option_reply();
+            assert_eq!(kind, REP_META_CONTEXT);
+            assert_eq!(&data[4..], BASE_ALLOCATION.as_bytes());
+            assert_eq!(self.option_reply().1, REP_ACK);
+        }
+        let mut p = Self::name_payload(name);
+        p.extend_from_slice(&0u16.to_be_bytes());
+        self.option(OPT_GO, &p);
+        let mut export = None;
+        loop {
+            let (option, kind, data) = self.option_reply();
+            assert_eq!(option, OPT_GO);
+            match kind {
+                REP_INFO if u16::from_be_bytes([data[0], data[1]]) == INFO_EXPORT => {
+                    let size = u64::from_be_bytes(data[2..10].try_into().unwrap());
+                    let flags = u16::from_be_bytes(data[10..12].try_into().unwrap());
+                    export = Some((size, flags));
+                }
+                REP_INFO => {}
+                REP_ACK => return export.expect("NBD_INFO_EXPORT before ACK"),
+                other => panic!("NBD_OPT_GO failed with reply {other:#x}: {}", String::from_utf8_lossy(&data)),
+            }
+        }
+    }
+
+    pub fn request(&mut self, flags: u16, command: u16, handle: u64, offset: u64, len: u32, data: &[u8]) {
+        let mut msg = REQUEST_MAGIC.to_be_bytes().to_vec();
+        msg.extend_from_slice(&flags.to_be_bytes());
+        msg.extend_from_slice(&command.to_be_bytes());
+        msg.extend_from_slice(&handle.to_be_bytes());
+        msg.extend_from_slice(&offset.to_be_bytes());
+        msg.extend_from_slice(&len.to_be_bytes());
+        msg.extend_from_slice(data);
+        self.s.write_all(&msg).unwrap();
+    }
+
+    /// A simple reply: (error, handle).
+    pub fn simple_reply(&mut self) -> (u32, u64) {
+        assert_eq!(self.u32(), SIMPLE_REPLY_MAGIC);
+        (self.u32(), self.u64())
+    }
+
+    /// Any reply message when structured replies are on: simple replies are
+    /// returned as a chunk of type NONE (error 0) or ERROR.
+    pub fn chunk(&mut self) -> Chunk {
+        match self.u32() {
+            STRUCTURED_REPLY_MAGIC => {
+                let flags = self.u16();
+                let kind = self.u16();
+                let handle = self.u64();
+                let len = self.u32() as usize;
+                Chunk { flags, kind, handle, payload: self.read_n(len) }
+            }
+            SIMPLE_REPLY_MAGIC => {
+                let error = self.u32();
+                let handle = self.u64();
+                if error == 0 {
+                    Chunk { flags: REPLY_FLAG_DONE, kind: REPLY_TYPE_NONE, handle, payload: vec![] }
+                } else {
+                    let mut payload = error.to_be_bytes().to_vec();
+                    payload.extend_from_slice(&[0, 0]);
+                    Chunk { flags: REPLY_FLAG_DONE, kind: REPLY_TYPE_ERROR, handle, payload }
+                }
+            }
+            magic => panic!("bad reply magic {magic:#x}"),
+        }
+    }
+
+    /// True once the server has closed the connection (EOF or reset).
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        match self.s.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    }
+}
