@@ -1,1 +1,91 @@
-fn main() {}
+//! `ballast`: the daemon and the command-line client of its control API.
+
+mod api;
+mod cli;
+mod client;
+mod daemon;
+mod paths;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use ballast_engine::{parse_size, IoMode};
+use clap::Parser;
+
+use cli::args::{Cli, Command, DaemonArgs};
+use client::Client;
+use daemon::DaemonConfig;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, whatever the cause chain looks like.
+            let message = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Daemon(args) => run_daemon(daemon_config(args)?),
+        Command::Serve => run_daemon(daemon_config(DaemonArgs {
+            root: None,
+            control_socket: None,
+            pool_size: None,
+            io: IoMode::default().to_string(),
+        })?),
+        Command::Client(command) => {
+            let socket = match cli.socket {
+                Some(socket) => socket,
+                None => paths::control_socket(&paths::default_root()?),
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(cli::run(&Client::new(socket), command))
+        }
+    }
+}
+
+fn daemon_config(args: DaemonArgs) -> Result<DaemonConfig> {
+    let root: PathBuf = match args.root {
+        Some(root) => root,
+        None => paths::default_root()?,
+    };
+    let pool_size = args
+        .pool_size
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .context("--pool-size")?;
+    let io: IoMode = args.io.parse().map_err(|e: String| anyhow!("--io: {e}"))?;
+    Ok(DaemonConfig {
+        control_socket: args
+            .control_socket
+            .unwrap_or_else(|| paths::control_socket(&root)),
+        root,
+        pool_size,
+        io,
+    })
+}
+
+fn run_daemon(config: DaemonConfig) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(daemon::run(config))
+}

@@ -1,0 +1,108 @@
+//! Failures of API requests and the HTTP status each one answers with.
+
+use ballast_engine::Error as EngineError;
+use hyper::StatusCode;
+
+/// A request that failed: an HTTP status and a one-line message.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    pub fn no_route(method: &hyper::Method, path: &str) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no route for {method} {path}"),
+        }
+    }
+
+    pub fn method_not_allowed(method: &hyper::Method, path: &str) -> Self {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("{method} is not allowed on {path}"),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let status = match &e {
+            EngineError::InvalidName(_)
+            | EngineError::InvalidArgument(_)
+            | EngineError::OutOfRange { .. } => StatusCode::BAD_REQUEST,
+            EngineError::NotFound { .. } => StatusCode::NOT_FOUND,
+            EngineError::AlreadyExists { .. }
+            | EngineError::InUse(_)
+            | EngineError::ReadOnly(_) => StatusCode::CONFLICT,
+            EngineError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
+            EngineError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Checksum { .. } | EngineError::Metadata(_) | EngineError::Io(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_map_to_fitting_statuses() {
+        let cases = [
+            (
+                EngineError::InvalidName("../x".into()),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                EngineError::InvalidArgument("size".into()),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                EngineError::NotFound {
+                    kind: "volume",
+                    name: "v".into(),
+                },
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                EngineError::AlreadyExists {
+                    kind: "volume",
+                    name: "v".into(),
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                EngineError::InUse("v has clones".into()),
+                StatusCode::CONFLICT,
+            ),
+            (
+                EngineError::NoSpace("full".into()),
+                StatusCode::INSUFFICIENT_STORAGE,
+            ),
+            (
+                EngineError::Metadata("bad".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (err, status) in cases {
+            let message = err.to_string();
+            let api = ApiError::from(err);
+            assert_eq!(api.status, status, "{message}");
+            assert_eq!(api.message, message);
+        }
+    }
+}

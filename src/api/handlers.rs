@@ -1,0 +1,153 @@
+//! One small function per API operation: validate, call the engine, commit,
+//! answer. Mutations commit the pool before answering, so whatever a client
+//! was told succeeded survives a crash of the daemon.
+
+use ballast_engine::{format_size, parse_snapshot_ref, validate_name, Pool, BLOCK_SIZE};
+use hyper::StatusCode;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::error::ApiError;
+use super::server::ApiState;
+use super::types::{CreateSnapshot, CreateVolume, GrowVolume};
+
+/// A successful answer: status and JSON body (empty for 204).
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(status: StatusCode, value: &impl Serialize) -> Result<Reply, ApiError> {
+        let body = serde_json::to_vec(value).map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("cannot encode response: {e}"),
+        })?;
+        Ok(Reply { status, body })
+    }
+
+    fn no_content() -> Result<Reply, ApiError> {
+        Ok(Reply {
+            status: StatusCode::NO_CONTENT,
+            body: Vec::new(),
+        })
+    }
+}
+
+type Answer = Result<Reply, ApiError>;
+
+async fn commit(pool: &Pool) -> Result<(), ApiError> {
+    Ok(pool.flush().await?)
+}
+
+pub async fn pool_stats(state: &ApiState) -> Answer {
+    Reply::json(StatusCode::OK, &state.pool.stats())
+}
+
+pub async fn list_volumes(state: &ApiState) -> Answer {
+    Reply::json(StatusCode::OK, &state.pool.volumes())
+}
+
+pub async fn get_volume(state: &ApiState, name: &str) -> Answer {
+    Reply::json(StatusCode::OK, &state.pool.volume(name)?)
+}
+
+pub async fn create_volume(state: &ApiState, req: CreateVolume) -> Answer {
+    validate_name(&req.name)?;
+    let pool = &state.pool;
+    let info = match &req.from_snapshot {
+        None => {
+            let size = req
+                .size
+                .ok_or_else(|| ApiError::bad_request("size is required for a new volume"))?;
+            pool.create_volume(&req.name, size).await?
+        }
+        Some(origin) => clone_volume(pool, &req.name, origin, req.size).await?,
+    };
+    commit(pool).await?;
+    match &info.origin {
+        Some(origin) => {
+            info!(volume = %info.name, %origin, size = %format_size(info.size), "cloned volume")
+        }
+        None => info!(volume = %info.name, size = %format_size(info.size), "created volume"),
+    }
+    Reply::json(StatusCode::CREATED, &info)
+}
+
+/// Clones `origin` (`VOL@SNAP`) and grows the clone to `size` if that is larger.
+async fn clone_volume(
+    pool: &Pool,
+    name: &str,
+    origin: &str,
+    size: Option<u64>,
+) -> Result<ballast_engine::VolumeInfo, ApiError> {
+    let (volume, snapshot) = parse_snapshot_ref(origin)?;
+    if let Some(size) = size {
+        // Checked up front so a refused size never leaves a clone behind.
+        let snapshot_size = pool
+            .snapshots(volume)?
+            .into_iter()
+            .find(|s| s.name == snapshot)
+            .map(|s| s.size)
+            .ok_or_else(|| ballast_engine::Error::NotFound {
+                kind: "snapshot",
+                name: origin.to_string(),
+            })?;
+        if size < snapshot_size || !size.is_multiple_of(BLOCK_SIZE) {
+            return Err(ApiError::bad_request(format!(
+                "invalid size {size} for a clone of {origin}: it must be a multiple of {BLOCK_SIZE} and at least the snapshot's size ({snapshot_size} bytes)"
+            )));
+        }
+    }
+    let clone = pool.clone_volume(name, volume, snapshot).await?;
+    match size {
+        Some(size) if size > clone.size => match pool.grow_volume(name, size).await {
+            Ok(grown) => Ok(grown),
+            Err(grow_error) => {
+                if let Err(e) = pool.delete_volume(name).await {
+                    warn!(volume = name, "cannot remove clone after failed grow: {e}");
+                }
+                Err(grow_error.into())
+            }
+        },
+        _ => Ok(clone),
+    }
+}
+
+pub async fn delete_volume(state: &ApiState, name: &str) -> Answer {
+    state.pool.delete_volume(name).await?;
+    commit(&state.pool).await?;
+    info!(volume = name, "deleted volume");
+    Reply::no_content()
+}
+
+pub async fn grow_volume(state: &ApiState, name: &str, req: GrowVolume) -> Answer {
+    let info = state.pool.grow_volume(name, req.size).await?;
+    commit(&state.pool).await?;
+    info!(volume = name, size = %format_size(info.size), "grew volume");
+    Reply::json(StatusCode::OK, &info)
+}
+
+pub async fn list_snapshots(state: &ApiState, volume: &str) -> Answer {
+    Reply::json(StatusCode::OK, &state.pool.snapshots(volume)?)
+}
+
+pub async fn create_snapshot(state: &ApiState, volume: &str, req: CreateSnapshot) -> Answer {
+    if let Some(name) = &req.name {
+        validate_name(name)?;
+    }
+    let snapshot = state
+        .pool
+        .create_snapshot(volume, req.name.as_deref())
+        .await?;
+    commit(&state.pool).await?;
+    info!(volume, snapshot = %snapshot.name, "created snapshot");
+    Reply::json(StatusCode::CREATED, &snapshot)
+}
+
+pub async fn delete_snapshot(state: &ApiState, volume: &str, snapshot: &str) -> Answer {
+    state.pool.delete_snapshot(volume, snapshot).await?;
+    commit(&state.pool).await?;
+    info!(volume, snapshot, "deleted snapshot");
+    Reply::no_content()
+}

@@ -1,0 +1,16 @@
+//! The control API: HTTP/JSON on the daemon's unix socket.
+//!
+//! [`types`] holds the JSON bodies shared by the server ([`server`]) and the
+//! client ([`crate::client`]). Every route lives under [`PREFIX`] so the API
+//! can change shape in a later version without breaking older clients.
+
+mod error;
+mod handlers;
+mod routes;
+pub mod server;
+pub mod types;
+
+/// Version prefix of every route.
+pub const PREFIX: &str = "/v1";
+
+pub use server::ApiState;

@@ -1,0 +1,138 @@
+//! The command line, as clap sees it.
+//!
+//! Sizes, names and modes are taken as plain strings and checked by the
+//! commands themselves, so bad input gets ballast's one-line error rather
+//! than a usage screen.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ballast",
+    version,
+    about = "Copy-on-write block volumes for containers"
+)]
+pub struct Cli {
+    /// Control socket of the daemon to talk to [default: control.sock in the default root]
+    #[arg(long, global = true, env = "BALLAST_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon
+    Daemon(DaemonArgs),
+    /// Run the daemon on the default root with default settings
+    Serve,
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// Commands that talk to a running daemon.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Create a volume, or clone one from a snapshot
+    Create(CreateArgs),
+    /// Delete a volume and its snapshots
+    Delete {
+        /// Volume name
+        volume: String,
+    },
+    /// Grow a volume
+    Grow {
+        /// Volume name
+        volume: String,
+        /// New size, e.g. 20G
+        #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+        size: String,
+    },
+    /// List volumes
+    List(OutputArgs),
+    /// Show one volume and its snapshots
+    Inspect {
+        /// Volume name
+        volume: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Create, list and delete snapshots
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Show pool space and settings
+    Pool(OutputArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Directory holding the pool [default: /var/lib/ballast as root, else $XDG_DATA_HOME/ballast]
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Control API socket [default: ROOT/control.sock]
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Cap on the pool's data file, e.g. 100G [default: no cap]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub pool_size: Option<String>,
+    /// I/O backend: auto (io_uring if the kernel allows it), uring or sync
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub io: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Volume name
+    pub volume: String,
+    /// Size, e.g. 10G (for a clone: defaults to the snapshot's size)
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub size: Option<String>,
+    /// Clone from this snapshot
+    #[arg(long, value_name = "VOL@SNAP")]
+    pub from_snapshot: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshot a volume; prints VOL@SNAP
+    Create {
+        /// Volume name
+        volume: String,
+        /// Snapshot name [default: generated]
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List a volume's snapshots
+    List {
+        /// Volume name
+        volume: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Delete a snapshot
+    Delete {
+        /// The snapshot, as VOL@SNAP
+        snapshot: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,163 @@
+//! The client commands: check the input, call the control API, print.
+//!
+//! Names and sizes are validated here, before anything is sent, so a typo
+//! gets a one-line error and the daemon never sees it.
+
+pub mod args;
+mod output;
+
+use anyhow::Result;
+use ballast_engine::{format_size, parse_size, parse_snapshot_ref, validate_name};
+
+use crate::api::types::{CreateVolume, SnapshotInfo, VolumeInfo};
+use crate::client::Client;
+use args::{ClientCommand, CreateArgs, SnapshotCommand};
+use output::{emit, format_time, json, Table};
+
+pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
+    let text = match command {
+        ClientCommand::Create(args) => create(client, args).await?,
+        ClientCommand::Delete { volume } => {
+            validate_name(&volume)?;
+            client.delete_volume(&volume).await?;
+            format!("{volume}\n")
+        }
+        ClientCommand::Grow { volume, size } => {
+            validate_name(&volume)?;
+            let info = client.grow_volume(&volume, parse_size(&size)?).await?;
+            format!("{}: {}\n", info.name, format_size(info.size))
+        }
+        ClientCommand::List(output) => {
+            let volumes = client.volumes().await?;
+            if output.json {
+                json(&volumes)
+            } else {
+                volume_table(&volumes)
+            }
+        }
+        ClientCommand::Inspect { volume, output } => {
+            validate_name(&volume)?;
+            let info = client.volume(&volume).await?;
+            if output.json {
+                json(&info)
+            } else {
+                volume_details(&info)
+            }
+        }
+        ClientCommand::Snapshot(command) => snapshot(client, command).await?,
+        ClientCommand::Pool(output) => {
+            let stats = client.pool().await?;
+            if output.json {
+                json(&stats)
+            } else {
+                let max = stats
+                    .max_size
+                    .map_or_else(|| "unlimited".to_string(), format_size);
+                format!(
+                    "used:       {}\nfile size:  {}\nmax size:   {max}\nio:         {}\n",
+                    format_size(stats.used),
+                    format_size(stats.file_size),
+                    stats.io
+                )
+            }
+        }
+    };
+    Ok(emit(&text)?)
+}
+
+async fn create(client: &Client, args: CreateArgs) -> Result<String> {
+    validate_name(&args.volume)?;
+    let size = args.size.as_deref().map(parse_size).transpose()?;
+    if let Some(origin) = &args.from_snapshot {
+        parse_snapshot_ref(origin)?;
+    } else if size.is_none() {
+        anyhow::bail!("--size is required to create a volume (e.g. --size 10G)");
+    }
+    let request = CreateVolume {
+        name: args.volume,
+        size,
+        from_snapshot: args.from_snapshot,
+    };
+    let info = client.create_volume(&request).await?;
+    Ok(format!("{}\n", info.name))
+}
+
+async fn snapshot(client: &Client, command: SnapshotCommand) -> Result<String> {
+    Ok(match command {
+        SnapshotCommand::Create { volume, name } => {
+            validate_name(&volume)?;
+            if let Some(name) = &name {
+                validate_name(name)?;
+            }
+            let snapshot = client.create_snapshot(&volume, name.as_deref()).await?;
+            format!("{}@{}\n", snapshot.volume, snapshot.name)
+        }
+        SnapshotCommand::List { volume, output } => {
+            validate_name(&volume)?;
+            let snapshots = client.snapshots(&volume).await?;
+            if output.json {
+                json(&snapshots)
+            } else {
+                snapshot_table(&snapshots)
+            }
+        }
+        SnapshotCommand::Delete { snapshot } => {
+            let (volume, name) = parse_snapshot_ref(&snapshot)?;
+            client.delete_snapshot(volume, name).await?;
+            format!("{snapshot}\n")
+        }
+    })
+}
+
+fn volume_table(volumes: &[VolumeInfo]) -> String {
+    let mut table = Table::new(&[
+        "NAME",
+        "SIZE",
+        "ALLOCATED",
+        "SNAPSHOTS",
+        "ORIGIN",
+        "CREATED",
+    ]);
+    for v in volumes {
+        table.row(vec![
+            v.name.clone(),
+            format_size(v.size),
+            format_size(v.allocated),
+            v.snapshots.len().to_string(),
+            v.origin.clone().unwrap_or_else(|| "-".into()),
+            format_time(v.created),
+        ]);
+    }
+    table.render()
+}
+
+fn snapshot_table(snapshots: &[SnapshotInfo]) -> String {
+    let mut table = Table::new(&["SNAPSHOT", "SIZE", "ALLOCATED", "CLONES", "CREATED"]);
+    for s in snapshots {
+        table.row(vec![
+            format!("{}@{}", s.volume, s.name),
+            format_size(s.size),
+            format_size(s.allocated),
+            s.clones.to_string(),
+            format_time(s.created),
+        ]);
+    }
+    table.render()
+}
+
+fn volume_details(v: &VolumeInfo) -> String {
+    let mut text = format!(
+        "name:       {}\nsize:       {}\nallocated:  {}\ncreated:    {}\norigin:     {}\nsnapshots:  {}\n",
+        v.name,
+        format_size(v.size),
+        format_size(v.allocated),
+        format_time(v.created),
+        v.origin.as_deref().unwrap_or("-"),
+        v.snapshots.len(),
+    );
+    if !v.snapshots.is_empty() {
+        text.push('\n');
+        text.push_str(&snapshot_table(&v.snapshots));
+    }
+    text
+}

@@ -1,0 +1,80 @@
+//! The daemon: opens the pool, starts the services, stops them cleanly.
+//!
+//! Start-up order matters: the root lock first (one daemon per root), then
+//! the control socket (so a second daemon on the same socket is refused
+//! before it touches the pool), then the pool, then the services. On
+//! SIGINT/SIGTERM every service stops, then the pool gets its final commit.
+
+mod commit;
+mod control;
+mod lock;
+mod services;
+
+use std::fs::DirBuilder;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ballast_engine::{format_size, IoMode, Pool, PoolConfig};
+use tracing::info;
+
+use crate::api::{self, ApiState};
+use services::Services;
+
+/// How often the commit timer makes recent writes durable.
+const COMMIT_PERIOD: Duration = Duration::from_secs(5);
+
+/// Everything `ballast daemon` can be told.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub root: PathBuf,
+    pub control_socket: PathBuf,
+    pub pool_size: Option<u64>,
+    pub io: IoMode,
+}
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub async fn run(config: DaemonConfig) -> Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.root)
+        .with_context(|| format!("cannot create root directory {}", config.root.display()))?;
+    let _root_lock = lock::RootLock::acquire(&config.root)?;
+    let (listener, _socket_file) = control::bind(&config.control_socket).await?;
+
+    let pool_config = PoolConfig {
+        root: config.root.clone(),
+        max_size: config.pool_size,
+        io: config.io,
+    };
+    let pool = tokio::task::spawn_blocking(move || Pool::open(pool_config))
+        .await?
+        .with_context(|| format!("cannot open the pool in {}", config.root.display()))?;
+    if let Some(max) = config.pool_size {
+        info!(max_size = %format_size(max), "pool size capped");
+    }
+
+    let mut services = Services::new();
+    let state = Arc::new(ApiState { pool: pool.clone() });
+    services.spawn("control API", move |shutdown| {
+        api::server::serve(listener, state, shutdown.requested())
+    });
+    services.spawn("commit timer", {
+        let pool = pool.clone();
+        move |shutdown| commit::run(pool, COMMIT_PERIOD, shutdown)
+    });
+    // Further services (NBD listeners, the Docker plugin socket, ...) are
+    // spawned here the same way: `services.spawn(name, |shutdown| future)`.
+    info!(control_socket = %config.control_socket.display(), "ballast daemon ready");
+
+    let served = services.run().await;
+    let closed = pool
+        .close()
+        .await
+        .context("final commit of the pool failed");
+    info!("ballast daemon stopped");
+    served.and(closed)
+}
