@@ -1,6 +1,6 @@
-//! One small function per API operation: validate, call the engine, commit,
-//! answer. Mutations commit the pool before answering, so whatever a client
-//! was told succeeded survives a crash of the daemon.
+//! One small function per API operation: validate, call the engine, answer.
+//! The engine commits every control operation before it returns, so whatever
+//! a client was told succeeded survives a crash of the daemon.
 
 use ballast_engine::{format_size, parse_snapshot_ref, validate_name, Pool, BLOCK_SIZE};
 use hyper::StatusCode;
@@ -36,10 +36,6 @@ impl Reply {
 
 type Answer = Result<Reply, ApiError>;
 
-async fn commit(pool: &Pool) -> Result<(), ApiError> {
-    Ok(pool.flush().await?)
-}
-
 pub async fn pool_stats(state: &ApiState) -> Answer {
     Reply::json(StatusCode::OK, &state.pool.stats())
 }
@@ -64,7 +60,6 @@ pub async fn create_volume(state: &ApiState, req: CreateVolume) -> Answer {
         }
         Some(origin) => clone_volume(pool, &req.name, origin, req.size).await?,
     };
-    commit(pool).await?;
     match &info.origin {
         Some(origin) => {
             info!(volume = %info.name, %origin, size = %format_size(info.size), "cloned volume")
@@ -116,14 +111,12 @@ async fn clone_volume(
 
 pub async fn delete_volume(state: &ApiState, name: &str) -> Answer {
     state.pool.delete_volume(name).await?;
-    commit(&state.pool).await?;
     info!(volume = name, "deleted volume");
     Reply::no_content()
 }
 
 pub async fn grow_volume(state: &ApiState, name: &str, req: GrowVolume) -> Answer {
     let info = state.pool.grow_volume(name, req.size).await?;
-    commit(&state.pool).await?;
     info!(volume = name, size = %format_size(info.size), "grew volume");
     Reply::json(StatusCode::OK, &info)
 }
@@ -140,14 +133,12 @@ pub async fn create_snapshot(state: &ApiState, volume: &str, req: CreateSnapshot
         .pool
         .create_snapshot(volume, req.name.as_deref())
         .await?;
-    commit(&state.pool).await?;
     info!(volume, snapshot = %snapshot.name, "created snapshot");
     Reply::json(StatusCode::CREATED, &snapshot)
 }
 
 pub async fn delete_snapshot(state: &ApiState, volume: &str, snapshot: &str) -> Answer {
     state.pool.delete_snapshot(volume, snapshot).await?;
-    commit(&state.pool).await?;
     info!(volume, snapshot, "deleted snapshot");
     Reply::no_content()
 }

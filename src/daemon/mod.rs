@@ -37,6 +37,7 @@ pub struct DaemonConfig {
 
 /// Runs the daemon until SIGINT/SIGTERM.
 pub async fn run(config: DaemonConfig) -> Result<()> {
+    let mut services = Services::new()?;
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -57,7 +58,6 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         info!(max_size = %format_size(max), "pool size capped");
     }
 
-    let mut services = Services::new();
     let state = Arc::new(ApiState { pool: pool.clone() });
     services.spawn("control API", move |shutdown| {
         api::server::serve(listener, state, shutdown.requested())

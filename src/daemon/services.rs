@@ -10,7 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -34,14 +34,20 @@ impl Shutdown {
 pub struct Services {
     tasks: JoinSet<(&'static str, Result<()>)>,
     stop: watch::Sender<bool>,
+    interrupt: Signal,
+    terminate: Signal,
 }
 
 impl Services {
-    pub fn new() -> Self {
-        Services {
+    /// Takes over SIGINT and SIGTERM at once, so a stop request that
+    /// arrives while the daemon is still starting is not lost.
+    pub fn new() -> Result<Self> {
+        Ok(Services {
             tasks: JoinSet::new(),
             stop: watch::Sender::new(false),
-        }
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
     }
 
     /// Starts `service`, which must return soon after its [`Shutdown`] fires.
@@ -58,12 +64,10 @@ impl Services {
     /// Runs until a stop signal arrives or a service ends, then stops every
     /// service. Returns the first service failure, if any.
     pub async fn run(mut self) -> Result<()> {
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
         let mut failure = None;
         tokio::select! {
-            _ = interrupt.recv() => info!("SIGINT received, shutting down"),
-            _ = terminate.recv() => info!("SIGTERM received, shutting down"),
+            _ = self.interrupt.recv() => info!("SIGINT received, shutting down"),
+            _ = self.terminate.recv() => info!("SIGTERM received, shutting down"),
             Some(ended) = self.tasks.join_next() => {
                 failure = Some(unexpected_end(ended));
             }

@@ -62,8 +62,30 @@ impl Daemon {
 
     /// Starts a daemon and waits until its control API answers.
     pub fn start_with(root: &Path, socket: &Path, extra: &[&str]) -> Daemon {
+        let mut args = vec![
+            "daemon".to_string(),
+            "--root".into(),
+            root.display().to_string(),
+            "--control-socket".into(),
+            socket.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut command = Command::new(BIN);
+        command.args(&args);
+        Daemon::start_command(command, root, socket)
+    }
+
+    /// Runs `command` (a daemon on `root` listening on `socket`) and waits
+    /// until its control API answers.
+    pub fn start_command(mut command: Command, root: &Path, socket: &Path) -> Daemon {
         let log = root.with_extension(format!("log.{}", log_serial()));
-        let child = spawn_daemon(root, socket, extra, &log);
+        let child = command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
         let mut daemon = Daemon {
             child: Some(child),
             root: root.to_path_buf(),
@@ -127,25 +149,6 @@ fn log_serial() -> u32 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-fn spawn_daemon(root: &Path, socket: &Path, extra: &[&str], log: &Path) -> Child {
-    let mut args = vec![
-        "daemon".to_string(),
-        "--root".into(),
-        root.display().to_string(),
-        "--control-socket".into(),
-        socket.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|a| a.to_string()));
-    Command::new(BIN)
-        .args(&args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
 fn wait_with_deadline(child: &mut Child) -> Option<ExitStatus> {
     let deadline = Instant::now() + PATIENCE;
     while Instant::now() < deadline {
@@ -162,7 +165,17 @@ fn wait_with_deadline(child: &mut Child) -> Option<ExitStatus> {
 /// Runs a daemon that is expected to refuse to start; returns its stderr.
 pub fn daemon_refuses(root: &Path, socket: &Path) -> String {
     let log = root.with_extension(format!("refused.{}", log_serial()));
-    let mut child = spawn_daemon(root, socket, &[], &log);
+    let mut child = Command::new(BIN)
+        .arg("daemon")
+        .arg("--root")
+        .arg(root)
+        .arg("--control-socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
     let status = wait_with_deadline(&mut child).expect("second daemon kept running");
     let stderr = fs::read_to_string(&log).unwrap();
     assert!(
