@@ -54,7 +54,10 @@ impl Error {
     }
 
     pub(crate) fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
-        Error::NotFound { kind, name: name.into() }
+        Error::NotFound {
+            kind,
+            name: name.into(),
+        }
     }
 }
 

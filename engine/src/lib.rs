@@ -30,6 +30,7 @@ mod layer;
 mod meta;
 mod name;
 mod pool;
+mod reclaim;
 mod types;
 mod units;
 mod volume;

@@ -29,7 +29,9 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// Splits `VOL@SNAP` into its parts, validating both.
 pub fn parse_snapshot_ref(s: &str) -> Result<(&str, &str)> {
     let (vol, snap) = s.split_once('@').ok_or_else(|| {
-        Error::InvalidArgument(format!("{s:?} is not a snapshot reference: expected VOL@SNAP"))
+        Error::InvalidArgument(format!(
+            "{s:?} is not a snapshot reference: expected VOL@SNAP"
+        ))
     })?;
     validate_name(vol)?;
     validate_name(snap)?;
@@ -49,8 +51,21 @@ mod tests {
 
     #[test]
     fn rejects_paths_and_oddities() {
-        for n in ["", "../x", "a/b", ".hidden", "-x", "a@b", "sp ace", "é", &"x".repeat(65)] {
-            assert!(matches!(validate_name(n), Err(Error::InvalidName(_))), "{n:?}");
+        for n in [
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "-x",
+            "a@b",
+            "sp ace",
+            "é",
+            &"x".repeat(65),
+        ] {
+            assert!(
+                matches!(validate_name(n), Err(Error::InvalidName(_))),
+                "{n:?}"
+            );
         }
     }
 

@@ -20,7 +20,11 @@ pub struct PoolConfig {
 
 impl PoolConfig {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        PoolConfig { root: root.into(), max_size: None, io: IoMode::Auto }
+        PoolConfig {
+            root: root.into(),
+            max_size: None,
+            io: IoMode::Auto,
+        }
     }
 }
 

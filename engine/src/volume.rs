@@ -1,20 +1,511 @@
-//! STUB: public API surface; implementation in progress.
-#![allow(unused)]
-use crate::{Extent, Result};
+//! Volume handles and the data path: read, write, trim, write-zeroes,
+//! allocation queries.
 
-/// A handle on a volume (read-write) or a snapshot (read-only). Cheap to clone.
+use std::sync::Arc;
+
+use futures::future::join_all;
+
+use crate::alloc::Run;
+use crate::error::{Error, Result};
+use crate::io::AlignedBuf;
+use crate::layer::Mapping;
+use crate::pool::{Inner, State};
+use crate::{BlockState, Extent, BLOCK_SIZE};
+
+const BS: u64 = BLOCK_SIZE;
+const BSU: usize = BLOCK_SIZE as usize;
+
+/// A handle on a volume (read-write) or on one of its snapshots
+/// (read-only). Cheap to clone; many handles may do I/O at once.
+///
+/// A handle names its volume by name *and* uid, so a handle on a deleted
+/// volume fails with [`Error::NotFound`] even after a new volume of the
+/// same name is created.
 #[derive(Clone)]
-pub struct Volume {}
+pub struct Volume {
+    inner: Arc<Inner>,
+    name: Arc<str>,
+    uid: u64,
+    /// `(snapshot name, layer)` for a snapshot handle.
+    snapshot: Option<(Arc<str>, u64)>,
+}
+
+/// Registers a read with the deferred-free machinery for its lifetime.
+struct ReadGuard<'a> {
+    inner: &'a Inner,
+    epoch: u64,
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.inner.state.lock();
+        for (start, len) in st.reclaim.end_read(self.epoch) {
+            st.alloc.release(start, len);
+        }
+    }
+}
+
+/// True if a whole block is zeros (blocks are a multiple of 8 bytes).
+fn is_zero(block: &[u8]) -> bool {
+    block
+        .chunks_exact(8)
+        .all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
+}
+
+fn io_error(e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        Error::NoSpace("the filesystem holding the pool is full".into())
+    } else {
+        Error::Io(e)
+    }
+}
 
 impl Volume {
-    pub fn name(&self) -> &str { todo!() }
-    pub fn snapshot(&self) -> Option<&str> { todo!() }
-    pub fn read_only(&self) -> bool { todo!() }
-    pub fn size(&self) -> Result<u64> { todo!() }
-    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> { todo!() }
-    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> { todo!() }
-    pub async fn flush(&self) -> Result<()> { todo!() }
-    pub async fn trim(&self, offset: u64, len: u64) -> Result<()> { todo!() }
-    pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> { todo!() }
-    pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> { todo!() }
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        name: &str,
+        uid: u64,
+        snapshot: Option<(&str, u64)>,
+    ) -> Self {
+        Volume {
+            inner,
+            name: name.into(),
+            uid,
+            snapshot: snapshot.map(|(n, l)| (n.into(), l)),
+        }
+    }
+
+    /// The volume's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The snapshot's name, for a snapshot handle.
+    pub fn snapshot(&self) -> Option<&str> {
+        self.snapshot.as_ref().map(|(n, _)| &**n)
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    fn display(&self) -> String {
+        match self.snapshot() {
+            Some(s) => format!("{}@{s}", self.name),
+            None => self.name.to_string(),
+        }
+    }
+
+    /// The layer reads start from and the size, checked against the
+    /// current metadata.
+    fn top(&self, st: &State) -> Result<(u64, u64)> {
+        let vol = st
+            .volumes
+            .get(&*self.name)
+            .filter(|v| v.uid == self.uid)
+            .ok_or_else(|| Error::not_found("volume", &*self.name))?;
+        match &self.snapshot {
+            None => Ok((vol.head, vol.size)),
+            Some((name, layer)) => vol
+                .snapshots
+                .iter()
+                .find(|s| &*s.name == &**name && s.layer == *layer)
+                .map(|s| (s.layer, s.size))
+                .ok_or_else(|| Error::not_found("snapshot", self.display())),
+        }
+    }
+
+    fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::OutOfRange { offset, len, size }),
+        }
+    }
+
+    fn writable(&self) -> Result<()> {
+        self.inner.check_open()?;
+        if self.read_only() {
+            return Err(Error::ReadOnly(format!("snapshot {}", self.display())));
+        }
+        Ok(())
+    }
+
+    /// The volume's (or snapshot's) size in bytes.
+    pub fn size(&self) -> Result<u64> {
+        self.inner.check_open()?;
+        Ok(self.top(&self.inner.state.lock())?.1)
+    }
+
+    /// Reads `buf.len()` bytes at `offset`. Holes read as zeros without
+    /// touching the disk; every data block's crc32 is verified.
+    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.inner.check_open()?;
+        let len = buf.len() as u64;
+        let first = offset / BS;
+        let last = (offset + len).div_ceil(BS);
+        let (mapped, epoch) = {
+            let mut st = self.inner.state.lock();
+            let (top, size) = self.top(&st)?;
+            Self::check_range(offset, len, size)?;
+            if len == 0 {
+                return Ok(());
+            }
+            (
+                st.layers.resolve_range(top, first..last),
+                st.reclaim.begin_read(),
+            )
+        };
+        let _guard = ReadGuard {
+            inner: &self.inner,
+            epoch,
+        };
+
+        // Runs of blocks contiguous both in the volume and in the pool.
+        let mut runs: Vec<(u64, u64, Vec<u32>)> = Vec::new(); // (vblock, pblock, crcs)
+        for (&vb, &m) in &mapped {
+            let Mapping::Data { pblock, crc } = m else {
+                continue;
+            };
+            match runs.last_mut() {
+                Some((v, p, crcs))
+                    if *v + crcs.len() as u64 == vb && *p + crcs.len() as u64 == pblock =>
+                {
+                    crcs.push(crc)
+                }
+                _ => runs.push((vb, pblock, vec![crc])),
+            }
+        }
+        let io = &self.inner.io;
+        let results = join_all(
+            runs.iter()
+                .map(|(_, p, crcs)| io.read(p * BS, AlignedBuf::new(crcs.len() * BSU))),
+        )
+        .await;
+
+        buf.fill(0);
+        for ((vb, pb, crcs), (data, result)) in runs.iter().zip(results) {
+            result.map_err(io_error)?;
+            for (i, (&crc, block)) in crcs.iter().zip(data.chunks_exact(BSU)).enumerate() {
+                let vblock = vb + i as u64;
+                if crc32fast::hash(block) != crc {
+                    tracing::error!(volume = %self.display(), vblock, pblock = pb + i as u64, "checksum mismatch");
+                    return Err(Error::Checksum {
+                        offset: vblock * BS,
+                        pblock: pb + i as u64,
+                    });
+                }
+                // Copy the part of this block inside [offset, offset+len).
+                let bstart = vblock * BS;
+                let from = offset.max(bstart);
+                let to = (offset + len).min(bstart + BS);
+                buf[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&block[(from - bstart) as usize..(to - bstart) as usize]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`. New data always goes to new pool blocks
+    /// (redirect-on-write); all-zero blocks take no space.
+    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.writable()?;
+        let len = data.len() as u64;
+        {
+            let st = self.inner.state.lock();
+            Self::check_range(offset, len, self.top(&st)?.1)?;
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let first = offset / BS;
+        let last = (offset + len).div_ceil(BS); // exclusive
+        let head_partial = offset % BS != 0 || offset + len < (first + 1) * BS;
+        let tail_partial = (offset + len) % BS != 0;
+
+        // Partial blocks are read-modify-written under their stripe lock.
+        let mut stripes: Vec<usize> = Vec::new();
+        if head_partial {
+            stripes.push(self.inner.rmw_lock(self.uid, first));
+        }
+        if tail_partial {
+            stripes.push(self.inner.rmw_lock(self.uid, last - 1));
+        }
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut _held = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            _held.push(self.inner.rmw_stripe(s).lock().await);
+        }
+        let head_block = if head_partial {
+            Some(self.merged_block(first, offset, data).await?)
+        } else {
+            None
+        };
+        let tail_block = if tail_partial && (last - 1 != first || !head_partial) {
+            Some(self.merged_block(last - 1, offset, data).await?)
+        } else {
+            None
+        };
+        let block = |vb: u64| -> &[u8] {
+            if vb == first {
+                if let Some(b) = &head_block {
+                    return b;
+                }
+            }
+            if vb == last - 1 {
+                if let Some(b) = &tail_block {
+                    return b;
+                }
+            }
+            let start = (vb * BS - offset) as usize;
+            &data[start..start + BSU]
+        };
+        self.write_blocks(first..last, block).await
+    }
+
+    /// The block `vblock` as it is now, with the overlapping part of a
+    /// write of `data` at `offset` applied.
+    async fn merged_block(&self, vblock: u64, offset: u64, data: &[u8]) -> Result<Vec<u8>> {
+        let mut block = vec![0u8; BSU];
+        self.read(vblock * BS, &mut block).await?;
+        let bstart = vblock * BS;
+        let from = offset.max(bstart);
+        let to = (offset + data.len() as u64).min(bstart + BS);
+        block[(from - bstart) as usize..(to - bstart) as usize]
+            .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
+        Ok(block)
+    }
+
+    /// Writes whole blocks `blocks`, whose contents `block(vb)` gives.
+    async fn write_blocks<'a>(
+        &self,
+        blocks: std::ops::Range<u64>,
+        block: impl Fn(u64) -> &'a [u8],
+    ) -> Result<()> {
+        let nonzero: Vec<(u64, u32)> = blocks
+            .clone()
+            .filter(|&vb| !is_zero(block(vb)))
+            .map(|vb| (vb, crc32fast::hash(block(vb))))
+            .collect();
+        let runs = self.allocate(nonzero.len() as u64).await?;
+
+        // Pair each non-zero block with its pool block, and cut the list
+        // into I/Os of pool-contiguous blocks.
+        let pblocks = runs.iter().flat_map(|&(s, l)| s..s + l);
+        let placed: Vec<(u64, u32, u64)> = nonzero
+            .iter()
+            .zip(pblocks)
+            .map(|(&(vb, crc), pb)| (vb, crc, pb))
+            .collect();
+        let mut ios: Vec<(u64, AlignedBuf)> = Vec::new();
+        let mut i = 0;
+        while i < placed.len() {
+            let mut j = i + 1;
+            while j < placed.len() && placed[j].2 == placed[j - 1].2 + 1 {
+                j += 1;
+            }
+            let mut buf = AlignedBuf::new((j - i) * BSU);
+            for (k, &(vb, _, _)) in placed[i..j].iter().enumerate() {
+                buf[k * BSU..(k + 1) * BSU].copy_from_slice(block(vb));
+            }
+            ios.push((placed[i].2 * BS, buf));
+            i = j;
+        }
+        let io = &self.inner.io;
+        let results = join_all(ios.into_iter().map(|(off, buf)| io.write(off, buf))).await;
+        if let Some(e) = results.into_iter().find_map(|(_, r)| r.err()) {
+            self.release_unused(&runs);
+            return Err(io_error(e));
+        }
+
+        let mut st = self.inner.state.lock();
+        let head = match self.top(&st) {
+            Ok((head, _)) => head,
+            Err(e) => {
+                drop(st);
+                self.release_unused(&runs);
+                return Err(e);
+            }
+        };
+        let mut placed = placed.into_iter().peekable();
+        for vb in blocks {
+            let old = match placed.next_if(|p| p.0 == vb) {
+                Some((_, crc, pblock)) => st
+                    .layers
+                    .get_mut(head)
+                    .insert(vb, Mapping::Data { pblock, crc }),
+                None => zero_block(&mut st, head, vb),
+            };
+            if let Some(Mapping::Data { pblock, .. }) = old {
+                st.reclaim.free((pblock, 1));
+            }
+            st.dirty.maps.insert((head, vb));
+        }
+        Ok(())
+    }
+
+    /// Allocates `n` pool blocks; when the pool is full, commits once to
+    /// recover blocks awaiting deferred free, then tries again.
+    async fn allocate(&self, n: u64) -> Result<Vec<Run>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        for attempt in 0..2 {
+            if let Some(runs) = self.inner.allocate(&mut self.inner.state.lock(), n)? {
+                return Ok(runs);
+            }
+            if attempt == 0 {
+                self.inner.commit().await?;
+            }
+        }
+        Err(Error::NoSpace(format!(
+            "no room for {} more bytes in pool {}",
+            n * BS,
+            self.inner.root.display()
+        )))
+    }
+
+    /// Returns blocks that were allocated but never mapped; no metadata
+    /// references them, so they need no deferred free.
+    fn release_unused(&self, runs: &[Run]) {
+        let mut st = self.inner.state.lock();
+        for &(s, l) in runs {
+            st.alloc.release(s, l);
+        }
+    }
+
+    /// Makes everything written so far (on every volume) durable.
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner.commit().await
+    }
+
+    /// Discards `[offset, offset+len)`: the range reads as zeros afterwards
+    /// and whole blocks give their space back.
+    pub async fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        self.write_zeroes(offset, len).await
+    }
+
+    /// Zeroes `[offset, offset+len)` without writing data blocks: whole
+    /// blocks become unmapped (or zero markers over older layers), partial
+    /// blocks at the edges are read-modify-written.
+    pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.writable()?;
+        {
+            let st = self.inner.state.lock();
+            Self::check_range(offset, len, self.top(&st)?.1)?;
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let whole_first = offset.div_ceil(BS);
+        let whole_last = end / BS; // exclusive
+        if whole_first >= whole_last {
+            // No whole block inside: one or two partial edges.
+            return self.write(offset, &vec![0u8; len as usize]).await;
+        }
+        if offset < whole_first * BS {
+            self.write(offset, &vec![0u8; (whole_first * BS - offset) as usize])
+                .await?;
+        }
+        if end > whole_last * BS {
+            self.write(
+                whole_last * BS,
+                &vec![0u8; (end - whole_last * BS) as usize],
+            )
+            .await?;
+        }
+        let mut st = self.inner.state.lock();
+        let (head, _) = self.top(&st)?;
+        let range = whole_first..whole_last;
+        let parent = st.layers.get(head).parent;
+        let below = parent
+            .map(|p| st.layers.resolve_range(p, range.clone()))
+            .unwrap_or_default();
+        let own: Vec<u64> = st
+            .layers
+            .get(head)
+            .map
+            .range(range)
+            .map(|(&vb, _)| vb)
+            .collect();
+        let mut freed = Vec::new();
+        for vb in own {
+            if !matches!(below.get(&vb), Some(Mapping::Data { .. })) {
+                if let Some(Mapping::Data { pblock, .. }) = st.layers.get_mut(head).remove(vb) {
+                    freed.push(pblock);
+                }
+                st.dirty.maps.insert((head, vb));
+            }
+        }
+        for (vb, m) in below {
+            if matches!(m, Mapping::Data { .. }) {
+                if let Some(Mapping::Data { pblock, .. }) =
+                    st.layers.get_mut(head).insert(vb, Mapping::Zero)
+                {
+                    freed.push(pblock);
+                }
+                st.dirty.maps.insert((head, vb));
+            }
+        }
+        freed.sort_unstable();
+        for run in crate::pool::runs_of(freed) {
+            st.reclaim.free(run);
+        }
+        Ok(())
+    }
+
+    /// What `[offset, offset+len)` holds, as consecutive extents covering
+    /// exactly that range.
+    pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.inner.check_open()?;
+        let st = self.inner.state.lock();
+        let (top, size) = self.top(&st)?;
+        Self::check_range(offset, len, size)?;
+        let end = offset + len;
+        let mapped = st.layers.resolve_range(top, offset / BS..end.div_ceil(BS));
+        drop(st);
+        let mut out: Vec<Extent> = Vec::new();
+        let mut push = |from: u64, to: u64, state: BlockState| {
+            let (from, to) = (from.max(offset), to.min(end));
+            if from >= to {
+                return;
+            }
+            match out.last_mut() {
+                Some(e) if e.state == state && e.offset + e.len == from => e.len += to - from,
+                _ => out.push(Extent {
+                    offset: from,
+                    len: to - from,
+                    state,
+                }),
+            }
+        };
+        let mut pos = offset / BS * BS;
+        for (&vb, &m) in &mapped {
+            push(pos, vb * BS, BlockState::Hole);
+            let state = match m {
+                Mapping::Data { .. } => BlockState::Data,
+                Mapping::Zero => BlockState::Zero,
+            };
+            push(vb * BS, (vb + 1) * BS, state);
+            pos = (vb + 1) * BS;
+        }
+        push(pos, end, BlockState::Hole);
+        Ok(out)
+    }
+}
+
+/// Makes `vblock` of layer `head` read as zeros with no data: a zero marker
+/// when a lower layer holds data there, no entry otherwise. Returns the old
+/// entry.
+fn zero_block(st: &mut State, head: u64, vblock: u64) -> Option<Mapping> {
+    let parent = st.layers.get(head).parent;
+    let shadowed = parent.and_then(|p| st.layers.resolve(p, vblock));
+    let layer = st.layers.get_mut(head);
+    if matches!(shadowed, Some(Mapping::Data { .. })) {
+        layer.insert(vblock, Mapping::Zero)
+    } else {
+        layer.remove(vblock)
+    }
 }

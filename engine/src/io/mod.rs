@@ -37,7 +37,9 @@ impl FromStr for IoMode {
             "auto" => Ok(IoMode::Auto),
             "uring" | "io_uring" | "io-uring" => Ok(IoMode::Uring),
             "sync" | "threads" => Ok(IoMode::Sync),
-            _ => Err(format!("unknown I/O mode {s:?}: expected auto, uring or sync")),
+            _ => Err(format!(
+                "unknown I/O mode {s:?}: expected auto, uring or sync"
+            )),
         }
     }
 }
@@ -104,19 +106,31 @@ impl Backend {
 
     async fn submit(&self, op: Op, offset: u64, buf: AlignedBuf) -> (AlignedBuf, io::Result<()>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let request = Request { op, offset, buf, done: 0, reply: tx };
+        let request = Request {
+            op,
+            offset,
+            buf,
+            done: 0,
+            reply: tx,
+        };
         let sent = match self {
             Backend::Uring(u) => u.send(request),
             Backend::Sync(s) => s.send(request),
         };
         if let Err(request) = sent {
-            return (request.buf, Err(io::Error::other("I/O backend has stopped")));
+            return (
+                request.buf,
+                Err(io::Error::other("I/O backend has stopped")),
+            );
         }
         match rx.await {
             Ok(reply) => reply,
             // The worker dropped the request without answering: it only does
             // that while shutting down, and the buffer went with it.
-            Err(_) => (AlignedBuf::new(0), Err(io::Error::other("I/O backend has stopped"))),
+            Err(_) => (
+                AlignedBuf::new(0),
+                Err(io::Error::other("I/O backend has stopped")),
+            ),
         }
     }
 }
@@ -164,7 +178,9 @@ mod tests {
         file.set_len(1 << 20).unwrap();
         let io = Backend::start(file, mode).unwrap();
         assert_eq!(io.mode(), mode);
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let mut buf = AlignedBuf::new(8192);
             buf.fill(0x5a);

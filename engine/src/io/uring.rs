@@ -40,7 +40,11 @@ impl UringIo {
         let thread = thread::Builder::new()
             .name("ballast-uring".into())
             .spawn(move || Worker::new(ring, file, rx, wake_fd).run())?;
-        Ok(UringIo { tx: Some(tx), wake, thread: Some(thread) })
+        Ok(UringIo {
+            tx: Some(tx),
+            wake,
+            thread: Some(thread),
+        })
     }
 
     pub(super) fn send(&self, req: Request) -> Result<(), Request> {
@@ -137,7 +141,9 @@ impl Worker {
                 }
             }
             while self.in_flight() < (RING_ENTRIES as usize - 1) {
-                let Some(req) = self.backlog.pop_front() else { break };
+                let Some(req) = self.backlog.pop_front() else {
+                    break;
+                };
                 if let Err(req) = self.start(req) {
                     self.backlog.push_front(req);
                     break;
@@ -179,8 +185,12 @@ impl Worker {
         let ptr = unsafe { req.buf.as_mut_ptr().add(req.done) };
         let sqe = match req.op {
             Op::Read => opcode::Read::new(fd, ptr, remaining).offset(offset).build(),
-            Op::Write => opcode::Write::new(fd, ptr, remaining).offset(offset).build(),
-            Op::SyncData => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+            Op::Write => opcode::Write::new(fd, ptr, remaining)
+                .offset(offset)
+                .build(),
+            Op::SyncData => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
         }
         .user_data(slot as u64);
         self.slots[slot] = Some(req);
@@ -194,15 +204,20 @@ impl Worker {
     }
 
     fn reap(&mut self) {
-        let completions: Vec<(u64, i32)> =
-            self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let completions: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
         for (user_data, res) in completions {
             if user_data == WAKE {
                 self.wake_armed = false;
                 continue;
             }
             let slot = user_data as usize;
-            let Some(mut req) = self.slots[slot].take() else { continue };
+            let Some(mut req) = self.slots[slot].take() else {
+                continue;
+            };
             self.free.push(slot);
             if res == -libc::EINTR || res == -libc::EAGAIN {
                 self.backlog.push_front(req);
@@ -240,7 +255,10 @@ impl Worker {
         for req in self.slots.drain(..).flatten() {
             let Request { reply, buf, .. } = req;
             std::mem::forget(buf);
-            let _ = reply.send((super::AlignedBuf::new(0), Err(io::Error::new(e.kind(), e.to_string()))));
+            let _ = reply.send((
+                super::AlignedBuf::new(0),
+                Err(io::Error::new(e.kind(), e.to_string())),
+            ));
         }
         for req in self.backlog.drain(..) {
             req.finish(Err(io::Error::new(e.kind(), e.to_string())));
