@@ -33,13 +33,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Daemon(args) => run_daemon(daemon_config(args)?),
-        Command::Serve => run_daemon(daemon_config(DaemonArgs {
-            root: None,
-            control_socket: None,
-            pool_size: None,
-            io: IoMode::default().to_string(),
-        })?),
+        Command::Daemon(args) => run_daemon(daemon_config(args, cli.socket)?),
+        Command::Serve => {
+            let defaults = DaemonArgs {
+                root: None,
+                control_socket: None,
+                pool_size: None,
+                io: IoMode::default().to_string(),
+            };
+            run_daemon(daemon_config(defaults, cli.socket)?)
+        }
         Command::Client(command) => {
             let socket = match cli.socket {
                 Some(socket) => socket,
@@ -53,7 +56,9 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn daemon_config(args: DaemonArgs) -> Result<DaemonConfig> {
+/// `client_socket` (`--socket` / `$BALLAST_SOCKET`) is where clients will
+/// look, so the daemon listens there unless `--control-socket` says otherwise.
+fn daemon_config(args: DaemonArgs, client_socket: Option<PathBuf>) -> Result<DaemonConfig> {
     let root: PathBuf = match args.root {
         Some(root) => root,
         None => paths::default_root()?,
@@ -68,6 +73,7 @@ fn daemon_config(args: DaemonArgs) -> Result<DaemonConfig> {
     Ok(DaemonConfig {
         control_socket: args
             .control_socket
+            .or(client_socket)
             .unwrap_or_else(|| paths::control_socket(&root)),
         root,
         pool_size,

@@ -74,12 +74,22 @@ fn duplicate_volume_is_refused_and_original_kept() {
 }
 
 #[test]
-fn socket_can_come_from_the_environment() {
+fn daemon_and_cli_meet_at_ballast_socket() {
+    // With BALLAST_SOCKET set, the daemon listens where the CLI will look.
     let dir = TempDir::create();
-    let daemon = Daemon::start(&dir);
+    let (root, socket) = (dir.join("root"), dir.join("env.sock"));
+    let mut daemon_command = std::process::Command::new(BIN);
+    daemon_command
+        .arg("daemon")
+        .arg("--root")
+        .arg(&root)
+        .env("BALLAST_SOCKET", &socket);
+    let _daemon = Daemon::start_command(daemon_command, &root, &socket);
+    assert!(!root.join("control.sock").exists());
+
     let out = std::process::Command::new(BIN)
         .args(["create", "envvol", "--size", "4096"])
-        .env("BALLAST_SOCKET", &daemon.socket)
+        .env("BALLAST_SOCKET", &socket)
         .output()
         .unwrap();
     assert!(
@@ -87,7 +97,7 @@ fn socket_can_come_from_the_environment() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(volume_names(&daemon.socket), ["envvol"]);
+    assert_eq!(volume_names(&socket), ["envvol"]);
 }
 
 #[test]

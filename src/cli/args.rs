@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
     about = "Copy-on-write block volumes for containers"
 )]
 pub struct Cli {
-    /// Control socket of the daemon to talk to [default: control.sock in the default root]
+    /// Control socket of the daemon [default: control.sock in the default root]
     #[arg(long, global = true, env = "BALLAST_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
@@ -72,7 +72,7 @@ pub struct DaemonArgs {
     /// Directory holding the pool [default: /var/lib/ballast as root, else $XDG_DATA_HOME/ballast]
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
-    /// Control API socket [default: ROOT/control.sock]
+    /// Control API socket [default: --socket or $BALLAST_SOCKET if set, else ROOT/control.sock]
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
     /// Cap on the pool's data file, e.g. 100G [default: no cap]
