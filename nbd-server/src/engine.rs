@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use ballast_engine::{format_size, parse_snapshot_ref, validate_name, Extent, Pool, Result, Volume};
+use ballast_engine::{
+    format_size, parse_snapshot_ref, validate_name, Extent, Pool, Result, Volume,
+};
 
 use crate::export::{BlockDevice, Export, ExportProvider, IoFuture};
 

@@ -33,7 +33,8 @@ pub enum Negotiated {
 
 /// Transmission flags for an export.
 pub fn transmission_flags(read_only: bool, structured: bool) -> u16 {
-    let mut flags = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_FUA | FLAG_CAN_MULTI_CONN | FLAG_SEND_CACHE;
+    let mut flags =
+        FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_FUA | FLAG_CAN_MULTI_CONN | FLAG_SEND_CACHE;
     if read_only {
         flags |= FLAG_READ_ONLY;
     } else {
@@ -80,7 +81,13 @@ where
     }
     let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
 
-    let mut hs = Handshake { r, w, provider, structured: false, meta_export: None };
+    let mut hs = Handshake {
+        r,
+        w,
+        provider,
+        structured: false,
+        meta_export: None,
+    };
     loop {
         let Some(header) = read_or_eof(hs.r, shutdown, &mut [0u8; OPTION_HEADER_LEN]).await? else {
             return Ok(Negotiated::Closed);
@@ -91,7 +98,12 @@ where
 
         if !is_known(option) {
             discard(hs.r, length).await?;
-            hs.reply(option, REP_ERR_UNSUP, b"option not supported by this server").await?;
+            hs.reply(
+                option,
+                REP_ERR_UNSUP,
+                b"option not supported by this server",
+            )
+            .await?;
             continue;
         }
         if length > MAX_OPTION_LEN {
@@ -99,7 +111,8 @@ where
                 return Err(ConnectionError::OptionTooLarge { option, length });
             }
             discard(hs.r, length).await?;
-            hs.reply(option, REP_ERR_TOO_BIG, b"option payload too large").await?;
+            hs.reply(option, REP_ERR_TOO_BIG, b"option payload too large")
+                .await?;
             continue;
         }
         let mut payload = vec![0u8; length as usize];
@@ -109,7 +122,8 @@ where
             if option == OPT_EXPORT_NAME {
                 return Ok(Negotiated::Closed);
             }
-            hs.reply(option, REP_ERR_SHUTDOWN, b"server is shutting down").await?;
+            hs.reply(option, REP_ERR_SHUTDOWN, b"server is shutting down")
+                .await?;
             continue;
         }
 
@@ -126,7 +140,12 @@ where
                     hs.structured = true;
                     hs.reply(option, REP_ACK, &[]).await?;
                 } else {
-                    hs.reply(option, REP_ERR_INVALID, b"NBD_OPT_STRUCTURED_REPLY takes no data").await?;
+                    hs.reply(
+                        option,
+                        REP_ERR_INVALID,
+                        b"NBD_OPT_STRUCTURED_REPLY takes no data",
+                    )
+                    .await?;
                 }
             }
             OPT_INFO | OPT_GO => {
@@ -134,7 +153,9 @@ where
                     return Ok(Negotiated::Transmission(session));
                 }
             }
-            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => hs.meta_context(option, &payload).await?,
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+                hs.meta_context(option, &payload).await?
+            }
             _ => unreachable!("is_known covers exactly the options matched above"),
         }
     }
@@ -185,16 +206,28 @@ async fn discard<R: AsyncRead + Unpin>(r: &mut R, length: u32) -> std::io::Resul
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handshake<'_, R, W> {
     async fn reply(&mut self, option: u32, reply_type: u32, data: &[u8]) -> std::io::Result<()> {
-        self.w.write_all(&option_reply(option, reply_type, data)).await?;
+        self.w
+            .write_all(&option_reply(option, reply_type, data))
+            .await?;
         self.w.flush().await
     }
 
-    async fn export_name(&mut self, payload: &[u8], no_zeroes: bool) -> Result<Negotiated, ConnectionError> {
+    async fn export_name(
+        &mut self,
+        payload: &[u8],
+        no_zeroes: bool,
+    ) -> Result<Negotiated, ConnectionError> {
         let name = wire::parse_string(payload)?;
         // NBD_OPT_EXPORT_NAME cannot fail politely: the spec mandates a hard
         // disconnect for an unknown export.
-        let export = self.provider.resolve(&name).ok_or_else(|| ConnectionError::UnknownExport(name.clone()))?;
-        let size = export.device.size().map_err(|_| ConnectionError::UnknownExport(name.clone()))?;
+        let export = self
+            .provider
+            .resolve(&name)
+            .ok_or_else(|| ConnectionError::UnknownExport(name.clone()))?;
+        let size = export
+            .device
+            .size()
+            .map_err(|_| ConnectionError::UnknownExport(name.clone()))?;
         let flags = transmission_flags(export.read_only, self.structured);
         let mut out = Vec::with_capacity(134);
         out.extend_from_slice(&size.to_be_bytes());
@@ -205,12 +238,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handshake<'_, R, W> {
         self.w.write_all(&out).await?;
         self.w.flush().await?;
         let block_status = self.meta_export.as_deref() == Some(name.as_str());
-        Ok(Negotiated::Transmission(Session { export, size, structured: self.structured, block_status }))
+        Ok(Negotiated::Transmission(Session {
+            export,
+            size,
+            structured: self.structured,
+            block_status,
+        }))
     }
 
     async fn list(&mut self, payload: &[u8]) -> Result<(), ConnectionError> {
         if !payload.is_empty() {
-            self.reply(OPT_LIST, REP_ERR_INVALID, b"NBD_OPT_LIST takes no data").await?;
+            self.reply(OPT_LIST, REP_ERR_INVALID, b"NBD_OPT_LIST takes no data")
+                .await?;
             return Ok(());
         }
         for name in self.provider.list() {
@@ -224,15 +263,23 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handshake<'_, R, W> {
     }
 
     /// NBD_OPT_INFO / NBD_OPT_GO; returns the session when GO succeeds.
-    async fn info(&mut self, option: u32, payload: &[u8]) -> Result<Option<Session>, ConnectionError> {
+    async fn info(
+        &mut self,
+        option: u32,
+        payload: &[u8],
+    ) -> Result<Option<Session>, ConnectionError> {
         let InfoRequest { name, requests } = match wire::parse_info_request(payload) {
             Ok(req) => req,
             Err(err) => {
-                self.reply(option, REP_ERR_INVALID, err.to_string().as_bytes()).await?;
+                self.reply(option, REP_ERR_INVALID, err.to_string().as_bytes())
+                    .await?;
                 return Ok(None);
             }
         };
-        let resolved = self.provider.resolve(&name).and_then(|e| e.device.size().ok().map(|size| (e, size)));
+        let resolved = self
+            .provider
+            .resolve(&name)
+            .and_then(|e| e.device.size().ok().map(|size| (e, size)));
         let Some((export, size)) = resolved else {
             let msg = format!("export {name:?} not found");
             self.reply(option, REP_ERR_UNKNOWN, msg.as_bytes()).await?;
@@ -267,7 +314,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handshake<'_, R, W> {
             return Ok(None);
         }
         let block_status = self.meta_export.as_deref() == Some(name.as_str());
-        Ok(Some(Session { export, size, structured: self.structured, block_status }))
+        Ok(Some(Session {
+            export,
+            size,
+            structured: self.structured,
+            block_status,
+        }))
     }
 
     async fn meta_context(&mut self, option: u32, payload: &[u8]) -> Result<(), ConnectionError> {
@@ -284,7 +336,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handshake<'_, R, W> {
         let req = match wire::parse_meta_context_request(payload) {
             Ok(req) => req,
             Err(err) => {
-                self.reply(option, REP_ERR_INVALID, err.to_string().as_bytes()).await?;
+                self.reply(option, REP_ERR_INVALID, err.to_string().as_bytes())
+                    .await?;
                 return Ok(());
             }
         };
@@ -296,7 +349,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handshake<'_, R, W> {
         let selected = if set {
             req.queries.iter().any(|q| q == BASE_ALLOCATION)
         } else {
-            req.queries.is_empty() || req.queries.iter().any(|q| q == "base:" || q == BASE_ALLOCATION)
+            req.queries.is_empty()
+                || req
+                    .queries
+                    .iter()
+                    .any(|q| q == "base:" || q == BASE_ALLOCATION)
         };
         if selected {
             // LIST replies carry the reserved id 0.

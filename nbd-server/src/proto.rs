@@ -144,12 +144,31 @@ mod tests {
         use ballast_engine::Error;
         let cases = [
             (Error::ReadOnly("v@s".into()), 1),
-            (Error::Checksum { offset: 0, pblock: 9 }, 5),
-            (Error::OutOfRange { offset: 1, len: 2, size: 1 }, 22),
+            (
+                Error::Checksum {
+                    offset: 0,
+                    pblock: 9,
+                },
+                5,
+            ),
+            (
+                Error::OutOfRange {
+                    offset: 1,
+                    len: 2,
+                    size: 1,
+                },
+                22,
+            ),
             (Error::NoSpace("full".into()), 28),
             (Error::Closed, 108),
-            (Error::Io(std::io::Error::from_raw_os_error(libc::EDQUOT)), 28),
-            (Error::Io(std::io::Error::from_raw_os_error(libc::ENOENT)), 5),
+            (
+                Error::Io(std::io::Error::from_raw_os_error(libc::EDQUOT)),
+                28,
+            ),
+            (
+                Error::Io(std::io::Error::from_raw_os_error(libc::ENOENT)),
+                5,
+            ),
         ];
         for (err, value) in cases {
             assert_eq!(NbdErrno::from_engine(&err) as u32, value, "{err}");

@@ -30,7 +30,12 @@ pub fn simple_reply(handle: u64, error: u32) -> [u8; SIMPLE_REPLY_LEN] {
     out
 }
 
-pub fn chunk_header(flags: u16, chunk_type: u16, handle: u64, length: u32) -> [u8; CHUNK_HEADER_LEN] {
+pub fn chunk_header(
+    flags: u16,
+    chunk_type: u16,
+    handle: u64,
+    length: u32,
+) -> [u8; CHUNK_HEADER_LEN] {
     let mut out = [0u8; CHUNK_HEADER_LEN];
     out[..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
     out[4..6].copy_from_slice(&flags.to_be_bytes());
@@ -49,7 +54,12 @@ pub fn error_chunk(handle: u64, error: NbdErrno, message: &str) -> Vec<u8> {
     let message = &message.as_bytes()[..end];
     let length = 6 + message.len();
     let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + length);
-    out.extend_from_slice(&chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_ERROR, handle, length as u32));
+    out.extend_from_slice(&chunk_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_ERROR,
+        handle,
+        length as u32,
+    ));
     out.extend_from_slice(&(error as u32).to_be_bytes());
     out.extend_from_slice(&(message.len() as u16).to_be_bytes());
     out.extend_from_slice(message);
@@ -64,7 +74,9 @@ pub struct ReplyWriter<W> {
 
 impl<W: AsyncWrite + Unpin + Send> ReplyWriter<W> {
     pub fn new(writer: W) -> Self {
-        ReplyWriter { inner: Mutex::new(writer) }
+        ReplyWriter {
+            inner: Mutex::new(writer),
+        }
     }
 
     pub async fn send(&self, parts: &[&[u8]]) -> std::io::Result<()> {

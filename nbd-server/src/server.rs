@@ -25,13 +25,20 @@ pub struct Server {
 
 impl Server {
     pub fn new(provider: Arc<dyn ExportProvider>) -> Arc<Server> {
-        Arc::new(Server { provider, next_connection: AtomicU64::new(1) })
+        Arc::new(Server {
+            provider,
+            next_connection: AtomicU64::new(1),
+        })
     }
 
     /// Runs one client connection (handshake, then transmission) to its
     /// end. When `shutdown` is cancelled the connection stops reading
     /// requests, answers those in flight, and closes.
-    pub async fn serve_connection<S>(&self, stream: S, shutdown: &CancellationToken) -> Result<(), ConnectionError>
+    pub async fn serve_connection<S>(
+        &self,
+        stream: S,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConnectionError>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -39,13 +46,20 @@ impl Server {
         self.run(reader, writer, shutdown).await
     }
 
-    async fn run<R, W>(&self, reader: R, mut writer: W, shutdown: &CancellationToken) -> Result<(), ConnectionError>
+    async fn run<R, W>(
+        &self,
+        reader: R,
+        mut writer: W,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConnectionError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
-        match handshake::negotiate(&mut reader, &mut writer, self.provider.as_ref(), shutdown).await? {
+        match handshake::negotiate(&mut reader, &mut writer, self.provider.as_ref(), shutdown)
+            .await?
+        {
             Negotiated::Closed => Ok(()),
             Negotiated::Transmission(session) => {
                 tracing::info!(export = %session.export.name, size = session.size, structured = session.structured, "client attached");
@@ -56,8 +70,14 @@ impl Server {
         }
     }
 
-    fn spawn<R, W>(self: &Arc<Self>, tracker: &TaskTracker, reader: R, writer: W, peer: String, shutdown: &CancellationToken)
-    where
+    fn spawn<R, W>(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        reader: R,
+        writer: W,
+        peer: String,
+        shutdown: &CancellationToken,
+    ) where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
@@ -78,7 +98,11 @@ impl Server {
 
 /// Accepts connections on a unix socket until `shutdown` is cancelled, then
 /// waits for every connection to finish its in-flight requests.
-pub async fn serve_unix(listener: UnixListener, server: Arc<Server>, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve_unix(
+    listener: UnixListener,
+    server: Arc<Server>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -100,7 +124,11 @@ pub async fn serve_unix(listener: UnixListener, server: Arc<Server>, shutdown: C
 
 /// Accepts TCP connections (with TCP_NODELAY) until `shutdown` is
 /// cancelled, then waits for every connection to finish.
-pub async fn serve_tcp(listener: TcpListener, server: Arc<Server>, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve_tcp(
+    listener: TcpListener,
+    server: Arc<Server>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {

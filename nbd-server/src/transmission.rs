@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ConnectionError;
 use crate::handshake::Session;
 use crate::proto::*;
-use crate::reply::{chunk_header, error_chunk, simple_reply, ReplyWriter, CHUNK_HEADER_LEN, SIMPLE_REPLY_LEN};
+use crate::reply::{
+    chunk_header, error_chunk, simple_reply, ReplyWriter, CHUNK_HEADER_LEN, SIMPLE_REPLY_LEN,
+};
 use crate::wire::{decode_request_header, RequestHeader, REQUEST_HEADER_LEN};
 
 /// Buffer bytes all in-flight requests of one connection may hold. At
@@ -38,7 +40,10 @@ pub struct Failure {
 
 impl Failure {
     fn new(errno: NbdErrno, message: impl Into<String>) -> Self {
-        Failure { errno, message: message.into() }
+        Failure {
+            errno,
+            message: message.into(),
+        }
     }
 }
 
@@ -73,7 +78,11 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Arc::new(Connection { writer: ReplyWriter::new(writer), session, dead: CancellationToken::new() });
+    let conn = Arc::new(Connection {
+        writer: ReplyWriter::new(writer),
+        session,
+        dead: CancellationToken::new(),
+    });
     let budget = Arc::new(Semaphore::new(MAX_INFLIGHT_BYTES as usize));
     let mut tasks = JoinSet::new();
 
@@ -109,7 +118,11 @@ where
             CMD_READ => req.length.min(MAX_BLOCK_SIZE),
             _ => 0,
         };
-        let Ok(permit) = budget.clone().acquire_many_owned(buffer + REQUEST_OVERHEAD).await else {
+        let Ok(permit) = budget
+            .clone()
+            .acquire_many_owned(buffer + REQUEST_OVERHEAD)
+            .await
+        else {
             break Ok(());
         };
         let payload = if req.command == CMD_WRITE {
@@ -145,7 +158,10 @@ where
 }
 
 /// Reads one request header; `false` on a clean EOF between requests.
-async fn read_header<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8; REQUEST_HEADER_LEN]) -> std::io::Result<bool> {
+async fn read_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8; REQUEST_HEADER_LEN],
+) -> std::io::Result<bool> {
     let first = r.read(&mut buf[..]).await?;
     if first == 0 {
         return Ok(false);
@@ -161,30 +177,55 @@ pub fn check(req: &RequestHeader, session: &Session) -> Result<(), Failure> {
         CMD_READ | CMD_WRITE | CMD_FLUSH | CMD_TRIM | CMD_CACHE => CMD_FLAG_FUA,
         CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
         CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
-        other => return Err(Failure::new(NbdErrno::Inval, format!("unknown command {other}"))),
+        other => {
+            return Err(Failure::new(
+                NbdErrno::Inval,
+                format!("unknown command {other}"),
+            ))
+        }
     };
     if req.flags & !allowed != 0 {
-        let msg = format!("command flags {:#x} not valid for command {}", req.flags & !allowed, req.command);
+        let msg = format!(
+            "command flags {:#x} not valid for command {}",
+            req.flags & !allowed,
+            req.command
+        );
         return Err(Failure::new(NbdErrno::Inval, msg));
     }
     let writes = matches!(req.command, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
     if writes && session.export.read_only {
-        return Err(Failure::new(NbdErrno::Perm, format!("export {} is read-only", session.export.name)));
+        return Err(Failure::new(
+            NbdErrno::Perm,
+            format!("export {} is read-only", session.export.name),
+        ));
     }
     if matches!(req.command, CMD_READ | CMD_CACHE) && req.length > MAX_BLOCK_SIZE {
-        return Err(Failure::new(NbdErrno::Inval, format!("length {} exceeds the maximum block size", req.length)));
+        return Err(Failure::new(
+            NbdErrno::Inval,
+            format!("length {} exceeds the maximum block size", req.length),
+        ));
     }
     if req.command != CMD_FLUSH {
         let end = req.offset.checked_add(u64::from(req.length));
-        if end.map_or(true, |end| end > session.size) {
-            let errno = if matches!(req.command, CMD_WRITE | CMD_WRITE_ZEROES) { NbdErrno::NoSpc } else { NbdErrno::Inval };
-            let msg = format!("range {}+{} is beyond the end of the export ({} bytes)", req.offset, req.length, session.size);
+        if end.is_none_or(|end| end > session.size) {
+            let errno = if matches!(req.command, CMD_WRITE | CMD_WRITE_ZEROES) {
+                NbdErrno::NoSpc
+            } else {
+                NbdErrno::Inval
+            };
+            let msg = format!(
+                "range {}+{} is beyond the end of the export ({} bytes)",
+                req.offset, req.length, session.size
+            );
             return Err(Failure::new(errno, msg));
         }
     }
     if req.command == CMD_BLOCK_STATUS {
         if !session.block_status {
-            return Err(Failure::new(NbdErrno::Inval, "no metadata context was negotiated"));
+            return Err(Failure::new(
+                NbdErrno::Inval,
+                "no metadata context was negotiated",
+            ));
         }
         if req.length == 0 {
             return Err(Failure::new(NbdErrno::Inval, "block status of zero bytes"));
@@ -193,7 +234,11 @@ pub fn check(req: &RequestHeader, session: &Session) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn execute(session: &Session, req: &RequestHeader, payload: Option<Vec<u8>>) -> Result<Reply, Failure> {
+async fn execute(
+    session: &Session,
+    req: &RequestHeader,
+    payload: Option<Vec<u8>>,
+) -> Result<Reply, Failure> {
     check(req, session)?;
     let device = &session.export.device;
     let (offset, len) = (req.offset, u64::from(req.length));
@@ -285,14 +330,25 @@ async fn send_reply<W: AsyncWrite + Unpin + Send>(
         Ok(Reply::Data(mut buf)) => {
             let data_len = buf.len() - READ_PREFIX;
             let start = if !structured {
-                buf[READ_PREFIX - SIMPLE_REPLY_LEN..READ_PREFIX].copy_from_slice(&simple_reply(handle, 0));
+                buf[READ_PREFIX - SIMPLE_REPLY_LEN..READ_PREFIX]
+                    .copy_from_slice(&simple_reply(handle, 0));
                 READ_PREFIX - SIMPLE_REPLY_LEN
             } else if data_len == 0 {
-                buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, handle, 0));
+                buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(
+                    REPLY_FLAG_DONE,
+                    REPLY_TYPE_NONE,
+                    handle,
+                    0,
+                ));
                 buf.truncate(CHUNK_HEADER_LEN);
                 0
             } else {
-                let header = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, handle, data_len as u32 + 8);
+                let header = chunk_header(
+                    REPLY_FLAG_DONE,
+                    REPLY_TYPE_OFFSET_DATA,
+                    handle,
+                    data_len as u32 + 8,
+                );
                 buf[..CHUNK_HEADER_LEN].copy_from_slice(&header);
                 buf[CHUNK_HEADER_LEN..READ_PREFIX].copy_from_slice(&req.offset.to_be_bytes());
                 0
@@ -300,15 +356,24 @@ async fn send_reply<W: AsyncWrite + Unpin + Send>(
             conn.writer.send(&[&buf[start..]]).await
         }
         Ok(Reply::Status(payload)) => {
-            let header = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, handle, payload.len() as u32);
+            let header = chunk_header(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_BLOCK_STATUS,
+                handle,
+                payload.len() as u32,
+            );
             conn.writer.send(&[&header, &payload]).await
         }
         Err(failure) => {
             tracing::debug!(command = req.command, offset = req.offset, length = req.length, errno = ?failure.errno, message = %failure.message, "request failed");
             if structured {
-                conn.writer.send(&[&error_chunk(handle, failure.errno, &failure.message)]).await
+                conn.writer
+                    .send(&[&error_chunk(handle, failure.errno, &failure.message)])
+                    .await
             } else {
-                conn.writer.send(&[&simple_reply(handle, failure.errno as u32)]).await
+                conn.writer
+                    .send(&[&simple_reply(handle, failure.errno as u32)])
+                    .await
             }
         }
     }

@@ -6,14 +6,22 @@ use std::path::Path;
 
 /// `nbd://HOST:PORT/EXPORT`; IPv6 literals are bracketed.
 pub fn tcp_uri(host: &str, port: u16, export: &str) -> String {
-    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
     format!("nbd://{host}:{port}/{}", encode(export, b"@"))
 }
 
 /// `nbd+unix:///EXPORT?socket=PATH`.
 pub fn unix_uri(socket: &Path, export: &str) -> String {
     let socket = socket.to_string_lossy();
-    format!("nbd+unix:///{}?socket={}", encode(export, b"@"), encode(&socket, b"/"))
+    format!(
+        "nbd+unix:///{}?socket={}",
+        encode(export, b"@"),
+        encode(&socket, b"/")
+    )
 }
 
 /// Percent-encodes everything except RFC 3986 unreserved characters and
@@ -36,12 +44,18 @@ mod tests {
 
     #[test]
     fn formats_tcp_and_unix_uris() {
-        assert_eq!(tcp_uri("127.0.0.1", 10809, "db@snap-1"), "nbd://127.0.0.1:10809/db@snap-1");
+        assert_eq!(
+            tcp_uri("127.0.0.1", 10809, "db@snap-1"),
+            "nbd://127.0.0.1:10809/db@snap-1"
+        );
         assert_eq!(tcp_uri("::1", 10809, "v"), "nbd://[::1]:10809/v");
         assert_eq!(
             unix_uri(Path::new("/run/ballast/nbd sock"), "vol"),
             "nbd+unix:///vol?socket=/run/ballast/nbd%20sock"
         );
-        assert_eq!(unix_uri(Path::new("/s&x=1"), "a b"), "nbd+unix:///a%20b?socket=/s%26x%3D1");
+        assert_eq!(
+            unix_uri(Path::new("/s&x=1"), "a b"),
+            "nbd+unix:///a%20b?socket=/s%26x%3D1"
+        );
     }
 }

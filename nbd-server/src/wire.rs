@@ -38,7 +38,10 @@ pub fn decode_option_header(buf: &[u8; OPTION_HEADER_LEN]) -> Result<OptionHeade
     if magic != IHAVEOPT {
         return Err(WireError::BadOptionMagic(magic));
     }
-    Ok(OptionHeader { option: cur.u32()?, length: cur.u32()? })
+    Ok(OptionHeader {
+        option: cur.u32()?,
+        length: cur.u32()?,
+    })
 }
 
 /// A transmission-phase request header.
@@ -187,16 +190,25 @@ mod tests {
         let p = info_payload("vol@snap", &[3, 1]);
         assert_eq!(
             parse_info_request(&p).unwrap(),
-            InfoRequest { name: "vol@snap".into(), requests: vec![3, 1] }
+            InfoRequest {
+                name: "vol@snap".into(),
+                requests: vec![3, 1]
+            }
         );
-        assert_eq!(parse_info_request(&p[..p.len() - 1]), Err(WireError::Truncated));
+        assert_eq!(
+            parse_info_request(&p[..p.len() - 1]),
+            Err(WireError::Truncated)
+        );
         let mut long = p.clone();
         long.push(0);
         assert_eq!(parse_info_request(&long), Err(WireError::TrailingBytes(1)));
         let mut huge = p;
         huge[..4].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(parse_info_request(&huge), Err(WireError::Truncated));
-        assert_eq!(parse_info_request(&info_payload("a\0b", &[])), Err(WireError::BadString));
+        assert_eq!(
+            parse_info_request(&info_payload("a\0b", &[])),
+            Err(WireError::BadString)
+        );
     }
 
     #[test]
@@ -214,7 +226,10 @@ mod tests {
         // A count larger than the payload can hold is truncated, not allocated.
         let mut bogus = 0u32.to_be_bytes().to_vec();
         bogus.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert_eq!(parse_meta_context_request(&bogus), Err(WireError::Truncated));
+        assert_eq!(
+            parse_meta_context_request(&bogus),
+            Err(WireError::Truncated)
+        );
     }
 
     #[test]
@@ -227,7 +242,10 @@ mod tests {
         let r = decode_request_header(&h).unwrap();
         assert_eq!((r.command, r.handle, r.length), (1, 7, 512));
         h[0] = 0;
-        assert!(matches!(decode_request_header(&h), Err(WireError::BadRequestMagic(_))));
+        assert!(matches!(
+            decode_request_header(&h),
+            Err(WireError::BadRequestMagic(_))
+        ));
     }
 
     proptest! {

@@ -45,7 +45,14 @@ fn list_info_and_meta_context_options() {
 
     // Unknown options (and STARTTLS) are refused, their payload skipped.
     c.option(0x4242, &[7u8; 1000]);
-    assert_eq!(c.option_reply(), (0x4242, REP_ERR_UNSUP, b"option not supported by this server".to_vec()));
+    assert_eq!(
+        c.option_reply(),
+        (
+            0x4242,
+            REP_ERR_UNSUP,
+            b"option not supported by this server".to_vec()
+        )
+    );
     c.option(5, &[]);
     assert_eq!(c.option_reply().1, REP_ERR_UNSUP);
 
@@ -58,7 +65,10 @@ fn list_info_and_meta_context_options() {
     assert_eq!(c.option_reply().1, REP_ACK);
     c.option(OPT_LIST_META_CONTEXT, &meta);
     let (_, kind, data) = c.option_reply();
-    assert_eq!((kind, &data[4..]), (REP_META_CONTEXT, BASE_ALLOCATION.as_bytes()));
+    assert_eq!(
+        (kind, &data[4..]),
+        (REP_META_CONTEXT, BASE_ALLOCATION.as_bytes())
+    );
     assert_eq!(c.option_reply().1, REP_ACK);
     // Unknown namespaces are ignored, not errors.
     let mut query = Raw::name_payload("vol");
@@ -96,7 +106,10 @@ fn list_info_and_meta_context_options() {
             INFO_NAME => assert_eq!(&data[2..], b"vol@s1"),
             INFO_DESCRIPTION => assert!(!data[2..].is_empty()),
             INFO_BLOCK_SIZE => {
-                let v: Vec<u32> = data[2..].chunks(4).map(|b| u32::from_be_bytes(b.try_into().unwrap())).collect();
+                let v: Vec<u32> = data[2..]
+                    .chunks(4)
+                    .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+                    .collect();
                 assert_eq!(v, [1, 4096, 32 * 1024 * 1024]);
             }
             other => panic!("unexpected info {other}"),
@@ -104,7 +117,10 @@ fn list_info_and_meta_context_options() {
         seen.push(ty);
     }
     seen.sort();
-    assert_eq!(seen, [INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE]);
+    assert_eq!(
+        seen,
+        [INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE]
+    );
 
     // Unknown export: an error reply, and the session goes on.
     let mut go = Raw::name_payload("nope");
@@ -159,7 +175,17 @@ fn commands_and_exact_error_values() {
     let mut c = Raw::connect(&h.socket);
     let (size, flags) = c.go("vol", true, true);
     assert_eq!(size, 8 * MIB);
-    for f in [FLAG_HAS_FLAGS, FLAG_SEND_FLUSH, FLAG_SEND_FUA, FLAG_SEND_TRIM, FLAG_SEND_WRITE_ZEROES, FLAG_SEND_FAST_ZERO, FLAG_SEND_DF, FLAG_CAN_MULTI_CONN, FLAG_SEND_CACHE] {
+    for f in [
+        FLAG_HAS_FLAGS,
+        FLAG_SEND_FLUSH,
+        FLAG_SEND_FUA,
+        FLAG_SEND_TRIM,
+        FLAG_SEND_WRITE_ZEROES,
+        FLAG_SEND_FAST_ZERO,
+        FLAG_SEND_DF,
+        FLAG_CAN_MULTI_CONN,
+        FLAG_SEND_CACHE,
+    ] {
         assert_ne!(flags & f, 0, "flag {f:#x} missing");
     }
     assert_eq!(flags & FLAG_READ_ONLY, 0);
@@ -173,20 +199,23 @@ fn commands_and_exact_error_values() {
     assert_eq!(*dev.flushes.lock().unwrap(), flushes + 1, "FUA must flush");
     c.request(CMD_FLAG_DF, CMD_READ, 11, 4096, data.len() as u32, &[]);
     let r = c.chunk();
-    assert_eq!((r.kind, r.handle, r.flags), (REPLY_TYPE_OFFSET_DATA, 11, REPLY_FLAG_DONE));
+    assert_eq!(
+        (r.kind, r.handle, r.flags),
+        (REPLY_TYPE_OFFSET_DATA, 11, REPLY_FLAG_DONE)
+    );
     assert_eq!(u64::from_be_bytes(r.payload[..8].try_into().unwrap()), 4096);
     assert_eq!(&r.payload[8..], &data[..]);
 
     // Errors, one per rule.
     let cases: &[(u16, u16, u64, u32, u32)] = &[
-        (0, CMD_READ, 8 * MIB - 4096, 8192, 22),        // read past the end: EINVAL
-        (0, CMD_TRIM, 8 * MIB, 1, 22),                  // trim past the end: EINVAL
-        (0, CMD_WRITE_ZEROES, 8 * MIB - 1, 2, 28),      // zeroing past the end: ENOSPC
-        (0, CMD_BLOCK_STATUS, u64::MAX, 1, 22),          // overflow: EINVAL
-        (0, 42, 0, 0, 22),                              // unknown command: EINVAL
-        (1 << 9, CMD_READ, 0, 512, 22),                 // unknown flag: EINVAL
+        (0, CMD_READ, 8 * MIB - 4096, 8192, 22), // read past the end: EINVAL
+        (0, CMD_TRIM, 8 * MIB, 1, 22),           // trim past the end: EINVAL
+        (0, CMD_WRITE_ZEROES, 8 * MIB - 1, 2, 28), // zeroing past the end: ENOSPC
+        (0, CMD_BLOCK_STATUS, u64::MAX, 1, 22),  // overflow: EINVAL
+        (0, 42, 0, 0, 22),                       // unknown command: EINVAL
+        (1 << 9, CMD_READ, 0, 512, 22),          // unknown flag: EINVAL
         (CMD_FLAG_REQ_ONE, CMD_WRITE_ZEROES, 0, 512, 22), // flag of another command
-        (0, CMD_READ, 0, 33 * 1024 * 1024, 22),         // read larger than the maximum
+        (0, CMD_READ, 0, 33 * 1024 * 1024, 22),  // read larger than the maximum
     ];
     for (i, &(flags, cmd, offset, len, errno)) in cases.iter().enumerate() {
         c.request(flags, cmd, 100 + i as u64, offset, len, &[]);
@@ -203,26 +232,62 @@ fn commands_and_exact_error_values() {
     // Zero-length requests are answered, not disconnected.
     c.request(0, CMD_READ, 201, 0, 0, &[]);
     let r = c.chunk();
-    assert_eq!((r.kind, r.handle, r.flags), (REPLY_TYPE_NONE, 201, REPLY_FLAG_DONE));
-    for (handle, cmd) in [(202, CMD_WRITE), (203, CMD_TRIM), (204, CMD_WRITE_ZEROES), (205, CMD_CACHE), (206, CMD_FLUSH)] {
+    assert_eq!(
+        (r.kind, r.handle, r.flags),
+        (REPLY_TYPE_NONE, 201, REPLY_FLAG_DONE)
+    );
+    for (handle, cmd) in [
+        (202, CMD_WRITE),
+        (203, CMD_TRIM),
+        (204, CMD_WRITE_ZEROES),
+        (205, CMD_CACHE),
+        (206, CMD_FLUSH),
+    ] {
         c.request(0, cmd, handle, 4096, 0, &[]);
         let r = c.chunk();
         assert_eq!((r.kind, r.handle), (REPLY_TYPE_NONE, handle));
     }
 
     // Block status: data at [4096, 69632), hole elsewhere; REQ_ONE gives one extent.
-    c.request(CMD_FLAG_FAST_ZERO | CMD_FLAG_NO_HOLE, CMD_WRITE_ZEROES, 300, 8192, 8192, &[]);
+    c.request(
+        CMD_FLAG_FAST_ZERO | CMD_FLAG_NO_HOLE,
+        CMD_WRITE_ZEROES,
+        300,
+        8192,
+        8192,
+        &[],
+    );
     assert_eq!(c.chunk().kind, REPLY_TYPE_NONE);
     c.request(0, CMD_BLOCK_STATUS, 301, 0, 1 << 20, &[]);
     let r = c.chunk();
-    assert_eq!((r.kind, r.flags), (REPLY_TYPE_BLOCK_STATUS, REPLY_FLAG_DONE));
-    assert_eq!(u32::from_be_bytes(r.payload[..4].try_into().unwrap()), BASE_ALLOCATION_ID);
+    assert_eq!(
+        (r.kind, r.flags),
+        (REPLY_TYPE_BLOCK_STATUS, REPLY_FLAG_DONE)
+    );
+    assert_eq!(
+        u32::from_be_bytes(r.payload[..4].try_into().unwrap()),
+        BASE_ALLOCATION_ID
+    );
     let extents: Vec<(u32, u32)> = r.payload[4..]
         .chunks(8)
-        .map(|d| (u32::from_be_bytes(d[..4].try_into().unwrap()), u32::from_be_bytes(d[4..].try_into().unwrap())))
+        .map(|d| {
+            (
+                u32::from_be_bytes(d[..4].try_into().unwrap()),
+                u32::from_be_bytes(d[4..].try_into().unwrap()),
+            )
+        })
         .collect();
     let hz = STATE_HOLE | STATE_ZERO;
-    assert_eq!(extents, [(4096, hz), (4096, 0), (8192, hz), (65536 - 12288, 0), ((1 << 20) - 69632, hz)]);
+    assert_eq!(
+        extents,
+        [
+            (4096, hz),
+            (4096, 0),
+            (8192, hz),
+            (65536 - 12288, 0),
+            ((1 << 20) - 69632, hz)
+        ]
+    );
     c.request(CMD_FLAG_REQ_ONE, CMD_BLOCK_STATUS, 302, 4096, 100, &[]);
     let r = c.chunk();
     assert_eq!(&r.payload[4..], &[0, 0, 0, 100, 0, 0, 0, 0]);
@@ -235,7 +300,14 @@ fn commands_and_exact_error_values() {
     for i in 0..64u64 {
         let handle = 1000 + i;
         if i % 2 == 0 {
-            c.request(0, CMD_WRITE, handle, i * 65536, 65536, &vec![i as u8; 65536]);
+            c.request(
+                0,
+                CMD_WRITE,
+                handle,
+                i * 65536,
+                65536,
+                &vec![i as u8; 65536],
+            );
         } else {
             c.request(0, CMD_READ, handle, (i - 1) * 65536, 4096, &[]);
         }
@@ -244,7 +316,12 @@ fn commands_and_exact_error_values() {
     let mut answered = Vec::new();
     for _ in 0..64 {
         let r = c.chunk();
-        assert_ne!(r.kind & 0x8000, 0x8000, "pipelined request {} failed", r.handle);
+        assert_ne!(
+            r.kind & 0x8000,
+            0x8000,
+            "pipelined request {} failed",
+            r.handle
+        );
         answered.push(r.handle);
     }
     answered.sort();
@@ -271,7 +348,11 @@ fn snapshot_refuses_writes_and_simple_replies_carry_errors() {
     c.request(0, CMD_READ, 3, 8 * MIB, 1, &[]);
     assert_eq!(c.simple_reply(), (22, 3));
     c.request(CMD_FLAG_DF, CMD_READ, 4, 0, 1, &[]);
-    assert_eq!(c.simple_reply(), (22, 4), "DF without structured replies is invalid");
+    assert_eq!(
+        c.simple_reply(),
+        (22, 4),
+        "DF without structured replies is invalid"
+    );
     c.request(0, CMD_BLOCK_STATUS, 5, 0, 4096, &[]);
     assert_eq!(c.simple_reply(), (22, 5), "block status without a context");
     c.request(0, CMD_READ, 6, 0, 4, &[]);
@@ -282,14 +363,21 @@ fn snapshot_refuses_writes_and_simple_replies_carry_errors() {
     let (_, flags) = s.go("vol@s", false, false);
     assert_ne!(flags & FLAG_READ_ONLY, 0);
     for (handle, cmd) in [(1, CMD_WRITE), (2, CMD_TRIM), (3, CMD_WRITE_ZEROES)] {
-        let data = if cmd == CMD_WRITE { vec![1u8; 512] } else { vec![] };
+        let data = if cmd == CMD_WRITE {
+            vec![1u8; 512]
+        } else {
+            vec![]
+        };
         s.request(0, cmd, handle, 0, 512, &data);
         assert_eq!(s.simple_reply(), (1, handle), "EPERM for command {cmd}");
     }
     s.request(0, CMD_READ, 4, 0, 4, &[]);
     assert_eq!(s.simple_reply(), (0, 4));
     assert_eq!(s.read_n(4), [9u8; 4]);
-    assert_eq!(&h.exports.device("vol@s").contents()[..4096], &[9u8; 4096][..]);
+    assert_eq!(
+        &h.exports.device("vol@s").contents()[..4096],
+        &[9u8; 4096][..]
+    );
 }
 
 #[test]

@@ -94,10 +94,18 @@ impl BlockDevice for MemDevice {
         while pos < end {
             let b = pos / BLOCK;
             let next = ((b + 1) * BLOCK).min(end);
-            let state = if state.1[b as usize] { BlockState::Data } else { BlockState::Hole };
+            let state = if state.1[b as usize] {
+                BlockState::Data
+            } else {
+                BlockState::Hole
+            };
             match extents.last_mut() {
                 Some(last) if last.state == state => last.len += next - pos,
-                _ => extents.push(Extent { offset: pos, len: next - pos, state }),
+                _ => extents.push(Extent {
+                    offset: pos,
+                    len: next - pos,
+                    state,
+                }),
             }
             pos = next;
         }
@@ -119,14 +127,26 @@ impl MemExports {
             state: RwLock::new((vec![0; size as usize], vec![false; blocks])),
             flushes: Mutex::new(0),
         });
-        self.devices.write().unwrap().insert(name.into(), dev.clone());
+        self.devices
+            .write()
+            .unwrap()
+            .insert(name.into(), dev.clone());
         dev
     }
 
     pub fn create_snapshot(&self, volume: &str, snapshot: &str) -> Arc<MemDevice> {
         let name = format!("{volume}@{snapshot}");
-        let source = self.devices.read().unwrap()[volume].state.read().unwrap().clone();
-        let dev = Arc::new(MemDevice { name: name.clone(), read_only: true, state: RwLock::new(source), flushes: Mutex::new(0) });
+        let source = self.devices.read().unwrap()[volume]
+            .state
+            .read()
+            .unwrap()
+            .clone();
+        let dev = Arc::new(MemDevice {
+            name: name.clone(),
+            read_only: true,
+            state: RwLock::new(source),
+            flushes: Mutex::new(0),
+        });
         self.devices.write().unwrap().insert(name, dev.clone());
         dev
     }

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use ballast_nbd::{serve_tcp, serve_unix, tcp_uri, unix_uri, CancellationToken, ExportProvider, Server};
+use ballast_nbd::{
+    serve_tcp, serve_unix, tcp_uri, unix_uri, CancellationToken, ExportProvider, Server,
+};
 
 pub use memory::MemExports;
 
@@ -32,7 +34,11 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("nbd.sock");
         let exports = Arc::new(MemExports::default());
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let shutdown = CancellationToken::new();
         let provider: Arc<dyn ExportProvider> = exports.clone();
         let server = Server::new(provider);
@@ -44,7 +50,14 @@ impl Harness {
             tokio::spawn(serve_tcp(tcp, server, shutdown.clone()));
             port
         });
-        Harness { dir, socket, port, exports, shutdown, runtime: Some(runtime) }
+        Harness {
+            dir,
+            socket,
+            port,
+            exports,
+            shutdown,
+            runtime: Some(runtime),
+        }
     }
 
     pub fn unix_uri(&self, export: &str) -> String {
@@ -76,7 +89,11 @@ impl Drop for Harness {
 /// Whether an external program is available. Under CI=true a missing
 /// program fails the test; elsewhere the test is skipped with a message.
 pub fn require(program: &str) -> bool {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().is_ok_and(|o| o.status.success());
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !found {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{program} is required under CI=true; run scripts/install-test-deps.sh");
@@ -88,15 +105,28 @@ pub fn require(program: &str) -> bool {
 
 /// Runs a command, panicking with its output if it fails.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs a command that is expected to fail.
 pub fn run_failing(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(!out.status.success(), "{cmd:?} unexpectedly succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        !out.status.success(),
+        "{cmd:?} unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     out
 }
 

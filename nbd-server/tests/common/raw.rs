@@ -22,7 +22,11 @@ pub struct Chunk {
 impl Chunk {
     /// The error value of an error chunk.
     pub fn errno(&self) -> u32 {
-        assert!(self.kind & 0x8000 != 0, "chunk type {} is not an error", self.kind);
+        assert!(
+            self.kind & 0x8000 != 0,
+            "chunk type {} is not an error",
+            self.kind
+        );
         u32::from_be_bytes(self.payload[..4].try_into().unwrap())
     }
 }
@@ -114,12 +118,23 @@ impl Raw {
                 }
                 REP_INFO => {}
                 REP_ACK => return export.expect("NBD_INFO_EXPORT before ACK"),
-                other => panic!("NBD_OPT_GO failed with reply {other:#x}: {}", String::from_utf8_lossy(&data)),
+                other => panic!(
+                    "NBD_OPT_GO failed with reply {other:#x}: {}",
+                    String::from_utf8_lossy(&data)
+                ),
             }
         }
     }
 
-    pub fn request(&mut self, flags: u16, command: u16, handle: u64, offset: u64, len: u32, data: &[u8]) {
+    pub fn request(
+        &mut self,
+        flags: u16,
+        command: u16,
+        handle: u64,
+        offset: u64,
+        len: u32,
+        data: &[u8],
+    ) {
         let mut msg = REQUEST_MAGIC.to_be_bytes().to_vec();
         msg.extend_from_slice(&flags.to_be_bytes());
         msg.extend_from_slice(&command.to_be_bytes());
@@ -145,17 +160,32 @@ impl Raw {
                 let kind = self.u16();
                 let handle = self.u64();
                 let len = self.u32() as usize;
-                Chunk { flags, kind, handle, payload: self.read_n(len) }
+                Chunk {
+                    flags,
+                    kind,
+                    handle,
+                    payload: self.read_n(len),
+                }
             }
             SIMPLE_REPLY_MAGIC => {
                 let error = self.u32();
                 let handle = self.u64();
                 if error == 0 {
-                    Chunk { flags: REPLY_FLAG_DONE, kind: REPLY_TYPE_NONE, handle, payload: vec![] }
+                    Chunk {
+                        flags: REPLY_FLAG_DONE,
+                        kind: REPLY_TYPE_NONE,
+                        handle,
+                        payload: vec![],
+                    }
                 } else {
                     let mut payload = error.to_be_bytes().to_vec();
                     payload.extend_from_slice(&[0, 0]);
-                    Chunk { flags: REPLY_FLAG_DONE, kind: REPLY_TYPE_ERROR, handle, payload }
+                    Chunk {
+                        flags: REPLY_FLAG_DONE,
+                        kind: REPLY_TYPE_ERROR,
+                        handle,
+                        payload,
+                    }
                 }
             }
             magic => panic!("bad reply magic {magic:#x}"),
@@ -168,7 +198,10 @@ impl Raw {
         match self.s.read(&mut buf) {
             Ok(0) => true,
             Ok(_) => false,
-            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
         }
     }
 }

@@ -1,0 +1,149 @@
+//! Property tests over whole connections: arbitrary bytes and arbitrary
+//! sequences of well-formed messages never panic the server, every
+//! connection ends, and garbage never changes data.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use ballast_nbd::proto::*;
+use ballast_nbd::{CancellationToken, ExportProvider, Server};
+use common::MemExports;
+use proptest::prelude::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+static PANICKED: AtomicBool = AtomicBool::new(false);
+static HOOK: Once = Once::new();
+
+fn watch_panics() {
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED.store(true, Ordering::SeqCst);
+            default(info);
+        }));
+    });
+}
+
+/// Feeds `input` to one server connection and returns once it has ended.
+fn drive(exports: Arc<MemExports>, input: Vec<u8>) {
+    watch_panics();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let provider: Arc<dyn ExportProvider> = exports;
+        let server = Server::new(provider);
+        let (client, conn) = tokio::io::duplex(1 << 16);
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn(async move { server.serve_connection(conn, &shutdown).await });
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let drain = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = rd.read_to_end(&mut sink).await;
+        });
+        let _ = wr.write_all(&input).await;
+        let _ = wr.shutdown().await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), serving).await;
+        assert!(ended.is_ok(), "connection did not end after EOF");
+        assert!(ended.unwrap().is_ok(), "connection task panicked");
+        drop(wr);
+        let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+    });
+    assert!(!PANICKED.load(Ordering::SeqCst), "a task panicked");
+}
+
+fn exports() -> Arc<MemExports> {
+    let exports = Arc::new(MemExports::default());
+    let dev = exports.create_volume("vol", 1 << 20);
+    let init: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 % 256) as u8).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(ballast_nbd::BlockDevice::write(dev.as_ref(), 0, &init))
+        .unwrap();
+    exports.create_snapshot("vol", "s");
+    exports
+}
+
+fn option(opt: u32, data: &[u8]) -> Vec<u8> {
+    let mut m = IHAVEOPT.to_be_bytes().to_vec();
+    m.extend_from_slice(&opt.to_be_bytes());
+    m.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    m.extend_from_slice(data);
+    m
+}
+
+fn message() -> impl Strategy<Value = Vec<u8>> {
+    let name = prop_oneof![
+        Just("vol".to_string()),
+        Just("vol@s".to_string()),
+        "[a-z@]{0,6}"
+    ];
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..64),
+        (0u32..12, proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(o, d)| option(o, &d)),
+        (name.clone(), any::<bool>()).prop_map(|(n, go)| {
+            let mut p = (n.len() as u32).to_be_bytes().to_vec();
+            p.extend_from_slice(n.as_bytes());
+            p.extend_from_slice(&1u16.to_be_bytes());
+            p.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+            option(if go { OPT_GO } else { OPT_INFO }, &p)
+        }),
+        name.prop_map(|n| {
+            let mut p = (n.len() as u32).to_be_bytes().to_vec();
+            p.extend_from_slice(n.as_bytes());
+            p.extend_from_slice(&1u32.to_be_bytes());
+            p.extend_from_slice(&(BASE_ALLOCATION.len() as u32).to_be_bytes());
+            p.extend_from_slice(BASE_ALLOCATION.as_bytes());
+            option(OPT_SET_META_CONTEXT, &p)
+        }),
+        Just(option(OPT_STRUCTURED_REPLY, &[])),
+        (
+            any::<u16>(),
+            0u16..10,
+            any::<u64>(),
+            prop_oneof![0u64..(2 << 20), any::<u64>()],
+            prop_oneof![0u32..70000, any::<u32>()]
+        )
+            .prop_map(|(flags, cmd, handle, offset, len)| {
+                let mut m = REQUEST_MAGIC.to_be_bytes().to_vec();
+                m.extend_from_slice(&(flags & 0x1f).to_be_bytes());
+                m.extend_from_slice(&cmd.to_be_bytes());
+                m.extend_from_slice(&handle.to_be_bytes());
+                m.extend_from_slice(&offset.to_be_bytes());
+                m.extend_from_slice(&len.to_be_bytes());
+                if cmd == CMD_WRITE && len <= 70000 {
+                    m.extend(std::iter::repeat_n(0xa5, len as usize));
+                }
+                m
+            }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn garbage_never_changes_data(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let exports = exports();
+        let before = exports.device("vol").contents();
+        drive(exports.clone(), bytes);
+        prop_assert!(exports.device("vol").contents() == before);
+    }
+
+    #[test]
+    fn message_sequences_never_panic(client_flags in 0u32..4, msgs in proptest::collection::vec(message(), 0..24)) {
+        let exports = exports();
+        let snapshot = exports.device("vol@s").contents();
+        let mut input = client_flags.to_be_bytes().to_vec();
+        for m in msgs {
+            input.extend_from_slice(&m);
+        }
+        drive(exports.clone(), input);
+        prop_assert!(exports.device("vol@s").contents() == snapshot, "a read-only export changed");
+    }
+}
