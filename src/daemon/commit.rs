@@ -4,21 +4,18 @@ use std::time::Duration;
 
 use ballast_engine::Pool;
 use tokio::time::{interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 use tracing::error;
-
-use super::services::Shutdown;
 
 /// Commits the pool every `period` until shutdown. A failed commit is
 /// logged and retried at the next tick; the data stays in memory meanwhile.
-pub async fn run(pool: Pool, period: Duration, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(pool: Pool, period: Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut ticks = interval(period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticks.tick().await; // the first tick completes at once
-    let stop = shutdown.requested();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            () = &mut stop => return Ok(()),
+            () = shutdown.cancelled() => return Ok(()),
             _ = ticks.tick() => {
                 if let Err(e) = pool.flush().await {
                     error!("periodic commit failed: {e}");

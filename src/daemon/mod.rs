@@ -60,14 +60,15 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
 
     let state = Arc::new(ApiState { pool: pool.clone() });
     services.spawn("control API", move |shutdown| {
-        api::server::serve(listener, state, shutdown.requested())
+        api::server::serve(listener, state, shutdown.cancelled_owned())
     });
     services.spawn("commit timer", {
         let pool = pool.clone();
         move |shutdown| commit::run(pool, COMMIT_PERIOD, shutdown)
     });
     // Further services (NBD listeners, the Docker plugin socket, ...) are
-    // spawned here the same way: `services.spawn(name, |shutdown| future)`.
+    // spawned here the same way: `services.spawn(name, |token| future)`,
+    // the future returning soon after `token` is cancelled.
     info!(control_socket = %config.control_socket.display(), "ballast daemon ready");
 
     let served = services.run().await;

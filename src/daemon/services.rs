@@ -1,7 +1,8 @@
 //! The daemon's long-running services and their shared shutdown.
 //!
 //! A service is a future that runs until it is told to stop. The daemon
-//! starts each one with [`Services::spawn`], handing it a [`Shutdown`];
+//! starts each one with [`Services::spawn`], handing it a
+//! [`CancellationToken`] that is cancelled at shutdown;
 //! [`Services::run`] waits for SIGINT/SIGTERM (or for any service to end on
 //! its own, which is treated as a failure), then signals every service to
 //! stop and waits for all of them.
@@ -11,29 +12,17 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 /// How long services get to stop after shutdown is signalled.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Tells a service when the daemon is stopping.
-#[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
-
-impl Shutdown {
-    /// Completes once shutdown has been requested.
-    pub async fn requested(mut self) {
-        // An error means the sender is gone, which also means "stop".
-        let _ = self.0.wait_for(|stop| *stop).await;
-    }
-}
-
 /// The set of running services.
 pub struct Services {
     tasks: JoinSet<(&'static str, Result<()>)>,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     interrupt: Signal,
     terminate: Signal,
 }
@@ -44,19 +33,19 @@ impl Services {
     pub fn new() -> Result<Self> {
         Ok(Services {
             tasks: JoinSet::new(),
-            stop: watch::Sender::new(false),
+            stop: CancellationToken::new(),
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
         })
     }
 
-    /// Starts `service`, which must return soon after its [`Shutdown`] fires.
+    /// Starts `service`, which must return soon after its token is cancelled.
     pub fn spawn<F, Fut>(&mut self, name: &'static str, service: F)
     where
-        F: FnOnce(Shutdown) -> Fut,
+        F: FnOnce(CancellationToken) -> Fut,
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
-        let running = service(Shutdown(self.stop.subscribe()));
+        let running = service(self.stop.child_token());
         self.tasks.spawn(async move { (name, running.await) });
         info!(service = name, "started");
     }
@@ -72,7 +61,7 @@ impl Services {
                 failure = Some(unexpected_end(ended));
             }
         }
-        self.stop.send_replace(true);
+        self.stop.cancel();
         let drain = async {
             while let Some(ended) = self.tasks.join_next().await {
                 match ended {
