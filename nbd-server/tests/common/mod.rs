@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
+use ballast_engine::{Pool, PoolConfig};
 use ballast_nbd::{
-    serve_tcp, serve_unix, tcp_uri, unix_uri, CancellationToken, ExportProvider, Server,
+    serve_tcp, serve_unix, tcp_uri, unix_uri, CancellationToken, EngineExports, ExportProvider,
+    Server,
 };
 
 pub use memory::MemExports;
@@ -20,44 +22,151 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub port: u16,
-    pub exports: Arc<MemExports>,
+    backend: Backend,
     shutdown: CancellationToken,
+    serving: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
+/// What the exports are backed by.
+enum Backend {
+    /// In-memory devices: protocol tests that inspect device state.
+    Memory(Arc<MemExports>),
+    /// A real ballast pool in the tempdir.
+    Engine(Pool),
+}
+
 impl Harness {
-    pub fn start() -> Harness {
+    /// A server over in-memory exports.
+    pub fn memory() -> Harness {
+        let exports = Arc::new(MemExports::default());
+        let provider: Arc<dyn ExportProvider> = exports.clone();
+        Self::start(
+            tempfile::tempdir().unwrap(),
+            provider,
+            Backend::Memory(exports),
+        )
+    }
+
+    /// A server over a ballast engine pool in a temporary directory.
+    pub fn engine() -> Harness {
+        Self::engine_with(|_| {})
+    }
+
+    pub fn engine_with(configure: impl FnOnce(&mut PoolConfig)) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = PoolConfig::new(dir.path().join("pool"));
+        configure(&mut config);
+        let pool = Pool::open(config).unwrap();
+        let provider: Arc<dyn ExportProvider> = Arc::new(EngineExports::new(pool.clone()));
+        Self::start(dir, provider, Backend::Engine(pool))
+    }
+
+    fn start(
+        dir: tempfile::TempDir,
+        provider: Arc<dyn ExportProvider>,
+        backend: Backend,
+    ) -> Harness {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("BALLAST_TEST_LOG"))
             .with_test_writer()
             .try_init();
-        let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("nbd.sock");
-        let exports = Arc::new(MemExports::default());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let shutdown = CancellationToken::new();
-        let provider: Arc<dyn ExportProvider> = exports.clone();
         let server = Server::new(provider);
-        let port = runtime.block_on(async {
+        let (port, serving) = runtime.block_on(async {
             let unix = tokio::net::UnixListener::bind(&socket).unwrap();
             let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = tcp.local_addr().unwrap().port();
-            tokio::spawn(serve_unix(unix, server.clone(), shutdown.clone()));
-            tokio::spawn(serve_tcp(tcp, server, shutdown.clone()));
-            port
+            let serving = vec![
+                tokio::spawn(serve_unix(unix, server.clone(), shutdown.clone())),
+                tokio::spawn(serve_tcp(tcp, server, shutdown.clone())),
+            ];
+            (port, serving)
         });
         Harness {
             dir,
             socket,
             port,
-            exports,
+            backend,
             shutdown,
+            serving,
             runtime: Some(runtime),
         }
+    }
+
+    /// The in-memory exports (memory harness only).
+    pub fn exports(&self) -> &MemExports {
+        match &self.backend {
+            Backend::Memory(exports) => exports,
+            Backend::Engine(_) => panic!("not an in-memory harness"),
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        match &self.backend {
+            Backend::Engine(pool) => pool,
+            Backend::Memory(_) => panic!("not an engine harness"),
+        }
+    }
+
+    pub fn create_volume(&self, name: &str, size: u64) {
+        match &self.backend {
+            Backend::Memory(exports) => drop(exports.create_volume(name, size)),
+            Backend::Engine(pool) => {
+                self.runtime()
+                    .block_on(pool.create_volume(name, size))
+                    .unwrap();
+            }
+        }
+    }
+
+    pub fn snapshot(&self, volume: &str, snapshot: &str) {
+        match &self.backend {
+            Backend::Memory(exports) => drop(exports.create_snapshot(volume, snapshot)),
+            Backend::Engine(pool) => {
+                self.runtime()
+                    .block_on(pool.create_snapshot(volume, Some(snapshot)))
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Everything export `name` (`VOL` or `VOL@SNAP`) reads as.
+    pub fn contents(&self, name: &str) -> Vec<u8> {
+        match &self.backend {
+            Backend::Memory(exports) => exports.device(name).contents(),
+            Backend::Engine(pool) => {
+                let volume = match name.split_once('@') {
+                    Some((v, s)) => pool.open_snapshot(v, s).unwrap(),
+                    None => pool.open_volume(name).unwrap(),
+                };
+                let mut buf = vec![0u8; volume.size().unwrap() as usize];
+                self.runtime().block_on(volume.read(0, &mut buf)).unwrap();
+                buf
+            }
+        }
+    }
+
+    /// Cancels the server and reports whether both listeners finished
+    /// (every connection drained) within `timeout`.
+    pub fn shutdown(&mut self, timeout: std::time::Duration) -> bool {
+        self.shutdown.cancel();
+        let serving = std::mem::take(&mut self.serving);
+        self.runtime().block_on(async {
+            tokio::time::timeout(timeout, async {
+                for s in serving {
+                    s.await.unwrap().unwrap();
+                }
+            })
+            .await
+            .is_ok()
+        })
     }
 
     pub fn unix_uri(&self, export: &str) -> String {
@@ -80,6 +189,12 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if let (Some(rt), Backend::Engine(pool)) = (&self.runtime, &self.backend) {
+            let _ = rt.block_on(pool.close());
+        }
+        if let (Some(rt), Backend::Engine(pool)) = (&self.runtime, &self.backend) {
+            let _ = rt.block_on(pool.close());
+        }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(std::time::Duration::from_secs(5));
         }
