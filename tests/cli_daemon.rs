@@ -114,16 +114,21 @@ fn second_daemon_on_the_same_socket_refuses() {
 #[test]
 fn daemon_refuses_bad_settings_in_one_line() {
     let dir = TempDir::create();
-    for (flag, value, expected) in [
-        ("--io", "fast", "unknown I/O mode"),
-        ("--pool-size", "lots", "invalid size"),
-    ] {
+    let root = dir.join("root").display().to_string();
+    let not_a_dir = dir.join("file");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let not_a_dir = not_a_dir.display().to_string();
+    let cases: [(&[&str], &str); 3] = [
+        (&["--root", &root, "--io", "fast"], "unknown I/O mode"),
+        (&["--root", &root, "--pool-size", "lots"], "invalid size"),
+        (&["--root", &not_a_dir], "cannot create root directory"),
+    ];
+    for (args, expected) in cases {
         let out = std::process::Command::new(common::BIN)
-            .args(["daemon", "--root"])
-            .arg(dir.join("root"))
+            .arg("daemon")
+            .args(args)
             .arg("--control-socket")
             .arg(dir.join("c.sock"))
-            .args([flag, value])
             .output()
             .unwrap();
         let stderr = String::from_utf8(out.stderr).unwrap();

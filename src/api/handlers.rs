@@ -100,7 +100,7 @@ async fn clone_volume(
             Ok(grown) => Ok(grown),
             Err(grow_error) => {
                 if let Err(e) = pool.delete_volume(name).await {
-                    warn!(volume = name, "cannot remove clone after failed grow: {e}");
+                    warn!(volume = %name, "cannot remove clone after failed grow: {e}");
                 }
                 Err(grow_error.into())
             }
@@ -111,13 +111,13 @@ async fn clone_volume(
 
 pub async fn delete_volume(state: &ApiState, name: &str) -> Answer {
     state.pool.delete_volume(name).await?;
-    info!(volume = name, "deleted volume");
+    info!(volume = %name, "deleted volume");
     Reply::no_content()
 }
 
 pub async fn grow_volume(state: &ApiState, name: &str, req: GrowVolume) -> Answer {
     let info = state.pool.grow_volume(name, req.size).await?;
-    info!(volume = name, size = %format_size(info.size), "grew volume");
+    info!(volume = %name, size = %format_size(info.size), "grew volume");
     Reply::json(StatusCode::OK, &info)
 }
 
@@ -133,12 +133,12 @@ pub async fn create_snapshot(state: &ApiState, volume: &str, req: CreateSnapshot
         .pool
         .create_snapshot(volume, req.name.as_deref())
         .await?;
-    info!(volume, snapshot = %snapshot.name, "created snapshot");
+    info!(volume = %volume, snapshot = %snapshot.name, "created snapshot");
     Reply::json(StatusCode::CREATED, &snapshot)
 }
 
 pub async fn delete_snapshot(state: &ApiState, volume: &str, snapshot: &str) -> Answer {
     state.pool.delete_snapshot(volume, snapshot).await?;
-    info!(volume, snapshot, "deleted snapshot");
+    info!(volume = %volume, snapshot = %snapshot, "deleted snapshot");
     Reply::no_content()
 }
