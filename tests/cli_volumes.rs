@@ -117,3 +117,26 @@ fn daemon_settings_show_in_pool_stats() {
         "{human}"
     );
 }
+
+#[test]
+fn concurrent_clients_all_get_served() {
+    let dir = TempDir::create();
+    let daemon = Daemon::start(&dir);
+    let socket = daemon.socket.clone();
+    let workers: Vec<_> = (0..12)
+        .map(|i| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let name = format!("vol{i:02}");
+                ok(&socket, &["create", &name, "--size", "1M"]);
+                let snapshot = ok(&socket, &["snapshot", "create", &name, "--name", "s"]);
+                assert_eq!(snapshot, format!("{name}@s\n"));
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    let expected: Vec<String> = (0..12).map(|i| format!("vol{i:02}")).collect();
+    assert_eq!(volume_names(&socket), expected);
+}
