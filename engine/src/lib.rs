@@ -38,7 +38,7 @@ mod volume;
 pub use error::{Error, Result};
 pub use io::IoMode;
 pub use name::{parse_snapshot_ref, validate_name, MAX_NAME_LEN};
-pub use pool::Pool;
+pub use pool::{Pool, MAX_VOLUME_SIZE};
 pub use types::{BlockState, Extent, PoolConfig, PoolStats, SnapshotInfo, VolumeInfo};
 pub use units::{format_size, parse_size};
 pub use volume::Volume;

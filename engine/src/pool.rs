@@ -73,10 +73,19 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Largest volume size accepted (1 PiB): far beyond any real thin volume,
+/// far below where byte offsets could overflow.
+pub const MAX_VOLUME_SIZE: u64 = 1 << 50;
+
 fn check_size(size: u64) -> Result<()> {
-    if size == 0 || size % BLOCK_SIZE != 0 {
+    if size == 0 || !size.is_multiple_of(BLOCK_SIZE) {
         return Err(Error::InvalidArgument(format!(
             "invalid volume size {size}: must be a positive multiple of {BLOCK_SIZE} bytes"
+        )));
+    }
+    if size > MAX_VOLUME_SIZE {
+        return Err(Error::InvalidArgument(format!(
+            "invalid volume size {size}: the largest volume is 1 PiB"
         )));
     }
     Ok(())

@@ -109,7 +109,7 @@ impl Volume {
             Some((name, layer)) => vol
                 .snapshots
                 .iter()
-                .find(|s| &*s.name == &**name && s.layer == *layer)
+                .find(|s| *s.name == **name && s.layer == *layer)
                 .map(|s| (s.layer, s.size))
                 .ok_or_else(|| Error::not_found("snapshot", self.display())),
         }
@@ -219,8 +219,8 @@ impl Volume {
         }
         let first = offset / BS;
         let last = (offset + len).div_ceil(BS); // exclusive
-        let head_partial = offset % BS != 0 || offset + len < (first + 1) * BS;
-        let tail_partial = (offset + len) % BS != 0;
+        let head_partial = !offset.is_multiple_of(BS) || offset + len < (first + 1) * BS;
+        let tail_partial = !(offset + len).is_multiple_of(BS);
 
         // Partial blocks are read-modify-written under their stripe lock.
         let mut stripes: Vec<usize> = Vec::new();

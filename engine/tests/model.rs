@@ -4,6 +4,7 @@
 //! as the model says, allocation queries must agree with the data, and
 //! snapshot diffs must cover every block that differs.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use ballast_engine::{BlockState, IoMode, Pool, PoolConfig, BLOCK_SIZE};
@@ -144,7 +145,7 @@ impl Model {
 /// Clamps an (offset, len) to a volume of `size` bytes most of the time,
 /// leaving some requests out of range on purpose.
 fn fit(offset: u64, len: u64, size: u64) -> (u64, u64) {
-    if offset % 7 == 0 {
+    if offset.is_multiple_of(7) {
         return (offset, len); // possibly out of range
     }
     let offset = offset % size;
@@ -252,11 +253,12 @@ async fn run(ops: Vec<Op>, io: IoMode) {
         match op {
             Op::Create { vol, blocks } => {
                 let r = pool.create_volume(&vname(vol), blocks * BS).await;
-                if m.vols.contains_key(&vname(vol)) {
-                    assert!(r.is_err());
-                } else {
-                    r.unwrap();
-                    m.vols.insert(vname(vol), vec![0; (blocks * BS) as usize]);
+                match m.vols.entry(vname(vol)) {
+                    Entry::Occupied(_) => assert!(r.is_err()),
+                    Entry::Vacant(e) => {
+                        r.unwrap();
+                        e.insert(vec![0; (blocks * BS) as usize]);
+                    }
                 }
             }
             Op::Write {
@@ -390,7 +392,11 @@ async fn run(ops: Vec<Op>, io: IoMode) {
                 let new = data.len() as u64 + blocks * BS;
                 pool.grow_volume(&vname(vol), new).await.unwrap();
                 data.resize(new as usize, 0);
-                // Shrinking is refused and changes nothing.
+                // Shrinking and absurd sizes are refused and change nothing.
+                assert!(pool
+                    .grow_volume(&vname(vol), ballast_engine::MAX_VOLUME_SIZE + BS)
+                    .await
+                    .is_err());
                 assert!(pool.grow_volume(&vname(vol), BS).await.is_err() || new == BS);
             }
             Op::Flush => pool.flush().await.unwrap(),
