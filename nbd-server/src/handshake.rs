@@ -156,7 +156,16 @@ where
             OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
                 hs.meta_context(option, &payload).await?
             }
-            _ => unreachable!("is_known covers exactly the options matched above"),
+            // Unknown options were skipped above; answer rather than panic
+            // should the two lists ever disagree.
+            _ => {
+                hs.reply(
+                    option,
+                    REP_ERR_UNSUP,
+                    b"option not supported by this server",
+                )
+                .await?
+            }
         }
     }
 }

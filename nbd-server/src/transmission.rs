@@ -87,7 +87,11 @@ where
     let mut tasks = JoinSet::new();
 
     let result = loop {
-        while tasks.try_join_next().is_some() {}
+        while let Some(joined) = tasks.try_join_next() {
+            if let Err(err) = joined {
+                tracing::error!(error = %err, "request task failed");
+            }
+        }
         let mut header = [0u8; REQUEST_HEADER_LEN];
         let got = tokio::select! {
             biased;
@@ -127,7 +131,12 @@ where
         };
         let payload = if req.command == CMD_WRITE {
             let mut data = vec![0u8; req.length as usize];
-            if let Err(err) = reader.read_exact(&mut data).await {
+            let read = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ok(()),
+                read = reader.read_exact(&mut data) => read,
+            };
+            if let Err(err) = read {
                 break Err(err.into());
             }
             Some(data)
@@ -152,7 +161,11 @@ where
 
     // Every request read so far is answered before the connection closes
     // (NBD_CMD_DISC, EOF, error, or server shutdown alike).
-    while tasks.join_next().await.is_some() {}
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(err) = joined {
+            tracing::error!(error = %err, "request task failed");
+        }
+    }
     let _ = conn.writer.shutdown().await;
     result
 }
@@ -365,7 +378,11 @@ async fn send_reply<W: AsyncWrite + Unpin + Send>(
             conn.writer.send(&[&header, &payload]).await
         }
         Err(failure) => {
-            tracing::debug!(command = req.command, offset = req.offset, length = req.length, errno = ?failure.errno, message = %failure.message, "request failed");
+            if failure.errno == NbdErrno::Io {
+                tracing::warn!(command = req.command, offset = req.offset, length = req.length, message = %failure.message, "I/O error");
+            } else {
+                tracing::debug!(command = req.command, offset = req.offset, length = req.length, errno = ?failure.errno, message = %failure.message, "request refused");
+            }
             if structured {
                 conn.writer
                     .send(&[&error_chunk(handle, failure.errno, &failure.message)])
