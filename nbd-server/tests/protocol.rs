@@ -449,3 +449,39 @@ fn malformed_input_closes_only_that_connection() {
     good.request(0, CMD_READ, 8, 0, 4, &[]);
     assert_eq!(&good.chunk().payload[8..], b"live");
 }
+
+#[test]
+fn disconnect_and_shutdown_answer_requests_in_flight() {
+    let mut h = harness();
+    *h.exports().device("vol").delay.lock().unwrap() = std::time::Duration::from_millis(300);
+
+    // Replies go out as requests complete: a fast flush overtakes a slow read.
+    let mut c = Raw::connect(&h.socket);
+    c.go("vol", false, false);
+    c.request(0, CMD_READ, 10, 0, 512, &[]);
+    c.request(0, CMD_FLUSH, 11, 0, 0, &[]);
+    assert_eq!(c.simple_reply(), (0, 11));
+    assert_eq!(c.simple_reply(), (0, 10));
+    assert_eq!(c.read_n(512), vec![0; 512]);
+
+    // NBD_CMD_DISC right behind a slow read: the read is still answered.
+    c.request(0, CMD_READ, 1, 0, 4096, &[]);
+    c.request(0, CMD_DISC, 2, 0, 0, &[]);
+    assert_eq!(c.simple_reply(), (0, 1));
+    assert_eq!(c.read_n(4096), vec![0; 4096]);
+    assert!(c.closed());
+
+    // Server shutdown with a slow write in flight: answered, then closed.
+    let mut c = Raw::connect(&h.socket);
+    c.go("vol", true, false);
+    c.request(0, CMD_WRITE, 3, 0, 4096, &[0x33; 4096]);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(h.shutdown(std::time::Duration::from_secs(10)));
+    let r = c.chunk();
+    assert_eq!((r.kind, r.handle), (REPLY_TYPE_NONE, 3));
+    assert!(c.closed());
+    assert_eq!(
+        &h.exports().device("vol").contents()[..4096],
+        &[0x33; 4096][..]
+    );
+}

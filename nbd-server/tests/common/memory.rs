@@ -14,6 +14,8 @@ pub struct MemDevice {
     read_only: bool,
     state: RwLock<(Vec<u8>, Vec<bool>)>,
     pub flushes: Mutex<u64>,
+    /// Added latency of every read and write, to hold requests in flight.
+    pub delay: Mutex<std::time::Duration>,
 }
 
 impl MemDevice {
@@ -44,6 +46,13 @@ impl MemDevice {
         Ok(())
     }
 
+    async fn wait(&self) {
+        let delay = *self.delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     pub fn contents(&self) -> Vec<u8> {
         self.state.read().unwrap().0.clone()
     }
@@ -55,6 +64,7 @@ impl BlockDevice for MemDevice {
     }
     fn read<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> IoFuture<'a, ()> {
         Box::pin(async move {
+            self.wait().await;
             self.check(offset, buf.len() as u64)?;
             let state = self.state.read().unwrap();
             buf.copy_from_slice(&state.0[offset as usize..offset as usize + buf.len()]);
@@ -63,6 +73,7 @@ impl BlockDevice for MemDevice {
     }
     fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, ()> {
         Box::pin(async move {
+            self.wait().await;
             self.writable(offset, data.len() as u64)?;
             let mut state = self.state.write().unwrap();
             state.0[offset as usize..offset as usize + data.len()].copy_from_slice(data);
@@ -126,6 +137,7 @@ impl MemExports {
             read_only: false,
             state: RwLock::new((vec![0; size as usize], vec![false; blocks])),
             flushes: Mutex::new(0),
+            delay: Mutex::default(),
         });
         self.devices
             .write()
@@ -146,6 +158,7 @@ impl MemExports {
             read_only: true,
             state: RwLock::new(source),
             flushes: Mutex::new(0),
+            delay: Mutex::default(),
         });
         self.devices.write().unwrap().insert(name, dev.clone());
         dev
