@@ -14,7 +14,8 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 
 use crate::api::types::{
-    CreateSnapshot, CreateVolume, ErrorBody, GrowVolume, PoolStats, SnapshotInfo, VolumeInfo,
+    CreateSnapshot, CreateVolume, ErrorBody, GrowVolume, NbdEndpoints, PoolStats, SnapshotInfo,
+    VolumeInfo,
 };
 use crate::api::PREFIX;
 
@@ -53,6 +54,10 @@ impl Client {
 
     pub async fn pool(&self) -> Result<PoolStats> {
         self.call(Method::GET, "/pool", None::<&()>).await
+    }
+
+    pub async fn nbd(&self) -> Result<NbdEndpoints> {
+        self.call(Method::GET, "/nbd", None::<&()>).await
     }
 
     pub async fn volumes(&self) -> Result<Vec<VolumeInfo>> {

@@ -16,7 +16,10 @@ use clap::Parser;
 
 use cli::args::{Cli, Command, DaemonArgs};
 use client::Client;
-use daemon::DaemonConfig;
+use daemon::{DaemonConfig, NbdListen};
+
+/// The NBD port registered with IANA, on loopback only.
+const DEFAULT_NBD_LISTEN: &str = "127.0.0.1:10809";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -40,6 +43,8 @@ fn run(cli: Cli) -> Result<()> {
                 control_socket: None,
                 pool_size: None,
                 io: IoMode::default().to_string(),
+                nbd_socket: None,
+                nbd_listen: None,
             };
             run_daemon(daemon_config(defaults, cli.socket)?)
         }
@@ -70,7 +75,16 @@ fn daemon_config(args: DaemonArgs, client_socket: Option<PathBuf>) -> Result<Dae
         .transpose()
         .context("--pool-size")?;
     let io: IoMode = args.io.parse().map_err(|e: String| anyhow!("--io: {e}"))?;
+    let nbd_listen = match args.nbd_listen.as_deref() {
+        None => NbdListen::Default(DEFAULT_NBD_LISTEN.parse().expect("valid address")),
+        Some("off") => NbdListen::Off,
+        Some(addr) => NbdListen::Explicit(addr.parse().map_err(|_| {
+            anyhow!("--nbd-listen: {addr:?} is not ADDR:PORT (e.g. 127.0.0.1:10809) or \"off\"")
+        })?),
+    };
     Ok(DaemonConfig {
+        nbd_socket: args.nbd_socket.unwrap_or_else(|| root.join("nbd.sock")),
+        nbd_listen,
         control_socket: args
             .control_socket
             .or(client_socket)

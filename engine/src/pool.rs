@@ -312,6 +312,13 @@ impl Inner {
         if change.is_empty() && freed.is_empty() {
             return Ok(());
         }
+        tracing::debug!(
+            maps = change.maps.len(),
+            volumes = change.volumes.len(),
+            layers = change.layers.len(),
+            freed = freed.len(),
+            "commit"
+        );
         let (change, result) = self.write_change(change).await;
         let mut st = self.state.lock();
         match result {

@@ -40,6 +40,10 @@ pub async fn pool_stats(state: &ApiState) -> Answer {
     Reply::json(StatusCode::OK, &state.pool.stats())
 }
 
+pub async fn nbd_endpoints(state: &ApiState) -> Answer {
+    Reply::json(StatusCode::OK, &state.nbd)
+}
+
 pub async fn list_volumes(state: &ApiState) -> Answer {
     Reply::json(StatusCode::OK, &state.pool.volumes())
 }

@@ -29,6 +29,7 @@ pub async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Reply, Ap
     validate_names(&segments)?;
     match (segments.as_slice(), &method) {
         (["pool"], &Method::GET) => handlers::pool_stats(state).await,
+        (["nbd"], &Method::GET) => handlers::nbd_endpoints(state).await,
         (["volumes"], &Method::GET) => handlers::list_volumes(state).await,
         (["volumes"], &Method::POST) => handlers::create_volume(state, json_body(req).await?).await,
         (["volumes", name], &Method::GET) => handlers::get_volume(state, name).await,
@@ -48,6 +49,7 @@ pub async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Reply, Ap
         }
         (
             ["pool"]
+            | ["nbd"]
             | ["volumes"]
             | ["volumes", _]
             | ["volumes", _, "grow"]

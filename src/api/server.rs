@@ -28,6 +28,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// their handles here.
 pub struct ApiState {
     pub pool: Pool,
+    pub nbd: super::types::NbdEndpoints,
 }
 
 /// Accepts connections until `shutdown` completes, then lets in-flight

@@ -37,6 +37,24 @@ pub struct CreateSnapshot {
     pub name: Option<String>,
 }
 
+/// `GET /v1/nbd`: where the daemon serves its NBD exports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NbdEndpoints {
+    /// The NBD unix socket.
+    pub socket: std::path::PathBuf,
+    /// The TCP listener, if NBD is served on TCP.
+    pub tcp: Option<std::net::SocketAddr>,
+}
+
+/// `ballast export --json`: the URIs of one export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportUris {
+    pub export: String,
+    pub read_only: bool,
+    pub unix: String,
+    pub tcp: Option<String>,
+}
+
 /// Body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -65,6 +65,13 @@ pub enum ClientCommand {
     Snapshot(SnapshotCommand),
     /// Show pool space and settings
     Pool(OutputArgs),
+    /// Print the NBD URIs of a volume (read-write) or snapshot (read-only)
+    Export {
+        /// VOL or VOL@SNAP
+        export: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +88,12 @@ pub struct DaemonArgs {
     /// I/O backend: auto (io_uring if the kernel allows it), uring or sync
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub io: String,
+    /// NBD unix socket [default: ROOT/nbd.sock]
+    #[arg(long, value_name = "PATH")]
+    pub nbd_socket: Option<PathBuf>,
+    /// NBD TCP listener as ADDR:PORT, or "off" [default: 127.0.0.1:10809]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub nbd_listen: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -9,7 +9,7 @@ mod output;
 use anyhow::Result;
 use ballast_engine::{format_size, parse_size, parse_snapshot_ref, validate_name};
 
-use crate::api::types::{CreateVolume, SnapshotInfo, VolumeInfo};
+use crate::api::types::{CreateVolume, ExportUris, SnapshotInfo, VolumeInfo};
 use crate::client::Client;
 use args::{ClientCommand, CreateArgs, SnapshotCommand};
 use output::{emit, format_time, json, Table};
@@ -45,6 +45,9 @@ pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
             }
         }
         ClientCommand::Snapshot(command) => snapshot(client, command).await?,
+        ClientCommand::Export { export, output } => {
+            export_uris(client, &export, output.json).await?
+        }
         ClientCommand::Pool(output) => {
             let stats = client.pool().await?;
             if output.json {
@@ -80,6 +83,47 @@ async fn create(client: &Client, args: CreateArgs) -> Result<String> {
     };
     let info = client.create_volume(&request).await?;
     Ok(format!("{}\n", info.name))
+}
+
+/// `ballast export VOL[@SNAP]`: checks the export exists, then prints its
+/// URIs in the NBD URI spec's forms.
+async fn export_uris(client: &Client, export: &str, as_json: bool) -> Result<String> {
+    let read_only = match export.split_once('@') {
+        Some(_) => {
+            let (volume, snapshot) = parse_snapshot_ref(export)?;
+            let snapshots = client.snapshots(volume).await?;
+            if !snapshots.iter().any(|s| s.name == snapshot) {
+                anyhow::bail!("snapshot {export} not found");
+            }
+            true
+        }
+        None => {
+            validate_name(export)?;
+            client.volume(export).await?;
+            false
+        }
+    };
+    let endpoints = client.nbd().await?;
+    let uris = ExportUris {
+        export: export.to_string(),
+        read_only,
+        unix: ballast_nbd::unix_uri(&endpoints.socket, export),
+        tcp: endpoints
+            .tcp
+            .map(|a| ballast_nbd::tcp_uri(&a.ip().to_string(), a.port(), export)),
+    };
+    Ok(if as_json {
+        json(&uris)
+    } else {
+        let mut text = String::new();
+        if let Some(tcp) = &uris.tcp {
+            text.push_str(tcp);
+            text.push('\n');
+        }
+        text.push_str(&uris.unix);
+        text.push('\n');
+        text
+    })
 }
 
 async fn snapshot(client: &Client, command: SnapshotCommand) -> Result<String> {

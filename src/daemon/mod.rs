@@ -6,11 +6,13 @@
 //! SIGINT/SIGTERM every service stops, then the pool gets its final commit.
 
 mod commit;
-mod control;
 mod lock;
+mod nbd;
 mod services;
+mod socket;
 
 use std::fs::DirBuilder;
+use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +35,19 @@ pub struct DaemonConfig {
     pub control_socket: PathBuf,
     pub pool_size: Option<u64>,
     pub io: IoMode,
+    pub nbd_socket: PathBuf,
+    pub nbd_listen: NbdListen,
+}
+
+/// Where the NBD server listens on TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NbdListen {
+    /// The default address: if it is taken (another daemon), serve NBD on
+    /// the unix socket only and say so.
+    Default(SocketAddr),
+    /// An address the user asked for: failing to bind it stops start-up.
+    Explicit(SocketAddr),
+    Off,
 }
 
 /// Runs the daemon until SIGINT/SIGTERM.
@@ -44,7 +59,9 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         .create(&config.root)
         .with_context(|| format!("cannot create root directory {}", config.root.display()))?;
     let _root_lock = lock::RootLock::acquire(&config.root)?;
-    let (listener, _socket_file) = control::bind(&config.control_socket).await?;
+    let (listener, _socket_file) =
+        socket::bind(&config.control_socket, "control", "--control-socket").await?;
+    let nbd = nbd::bind(&config.nbd_socket, config.nbd_listen).await?;
 
     let pool_config = PoolConfig {
         root: config.root.clone(),
@@ -58,7 +75,10 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         info!(max_size = %format_size(max), "pool size capped");
     }
 
-    let state = Arc::new(ApiState { pool: pool.clone() });
+    let state = Arc::new(ApiState {
+        pool: pool.clone(),
+        nbd: nbd.endpoints(),
+    });
     services.spawn("control API", move |shutdown| {
         api::server::serve(listener, state, shutdown.cancelled_owned())
     });
@@ -66,7 +86,8 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         let pool = pool.clone();
         move |shutdown| commit::run(pool, COMMIT_PERIOD, shutdown)
     });
-    // Further services (NBD listeners, the Docker plugin socket, ...) are
+    nbd.spawn(&mut services, pool.clone());
+    // Further services (the Docker plugin socket, ...) are
     // spawned here the same way: `services.spawn(name, |token| future)`,
     // the future returning soon after `token` is cancelled.
     info!(control_socket = %config.control_socket.display(), "ballast daemon ready");

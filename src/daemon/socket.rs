@@ -1,4 +1,5 @@
-//! The control socket's file: stale-socket cleanup, bind, permissions.
+//! The daemon's unix sockets (control API, NBD): stale-socket cleanup,
+//! bind, permissions.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -9,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use tokio::net::UnixListener;
 use tracing::info;
 
-/// The control socket is only for the daemon's own user.
+/// The daemon's sockets are only for its own user.
 const SOCKET_MODE: u32 = 0o600;
 
 /// Removes the socket file when dropped (a clean shutdown leaves nothing behind).
@@ -23,18 +24,19 @@ impl Drop for SocketFile {
     }
 }
 
-/// Binds the control socket at `path`, replacing a stale socket left by a
-/// dead daemon but refusing to steal one that a live daemon still answers on.
-pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile)> {
+/// Binds the `what` socket (set by `flag`) at `path`, replacing a stale
+/// socket left by a dead daemon but refusing to steal one that a live
+/// daemon still answers on.
+pub async fn bind(path: &Path, what: &str, flag: &str) -> Result<(UnixListener, SocketFile)> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if tokio::net::UnixStream::connect(path).await.is_ok() {
                 bail!(
-                    "another ballast daemon is already listening on {}: stop it first or pass a different --control-socket",
+                    "another ballast daemon is already listening on {}: stop it first or pass a different {flag}",
                     path.display()
                 );
             }
-            info!("removing stale control socket {}", path.display());
+            info!("removing stale {what} socket {}", path.display());
             fs::remove_file(path)
                 .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
         }
@@ -49,7 +51,7 @@ pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile)> {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let listener = UnixListener::bind(path)
-        .with_context(|| format!("cannot bind control socket {}", path.display()))?;
+        .with_context(|| format!("cannot bind {what} socket {}", path.display()))?;
     let file = SocketFile {
         path: path.to_path_buf(),
     };
