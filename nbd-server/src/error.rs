@@ -16,6 +16,8 @@ pub enum ConnectionError {
     UnknownExport(String),
     #[error("option {option} carries {length} bytes, more than the server accepts")]
     OptionTooLarge { option: u32, length: u32 },
+    #[error("handshake not completed within {0:?}")]
+    HandshakeTimeout(std::time::Duration),
     #[error("write request of {0} bytes exceeds the 32 MiB maximum")]
     RequestTooLarge(u32),
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -15,18 +16,46 @@ use crate::export::ExportProvider;
 use crate::handshake::{self, Negotiated};
 use crate::transmission;
 
-const READ_BUFFER: usize = 256 * 1024;
+/// Per-connection read buffer; larger payloads bypass it.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Resource limits of a [`Server`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once (over all listeners); further clients are
+    /// closed right after accept.
+    pub max_connections: usize,
+    /// Time a client has from connecting to entering transmission.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// An NBD server over a set of exports; shared by all listeners.
 pub struct Server {
     provider: Arc<dyn ExportProvider>,
+    limits: Limits,
+    connections: Arc<Semaphore>,
     next_connection: AtomicU64,
 }
 
 impl Server {
     pub fn new(provider: Arc<dyn ExportProvider>) -> Arc<Server> {
+        Self::with_limits(provider, Limits::default())
+    }
+
+    pub fn with_limits(provider: Arc<dyn ExportProvider>, limits: Limits) -> Arc<Server> {
         Arc::new(Server {
             provider,
+            limits,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
             next_connection: AtomicU64::new(1),
         })
     }
@@ -57,9 +86,12 @@ impl Server {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
-        match handshake::negotiate(&mut reader, &mut writer, self.provider.as_ref(), shutdown)
-            .await?
-        {
+        let negotiation =
+            handshake::negotiate(&mut reader, &mut writer, self.provider.as_ref(), shutdown);
+        let negotiated = tokio::time::timeout(self.limits.handshake_timeout, negotiation)
+            .await
+            .map_err(|_| ConnectionError::HandshakeTimeout(self.limits.handshake_timeout))??;
+        match negotiated {
             Negotiated::Closed => Ok(()),
             Negotiated::Transmission(session) => {
                 tracing::info!(export = %session.export.name, size = session.size, structured = session.structured, "client attached");
@@ -81,18 +113,29 @@ impl Server {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
+        let Some(slot) = self.connection_slot() else {
+            tracing::warn!(peer = %peer, limit = self.limits.max_connections, "connection limit reached; closing new connection");
+            return;
+        };
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("nbd", conn = id, peer = %peer);
         let server = self.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(
             async move {
+                let _slot = slot;
                 if let Err(err) = server.run(reader, writer, &shutdown).await {
                     tracing::warn!(error = %err, "connection closed");
                 }
             }
             .instrument(span),
         );
+    }
+}
+
+impl Server {
+    fn connection_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.connections.clone().try_acquire_owned().ok()
     }
 }
 

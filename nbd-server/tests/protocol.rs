@@ -485,3 +485,40 @@ fn disconnect_and_shutdown_answer_requests_in_flight() {
         &[0x33; 4096][..]
     );
 }
+
+#[test]
+fn connection_limit_and_handshake_timeout() {
+    let limits = ballast_nbd::Limits {
+        max_connections: 2,
+        handshake_timeout: std::time::Duration::from_millis(500),
+    };
+    let h = Harness::memory_with(limits);
+    h.exports().create_volume("vol", MIB);
+    let mut a = Raw::connect(&h.socket);
+    a.go("vol", false, false);
+    let mut b = Raw::connect(&h.socket);
+    b.go("vol", false, false);
+    // A third client is closed without a greeting.
+    let mut c = Raw::connect(&h.socket);
+    assert!(c.closed());
+    // A slot frees up when a client leaves.
+    a.request(0, CMD_DISC, 1, 0, 0, &[]);
+    assert!(a.closed());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut d = Raw::connect(&h.socket);
+    d.go("vol", false, false);
+    d.request(0, CMD_FLUSH, 2, 0, 0, &[]);
+    assert_eq!(d.simple_reply(), (0, 2));
+    // Transmission has no timeout; a stalled handshake does.
+    b.request(0, CMD_DISC, 3, 0, 0, &[]);
+    assert!(b.closed());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut e = Raw::connect(&h.socket);
+    e.greet(FLAG_C_FIXED_NEWSTYLE);
+    let started = std::time::Instant::now();
+    assert!(e.closed());
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    d.request(0, CMD_FLUSH, 4, 0, 0, &[]);
+    assert_eq!(d.simple_reply(), (0, 4));
+}

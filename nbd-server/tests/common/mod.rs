@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ballast_engine::{Pool, PoolConfig};
 use ballast_nbd::{
     serve_tcp, serve_unix, tcp_uri, unix_uri, CancellationToken, EngineExports, ExportProvider,
-    Server,
+    Limits, Server,
 };
 
 pub use memory::MemExports;
@@ -39,11 +39,16 @@ enum Backend {
 impl Harness {
     /// A server over in-memory exports.
     pub fn memory() -> Harness {
+        Self::memory_with(Limits::default())
+    }
+
+    pub fn memory_with(limits: Limits) -> Harness {
         let exports = Arc::new(MemExports::default());
         let provider: Arc<dyn ExportProvider> = exports.clone();
+        let dir = tempfile::tempdir().unwrap();
         Self::start(
-            tempfile::tempdir().unwrap(),
-            provider,
+            dir,
+            Server::with_limits(provider, limits),
             Backend::Memory(exports),
         )
     }
@@ -59,14 +64,10 @@ impl Harness {
         configure(&mut config);
         let pool = Pool::open(config).unwrap();
         let provider: Arc<dyn ExportProvider> = Arc::new(EngineExports::new(pool.clone()));
-        Self::start(dir, provider, Backend::Engine(pool))
+        Self::start(dir, Server::new(provider), Backend::Engine(pool))
     }
 
-    fn start(
-        dir: tempfile::TempDir,
-        provider: Arc<dyn ExportProvider>,
-        backend: Backend,
-    ) -> Harness {
+    fn start(dir: tempfile::TempDir, server: Arc<Server>, backend: Backend) -> Harness {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("BALLAST_TEST_LOG"))
             .with_test_writer()
@@ -78,7 +79,6 @@ impl Harness {
             .build()
             .unwrap();
         let shutdown = CancellationToken::new();
-        let server = Server::new(provider);
         let (port, serving) = runtime.block_on(async {
             let unix = tokio::net::UnixListener::bind(&socket).unwrap();
             let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
