@@ -6,6 +6,16 @@
 //! FAST_ZERO), CACHE, multi-connection, pipelined requests answered out of
 //! order, over unix sockets and TCP.
 //!
+//! Not implemented: TLS (NBD_OPT_STARTTLS is refused, as the NOTLS mode
+//! allows) and extended headers (NBD_OPT_EXTENDED_HEADERS is refused, so
+//! clients fall back to structured replies).
+//!
+//! Bad input never panics and never changes data: malformed options are
+//! answered with the spec's error replies; a malformed request, bad magic
+//! or an oversize write payload closes that one connection. [`Limits`]
+//! caps connections and the handshake time; each connection bounds the
+//! request bytes it holds in flight.
+//!
 //! Exports come from an [`ExportProvider`]; [`EngineExports`] serves a
 //! ballast pool: export `VOL` is the volume read-write, `VOL@SNAP` that
 //! snapshot read-only.

@@ -25,6 +25,8 @@ const MAX_INFLIGHT_BYTES: u32 = 2 * MAX_BLOCK_SIZE + 64 * REQUEST_OVERHEAD;
 /// Accounted per request on top of its buffer, which bounds the number of
 /// in-flight requests too.
 const REQUEST_OVERHEAD: u32 = 4096;
+/// How long a shutting-down server waits for a connection's requests.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 /// Most descriptors in one block-status reply; clients ask again for the rest.
 const MAX_STATUS_DESCRIPTORS: usize = 64 * 1024;
 /// Room in front of read data for a reply header, so data is read straight
@@ -161,10 +163,20 @@ where
 
     // Every request read so far is answered before the connection closes
     // (NBD_CMD_DISC, EOF, error, or server shutdown alike).
-    while let Some(joined) = tasks.join_next().await {
-        if let Err(err) = joined {
-            tracing::error!(error = %err, "request task failed");
+    let drain = async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(err) = joined {
+                tracing::error!(error = %err, "request task failed");
+            }
         }
+    };
+    if shutdown.is_cancelled() {
+        // A client that stopped reading replies must not hold up shutdown.
+        if tokio::time::timeout(SHUTDOWN_DRAIN, drain).await.is_err() {
+            tracing::warn!("requests still in flight at shutdown abandoned");
+        }
+    } else {
+        drain.await;
     }
     let _ = conn.writer.shutdown().await;
     result
