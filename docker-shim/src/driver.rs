@@ -1,0 +1,373 @@
+//! The driver's behaviour, independent of HTTP: volumes come from the
+//! [`Backend`], block devices and filesystems from the [`Host`], and the
+//! mount IDs Docker hands out are counted in a persistent state file.
+//!
+//! Operations on one volume are serialised by a per-volume async mutex;
+//! nothing global is held across slow work (mkfs, attach, mount). The
+//! in-memory state is only ever replaced by a copy that has been saved.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ballast_engine::validate_name;
+use tracing::{error, info, warn};
+
+use crate::backend::{Backend, VolumeSummary};
+use crate::error::DriverError;
+use crate::host::{Attachment, FsType, Host, MountRequest};
+use crate::options::{CreateOptions, Source};
+use crate::state::{State, StateFile};
+
+/// Where the driver keeps its files: `DIR/state.json` and one mount
+/// target per volume under `DIR/mounts/`.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(dir: PathBuf) -> Layout {
+        Layout { dir }
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    fn mounts(&self) -> PathBuf {
+        self.dir.join("mounts")
+    }
+
+    /// Where volume `name`'s filesystem is mounted.
+    fn target(&self, name: &str) -> PathBuf {
+        self.mounts().join(name)
+    }
+}
+
+/// The directory handed to containers: `data/` inside the filesystem, so
+/// `lost+found` never shows up in, say, a database's data directory.
+pub fn mountpoint(target: &Path) -> PathBuf {
+    target.join("data")
+}
+
+/// A volume as Docker sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeView {
+    pub summary: VolumeSummary,
+    /// Present while the volume is mounted.
+    pub mountpoint: Option<PathBuf>,
+}
+
+pub struct Driver<B, H> {
+    backend: B,
+    host: H,
+    layout: Layout,
+    state_file: StateFile,
+    state: Mutex<State>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<B: Backend, H: Host> Driver<B, H> {
+    /// Loads the saved state. Call [`Driver::recover`] before serving.
+    pub fn open(backend: B, host: H, layout: Layout) -> Result<Self, DriverError> {
+        let state_file = StateFile::new(layout.state_file());
+        let state = fs::create_dir_all(layout.mounts())
+            .and_then(|()| state_file.load())
+            .map_err(|source| DriverError::State {
+                path: state_file.path().display().to_string(),
+                source,
+            })?;
+        Ok(Driver {
+            backend,
+            host,
+            layout,
+            state_file,
+            state: Mutex::new(state),
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Start-up reconciliation. An attachment never outlives the daemon
+    /// that made it (its NBD connection died with that daemon), so every
+    /// recorded or leaked attachment is torn down, and volumes that Docker
+    /// still has mounted are attached and mounted afresh: containers started
+    /// from now on get a working filesystem.
+    pub async fn recover(&self) {
+        let stale: Vec<Attachment> = {
+            let state = self.state.lock().unwrap();
+            state
+                .volumes
+                .values()
+                .filter_map(|v| v.attachment.clone())
+                .collect()
+        };
+        self.host.clear_stale(&stale, &self.layout.dir).await;
+        let result = self.update(|state| {
+            for volume in state.volumes.values_mut() {
+                volume.attachment = None;
+            }
+        });
+        if let Err(e) = result {
+            error!("{e}");
+        }
+        let held: Vec<String> = {
+            let state = self.state.lock().unwrap();
+            state
+                .volumes
+                .iter()
+                .filter(|(_, v)| !v.mount_ids.is_empty())
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        for name in held {
+            let lock = self.lock(&name);
+            let _guard = lock.lock().await;
+            match self.ensure_mounted(&name).await {
+                Ok(target) => {
+                    info!(volume = %name, target = %target.display(), "remounted after restart")
+                }
+                Err(e) => {
+                    warn!(volume = %name, "cannot remount after restart (the next Mount retries): {e}")
+                }
+            }
+        }
+    }
+
+    pub async fn create(
+        &self,
+        name: &str,
+        opts: Option<&HashMap<String, String>>,
+    ) -> Result<(), DriverError> {
+        check_name(name)?;
+        let options = CreateOptions::parse(opts)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().await;
+        if self.backend.volume(name)?.is_some() {
+            // Docker calls Create again for volumes it already knows.
+            return Ok(());
+        }
+        if !self.host.supports(options.fstype) {
+            return Err(DriverError::InvalidOption(format!(
+                "fstype={} needs {} on the host, which is not installed",
+                options.fstype,
+                options.fstype.mkfs()
+            )));
+        }
+        match &options.source {
+            Source::Empty { size } => {
+                self.backend.create_volume(name, *size).await?;
+                self.update(|state| {
+                    state.volumes.entry(name.to_string()).or_default().format_as =
+                        Some(options.fstype);
+                })?;
+            }
+            Source::Snapshot { volume, snapshot } => {
+                self.backend.clone_volume(name, volume, snapshot).await?
+            }
+            Source::Backup { url } => self.backend.restore_backup(name, url).await?,
+        }
+        info!(volume = name, source = ?options.source, "volume created for Docker");
+        Ok(())
+    }
+
+    /// Removing a volume that is already gone succeeds, so Docker can drop
+    /// its own record of it.
+    pub async fn remove(&self, name: &str) -> Result<(), DriverError> {
+        check_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().await;
+        let (mounts, attachment) =
+            self.with_volume(name, |v| (v.mount_ids.len(), v.attachment.clone()));
+        if mounts > 0 {
+            return Err(DriverError::Mounted {
+                name: name.to_string(),
+                mounts,
+            });
+        }
+        if let Some(attachment) = attachment {
+            self.detach(name, &attachment).await?;
+        }
+        if self.backend.volume(name)?.is_some() {
+            self.backend.delete_volume(name).await?;
+        }
+        self.update(|state| {
+            state.volumes.remove(name);
+        })?;
+        let _ = fs::remove_dir(self.layout.target(name));
+        info!(volume = name, "volume removed by Docker");
+        Ok(())
+    }
+
+    /// Counts mount `id` and returns the directory for the container.
+    pub async fn mount(&self, name: &str, id: &str) -> Result<PathBuf, DriverError> {
+        check_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().await;
+        let target = self.ensure_mounted(name).await?;
+        self.update(|state| {
+            state
+                .volumes
+                .entry(name.to_string())
+                .or_default()
+                .mount_ids
+                .insert(id.to_string());
+        })?;
+        Ok(mountpoint(&target))
+    }
+
+    /// Forgets mount `id`; the last one unmounts and detaches the volume.
+    /// An unknown ID succeeds: Docker may repeat an Unmount.
+    pub async fn unmount(&self, name: &str, id: &str) -> Result<(), DriverError> {
+        check_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().await;
+        let (known, remaining, attachment) = self.with_volume(name, |v| {
+            let known = v.mount_ids.contains(id);
+            (
+                known,
+                v.mount_ids.len() - usize::from(known),
+                v.attachment.clone(),
+            )
+        });
+        if !known {
+            return Ok(());
+        }
+        self.update(|state| {
+            if let Some(volume) = state.volumes.get_mut(name) {
+                volume.mount_ids.remove(id);
+            }
+        })?;
+        if remaining == 0 {
+            if let Some(attachment) = attachment {
+                self.detach(name, &attachment).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The volume's mountpoint, `None` while it is not mounted.
+    pub fn path(&self, name: &str) -> Result<Option<PathBuf>, DriverError> {
+        Ok(self.get(name)?.mountpoint)
+    }
+
+    pub fn get(&self, name: &str) -> Result<VolumeView, DriverError> {
+        check_name(name)?;
+        let summary = self
+            .backend
+            .volume(name)?
+            .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
+        Ok(self.view(summary))
+    }
+
+    pub fn list(&self) -> Result<Vec<VolumeView>, DriverError> {
+        Ok(self
+            .backend
+            .volumes()?
+            .into_iter()
+            .map(|summary| self.view(summary))
+            .collect())
+    }
+
+    fn view(&self, summary: VolumeSummary) -> VolumeView {
+        let mounted = self.with_volume(&summary.name, |v| v.attachment.is_some());
+        VolumeView {
+            mountpoint: mounted.then(|| mountpoint(&self.layout.target(&summary.name))),
+            summary,
+        }
+    }
+
+    /// Attaches and mounts the volume unless it already is; returns the
+    /// mount target. The caller holds the volume's lock.
+    async fn ensure_mounted(&self, name: &str) -> Result<PathBuf, DriverError> {
+        let target = self.layout.target(name);
+        let (attached, format_as) =
+            self.with_volume(name, |v| (v.attachment.is_some(), v.format_as));
+        if attached {
+            return Ok(target);
+        }
+        let summary = self
+            .backend
+            .volume(name)?
+            .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
+        // A volume nobody ever wrote to holds nothing a format could destroy.
+        let format = format_as.or((summary.allocated == 0).then_some(FsType::Ext4));
+        let request = MountRequest {
+            volume: name.to_string(),
+            nbd_socket: self.backend.nbd_socket(),
+            size: summary.size,
+            target: target.clone(),
+            format,
+        };
+        let attachment = self
+            .host
+            .mount(&request)
+            .await
+            .map_err(|source| DriverError::Host {
+                volume: name.to_string(),
+                source,
+            })?;
+        self.update(|state| {
+            let volume = state.volumes.entry(name.to_string()).or_default();
+            volume.attachment = Some(attachment);
+            volume.format_as = None;
+        })?;
+        info!(volume = name, target = %target.display(), "volume mounted");
+        Ok(target)
+    }
+
+    async fn detach(&self, name: &str, attachment: &Attachment) -> Result<(), DriverError> {
+        self.host
+            .unmount(attachment)
+            .await
+            .map_err(|source| DriverError::Host {
+                volume: name.to_string(),
+                source,
+            })?;
+        self.update(|state| {
+            if let Some(volume) = state.volumes.get_mut(name) {
+                volume.attachment = None;
+            }
+        })?;
+        info!(volume = name, "volume unmounted");
+        Ok(())
+    }
+
+    fn lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn with_volume<R>(&self, name: &str, f: impl FnOnce(&crate::state::VolumeState) -> R) -> R {
+        let state = self.state.lock().unwrap();
+        match state.volumes.get(name) {
+            Some(volume) => f(volume),
+            None => f(&Default::default()),
+        }
+    }
+
+    /// Applies `change` to a copy of the state, saves it, then makes it
+    /// current; on a save failure nothing changes.
+    fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> Result<R, DriverError> {
+        let mut state = self.state.lock().unwrap();
+        let mut next = state.clone();
+        let result = change(&mut next);
+        self.state_file
+            .save(&next)
+            .map_err(|source| DriverError::State {
+                path: self.state_file.path().display().to_string(),
+                source,
+            })?;
+        *state = next;
+        Ok(result)
+    }
+}
+
+fn check_name(name: &str) -> Result<(), DriverError> {
+    validate_name(name).map_err(|e| DriverError::InvalidName(format!("volume name {name:?}: {e}")))
+}

@@ -1,0 +1,127 @@
+//! The host side of a mount: turning an NBD export into a mounted
+//! filesystem and back.
+
+mod command;
+mod fuse;
+mod kernel;
+mod linux;
+pub mod mountinfo;
+pub mod nbd_handshake;
+pub mod netlink;
+
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use linux::LinuxHost;
+
+/// Filesystems the driver can create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsType {
+    Ext4,
+    Xfs,
+}
+
+impl FsType {
+    /// The program that creates this filesystem.
+    pub fn mkfs(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "mkfs.ext4",
+            FsType::Xfs => "mkfs.xfs",
+        }
+    }
+}
+
+impl fmt::Display for FsType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FsType::Ext4 => "ext4",
+            FsType::Xfs => "xfs",
+        })
+    }
+}
+
+impl FromStr for FsType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ext4" => Ok(FsType::Ext4),
+            "xfs" => Ok(FsType::Xfs),
+            _ => Err(format!("fstype={s}: supported filesystems are ext4, xfs")),
+        }
+    }
+}
+
+/// What to mount where.
+#[derive(Debug, Clone)]
+pub struct MountRequest {
+    pub volume: String,
+    /// The daemon's NBD socket; the export is named after the volume.
+    pub nbd_socket: PathBuf,
+    pub size: u64,
+    /// Where the filesystem goes; `data/` inside it is created if missing.
+    pub target: PathBuf,
+    /// Format with this filesystem if the device holds none. `None`: a
+    /// device without a filesystem is an error (its data is not ours to
+    /// overwrite).
+    pub format: Option<FsType>,
+}
+
+/// How a mounted volume is attached, recorded so that a restarted daemon
+/// can tear it down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Where the filesystem is mounted.
+    pub target: PathBuf,
+    /// The block device holding it (`/dev/nbdN` or `/dev/loopN`).
+    pub device: PathBuf,
+    pub via: Via,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// Kernel NBD device number `index`, configured over netlink.
+    KernelNbd { index: u32 },
+    /// `nbdfuse` (process `pid`) exposing the export as `dir/nbd`, which a
+    /// loop device turns into a block device.
+    Fuse { pid: u32, dir: PathBuf },
+}
+
+/// A failed host operation; the message names the step and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HostError(pub String);
+
+/// Attaching, formatting and mounting. [`LinuxHost`] is the real one.
+pub trait Host: Send + Sync + 'static {
+    /// Whether filesystems of `fstype` can be created here.
+    fn supports(&self, fstype: FsType) -> bool;
+
+    /// Attaches the export, formats it if asked and needed, mounts it on
+    /// `request.target` and creates `data/` in it.
+    fn mount(
+        &self,
+        request: &MountRequest,
+    ) -> impl Future<Output = Result<Attachment, HostError>> + Send;
+
+    /// Unmounts and detaches.
+    fn unmount(
+        &self,
+        attachment: &Attachment,
+    ) -> impl Future<Output = Result<(), HostError>> + Send;
+
+    /// At start-up: tears down `attachments` recorded by an earlier daemon
+    /// and anything else it left under `dir` (mounts, FUSE mounts, loop
+    /// devices). Best effort; failures are logged.
+    fn clear_stale(
+        &self,
+        attachments: &[Attachment],
+        dir: &Path,
+    ) -> impl Future<Output = ()> + Send;
+}
