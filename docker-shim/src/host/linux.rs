@@ -166,21 +166,32 @@ impl Host for LinuxHost {
                 Via::Fuse { .. } => {}
             }
         }
-        // Deepest first, so filesystems go before the FUSE mounts under them.
-        let mut stale: Vec<PathBuf> = mounts()
+        // Filesystems first, then their loop devices, then the FUSE mounts
+        // (a loop's backing file can only be recognised while its FUSE
+        // mount is still attached under `dir`).
+        let (fuse_mounts, filesystems): (Vec<PathBuf>, Vec<PathBuf>) = mounts()
             .into_iter()
+            .filter(|m| m.mount_point.starts_with(dir))
             .map(|m| m.mount_point)
-            .filter(|p| p.starts_with(dir))
-            .collect();
-        stale.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        stale.dedup();
-        for point in stale {
-            match command::run("umount", ["-l".as_ref(), point.as_os_str()]).await {
-                Ok(_) => info!(mount = %point.display(), "removed a stale mount"),
-                Err(e) => warn!(mount = %point.display(), "cannot remove a stale mount: {e}"),
+            .partition(|p| p.starts_with(&self.fuse_dir));
+        for point in filesystems {
+            lazy_unmount(&point).await;
+        }
+        let mut loops = fuse::loops_under(dir);
+        for attachment in attachments {
+            if let Via::Fuse { .. } = attachment.via {
+                // Its FUSE mount may be gone already; then the kernel shows
+                // the backing file relative to the detached mount.
+                if fuse::loop_backing_file(&attachment.device)
+                    .is_some_and(|f| f == Path::new("/nbd"))
+                {
+                    loops.push(attachment.device.clone());
+                }
             }
         }
-        for device in fuse::loops_under(dir) {
+        loops.sort();
+        loops.dedup();
+        for device in loops {
             match command::run("losetup", ["-d".as_ref(), device.as_os_str()]).await {
                 Ok(_) => info!(device = %device.display(), "detached a stale loop device"),
                 Err(e) => {
@@ -188,6 +199,16 @@ impl Host for LinuxHost {
                 }
             }
         }
+        for point in fuse_mounts {
+            lazy_unmount(&point).await;
+        }
+    }
+}
+
+async fn lazy_unmount(point: &Path) {
+    match command::run("umount", ["-l".as_ref(), point.as_os_str()]).await {
+        Ok(_) => info!(mount = %point.display(), "removed a stale mount"),
+        Err(e) => warn!(mount = %point.display(), "cannot remove a stale mount: {e}"),
     }
 }
 
