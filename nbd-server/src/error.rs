@@ -18,6 +18,6 @@ pub enum ConnectionError {
     OptionTooLarge { option: u32, length: u32 },
     #[error("handshake not completed within {0:?}")]
     HandshakeTimeout(std::time::Duration),
-    #[error("write request of {0} bytes exceeds the 32 MiB maximum")]
-    RequestTooLarge(u32),
+    #[error("request payload of {0} bytes exceeds the 32 MiB maximum")]
+    RequestTooLarge(u64),
 }

@@ -20,7 +20,10 @@ pub struct Session {
     pub export: Export,
     /// Export size as announced; requests are checked against it.
     pub size: u64,
+    /// Structured replies (always true with extended headers).
     pub structured: bool,
+    /// 64-bit request and reply headers (NBD_OPT_EXTENDED_HEADERS).
+    pub extended: bool,
     /// `base:allocation` was selected for this export.
     pub block_status: bool,
 }
@@ -51,6 +54,7 @@ struct Handshake<'a, R, W> {
     w: &'a mut W,
     provider: &'a dyn ExportProvider,
     structured: bool,
+    extended: bool,
     /// Export name `base:allocation` was last selected for.
     meta_export: Option<String>,
 }
@@ -86,6 +90,7 @@ where
         w,
         provider,
         structured: false,
+        extended: false,
         meta_export: None,
     };
     loop {
@@ -135,8 +140,25 @@ where
                 return Ok(Negotiated::Closed);
             }
             OPT_LIST => hs.list(&payload).await?,
+            OPT_EXTENDED_HEADERS => {
+                if hs.extended {
+                    let msg = b"extended headers already negotiated";
+                    hs.reply(option, REP_ERR_INVALID, msg).await?;
+                } else if payload.is_empty() {
+                    // Extended headers imply structured replies.
+                    hs.extended = true;
+                    hs.structured = true;
+                    hs.reply(option, REP_ACK, &[]).await?;
+                } else {
+                    let msg = b"NBD_OPT_EXTENDED_HEADERS takes no data";
+                    hs.reply(option, REP_ERR_INVALID, msg).await?;
+                }
+            }
             OPT_STRUCTURED_REPLY => {
-                if payload.is_empty() {
+                if hs.extended {
+                    let msg = b"extended headers already negotiated";
+                    hs.reply(option, REP_ERR_EXT_HEADER_REQD, msg).await?;
+                } else if payload.is_empty() {
                     hs.structured = true;
                     hs.reply(option, REP_ACK, &[]).await?;
                 } else {
@@ -179,6 +201,7 @@ fn is_known(option: u32) -> bool {
             | OPT_INFO
             | OPT_GO
             | OPT_STRUCTURED_REPLY
+            | OPT_EXTENDED_HEADERS
             | OPT_LIST_META_CONTEXT
             | OPT_SET_META_CONTEXT
     )
@@ -251,6 +274,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handshake<'_, R, W> {
             export,
             size,
             structured: self.structured,
+            extended: self.extended,
             block_status,
         }))
     }
@@ -327,6 +351,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handshake<'_, R, W> {
             export,
             size,
             structured: self.structured,
+            extended: self.extended,
             block_status,
         }))
     }

@@ -1,14 +1,15 @@
 //! ballast-nbd: the NBD front end of ballast.
 //!
 //! A modern NBD server on tokio: fixed-newstyle handshake with
-//! NBD_OPT_GO/INFO/LIST/EXPORT_NAME/ABORT, structured replies,
+//! NBD_OPT_GO/INFO/LIST/EXPORT_NAME/ABORT, structured replies, extended
+//! headers,
 //! `base:allocation` block status, FLUSH, FUA, TRIM, WRITE_ZEROES (with
 //! FAST_ZERO), CACHE, multi-connection, pipelined requests answered out of
 //! order, over unix sockets and TCP.
 //!
-//! Not implemented: TLS (NBD_OPT_STARTTLS is refused, as the NOTLS mode
-//! allows) and extended headers (NBD_OPT_EXTENDED_HEADERS is refused, so
-//! clients fall back to structured replies).
+//! Extended headers (NBD_OPT_EXTENDED_HEADERS: 64-bit lengths, 32-byte
+//! request and reply headers) are supported. TLS is not: NBD_OPT_STARTTLS
+//! is refused, as the spec's NOTLS mode allows.
 //!
 //! Bad input never panics and never changes data: malformed options are
 //! answered with the spec's error replies; a malformed request, bad magic

@@ -15,9 +15,13 @@ use crate::error::ConnectionError;
 use crate::handshake::Session;
 use crate::proto::*;
 use crate::reply::{
-    chunk_header, error_chunk, simple_reply, ReplyWriter, CHUNK_HEADER_LEN, SIMPLE_REPLY_LEN,
+    error_chunk, simple_reply, ChunkHeader, ReplyWriter, EXTENDED_CHUNK_HEADER_LEN,
+    SIMPLE_REPLY_LEN,
 };
-use crate::wire::{decode_request_header, RequestHeader, REQUEST_HEADER_LEN};
+use crate::wire::{
+    decode_extended_request_header, decode_request_header, RequestHeader,
+    EXTENDED_REQUEST_HEADER_LEN, REQUEST_HEADER_LEN,
+};
 
 /// Buffer bytes all in-flight requests of one connection may hold. At
 /// least one maximum-size request always fits.
@@ -31,7 +35,10 @@ const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 const MAX_STATUS_DESCRIPTORS: usize = 64 * 1024;
 /// Room in front of read data for a reply header, so data is read straight
 /// into the buffer that goes on the wire.
-const READ_PREFIX: usize = CHUNK_HEADER_LEN + 8;
+const READ_PREFIX: usize = EXTENDED_CHUNK_HEADER_LEN + 8;
+/// Largest range one block-status request looks at; the reply may cover
+/// less than asked, and clients ask again for the rest.
+const MAX_STATUS_QUERY: u64 = u32::MAX as u64;
 
 /// A request refused or failed, with a message for the client's user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,35 +101,36 @@ where
                 tracing::error!(error = %err, "request task failed");
             }
         }
-        let mut header = [0u8; REQUEST_HEADER_LEN];
+        let extended = conn.session.extended;
         let got = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
             _ = conn.dead.cancelled() => break Ok(()),
-            got = read_header(reader, &mut header) => got,
+            got = read_request(reader, extended) => got,
         };
-        match got {
-            Ok(true) => {}
-            Ok(false) => break Ok(()),
-            Err(err) => break Err(err.into()),
-        }
-        let req = match decode_request_header(&header) {
-            Ok(req) => req,
-            Err(err) => break Err(err.into()),
+        let req = match got {
+            Ok(Some(req)) => req,
+            Ok(None) => break Ok(()),
+            Err(err) => break Err(err),
         };
         tracing::trace!(?req, "request");
         if req.command == CMD_DISC {
             break Ok(());
         }
-        if req.command == CMD_WRITE && req.length > MAX_BLOCK_SIZE {
+        // A payload follows writes and, with extended headers, any request
+        // flagged PAYLOAD_LEN (which we never advertise: check() refuses it
+        // once the payload is consumed).
+        let has_payload =
+            req.command == CMD_WRITE || (extended && req.flags & CMD_FLAG_PAYLOAD_LEN != 0);
+        if has_payload && req.length > u64::from(MAX_BLOCK_SIZE) {
             // The payload cannot be skipped cheaply: hard disconnect, as the
             // spec allows for payloads deemed a denial of service.
             break Err(ConnectionError::RequestTooLarge(req.length));
         }
-        let buffer = match req.command {
-            CMD_WRITE => req.length,
-            CMD_READ => req.length.min(MAX_BLOCK_SIZE),
-            _ => 0,
+        let buffer = if has_payload || req.command == CMD_READ {
+            req.length.min(u64::from(MAX_BLOCK_SIZE)) as u32
+        } else {
+            0
         };
         let Ok(permit) = budget
             .clone()
@@ -131,7 +139,7 @@ where
         else {
             break Ok(());
         };
-        let payload = if req.command == CMD_WRITE {
+        let payload = if has_payload {
             let mut data = vec![0u8; req.length as usize];
             let read = tokio::select! {
                 biased;
@@ -182,12 +190,30 @@ where
     result
 }
 
-/// Reads one request header; `false` on a clean EOF between requests.
-async fn read_header<R: AsyncRead + Unpin>(
+/// Reads and decodes one request header; `None` on a clean EOF between
+/// requests.
+async fn read_request<R: AsyncRead + Unpin>(
     r: &mut R,
-    buf: &mut [u8; REQUEST_HEADER_LEN],
-) -> std::io::Result<bool> {
-    let first = r.read(&mut buf[..]).await?;
+    extended: bool,
+) -> Result<Option<RequestHeader>, ConnectionError> {
+    if extended {
+        let mut buf = [0u8; EXTENDED_REQUEST_HEADER_LEN];
+        if !read_header(r, &mut buf).await? {
+            return Ok(None);
+        }
+        Ok(Some(decode_extended_request_header(&buf)?))
+    } else {
+        let mut buf = [0u8; REQUEST_HEADER_LEN];
+        if !read_header(r, &mut buf).await? {
+            return Ok(None);
+        }
+        Ok(Some(decode_request_header(&buf)?))
+    }
+}
+
+/// Fills `buf`; `false` on a clean EOF before its first byte.
+async fn read_header<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Result<bool> {
+    let first = r.read(buf).await?;
     if first == 0 {
         return Ok(false);
     }
@@ -224,14 +250,14 @@ pub fn check(req: &RequestHeader, session: &Session) -> Result<(), Failure> {
             format!("export {} is read-only", session.export.name),
         ));
     }
-    if matches!(req.command, CMD_READ | CMD_CACHE) && req.length > MAX_BLOCK_SIZE {
+    if matches!(req.command, CMD_READ | CMD_CACHE) && req.length > u64::from(MAX_BLOCK_SIZE) {
         return Err(Failure::new(
             NbdErrno::Inval,
             format!("length {} exceeds the maximum block size", req.length),
         ));
     }
     if req.command != CMD_FLUSH {
-        let end = req.offset.checked_add(u64::from(req.length));
+        let end = req.offset.checked_add(req.length);
         if end.is_none_or(|end| end > session.size) {
             let errno = if matches!(req.command, CMD_WRITE | CMD_WRITE_ZEROES) {
                 NbdErrno::NoSpc
@@ -266,7 +292,7 @@ async fn execute(
 ) -> Result<Reply, Failure> {
     check(req, session)?;
     let device = &session.export.device;
-    let (offset, len) = (req.offset, u64::from(req.length));
+    let (offset, len) = (req.offset, req.length);
     let fua = req.flags & CMD_FLAG_FUA != 0;
     match req.command {
         CMD_READ => {
@@ -291,9 +317,11 @@ async fn execute(
         CMD_WRITE_ZEROES if len > 0 => device.write_zeroes(offset, len).await?,
         CMD_FLUSH => device.flush().await?,
         CMD_BLOCK_STATUS => {
+            let len = len.min(MAX_STATUS_QUERY);
             let extents = device.block_status(offset, len)?;
             let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
-            return Ok(Reply::Status(encode_block_status(&extents, len, req_one)));
+            let payload = encode_block_status(&extents, len, req_one, session.extended);
+            return Ok(Reply::Status(payload));
         }
         // CACHE is a hint we have no use for; zero-length trims and zeroing
         // are no-ops.
@@ -305,9 +333,10 @@ async fn execute(
     Ok(Reply::Ack)
 }
 
-/// The `base:allocation` chunk payload: context id, then (length, flags)
-/// descriptors with equal neighbours merged.
-pub fn encode_block_status(extents: &[Extent], len: u64, req_one: bool) -> Vec<u8> {
+/// The `base:allocation` chunk payload, descriptors with equal neighbours
+/// merged: context id then 32-bit (length, flags) pairs, or with extended
+/// headers context id, descriptor count, then 64-bit pairs.
+pub fn encode_block_status(extents: &[Extent], len: u64, req_one: bool, extended: bool) -> Vec<u8> {
     let mut descriptors: Vec<(u64, u32)> = Vec::new();
     for extent in extents.iter().filter(|e| e.len > 0) {
         let flags = match extent.state {
@@ -333,12 +362,20 @@ pub fn encode_block_status(extents: &[Extent], len: u64, req_one: bool) -> Vec<u
         descriptors.truncate(1);
         descriptors[0].0 = descriptors[0].0.min(len);
     }
-    let mut out = Vec::with_capacity(4 + 8 * descriptors.len());
+    let mut out = Vec::with_capacity(8 + 16 * descriptors.len());
     out.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
-    for (run, flags) in descriptors {
-        // Runs never exceed the request length, which is a u32.
-        out.extend_from_slice(&(run.min(u64::from(u32::MAX)) as u32).to_be_bytes());
-        out.extend_from_slice(&flags.to_be_bytes());
+    if extended {
+        out.extend_from_slice(&(descriptors.len() as u32).to_be_bytes());
+        for (run, flags) in descriptors {
+            out.extend_from_slice(&run.to_be_bytes());
+            out.extend_from_slice(&u64::from(flags).to_be_bytes());
+        }
+    } else {
+        for (run, flags) in descriptors {
+            // Runs never exceed the query length, which fits in a u32.
+            out.extend_from_slice(&(run.min(u64::from(u32::MAX)) as u32).to_be_bytes());
+            out.extend_from_slice(&flags.to_be_bytes());
+        }
     }
     out
 }
@@ -348,57 +385,60 @@ async fn send_reply<W: AsyncWrite + Unpin + Send>(
     req: &RequestHeader,
     result: Result<Reply, Failure>,
 ) -> std::io::Result<()> {
-    let handle = req.handle;
-    let structured = conn.session.structured;
+    let (handle, offset) = (req.handle, req.offset);
+    let session = &conn.session;
+    let extended = session.extended;
+    let chunk = |flags, chunk_type, length| {
+        ChunkHeader::new(extended, flags, chunk_type, handle, offset, length)
+    };
     match result {
-        Ok(Reply::Ack) => conn.writer.send(&[&simple_reply(handle, 0)]).await,
+        // Simple replies are allowed for payload-less success unless
+        // extended headers are in use.
+        Ok(Reply::Ack) if !extended => conn.writer.send(&[&simple_reply(handle, 0)]).await,
+        Ok(Reply::Ack) => {
+            conn.writer
+                .send(&[chunk(REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0).as_bytes()])
+                .await
+        }
         Ok(Reply::Data(mut buf)) => {
             let data_len = buf.len() - READ_PREFIX;
-            let start = if !structured {
+            let start = if !session.structured {
                 buf[READ_PREFIX - SIMPLE_REPLY_LEN..READ_PREFIX]
                     .copy_from_slice(&simple_reply(handle, 0));
                 READ_PREFIX - SIMPLE_REPLY_LEN
             } else if data_len == 0 {
-                buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(
-                    REPLY_FLAG_DONE,
-                    REPLY_TYPE_NONE,
-                    handle,
-                    0,
-                ));
-                buf.truncate(CHUNK_HEADER_LEN);
-                0
+                let header = chunk(REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0);
+                return conn.writer.send(&[header.as_bytes()]).await;
             } else {
-                let header = chunk_header(
-                    REPLY_FLAG_DONE,
-                    REPLY_TYPE_OFFSET_DATA,
-                    handle,
-                    data_len as u32 + 8,
-                );
-                buf[..CHUNK_HEADER_LEN].copy_from_slice(&header);
-                buf[CHUNK_HEADER_LEN..READ_PREFIX].copy_from_slice(&req.offset.to_be_bytes());
-                0
+                // One OFFSET_DATA chunk (so DF always holds), its header and
+                // offset placed right in front of the data.
+                let header = chunk(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, data_len as u64 + 8);
+                let header = header.as_bytes();
+                let start = READ_PREFIX - 8 - header.len();
+                buf[start..READ_PREFIX - 8].copy_from_slice(header);
+                buf[READ_PREFIX - 8..READ_PREFIX].copy_from_slice(&offset.to_be_bytes());
+                start
             };
             conn.writer.send(&[&buf[start..]]).await
         }
         Ok(Reply::Status(payload)) => {
-            let header = chunk_header(
-                REPLY_FLAG_DONE,
-                REPLY_TYPE_BLOCK_STATUS,
-                handle,
-                payload.len() as u32,
-            );
-            conn.writer.send(&[&header, &payload]).await
+            let chunk_type = if extended {
+                REPLY_TYPE_BLOCK_STATUS_EXT
+            } else {
+                REPLY_TYPE_BLOCK_STATUS
+            };
+            let header = chunk(REPLY_FLAG_DONE, chunk_type, payload.len() as u64);
+            conn.writer.send(&[header.as_bytes(), &payload]).await
         }
         Err(failure) => {
             if failure.errno == NbdErrno::Io {
-                tracing::warn!(command = req.command, offset = req.offset, length = req.length, message = %failure.message, "I/O error");
+                tracing::warn!(command = req.command, offset, length = req.length, message = %failure.message, "I/O error");
             } else {
-                tracing::debug!(command = req.command, offset = req.offset, length = req.length, errno = ?failure.errno, message = %failure.message, "request refused");
+                tracing::debug!(command = req.command, offset, length = req.length, errno = ?failure.errno, message = %failure.message, "request refused");
             }
-            if structured {
-                conn.writer
-                    .send(&[&error_chunk(handle, failure.errno, &failure.message)])
-                    .await
+            if session.structured {
+                let reply = error_chunk(extended, handle, offset, failure.errno, &failure.message);
+                conn.writer.send(&[&reply]).await
             } else {
                 conn.writer
                     .send(&[&simple_reply(handle, failure.errno as u32)])

@@ -3,10 +3,11 @@
 //! bytes, so they can be fuzzed directly; every malformed input is a
 //! [`WireError`], never a panic.
 
-use crate::proto::{IHAVEOPT, MAX_STRING_LEN, REQUEST_MAGIC};
+use crate::proto::{EXTENDED_REQUEST_MAGIC, IHAVEOPT, MAX_STRING_LEN, REQUEST_MAGIC};
 
 pub const OPTION_HEADER_LEN: usize = 16;
 pub const REQUEST_HEADER_LEN: usize = 28;
+pub const EXTENDED_REQUEST_HEADER_LEN: usize = 32;
 
 /// A malformed message from the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,14 +45,15 @@ pub fn decode_option_header(buf: &[u8; OPTION_HEADER_LEN]) -> Result<OptionHeade
     })
 }
 
-/// A transmission-phase request header.
+/// A transmission-phase request header (compact or extended form; the
+/// compact form's 32-bit length is widened).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestHeader {
     pub flags: u16,
     pub command: u16,
     pub handle: u64,
     pub offset: u64,
-    pub length: u32,
+    pub length: u64,
 }
 
 pub fn decode_request_header(buf: &[u8; REQUEST_HEADER_LEN]) -> Result<RequestHeader, WireError> {
@@ -65,7 +67,25 @@ pub fn decode_request_header(buf: &[u8; REQUEST_HEADER_LEN]) -> Result<RequestHe
         command: cur.u16()?,
         handle: cur.u64()?,
         offset: cur.u64()?,
-        length: cur.u32()?,
+        length: u64::from(cur.u32()?),
+    })
+}
+
+/// The 32-byte request header used once extended headers are negotiated.
+pub fn decode_extended_request_header(
+    buf: &[u8; EXTENDED_REQUEST_HEADER_LEN],
+) -> Result<RequestHeader, WireError> {
+    let mut cur = Cursor::new(buf);
+    let magic = cur.u32()?;
+    if magic != EXTENDED_REQUEST_MAGIC {
+        return Err(WireError::BadRequestMagic(magic));
+    }
+    Ok(RequestHeader {
+        flags: cur.u16()?,
+        command: cur.u16()?,
+        handle: cur.u64()?,
+        offset: cur.u64()?,
+        length: cur.u64()?,
     })
 }
 
@@ -261,6 +281,10 @@ mod tests {
             let n = bytes.len().min(REQUEST_HEADER_LEN);
             req[..n].copy_from_slice(&bytes[..n]);
             let _ = decode_request_header(&req);
+            let mut ext = [0u8; EXTENDED_REQUEST_HEADER_LEN];
+            let n = bytes.len().min(EXTENDED_REQUEST_HEADER_LEN);
+            ext[..n].copy_from_slice(&bytes[..n]);
+            let _ = decode_extended_request_header(&ext);
         }
 
         #[test]

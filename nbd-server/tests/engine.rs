@@ -127,3 +127,105 @@ fn shutdown_drains_connections_and_closed_pool_is_eshutdown() {
     assert!(c.closed());
     assert!(idle.closed());
 }
+
+#[test]
+fn extended_headers_carry_64_bit_lengths() {
+    const GIB: u64 = 1 << 30;
+    let h = Harness::engine();
+    h.create_volume("big", 16 * GIB);
+    let mut c = Raw::connect(&h.socket);
+    c.greet(FLAG_C_FIXED_NEWSTYLE);
+    c.option(OPT_EXTENDED_HEADERS, &[1]);
+    assert_eq!(
+        c.option_reply().1,
+        REP_ERR_INVALID,
+        "the option takes no data"
+    );
+    c.option(OPT_EXTENDED_HEADERS, &[]);
+    assert_eq!(c.option_reply().1, REP_ACK);
+    c.option(OPT_EXTENDED_HEADERS, &[]);
+    assert_eq!(c.option_reply().1, REP_ERR_INVALID, "negotiated twice");
+    c.option(OPT_STRUCTURED_REPLY, &[]);
+    assert_eq!(c.option_reply().1, REP_ERR_EXT_HEADER_REQD);
+    drop(c);
+
+    let mut c = Raw::connect(&h.socket);
+    c.go_extended("big", true);
+    let data = vec![0xc3u8; 1 << 20];
+    for (i, at) in [0, 5 * GIB, 15 * GIB].into_iter().enumerate() {
+        c.request(0, CMD_WRITE, i as u64, at, data.len() as u32, &data);
+        let r = c.chunk();
+        // Success is a NONE chunk echoing the request offset, never a simple reply.
+        assert_eq!(
+            (r.kind, r.flags, r.handle, r.offset),
+            (REPLY_TYPE_NONE, REPLY_FLAG_DONE, i as u64, at)
+        );
+    }
+    c.request(0, CMD_READ, 10, 5 * GIB, 4096, &[]);
+    let r = c.chunk();
+    assert_eq!((r.kind, r.offset), (REPLY_TYPE_OFFSET_DATA, 5 * GIB));
+    assert_eq!(
+        u64::from_be_bytes(r.payload[..8].try_into().unwrap()),
+        5 * GIB
+    );
+    assert_eq!(&r.payload[8..], &data[..4096]);
+
+    // One 10 GiB zeroing request: more than a 32-bit length can say.
+    c.request64(0, CMD_WRITE_ZEROES, 11, 4 * GIB, 10 * GIB, &[]);
+    assert_eq!(c.chunk().kind, REPLY_TYPE_NONE);
+    c.request64(0, CMD_BLOCK_STATUS, 12, 0, 16 * GIB, &[]);
+    let r = c.chunk();
+    assert_eq!(r.kind, REPLY_TYPE_BLOCK_STATUS_EXT);
+    assert_eq!(
+        u32::from_be_bytes(r.payload[..4].try_into().unwrap()),
+        BASE_ALLOCATION_ID
+    );
+    let count = u32::from_be_bytes(r.payload[4..8].try_into().unwrap()) as usize;
+    assert_eq!(r.payload.len(), 8 + 16 * count);
+    let extents: Vec<(u64, u64)> = r.payload[8..]
+        .chunks(16)
+        .map(|d| {
+            (
+                u64::from_be_bytes(d[..8].try_into().unwrap()),
+                u64::from_be_bytes(d[8..].try_into().unwrap()),
+            )
+        })
+        .collect();
+    let hz = u64::from(STATE_HOLE | STATE_ZERO);
+    // Queries stop at 4 GiB - 1 per request; the client asks again for the rest.
+    assert_eq!(extents, [(MIB, 0), (u64::from(u32::MAX) - MIB, hz)]);
+    c.request64(0, CMD_BLOCK_STATUS, 13, 14 * GIB, 2 * GIB, &[]);
+    let r = c.chunk();
+    let tail: Vec<u64> = r.payload[8..]
+        .chunks(8)
+        .map(|d| u64::from_be_bytes(d.try_into().unwrap()))
+        .collect();
+    assert_eq!(tail, [GIB, hz, MIB, 0, GIB - MIB, hz]);
+    let mut zero = vec![0u8; 4096];
+    c.request(0, CMD_READ, 14, 5 * GIB, 4096, &[]);
+    zero.splice(0..0, (5 * GIB).to_be_bytes());
+    assert_eq!(c.chunk().payload, zero, "zeroed by the 10 GiB request");
+
+    // Errors are extended error chunks; a PAYLOAD_LEN payload is skipped.
+    c.request64(0, CMD_TRIM, 15, 8 * GIB, 9 * GIB, &[]);
+    let r = c.chunk();
+    assert_eq!(
+        (r.kind, r.errno(), r.offset),
+        (REPLY_TYPE_ERROR, 22, 8 * GIB)
+    );
+    c.request64(
+        CMD_FLAG_PAYLOAD_LEN,
+        CMD_BLOCK_STATUS,
+        16,
+        0,
+        12,
+        &[0u8; 12],
+    );
+    assert_eq!(c.chunk().errno(), 22);
+    c.request64(0, CMD_TRIM, 17, 4 * GIB, 4 * GIB, &[]);
+    assert_eq!(c.chunk().kind, REPLY_TYPE_NONE);
+    c.request64(0, CMD_READ, 18, 0, 64 << 20, &[]);
+    assert_eq!(c.chunk().errno(), 22, "reads stay capped at 32 MiB");
+    c.request64(0, CMD_WRITE, 19, 0, 1 << 40, &[]);
+    assert!(c.closed(), "a 1 TiB write payload is a hard disconnect");
+}

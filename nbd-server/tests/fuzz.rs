@@ -102,21 +102,33 @@ fn message() -> impl Strategy<Value = Vec<u8>> {
             option(OPT_SET_META_CONTEXT, &p)
         }),
         Just(option(OPT_STRUCTURED_REPLY, &[])),
+        Just(option(OPT_EXTENDED_HEADERS, &[])),
         (
             any::<u16>(),
             0u16..10,
             any::<u64>(),
             prop_oneof![0u64..(2 << 20), any::<u64>()],
-            prop_oneof![0u32..70000, any::<u32>()]
+            prop_oneof![0u32..70000, any::<u32>()],
+            any::<bool>()
         )
-            .prop_map(|(flags, cmd, handle, offset, len)| {
-                let mut m = REQUEST_MAGIC.to_be_bytes().to_vec();
-                m.extend_from_slice(&(flags & 0x1f).to_be_bytes());
+            .prop_map(|(flags, cmd, handle, offset, len, extended)| {
+                let magic = if extended {
+                    EXTENDED_REQUEST_MAGIC
+                } else {
+                    REQUEST_MAGIC
+                };
+                let mut m = magic.to_be_bytes().to_vec();
+                m.extend_from_slice(&(flags & 0x3f).to_be_bytes());
                 m.extend_from_slice(&cmd.to_be_bytes());
                 m.extend_from_slice(&handle.to_be_bytes());
                 m.extend_from_slice(&offset.to_be_bytes());
-                m.extend_from_slice(&len.to_be_bytes());
-                if cmd == CMD_WRITE && len <= 70000 {
+                if extended {
+                    m.extend_from_slice(&u64::from(len).to_be_bytes());
+                } else {
+                    m.extend_from_slice(&len.to_be_bytes());
+                }
+                let payload = cmd == CMD_WRITE || (extended && flags & 0x20 != 0);
+                if payload && len <= 70000 {
                     m.extend(std::iter::repeat_n(0xa5, len as usize));
                 }
                 m

@@ -14,4 +14,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(header) = <[u8; REQUEST_HEADER_LEN]>::try_from(data.get(..REQUEST_HEADER_LEN).unwrap_or_default()) {
         let _ = decode_request_header(&header);
     }
+    if let Ok(header) = <[u8; EXTENDED_REQUEST_HEADER_LEN]>::try_from(
+        data.get(..EXTENDED_REQUEST_HEADER_LEN).unwrap_or_default(),
+    ) {
+        let _ = decode_extended_request_header(&header);
+    }
 });

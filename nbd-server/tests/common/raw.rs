@@ -1,5 +1,5 @@
 //! A byte-level NBD client for protocol tests: exact error values,
-//! malformed input, pipelining.
+//! malformed input, pipelining, extended headers.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -10,12 +10,16 @@ use ballast_nbd::proto::*;
 
 pub struct Raw {
     pub s: UnixStream,
+    /// Extended headers negotiated: 32-byte requests and replies.
+    pub extended: bool,
 }
 
 pub struct Chunk {
     pub flags: u16,
     pub kind: u16,
     pub handle: u64,
+    /// Request offset echoed by extended reply headers (0 otherwise).
+    pub offset: u64,
     pub payload: Vec<u8>,
 }
 
@@ -35,7 +39,7 @@ impl Raw {
     pub fn connect(path: &Path) -> Raw {
         let s = UnixStream::connect(path).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Raw { s }
+        Raw { s, extended: false }
     }
 
     pub fn read_n(&mut self, n: usize) -> Vec<u8> {
@@ -93,6 +97,19 @@ impl Raw {
             self.option(OPT_STRUCTURED_REPLY, &[]);
             assert_eq!(self.option_reply().1, REP_ACK);
         }
+        self.select_and_go(name, meta)
+    }
+
+    /// Handshake with extended headers (which imply structured replies).
+    pub fn go_extended(&mut self, name: &str, meta: bool) -> (u64, u16) {
+        self.greet(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES);
+        self.option(OPT_EXTENDED_HEADERS, &[]);
+        assert_eq!(self.option_reply().1, REP_ACK);
+        self.extended = true;
+        self.select_and_go(name, meta)
+    }
+
+    fn select_and_go(&mut self, name: &str, meta: bool) -> (u64, u16) {
         if meta {
             let mut p = Self::name_payload(name);
             p.extend_from_slice(&1u32.to_be_bytes());
@@ -135,12 +152,35 @@ impl Raw {
         len: u32,
         data: &[u8],
     ) {
-        let mut msg = REQUEST_MAGIC.to_be_bytes().to_vec();
+        self.request64(flags, command, handle, offset, u64::from(len), data)
+    }
+
+    /// A request in the negotiated header form (64-bit length only with
+    /// extended headers).
+    pub fn request64(
+        &mut self,
+        flags: u16,
+        command: u16,
+        handle: u64,
+        offset: u64,
+        len: u64,
+        data: &[u8],
+    ) {
+        let magic = if self.extended {
+            EXTENDED_REQUEST_MAGIC
+        } else {
+            REQUEST_MAGIC
+        };
+        let mut msg = magic.to_be_bytes().to_vec();
         msg.extend_from_slice(&flags.to_be_bytes());
         msg.extend_from_slice(&command.to_be_bytes());
         msg.extend_from_slice(&handle.to_be_bytes());
         msg.extend_from_slice(&offset.to_be_bytes());
-        msg.extend_from_slice(&len.to_be_bytes());
+        if self.extended {
+            msg.extend_from_slice(&len.to_be_bytes());
+        } else {
+            msg.extend_from_slice(&(len as u32).to_be_bytes());
+        }
         msg.extend_from_slice(data);
         self.s.write_all(&msg).unwrap();
     }
@@ -156,6 +196,7 @@ impl Raw {
     pub fn chunk(&mut self) -> Chunk {
         match self.u32() {
             STRUCTURED_REPLY_MAGIC => {
+                assert!(!self.extended, "compact chunk after extended headers");
                 let flags = self.u16();
                 let kind = self.u16();
                 let handle = self.u64();
@@ -164,28 +205,42 @@ impl Raw {
                     flags,
                     kind,
                     handle,
+                    offset: 0,
+                    payload: self.read_n(len),
+                }
+            }
+            EXTENDED_REPLY_MAGIC => {
+                assert!(self.extended, "extended chunk without extended headers");
+                let flags = self.u16();
+                let kind = self.u16();
+                let handle = self.u64();
+                let offset = self.u64();
+                let len = self.u64() as usize;
+                Chunk {
+                    flags,
+                    kind,
+                    handle,
+                    offset,
                     payload: self.read_n(len),
                 }
             }
             SIMPLE_REPLY_MAGIC => {
+                assert!(!self.extended, "simple reply after extended headers");
                 let error = self.u32();
                 let handle = self.u64();
-                if error == 0 {
-                    Chunk {
-                        flags: REPLY_FLAG_DONE,
-                        kind: REPLY_TYPE_NONE,
-                        handle,
-                        payload: vec![],
-                    }
+                let (kind, payload) = if error == 0 {
+                    (REPLY_TYPE_NONE, vec![])
                 } else {
                     let mut payload = error.to_be_bytes().to_vec();
                     payload.extend_from_slice(&[0, 0]);
-                    Chunk {
-                        flags: REPLY_FLAG_DONE,
-                        kind: REPLY_TYPE_ERROR,
-                        handle,
-                        payload,
-                    }
+                    (REPLY_TYPE_ERROR, payload)
+                };
+                Chunk {
+                    flags: REPLY_FLAG_DONE,
+                    kind,
+                    handle,
+                    offset: 0,
+                    payload,
                 }
             }
             magic => panic!("bad reply magic {magic:#x}"),
