@@ -225,6 +225,9 @@ async fn read_header<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io
 pub fn check(req: &RequestHeader, session: &Session) -> Result<(), Failure> {
     let allowed = match req.command {
         CMD_READ if session.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
+        // With extended headers a write's length is its payload length
+        // anyway, so PAYLOAD_LEN is harmless there.
+        CMD_WRITE if session.extended => CMD_FLAG_FUA | CMD_FLAG_PAYLOAD_LEN,
         CMD_READ | CMD_WRITE | CMD_FLUSH | CMD_TRIM | CMD_CACHE => CMD_FLAG_FUA,
         CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
         CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,

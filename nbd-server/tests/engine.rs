@@ -222,6 +222,12 @@ fn extended_headers_carry_64_bit_lengths() {
         &[0u8; 12],
     );
     assert_eq!(c.chunk().errno(), 22);
+    c.request(CMD_FLAG_PAYLOAD_LEN, CMD_WRITE, 20, 0, 4, b"ext!");
+    assert_eq!(
+        c.chunk().kind,
+        REPLY_TYPE_NONE,
+        "PAYLOAD_LEN on a write is harmless"
+    );
     c.request64(0, CMD_TRIM, 17, 4 * GIB, 4 * GIB, &[]);
     assert_eq!(c.chunk().kind, REPLY_TYPE_NONE);
     c.request64(0, CMD_READ, 18, 0, 64 << 20, &[]);
