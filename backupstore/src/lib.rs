@@ -1,1 +1,39 @@
+//! ballast-backupstore: deduplicated incremental volume backups to S3 and
+//! filesystem targets, with restore, verify and gc.
+//!
+//! A store ([`BackupStore`]) lives at a destination URL ([`StoreUrl`]):
+//! `file:///path` (alias `vfs:///path`) or `s3://bucket/prefix`. Volumes are
+//! cut into fixed chunks (a store-wide power of two, 1 MiB by default),
+//! content-addressed by BLAKE3, zstd-compressed and framed; all-zero chunks
+//! are not stored. A backup is a manifest listing every chunk's digest,
+//! written after all its chunks, so it is visible only when complete. Dedup
+//! is global across all volumes in a store. See `manifest.rs` for the layout.
 
+mod backup;
+mod error;
+mod frame;
+mod gc;
+mod lock;
+mod manifest;
+pub mod objects;
+mod progress;
+mod restore;
+mod store;
+mod url;
+mod verify;
+
+pub use error::{Error, Result};
+pub use gc::{GcOptions, GcReport};
+pub use manifest::{Manifest, StoreConfig, DEFAULT_CHUNK_SIZE};
+pub use progress::{for_terminal, NoProgress, Progress, TerminalProgress};
+pub use store::{BackupInfo, BackupStore, StoreOptions};
+pub use url::{BackupUrl, StoreUrl};
+pub use verify::{DamagedBackup, VerifyReport, VerifyScope};
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,50 @@
+//! Typed errors of the backup store. Every variant renders as one line that
+//! names what was wrong.
+
+/// Everything a backup-store operation can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid backup URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("invalid backup id {0:?}: ids are 1-64 characters of [A-Za-z0-9_.-]")]
+    InvalidBackupId(String),
+    #[error("backup {id} of volume {volume:?} not found in {dest}")]
+    BackupNotFound {
+        dest: String,
+        volume: String,
+        id: String,
+    },
+    #[error("{key} in {dest} is not a ballast backup object: {reason}")]
+    NotOurs {
+        dest: String,
+        key: String,
+        reason: String,
+    },
+    #[error("chunk {digest} is damaged: {reason}")]
+    DamagedChunk { digest: String, reason: String },
+    #[error("chunk {digest} is missing from {dest}")]
+    MissingChunk { dest: String, digest: String },
+    #[error("the store at {dest} uses {store} byte chunks; it cannot be changed to {requested}")]
+    ChunkSizeMismatch {
+        dest: String,
+        store: u32,
+        requested: u32,
+    },
+    #[error("invalid chunk size {0}: must be a power of two from 64 KiB to 16 MiB")]
+    InvalidChunkSize(u64),
+    #[error("{0}")]
+    Locked(String),
+    #[error("object store {dest}: {op} {key}: {message}")]
+    Store {
+        dest: String,
+        op: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Engine(#[from] ballast_engine::Error),
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

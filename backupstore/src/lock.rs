@@ -1,0 +1,206 @@
+//! Lock objects that keep gc from sweeping while a backup is in flight.
+//!
+//! A running backup may reuse chunks that no manifest references any more
+//! (its parent was deleted meanwhile): only its own manifest, written last,
+//! will reference them. So backups and gc exclude each other: each writes
+//! its lock object first and then lists the locks; whoever sees a live lock
+//! of the other kind backs off. Since both write before they look, at least
+//! one of two racing parties sees the other. Backups do not exclude each
+//! other. A holder refreshes its lock every [`REFRESH`]; a lock not refreshed
+//! for the stale period (its holder died) is ignored and removed by gc.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::objects::{ObjectMeta, ObjectStore};
+
+pub const LOCKS_PREFIX: &str = "locks/";
+/// How often a holder rewrites its lock.
+pub const REFRESH: Duration = Duration::from_secs(60);
+/// Default age after which an unrefreshed lock is considered dead.
+pub const DEFAULT_STALE: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    Backup,
+    Gc,
+}
+
+impl LockKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            LockKind::Backup => "backup",
+            LockKind::Gc => "gc",
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LockBody {
+    kind: String,
+    what: String,
+    host: String,
+    pid: u32,
+    started: u64,
+}
+
+/// A held lock; released explicitly, or in the background when dropped
+/// (an operation cancelled mid-way).
+#[derive(Debug)]
+pub struct Lock {
+    objects: Arc<dyn ObjectStore>,
+    key: String,
+    refresher: tokio::task::JoinHandle<()>,
+    released: bool,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn is_live(meta: &ObjectMeta, stale: Duration, now: SystemTime) -> bool {
+    now.duration_since(meta.modified)
+        .map(|age| age < stale)
+        .unwrap_or(true)
+}
+
+/// Describes a lock for an error message, from its body if readable.
+async fn describe(objects: &dyn ObjectStore, meta: &ObjectMeta) -> String {
+    match objects
+        .get(&meta.key)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<LockBody>(&b).ok())
+    {
+        Some(b) => format!(
+            "{} of {} on host {} pid {} ({})",
+            b.kind, b.what, b.host, b.pid, meta.key
+        ),
+        None => meta.key.clone(),
+    }
+}
+
+impl Lock {
+    /// Takes a lock of `kind`, failing if a live lock of the conflicting
+    /// kind exists (`what` describes the holder in messages).
+    pub async fn acquire(
+        objects: Arc<dyn ObjectStore>,
+        kind: LockKind,
+        what: &str,
+        stale: Duration,
+    ) -> Result<Lock> {
+        let key = format!(
+            "{LOCKS_PREFIX}{}-{:016x}.lock",
+            kind.as_str(),
+            rand::random::<u64>()
+        );
+        let body = Bytes::from(
+            serde_json::to_vec(&LockBody {
+                kind: kind.as_str().into(),
+                what: what.into(),
+                host: hostname(),
+                pid: std::process::id(),
+                started: crate::now_secs(),
+            })
+            .expect("lock body serialises"),
+        );
+        objects.put(&key, body.clone()).await?;
+        let refresher = {
+            let objects = objects.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(REFRESH).await;
+                    if let Err(e) = objects.put(&key, body.clone()).await {
+                        tracing::warn!("refreshing lock {key}: {e}");
+                    }
+                }
+            })
+        };
+        let lock = Lock {
+            objects,
+            key,
+            refresher,
+            released: false,
+        };
+        let other = match kind {
+            LockKind::Backup => "gc-",
+            LockKind::Gc => "backup-",
+        };
+        let now = SystemTime::now();
+        let conflicting = lock.objects.list(LOCKS_PREFIX).await;
+        let conflicting = match conflicting {
+            Ok(list) => list,
+            Err(e) => {
+                lock.release().await?;
+                return Err(e);
+            }
+        };
+        if let Some(holder) = conflicting
+            .iter()
+            .find(|m| m.key[LOCKS_PREFIX.len()..].starts_with(other) && is_live(m, stale, now))
+        {
+            let who = describe(lock.objects.as_ref(), holder).await;
+            lock.release().await?;
+            return Err(Error::Locked(match kind {
+                LockKind::Backup => format!("gc is running on this store ({who}); back up again when it has finished"),
+                LockKind::Gc => format!(
+                    "a backup is in progress ({who}); run gc when it has finished (a lock left by a dead process expires after {}s)",
+                    stale.as_secs()
+                ),
+            }));
+        }
+        Ok(lock)
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Removes the lock object.
+    pub async fn release(mut self) -> Result<()> {
+        self.released = true;
+        self.refresher.abort();
+        self.objects.delete(&self.key).await
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        self.refresher.abort();
+        let objects = self.objects.clone();
+        let key = std::mem::take(&mut self.key);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = objects.delete(&key).await {
+                    tracing::warn!("releasing lock {key}: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// Deletes locks (other than `own`) whose holders stopped refreshing them;
+/// returns how many.
+pub async fn remove_stale(objects: &dyn ObjectStore, stale: Duration, own: &str) -> Result<usize> {
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for meta in objects.list(LOCKS_PREFIX).await? {
+        if meta.key != own && !is_live(&meta, stale, now) {
+            tracing::info!("removing stale lock {}", meta.key);
+            objects.delete(&meta.key).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,300 @@
+//! Backup manifests, the store configuration object and the store's key
+//! layout.
+//!
+//! ```text
+//! ballast-store.json                 store configuration (chunk size), plain JSON
+//! chunks/ab/cd/<blake3 hex>          one framed, compressed chunk
+//! backups/<volume>/<id>.manifest     one framed manifest (JSON inside)
+//! locks/<name>.lock                  a running backup or gc (see lock.rs)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{self, Kind};
+use crate::url::validate_backup_id;
+
+pub const CONFIG_KEY: &str = "ballast-store.json";
+pub const CHUNKS_PREFIX: &str = "chunks/";
+pub const BACKUPS_PREFIX: &str = "backups/";
+pub const MANIFEST_SUFFIX: &str = ".manifest";
+
+const STORE_FORMAT: &str = "ballast-backupstore";
+const STORE_VERSION: u32 = 1;
+const MANIFEST_FORMAT: &str = "ballast-backup";
+
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
+pub const MAX_CHUNK_SIZE: u64 = 16 << 20;
+
+/// A chunk's content address: BLAKE3 of its (uncompressed) bytes.
+pub type Digest = [u8; 32];
+
+pub fn digest_hex(d: &Digest) -> String {
+    blake3::Hash::from_bytes(*d).to_hex().to_string()
+}
+
+pub fn parse_digest(hex: &str) -> Option<Digest> {
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    blake3::Hash::from_hex(hex).ok().map(|h| *h.as_bytes())
+}
+
+pub fn chunk_key(d: &Digest) -> String {
+    let hex = digest_hex(d);
+    format!("{CHUNKS_PREFIX}{}/{}/{hex}", &hex[0..2], &hex[2..4])
+}
+
+/// The digest a chunk key names, if it is one of ours.
+pub fn digest_of_key(key: &str) -> Option<Digest> {
+    let rest = key.strip_prefix(CHUNKS_PREFIX)?;
+    let mut parts = rest.split('/');
+    let (a, b, hex, none) = (parts.next()?, parts.next()?, parts.next()?, parts.next());
+    if none.is_some() || hex.get(0..2)? != a || hex.get(2..4)? != b {
+        return None;
+    }
+    parse_digest(hex)
+}
+
+pub fn manifest_key(volume: &str, id: &str) -> String {
+    format!("{BACKUPS_PREFIX}{volume}/{id}{MANIFEST_SUFFIX}")
+}
+
+/// `(volume, id)` of a manifest key.
+pub fn parse_manifest_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(BACKUPS_PREFIX)?;
+    let (volume, file) = rest.split_once('/')?;
+    let id = file.strip_suffix(MANIFEST_SUFFIX)?;
+    (ballast_engine::validate_name(volume).is_ok() && validate_backup_id(id).is_ok())
+        .then_some((volume, id))
+}
+
+pub fn validate_chunk_size(size: u64) -> Result<u32, crate::Error> {
+    if size.is_power_of_two() && (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) {
+        Ok(size as u32)
+    } else {
+        Err(crate::Error::InvalidChunkSize(size))
+    }
+}
+
+/// The store-wide settings, fixed when the store is initialised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreConfig {
+    pub format: String,
+    pub version: u32,
+    pub chunk_size: u32,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+}
+
+impl StoreConfig {
+    pub fn new(chunk_size: u32, created: u64) -> Self {
+        StoreConfig {
+            format: STORE_FORMAT.into(),
+            version: STORE_VERSION,
+            chunk_size,
+            created,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("config serialises");
+        v.push(b'\n');
+        v
+    }
+
+    /// Parses a configuration object; the error says why it is not ours.
+    pub fn from_bytes(data: &[u8]) -> Result<Self, String> {
+        let c: StoreConfig =
+            serde_json::from_slice(data).map_err(|e| format!("not JSON we wrote ({e})"))?;
+        if c.format != STORE_FORMAT {
+            return Err(format!("format {:?}, expected {STORE_FORMAT:?}", c.format));
+        }
+        if c.version != STORE_VERSION {
+            return Err(format!(
+                "store version {} is not supported (this build reads {STORE_VERSION})",
+                c.version
+            ));
+        }
+        validate_chunk_size(c.chunk_size.into()).map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+}
+
+/// Everything known about one backup. Stored framed and compressed at
+/// `backups/<volume>/<id>.manifest`, written only after every chunk it names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub id: String,
+    pub volume: String,
+    pub snapshot: String,
+    /// Creation times of the volume and snapshot in the pool the backup was
+    /// taken from: an incremental backup trusts the engine diff against a
+    /// local snapshot only if it is the very snapshot this manifest was made of.
+    pub volume_created: u64,
+    pub snapshot_created: u64,
+    /// Volume size in bytes.
+    pub size: u64,
+    pub chunk_size: u32,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    /// Id of the backup of the same volume this one was made incrementally from.
+    pub parent: Option<String>,
+    /// Chunks and raw bytes this backup uploaded.
+    pub new_chunks: u64,
+    pub new_bytes: u64,
+    /// Chunks and raw bytes already in the store (parent or dedup).
+    pub reused_chunks: u64,
+    pub reused_bytes: u64,
+    /// Bytes this backup added to the store after compression and framing.
+    pub stored_bytes: u64,
+    /// Digest of chunk `i` (volume bytes `i * chunk_size ..`), hex; `None`
+    /// for a chunk of zeros, which is not stored.
+    pub chunks: Vec<Option<String>>,
+}
+
+impl Manifest {
+    pub fn new_format() -> String {
+        MANIFEST_FORMAT.to_string()
+    }
+
+    pub fn chunk_count(size: u64, chunk_size: u32) -> usize {
+        size.div_ceil(u64::from(chunk_size)) as usize
+    }
+
+    /// Length of chunk `index` (the last one may be short).
+    pub fn chunk_len(&self, index: usize) -> usize {
+        let start = index as u64 * u64::from(self.chunk_size);
+        (self.size - start).min(u64::from(self.chunk_size)) as usize
+    }
+
+    /// The digest of every stored chunk, parsed.
+    pub fn digests(&self) -> impl Iterator<Item = (usize, Digest)> + '_ {
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_deref().and_then(parse_digest).map(|d| (i, d)))
+    }
+
+    pub fn encode(&self) -> bytes::Bytes {
+        let json = serde_json::to_vec(self).expect("manifest serialises");
+        frame::encode(Kind::Manifest, &json, 3)
+    }
+
+    /// Decodes and validates a stored manifest; the error says why it is
+    /// not one of ours.
+    pub fn decode(data: &[u8]) -> Result<Manifest, String> {
+        let json = frame::decode(Kind::Manifest, data).map_err(|e| e.to_string())?;
+        let m: Manifest =
+            serde_json::from_slice(&json).map_err(|e| format!("manifest JSON: {e}"))?;
+        if m.format != MANIFEST_FORMAT {
+            return Err(format!(
+                "format {:?}, expected {MANIFEST_FORMAT:?}",
+                m.format
+            ));
+        }
+        validate_backup_id(&m.id).map_err(|e| e.to_string())?;
+        ballast_engine::validate_name(&m.volume).map_err(|e| e.to_string())?;
+        validate_chunk_size(m.chunk_size.into()).map_err(|e| e.to_string())?;
+        if m.chunks.len() != Manifest::chunk_count(m.size, m.chunk_size) {
+            return Err(format!(
+                "{} chunk entries for a {} byte volume in {} byte chunks",
+                m.chunks.len(),
+                m.size,
+                m.chunk_size
+            ));
+        }
+        if let Some(bad) = m
+            .chunks
+            .iter()
+            .flatten()
+            .find(|c| parse_digest(c).is_none())
+        {
+            return Err(format!("bad chunk digest {bad:?}"));
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        let d = *blake3::hash(b"x").as_bytes();
+        Manifest {
+            format: Manifest::new_format(),
+            id: "20260101T000000Z-00000001".into(),
+            volume: "vol".into(),
+            snapshot: "s1".into(),
+            volume_created: 1,
+            snapshot_created: 2,
+            size: 3 * 65536 + 4096,
+            chunk_size: 65536,
+            created: 3,
+            parent: None,
+            new_chunks: 1,
+            new_bytes: 65536,
+            reused_chunks: 0,
+            reused_bytes: 0,
+            stored_bytes: 100,
+            chunks: vec![Some(digest_hex(&d)), None, None, None],
+        }
+    }
+
+    #[test]
+    fn manifest_round_trip_and_validation() {
+        let m = sample();
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        assert_eq!(m.chunk_len(3), 4096);
+        assert_eq!(m.digests().count(), 1);
+
+        let mut short = sample();
+        short.chunks.pop();
+        assert!(Manifest::decode(&short.encode())
+            .unwrap_err()
+            .contains("chunk entries"));
+        let mut bad = sample();
+        bad.chunks[1] = Some("zz".into());
+        assert!(Manifest::decode(&bad.encode())
+            .unwrap_err()
+            .contains("bad chunk digest"));
+        let mut evil = sample();
+        evil.volume = "../x".into();
+        assert!(Manifest::decode(&evil.encode()).is_err());
+        let e = Manifest::decode(b"{\"format\":\"ballast-backup\", \"id\": \"x\"}").unwrap_err();
+        assert!(e.contains("magic"), "{e}");
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let d = *blake3::hash(b"y").as_bytes();
+        let k = chunk_key(&d);
+        assert!(k.starts_with("chunks/"));
+        assert_eq!(digest_of_key(&k), Some(d));
+        assert_eq!(digest_of_key("chunks/00/00/abc"), None);
+        assert_eq!(
+            parse_manifest_key(&manifest_key("v1", "id-1")),
+            Some(("v1", "id-1"))
+        );
+        assert_eq!(parse_manifest_key("backups/v1/x.tmp"), None);
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert!(validate_chunk_size(1 << 20).is_ok());
+        assert!(validate_chunk_size(64 << 10).is_ok());
+        assert!(validate_chunk_size(16 << 20).is_ok());
+        assert!(validate_chunk_size(32 << 10).is_err());
+        assert!(validate_chunk_size(3 << 20).is_err());
+        assert!(validate_chunk_size(32 << 20).is_err());
+        let c = StoreConfig::new(1 << 20, 5);
+        assert_eq!(StoreConfig::from_bytes(&c.to_bytes()).unwrap(), c);
+        assert!(StoreConfig::from_bytes(b"{}").is_err());
+    }
+}

@@ -1,0 +1,227 @@
+//! A directory as an object store (local disk or a mounted NFS share).
+//!
+//! Writes are atomic and durable: the data goes to a temporary file in the
+//! target directory, which is fsynced, renamed over the key, and the directory
+//! is fsynced. A crash leaves either the old object or the new one, plus at
+//! worst a stray `.tmp.*` file that listings ignore.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{ObjectMeta, ObjectStore};
+use crate::error::{Error, Result};
+
+const TMP_PREFIX: &str = ".tmp.";
+
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    root: PathBuf,
+    /// The destination URL, for error messages.
+    name: String,
+}
+
+impl FileStore {
+    pub fn new(root: PathBuf, name: String) -> Self {
+        FileStore { root, name }
+    }
+
+    fn err(&self, op: &'static str, key: &str, e: impl std::fmt::Display) -> Error {
+        Error::Store {
+            dest: self.name.clone(),
+            op,
+            key: key.to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Maps a key to a path, refusing anything that could leave the root.
+    fn path(&self, op: &'static str, key: &str) -> Result<PathBuf> {
+        let ok = !key.is_empty()
+            && !key.starts_with('/')
+            && key
+                .split('/')
+                .all(|s| !s.is_empty() && s != "." && s != ".." && !s.starts_with(TMP_PREFIX));
+        if !ok {
+            return Err(self.err(op, key, "invalid object key"));
+        }
+        Ok(self.root.join(key))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        key: &str,
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(r) => r.map_err(|e| self.err(op, key, e)),
+            Err(e) => Err(self.err(op, key, e)),
+        }
+    }
+}
+
+fn meta_of(key: String, m: &fs::Metadata) -> io::Result<ObjectMeta> {
+    Ok(ObjectMeta {
+        key,
+        size: m.len(),
+        modified: m.modified()?,
+    })
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("object path has no parent"))?;
+    fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("object");
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}.{:016x}", rand::random::<u64>()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Walks `dir` (whose key prefix is `prefix`) collecting objects.
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if name.starts_with(TMP_PREFIX) {
+            continue;
+        }
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            walk(&entry.path(), &format!("{prefix}{name}/"), out)?;
+        } else if ft.is_file() {
+            match entry.metadata() {
+                Ok(m) => out.push(meta_of(format!("{prefix}{name}"), &m)?),
+                // Deleted between readdir and stat.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ObjectStore for FileStore {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let path = self.path("get", key)?;
+        self.blocking("get", key, move || match fs::read(&path) {
+            Ok(d) => Ok(Some(Bytes::from(d))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        let path = self.path("put", key)?;
+        self.blocking("put", key, move || write_atomic(&path, &data))
+            .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let dir = if prefix.is_empty() {
+            self.root.clone()
+        } else {
+            let trimmed = prefix
+                .strip_suffix('/')
+                .ok_or_else(|| self.err("list", prefix, "a listing prefix must end with /"))?;
+            self.path("list", trimmed)?
+        };
+        let prefix = prefix.to_string();
+        self.blocking("list", &prefix.clone(), move || {
+            let mut out = Vec::new();
+            walk(&dir, &prefix, &mut out)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path("delete", key)?;
+        self.blocking("delete", key, move || match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let path = self.path("head", key)?;
+        let k = key.to_string();
+        self.blocking("head", key, move || match fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(Some(meta_of(k, &m)?)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_list_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path().join("store"), "file:///test".into());
+        assert_eq!(s.get("a/b").await.unwrap(), None);
+        assert!(s.list("a/").await.unwrap().is_empty());
+        s.put("a/b", Bytes::from_static(b"one")).await.unwrap();
+        s.put("a/c/d", Bytes::from_static(b"two!")).await.unwrap();
+        s.put("a/b", Bytes::from_static(b"three")).await.unwrap();
+        assert_eq!(s.get("a/b").await.unwrap().unwrap(), &b"three"[..]);
+        let mut keys: Vec<_> = s
+            .list("a/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.key, m.size))
+            .collect();
+        keys.sort();
+        assert_eq!(keys, vec![("a/b".to_string(), 5), ("a/c/d".to_string(), 4)]);
+        assert!(s.exists("a/c/d").await.unwrap());
+        s.delete("a/c/d").await.unwrap();
+        s.delete("a/c/d").await.unwrap();
+        assert!(!s.exists("a/c/d").await.unwrap());
+        // No temporary files remain.
+        let stray: Vec<_> = fs::read_dir(dir.path().join("store/a")).unwrap().collect();
+        assert_eq!(stray.len(), 2, "only a/b and the a/c directory");
+    }
+
+    #[tokio::test]
+    async fn keys_cannot_escape_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path().to_path_buf(), "file:///test".into());
+        for key in ["../x", "/etc/passwd", "a//b", "a/./b", "", ".tmp.x"] {
+            assert!(s.put(key, Bytes::from_static(b"x")).await.is_err(), "{key}");
+        }
+    }
+}

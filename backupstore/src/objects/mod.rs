@@ -1,0 +1,56 @@
+//! The object-store abstraction backups are written to, and its two
+//! implementations: a directory ([`FileStore`]) and an S3 bucket ([`S3Store`]).
+//!
+//! Keys are `/`-separated paths relative to the store root, made by this
+//! crate only (`chunks/ab/cd/<digest>`, `backups/<volume>/<id>.manifest`, ...).
+
+mod file;
+mod s3;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use file::FileStore;
+pub use s3::S3Store;
+
+use crate::error::Result;
+use crate::url::StoreUrl;
+
+/// What a listing or head request tells about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Key relative to the store root.
+    pub key: String,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+/// A flat key/value object store.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + Debug {
+    /// The object's bytes, or `None` if it does not exist.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>>;
+    /// Stores an object; readers see either the old object or the complete
+    /// new one, never a partial write.
+    async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    /// Every object whose key starts with `prefix` (which ends with `/`).
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// Removes an object; removing a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.head(key).await?.is_some())
+    }
+}
+
+/// Opens the object store a destination URL names.
+pub async fn open(url: &StoreUrl) -> Result<Arc<dyn ObjectStore>> {
+    Ok(match url {
+        StoreUrl::File { path } => Arc::new(FileStore::new(path.clone(), url.to_string())),
+        StoreUrl::S3 { .. } => Arc::new(S3Store::connect(url).await?),
+    })
+}
