@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 use crate::alloc::{Allocator, Run};
 use crate::error::{Error, Result};
-use crate::io::Backend;
+use crate::io::{Backend, BufPool};
 use crate::layer::{Layer, Layers, Mapping};
 use crate::meta::{Change, LayerRecord, Meta, Origin, SnapshotRecord, Superblock, VolumeRecord};
 use crate::name::validate_name;
@@ -34,6 +34,8 @@ pub struct Pool {
 pub(crate) struct Inner {
     pub root: PathBuf,
     pub io: Backend,
+    /// Recycled I/O buffers for the data path.
+    pub bufs: BufPool,
     /// The data file, for growing it (I/O goes through `io`).
     file: File,
     meta: Arc<Meta>,
@@ -430,6 +432,7 @@ impl Pool {
             inner: Arc::new(Inner {
                 root: config.root,
                 io,
+                bufs: BufPool::default(),
                 file,
                 meta: Arc::new(meta),
                 state: Mutex::new(state),

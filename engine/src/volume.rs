@@ -175,32 +175,60 @@ impl Volume {
                 _ => runs.push((vb, pblock, vec![crc])),
             }
         }
-        let io = &self.inner.io;
+        let (io, bufs) = (&self.inner.io, &self.inner.bufs);
         let results = join_all(
             runs.iter()
-                .map(|(_, p, crcs)| io.read(p * BS, AlignedBuf::new(crcs.len() * BSU))),
+                .map(|(_, p, crcs)| io.read(p * BS, bufs.get(crcs.len() * BSU))),
         )
         .await;
 
-        buf.fill(0);
-        for ((vb, pb, crcs), (data, result)) in runs.iter().zip(results) {
-            result.map_err(io_error)?;
-            for (i, (&crc, block)) in crcs.iter().zip(data.chunks_exact(BSU)).enumerate() {
-                let vblock = vb + i as u64;
-                if crc32fast::hash(block) != crc {
-                    tracing::error!(volume = %self.display(), vblock, pblock = pb + i as u64, "checksum mismatch");
-                    return Err(Error::Checksum {
-                        offset: vblock * BS,
-                        pblock: pb + i as u64,
-                    });
-                }
-                // Copy the part of this block inside [offset, offset+len).
-                let bstart = vblock * BS;
-                let from = offset.max(bstart);
-                let to = (offset + len).min(bstart + BS);
-                buf[(from - offset) as usize..(to - offset) as usize]
-                    .copy_from_slice(&block[(from - bstart) as usize..(to - bstart) as usize]);
+        // Holes and zero blocks read as zeros; data blocks are copied below.
+        for vb in first..last {
+            if !matches!(mapped.get(&vb), Some(Mapping::Data { .. })) {
+                let from = offset.max(vb * BS);
+                let to = (offset + len).min((vb + 1) * BS);
+                buf[(from - offset) as usize..(to - offset) as usize].fill(0);
             }
+        }
+        let mut outcome = Ok(());
+        for ((vb, pb, crcs), (data, result)) in runs.iter().zip(results) {
+            if outcome.is_ok() {
+                outcome = result
+                    .map_err(io_error)
+                    .and_then(|()| self.copy_out(offset, buf, (*vb, *pb), crcs, &data));
+            }
+            bufs.put(data);
+        }
+        outcome
+    }
+
+    /// Verifies the blocks of one completed read of the run starting at
+    /// `(vblock, pblock)` and copies the part inside
+    /// `[offset, offset + buf.len())` into `buf`.
+    fn copy_out(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        (vb, pb): (u64, u64),
+        crcs: &[u32],
+        data: &[u8],
+    ) -> Result<()> {
+        let len = buf.len() as u64;
+        for (i, (&crc, block)) in crcs.iter().zip(data.chunks_exact(BSU)).enumerate() {
+            let vblock = vb + i as u64;
+            if crc32fast::hash(block) != crc {
+                tracing::error!(volume = %self.display(), vblock, pblock = pb + i as u64, "checksum mismatch");
+                return Err(Error::Checksum {
+                    offset: vblock * BS,
+                    pblock: pb + i as u64,
+                });
+            }
+            // Copy the part of this block inside [offset, offset+len).
+            let bstart = vblock * BS;
+            let from = offset.max(bstart);
+            let to = (offset + len).min(bstart + BS);
+            buf[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&block[(from - bstart) as usize..(to - bstart) as usize]);
         }
         Ok(())
     }
@@ -304,7 +332,7 @@ impl Volume {
             while j < placed.len() && placed[j].2 == placed[j - 1].2 + 1 {
                 j += 1;
             }
-            let mut buf = AlignedBuf::new((j - i) * BSU);
+            let mut buf = self.inner.bufs.get((j - i) * BSU);
             for (k, &(vb, _, _)) in placed[i..j].iter().enumerate() {
                 buf[k * BSU..(k + 1) * BSU].copy_from_slice(block(vb));
             }
@@ -313,7 +341,12 @@ impl Volume {
         }
         let io = &self.inner.io;
         let results = join_all(ios.into_iter().map(|(off, buf)| io.write(off, buf))).await;
-        if let Some(e) = results.into_iter().find_map(|(_, r)| r.err()) {
+        let mut failure = None;
+        for (buf, r) in results {
+            self.inner.bufs.put(buf);
+            failure = failure.or(r.err());
+        }
+        if let Some(e) = failure {
             self.release_unused(&runs);
             return Err(io_error(e));
         }

@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io;
 use std::str::FromStr;
 
-pub use aligned::AlignedBuf;
+pub use aligned::{AlignedBuf, BufPool};
 
 /// Which I/O backend a pool uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
