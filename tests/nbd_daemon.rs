@@ -34,6 +34,14 @@ fn qemu_io(uri: &str, extra: &[&str], commands: &[&str]) -> (bool, String) {
     (!failed, text)
 }
 
+/// The `nbd+unix://` URI `ballast export` prints for `export`.
+fn unix_uri(daemon: &Daemon, export: &str) -> String {
+    json(&daemon.socket, &["export", export, "--json"])["unix"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn start(dir: &TempDir) -> Daemon {
     Daemon::start_with(
         &dir.join("root"),
@@ -99,10 +107,7 @@ fn commit_timer_makes_unflushed_writes_durable() {
     let dir = TempDir::create();
     let mut daemon = start(&dir);
     ok(&daemon.socket, &["create", "vol", "--size", "16M"]);
-    let unix = json(&daemon.socket, &["export", "vol", "--json"])["unix"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let unix = unix_uri(&daemon, "vol");
     // nbdcopy sends no FLUSH unless asked to (--flush): only the daemon's
     // commit timer can make this write durable.
     let src = dir.join("pattern");
@@ -130,10 +135,7 @@ fn flushed_writes_survive_kill_9() {
     let dir = TempDir::create();
     let mut daemon = start(&dir);
     ok(&daemon.socket, &["create", "vol", "--size", "16M"]);
-    let unix = json(&daemon.socket, &["export", "vol", "--json"])["unix"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let unix = unix_uri(&daemon, "vol");
     // -f: FUA write; then an explicit flush for a second range.
     let (good, out) = qemu_io(
         &unix,

@@ -455,33 +455,7 @@ impl Pool {
     pub async fn create_volume(&self, name: &str, size: u64) -> Result<VolumeInfo> {
         validate_name(name)?;
         check_size(size)?;
-        self.inner.check_open()?;
-        let info = {
-            let mut st = self.inner.state.lock();
-            if st.volumes.contains_key(name) {
-                return Err(Error::AlreadyExists {
-                    kind: "volume",
-                    name: name.into(),
-                });
-            }
-            let uid = st.next_id();
-            let head = st.new_layer(None);
-            let rec = VolumeRecord {
-                uid,
-                name: name.into(),
-                size,
-                created: now(),
-                head,
-                snapshots: Vec::new(),
-                origin: None,
-            };
-            let info = st.volume_info(&rec);
-            st.volumes.insert(name.into(), rec);
-            st.dirty.volumes.insert(name.into());
-            info
-        };
-        self.inner.commit().await?;
-        Ok(info)
+        self.add_volume(name, |_| Ok((None, size))).await
     }
 
     /// Creates a writable volume whose initial contents are the snapshot
@@ -495,6 +469,25 @@ impl Pool {
         validate_name(name)?;
         validate_name(origin_volume)?;
         validate_name(origin_snapshot)?;
+        self.add_volume(name, |st| {
+            let snap = State::snapshot(st.volume(origin_volume)?, origin_snapshot)?;
+            let origin = Origin {
+                volume: origin_volume.into(),
+                snapshot: origin_snapshot.into(),
+                layer: snap.layer,
+            };
+            Ok((Some(origin), snap.size))
+        })
+        .await
+    }
+
+    /// Adds volume `name` with a new head layer, on top of the origin
+    /// snapshot's layer when `base` names one, and commits.
+    async fn add_volume(
+        &self,
+        name: &str,
+        base: impl FnOnce(&State) -> Result<(Option<Origin>, u64)>,
+    ) -> Result<VolumeInfo> {
         self.inner.check_open()?;
         let info = {
             let mut st = self.inner.state.lock();
@@ -504,21 +497,17 @@ impl Pool {
                     name: name.into(),
                 });
             }
-            let origin = State::snapshot(st.volume(origin_volume)?, origin_snapshot)?.clone();
+            let (origin, size) = base(&st)?;
             let uid = st.next_id();
-            let head = st.new_layer(Some(origin.layer));
+            let head = st.new_layer(origin.as_ref().map(|o| o.layer));
             let rec = VolumeRecord {
                 uid,
                 name: name.into(),
-                size: origin.size,
+                size,
                 created: now(),
                 head,
                 snapshots: Vec::new(),
-                origin: Some(Origin {
-                    volume: origin_volume.into(),
-                    snapshot: origin_snapshot.into(),
-                    layer: origin.layer,
-                }),
+                origin,
             };
             let info = st.volume_info(&rec);
             st.volumes.insert(name.into(), rec);
