@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
-use ballast_engine::{parse_size, IoMode};
+use ballast_engine::{parse_size, validate_name, IoMode};
 use clap::Parser;
 
 use cli::args::{Cli, Command, DaemonArgs};
@@ -20,6 +20,8 @@ use daemon::{DaemonConfig, NbdListen};
 
 /// The NBD port registered with IANA, on loopback only.
 const DEFAULT_NBD_LISTEN: &str = "127.0.0.1:10809";
+/// The Docker volume plugin name `ballast serve` uses (`docker volume create -d ballast`).
+const DEFAULT_DOCKER_PLUGIN: &str = "ballast";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,7 +39,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Daemon(args) => run_daemon(daemon_config(args, cli.socket)?),
-        Command::Serve => {
+        Command::Serve(args) => {
             let defaults = DaemonArgs {
                 root: None,
                 control_socket: None,
@@ -45,6 +47,10 @@ fn run(cli: Cli) -> Result<()> {
                 io: IoMode::default().to_string(),
                 nbd_socket: None,
                 nbd_listen: None,
+                // Only root can mount, and bind in /run/docker/plugins.
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                docker_plugin: (!args.no_docker_plugin && unsafe { libc::geteuid() } == 0)
+                    .then(|| DEFAULT_DOCKER_PLUGIN.to_string()),
             };
             run_daemon(daemon_config(defaults, cli.socket)?)
         }
@@ -82,7 +88,11 @@ fn daemon_config(args: DaemonArgs, client_socket: Option<PathBuf>) -> Result<Dae
             anyhow!("--nbd-listen: {addr:?} is not ADDR:PORT (e.g. 127.0.0.1:10809) or \"off\"")
         })?),
     };
+    if let Some(name) = &args.docker_plugin {
+        validate_name(name).context("--docker-plugin")?;
+    }
     Ok(DaemonConfig {
+        docker_plugin: args.docker_plugin,
         nbd_socket: args.nbd_socket.unwrap_or_else(|| root.join("nbd.sock")),
         nbd_listen,
         control_socket: args

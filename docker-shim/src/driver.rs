@@ -369,5 +369,5 @@ impl<B: Backend, H: Host> Driver<B, H> {
 }
 
 fn check_name(name: &str) -> Result<(), DriverError> {
-    validate_name(name).map_err(|e| DriverError::InvalidName(format!("volume name {name:?}: {e}")))
+    validate_name(name).map_err(|e| DriverError::InvalidName(e.to_string()))
 }

@@ -330,7 +330,7 @@ async fn create_rejects_bad_options_and_names_without_creating() {
         .call("/VolumeDriver.Create", json!({"Name": "../etc"}))
         .await;
     assert!(
-        err(&reply).starts_with("volume name \"../etc\": "),
+        err(&reply).starts_with("invalid name \"../etc\": "),
         "{reply}"
     );
     let reply = f.call("/VolumeDriver.Create", json!({"Opts": {}})).await;

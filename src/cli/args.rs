@@ -28,7 +28,7 @@ pub enum Command {
     /// Run the daemon
     Daemon(DaemonArgs),
     /// Run the daemon on the default root with default settings
-    Serve,
+    Serve(ServeArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -94,6 +94,16 @@ pub struct DaemonArgs {
     /// NBD TCP listener as ADDR:PORT, or "off" [default: 127.0.0.1:10809]
     #[arg(long, value_name = "ADDR:PORT")]
     pub nbd_listen: Option<String>,
+    /// Serve the Docker volume plugin as NAME (socket /run/docker/plugins/NAME.sock)
+    #[arg(long, value_name = "NAME")]
+    pub docker_plugin: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Do not serve the Docker volume plugin (served as "ballast" when run as root)
+    #[arg(long)]
+    pub no_docker_plugin: bool,
 }
 
 #[derive(Debug, Args)]

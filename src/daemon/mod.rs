@@ -6,6 +6,7 @@
 //! SIGINT/SIGTERM every service stops, then the pool gets its final commit.
 
 mod commit;
+mod docker;
 mod lock;
 mod nbd;
 mod services;
@@ -37,6 +38,8 @@ pub struct DaemonConfig {
     pub io: IoMode,
     pub nbd_socket: PathBuf,
     pub nbd_listen: NbdListen,
+    /// Serve the Docker volume plugin under this name.
+    pub docker_plugin: Option<String>,
 }
 
 /// Where the NBD server listens on TCP.
@@ -62,6 +65,11 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     let (listener, _socket_file) =
         socket::bind(&config.control_socket, "control", "--control-socket").await?;
     let nbd = nbd::bind(&config.nbd_socket, config.nbd_listen).await?;
+    let docker_socket = config
+        .docker_plugin
+        .as_deref()
+        .map(docker::bind)
+        .transpose()?;
 
     let pool_config = PoolConfig {
         root: config.root.clone(),
@@ -87,7 +95,16 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         move |shutdown| commit::run(pool, COMMIT_PERIOD, shutdown)
     });
     nbd.spawn(&mut services, pool.clone());
-    // Further services (the Docker plugin socket, ...) are
+    if let Some(socket) = docker_socket {
+        docker::spawn(
+            &mut services,
+            socket,
+            pool.clone(),
+            &config.root,
+            &config.nbd_socket,
+        )?;
+    }
+    // Further services are
     // spawned here the same way: `services.spawn(name, |token| future)`,
     // the future returning soon after `token` is cancelled.
     info!(control_socket = %config.control_socket.display(), "ballast daemon ready");

@@ -109,8 +109,16 @@ impl LinuxHost {
         args.push(device.display().to_string());
         args.push(target.display().to_string());
         command::run("mount", &args).await?;
+        // Never touch the volume's filesystem from an async worker: its I/O
+        // is served by the NBD server, possibly on this very runtime.
         let data = target.join("data");
-        if let Err(e) = fs::create_dir_all(&data) {
+        let created = tokio::task::spawn_blocking({
+            let data = data.clone();
+            move || fs::create_dir_all(data)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = created {
             let _ = command::run("umount", [target]).await;
             return Err(HostError(format!("cannot create {}: {e}", data.display())));
         }

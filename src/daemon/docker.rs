@@ -1,0 +1,135 @@
+//! The Docker volume plugin service: the pool as a [`Backend`] for the
+//! ballast-docker driver, its socket in `/run/docker/plugins/`, start-up
+//! recovery of mounts left by an earlier daemon.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ballast_docker::{Backend, BackendError, Driver, Layout, LinuxHost, VolumeSummary, PLUGIN_DIR};
+use ballast_engine::{Error, Pool, VolumeInfo};
+use tokio::net::UnixListener;
+use tracing::info;
+
+use super::services::Services;
+
+/// Driver state and mounts live in `ROOT/docker/`.
+const DOCKER_DIR: &str = "docker";
+
+/// The pool, as the driver sees it.
+pub struct PoolBackend {
+    pool: Pool,
+    nbd_socket: PathBuf,
+}
+
+impl Backend for PoolBackend {
+    async fn create_volume(&self, name: &str, size: u64) -> Result<(), BackendError> {
+        self.pool
+            .create_volume(name, size)
+            .await
+            .map(drop)
+            .map_err(message)
+    }
+
+    async fn clone_volume(
+        &self,
+        name: &str,
+        volume: &str,
+        snapshot: &str,
+    ) -> Result<(), BackendError> {
+        self.pool
+            .clone_volume(name, volume, snapshot)
+            .await
+            .map(drop)
+            .map_err(message)
+    }
+
+    async fn restore_backup(&self, name: &str, url: &str) -> Result<(), BackendError> {
+        restore_from_backup(&self.pool, name, url).await
+    }
+
+    async fn delete_volume(&self, name: &str) -> Result<(), BackendError> {
+        self.pool.delete_volume(name).await.map_err(message)
+    }
+
+    fn volume(&self, name: &str) -> Result<Option<VolumeSummary>, BackendError> {
+        match self.pool.volume(name) {
+            Ok(info) => Ok(Some(summary(info))),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(message(e)),
+        }
+    }
+
+    fn volumes(&self) -> Result<Vec<VolumeSummary>, BackendError> {
+        Ok(self.pool.volumes().into_iter().map(summary).collect())
+    }
+
+    fn nbd_socket(&self) -> PathBuf {
+        self.nbd_socket.clone()
+    }
+}
+
+/// `docker volume create -o backup=URL`: restores volume `name` from a
+/// backup. This is the one place to connect the backup store's restore
+/// once the daemon carries it; until then the option is refused with a
+/// clear message and nothing is created.
+async fn restore_from_backup(_pool: &Pool, name: &str, url: &str) -> Result<(), BackendError> {
+    Err(BackendError(format!(
+        "cannot create {name} from backup {url}: restoring backups through the Docker driver is not available yet \
+         in this build; restore with the ballast CLI, then use the volume by name"
+    )))
+}
+
+fn summary(info: VolumeInfo) -> VolumeSummary {
+    VolumeSummary {
+        name: info.name,
+        size: info.size,
+        allocated: info.allocated,
+        origin: info.origin,
+    }
+}
+
+fn message(e: Error) -> BackendError {
+    BackendError(e.to_string())
+}
+
+/// The plugin socket for plugin `name`.
+pub fn socket_path(name: &str) -> PathBuf {
+    Path::new(PLUGIN_DIR).join(format!("{name}.sock"))
+}
+
+/// Binds the plugin socket (replacing a stale one) before the pool opens,
+/// so a taken plugin name stops start-up early.
+pub fn bind(name: &str) -> Result<(UnixListener, PathBuf)> {
+    let path = socket_path(name);
+    let listener = ballast_docker::bind(&path)
+        .with_context(|| format!("cannot listen for Docker on {}", path.display()))?;
+    Ok((listener, path))
+}
+
+/// Recovers earlier mounts, then serves Docker until shutdown.
+pub fn spawn(
+    services: &mut Services,
+    (listener, path): (UnixListener, PathBuf),
+    pool: Pool,
+    root: &Path,
+    nbd_socket: &Path,
+) -> Result<()> {
+    let dir = root.join(DOCKER_DIR);
+    let backend = PoolBackend {
+        pool,
+        nbd_socket: nbd_socket.to_path_buf(),
+    };
+    let host = LinuxHost::new(&dir);
+    let driver = Driver::open(backend, host, Layout::new(dir))?;
+    services.spawn("Docker plugin", move |shutdown| async move {
+        let driver = Arc::new(driver);
+        driver.recover().await;
+        info!(socket = %path.display(), "serving the Docker volume plugin");
+        ballast_docker::serve(listener, driver, shutdown.cancelled_owned()).await;
+        let _ = fs::remove_file(&path);
+        Ok(())
+    });
+    Ok(())
+}
