@@ -22,9 +22,9 @@ use bytes::Bytes;
 pub const MAGIC: [u8; 4] = *b"BLST";
 pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 32;
-/// Upper bound on a decoded object (a manifest of a 64 TiB volume in 64 KiB
-/// chunks stays far below it); guards allocations against a forged header.
-const MAX_RAW_LEN: u64 = 1 << 32;
+/// Upper bound on a decoded manifest (one of a 1 PiB volume in 1 MiB chunks
+/// stays below it); guards allocations against a forged header.
+const MAX_MANIFEST_LEN: u64 = 1 << 37;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -61,6 +61,8 @@ pub enum FrameError {
     Decompress(String),
     #[error("decoded length {actual} differs from header ({header})")]
     RawLength { header: u64, actual: u64 },
+    #[error("decoded length {0} in header exceeds the limit for this kind of object")]
+    TooLarge(u64),
 }
 
 /// Frames `raw`, zstd-compressed at `level` unless that does not make it
@@ -129,11 +131,12 @@ pub fn decode(expected: Kind, data: &[u8]) -> Result<Vec<u8>, FrameError> {
     if crc32fast::hash(payload) != le_u32(&data[24..28]) {
         return Err(FrameError::PayloadCrc);
     }
-    if raw_len > MAX_RAW_LEN {
-        return Err(FrameError::RawLength {
-            header: raw_len,
-            actual: 0,
-        });
+    let max = match expected {
+        Kind::Chunk => crate::manifest::MAX_CHUNK_SIZE,
+        Kind::Manifest => MAX_MANIFEST_LEN,
+    };
+    if raw_len > max {
+        return Err(FrameError::TooLarge(raw_len));
     }
     let raw = match data[6] {
         0 => payload.to_vec(),

@@ -37,3 +37,35 @@ pub(crate) fn now_secs() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{BackupStore, GcOptions, NoProgress, VerifyScope};
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The daemon spawns these operations on its runtime: their futures
+    /// must be `Send`.
+    #[test]
+    fn operation_futures_are_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = ballast_engine::Pool::open(ballast_engine::PoolConfig::new(dir.path())).unwrap();
+        let url = format!("file://{}", dir.path().join("b").display())
+            .parse()
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let store = rt
+            .block_on(BackupStore::open(&url, Default::default()))
+            .unwrap();
+        let gc = GcOptions::default();
+        assert_send(&store.backup(&pool, "v", None, &NoProgress));
+        assert_send(&store.restore(&pool, "v", "i", "n", &NoProgress));
+        assert_send(&store.verify(VerifyScope::All, &NoProgress));
+        assert_send(&store.gc(&gc, &NoProgress));
+        assert_send(&store.list(None));
+        assert_send(&store.inspect("v", "i"));
+        assert_send(&store.delete("v", "i"));
+    }
+}
