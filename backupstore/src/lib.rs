@@ -8,6 +8,18 @@
 //! are not stored. A backup is a manifest listing every chunk's digest,
 //! written after all its chunks, so it is visible only when complete. Dedup
 //! is global across all volumes in a store. See `manifest.rs` for the layout.
+//!
+//! # Use (the daemon owns the pool and runs these on its tokio runtime)
+//!
+//! ```text
+//! backup create VOL[@SNAP] --dest URL  BackupStore::open(&URL.parse()?, opts).backup(&pool, VOL, SNAP, &progress) -> BackupInfo (.url)
+//! backup list --dest URL [--volume V]  store.list(V) -> Vec<BackupInfo>
+//! backup inspect BACKUP_URL            b: BackupUrl = s.parse()?; open(&b.dest).inspect(&b.volume, &b.id)
+//! backup delete BACKUP_URL             open(&b.dest).delete(&b.volume, &b.id)
+//! backup verify BACKUP_URL | --dest U  store.verify(VerifyScope::Backup{..} | VerifyScope::All, &p) -> VerifyReport
+//! backup gc --dest URL                 store.gc(&GcOptions::default(), &p) -> GcReport
+//! create VOL --backup BACKUP_URL       open(&b.dest).restore(&pool, &b.volume, &b.id, VOL, &p) -> VolumeInfo
+//! ```
 
 mod backup;
 mod error;
@@ -25,7 +37,9 @@ mod verify;
 pub use error::{Error, Result};
 pub use gc::{GcOptions, GcReport};
 pub use manifest::{Manifest, StoreConfig, DEFAULT_CHUNK_SIZE};
-pub use progress::{for_terminal, NoProgress, Progress, TerminalProgress};
+pub use progress::{
+    for_terminal, NoProgress, Progress, ProgressCounter, ProgressSnapshot, TerminalProgress,
+};
 pub use store::{BackupInfo, BackupStore, StoreOptions};
 pub use url::{BackupUrl, StoreUrl};
 pub use verify::{DamagedBackup, VerifyReport, VerifyScope};

@@ -6,9 +6,11 @@
 //! terminal ([`for_terminal`] picks).
 
 use std::io::IsTerminal;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
 
 /// Receives the progress of one operation, in bytes (verify and gc count
 /// objects' bytes too). Called from several tasks at once.
@@ -31,6 +33,50 @@ impl Progress for NoProgress {
     fn finish(&self) {}
 }
 
+/// Where an operation stands, as a value that can cross the control API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressSnapshot {
+    pub phase: String,
+    pub total: u64,
+    pub done: u64,
+}
+
+/// Records progress for someone else to poll (the daemon keeps one per
+/// running operation and reports [`ProgressCounter::snapshot`] to its client).
+#[derive(Debug, Default)]
+pub struct ProgressCounter {
+    phase: Mutex<String>,
+    total: AtomicU64,
+    done: AtomicU64,
+}
+
+impl ProgressCounter {
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        ProgressSnapshot {
+            phase: self.phase.lock().expect("progress phase").clone(),
+            total: self.total.load(Ordering::Relaxed),
+            done: self.done.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Progress for ProgressCounter {
+    fn start(&self, phase: &str, total: u64) {
+        *self.phase.lock().expect("progress phase") = phase.to_string();
+        self.done.store(0, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+    }
+
+    fn advance(&self, done: u64) {
+        self.done.fetch_add(done, Ordering::Relaxed);
+    }
+
+    fn finish(&self) {
+        self.done
+            .store(self.total.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
 /// An indicatif bar on stderr with bytes done, rate and ETA.
 #[derive(Debug)]
 pub struct TerminalProgress {
@@ -48,6 +94,17 @@ impl TerminalProgress {
             .progress_chars("=> "),
         );
         TerminalProgress { bar }
+    }
+}
+
+impl TerminalProgress {
+    /// Draws a snapshot polled from elsewhere (the daemon).
+    pub fn show(&self, s: &ProgressSnapshot) {
+        if self.bar.message() != s.phase {
+            self.start(&s.phase, s.total);
+        }
+        self.bar.set_length(s.total);
+        self.bar.set_position(s.done);
     }
 }
 
@@ -80,5 +137,41 @@ pub fn for_terminal(json: bool) -> Arc<dyn Progress> {
         Arc::new(TerminalProgress::new())
     } else {
         Arc::new(NoProgress)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_snapshots() {
+        let c = ProgressCounter::default();
+        assert_eq!(c.snapshot(), ProgressSnapshot::default());
+        c.start("backup", 100);
+        c.advance(30);
+        c.advance(20);
+        assert_eq!(
+            c.snapshot(),
+            ProgressSnapshot {
+                phase: "backup".into(),
+                total: 100,
+                done: 50
+            }
+        );
+        c.finish();
+        assert_eq!(c.snapshot().done, 100);
+        c.start("restore", 10);
+        assert_eq!(
+            c.snapshot(),
+            ProgressSnapshot {
+                phase: "restore".into(),
+                total: 10,
+                done: 0
+            }
+        );
+        let bar = TerminalProgress::new();
+        bar.show(&c.snapshot());
+        assert_eq!(bar.bar.length(), Some(10));
     }
 }
