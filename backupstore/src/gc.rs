@@ -47,6 +47,8 @@ pub struct GcReport {
     /// Unreferenced chunks kept because they are younger than the grace period.
     pub recent_chunks: u64,
     pub stale_locks_removed: u64,
+    /// Leftovers of interrupted writes removed (directory targets).
+    pub leftovers_removed: u64,
 }
 
 impl BackupStore {
@@ -117,6 +119,7 @@ impl BackupStore {
             .try_collect::<()>()
             .await?;
         progress.finish();
+        let leftovers_removed = self.objects.remove_leftovers(opts.grace).await?;
         tracing::info!(
             "gc of {}: deleted {deleted_chunks} chunks ({deleted_bytes} bytes)",
             self.url
@@ -128,6 +131,7 @@ impl BackupStore {
             deleted_bytes,
             recent_chunks,
             stale_locks_removed,
+            leftovers_removed,
         })
     }
 }

@@ -8,6 +8,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -126,8 +127,47 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes `.tmp.*` files under `dir` last modified before `cutoff`.
+fn remove_tmp(dir: &Path, cutoff: SystemTime, removed: &mut u64) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            remove_tmp(&entry.path(), cutoff, removed)?;
+        } else if ft.is_file() && entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            let old = entry.metadata()?.modified()? < cutoff;
+            if old {
+                tracing::info!("removing leftover {}", entry.path().display());
+                match fs::remove_file(entry.path()) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => *removed += 1,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl ObjectStore for FileStore {
+    async fn remove_leftovers(&self, age: Duration) -> Result<u64> {
+        let root = self.root.clone();
+        let cutoff = SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.blocking("clean", "", move || {
+            let mut removed = 0;
+            remove_tmp(&root, cutoff, &mut removed)?;
+            Ok(removed)
+        })
+        .await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let path = self.path("get", key)?;
         self.blocking("get", key, move || match fs::read(&path) {
@@ -214,6 +254,41 @@ mod tests {
         // No temporary files remain.
         let stray: Vec<_> = fs::read_dir(dir.path().join("store/a")).unwrap().collect();
         assert_eq!(stray.len(), 2, "only a/b and the a/c directory");
+    }
+
+    #[tokio::test]
+    async fn leftovers_of_interrupted_writes_are_removed_when_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path().to_path_buf(), "file:///test".into());
+        s.put("chunks/ab/cd/x", Bytes::from_static(b"kept"))
+            .await
+            .unwrap();
+        let sub = dir.path().join("chunks/ab/cd");
+        let old = sub.join(".tmp.y.0123");
+        let young = sub.join(".tmp.z.4567");
+        fs::write(&old, b"partial").unwrap();
+        fs::write(&young, b"partial").unwrap();
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        assert_eq!(
+            s.list("chunks/").await.unwrap().len(),
+            1,
+            "listings skip leftovers"
+        );
+        assert_eq!(
+            s.remove_leftovers(Duration::from_secs(3600)).await.unwrap(),
+            1
+        );
+        assert!(!old.exists() && young.exists());
+        assert_eq!(
+            s.get("chunks/ab/cd/x").await.unwrap().unwrap(),
+            &b"kept"[..]
+        );
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ mod s3;
 
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -44,6 +44,11 @@ pub trait ObjectStore: Send + Sync + Debug {
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
     async fn exists(&self, key: &str) -> Result<bool> {
         Ok(self.head(key).await?.is_some())
+    }
+    /// Removes leftovers of writes a crash interrupted, older than `age`;
+    /// returns how many. Stores whose writes leave none do nothing.
+    async fn remove_leftovers(&self, _age: Duration) -> Result<u64> {
+        Ok(0)
     }
 }
 
