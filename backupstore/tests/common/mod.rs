@@ -173,12 +173,16 @@ pub fn free_port() -> u16 {
 }
 
 /// Credentials for the test server, through the standard AWS environment
-/// variables (the only place the store takes them from).
+/// variables (the only place the store takes them from). Set once per test
+/// binary: every S3 test passes through here before it builds a client.
 pub fn set_test_credentials() {
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    std::env::set_var("AWS_REGION", "us-east-1");
-    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    });
 }
 
 /// A moto_server process this test started; killed (by its PID) on drop.
