@@ -15,6 +15,8 @@ pub struct VolumeSummary {
     pub size: u64,
     /// Bytes actually written; 0 means the volume was never touched.
     pub allocated: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
     /// `VOL@SNAP` for a clone.
     pub origin: Option<String>,
 }

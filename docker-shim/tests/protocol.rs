@@ -53,6 +53,7 @@ impl FakeBackend {
                 name: name.into(),
                 size: 1 << 30,
                 allocated,
+                created: 1_700_000_000,
                 origin: None,
             },
         );
@@ -388,6 +389,7 @@ async fn get_and_list_cover_every_volume_mounted_or_not() {
     assert_eq!(got["Volume"]["Name"], "made-by-cli");
     assert_eq!(got["Volume"]["Mountpoint"], "");
     assert_eq!(got["Volume"]["Status"]["size"], "1 GiB");
+    assert_eq!(got["Volume"]["CreatedAt"], "2023-11-14T22:13:20Z");
 
     let got = f.call("/VolumeDriver.Get", json!({"Name": "nope"})).await;
     assert_eq!(err(&got), "no such volume: nope");

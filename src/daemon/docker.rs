@@ -86,6 +86,7 @@ fn summary(info: VolumeInfo) -> VolumeSummary {
         name: info.name,
         size: info.size,
         allocated: info.allocated,
+        created: info.created,
         origin: info.origin,
     }
 }
