@@ -282,10 +282,22 @@ impl<B: Backend, H: Host> Driver<B, H> {
     /// mount target. The caller holds the volume's lock.
     async fn ensure_mounted(&self, name: &str) -> Result<PathBuf, DriverError> {
         let target = self.layout.target(name);
-        let (attached, format_as) =
-            self.with_volume(name, |v| (v.attachment.is_some(), v.format_as));
-        if attached {
-            return Ok(target);
+        let (attachment, format_as) =
+            self.with_volume(name, |v| (v.attachment.clone(), v.format_as));
+        if let Some(attachment) = attachment {
+            if self.host.is_alive(&attachment) {
+                return Ok(target);
+            }
+            warn!(
+                volume = name,
+                "the volume's mount is dead (nbdfuse or NBD connection gone); mounting it again"
+            );
+            self.host.release(&attachment).await;
+            self.update(|state| {
+                if let Some(volume) = state.volumes.get_mut(name) {
+                    volume.attachment = None;
+                }
+            })?;
         }
         let summary = self
             .backend

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ballast_docker::host::mountinfo::{is_mount_point, mounts};
+use ballast_docker::host::Via;
 use ballast_docker::{FsType, Host, LinuxHost, MountRequest};
 
 /// Root, /dev/fuse, nbdfuse, nbdkit and mkfs.ext4; under CI=true a
@@ -158,10 +159,30 @@ async fn formats_mounts_unmounts_and_recovers_after_a_crash() {
     assert_eq!(loops_on(&f.dir), 0);
 
     // Already formatted: mounted as is, the file still there.
-    let attachment = host.mount(&f.request(Some(FsType::Ext4))).await.unwrap();
+    let mut attachment = host.mount(&f.request(Some(FsType::Ext4))).await.unwrap();
     assert_eq!(std::fs::read(data.join("hello")).unwrap(), b"first mount");
     std::fs::write(data.join("second"), b"synced").unwrap();
     Command::new("sync").status().unwrap();
+    assert!(host.is_alive(&attachment));
+
+    // nbdfuse dies under a running daemon: the mount is seen dead,
+    // released, and mounted again with the data intact.
+    if let Via::Fuse { pid, .. } = &attachment.via {
+        // SAFETY: kill(2) on the nbdfuse our host started.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while host.is_alive(&attachment) {
+            assert!(
+                Instant::now() < deadline,
+                "a killed nbdfuse still looks alive"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        host.release(&attachment).await;
+        assert!(!is_mount_point(&target));
+        attachment = host.mount(&f.request(None)).await.unwrap();
+        assert_eq!(std::fs::read(data.join("second")).unwrap(), b"synced");
+    }
 
     // The daemon dies: its NBD server goes, the mount stays behind, dead.
     f.kill_server();

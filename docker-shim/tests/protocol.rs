@@ -123,6 +123,8 @@ struct FakeHost {
     backend: FakeBackend,
     calls: Arc<Mutex<Vec<String>>>,
     fail_mounts: Arc<Mutex<bool>>,
+    /// Attachments reported dead (nbdfuse gone, say).
+    dead: Arc<Mutex<bool>>,
 }
 
 impl FakeHost {
@@ -131,6 +133,7 @@ impl FakeHost {
             backend: backend.clone(),
             calls: Arc::default(),
             fail_mounts: Arc::default(),
+            dead: Arc::default(),
         }
     }
 
@@ -179,6 +182,18 @@ impl Host for FakeHost {
             .unwrap()
             .push(format!("unmount {}", attachment.target.display()));
         Ok(())
+    }
+
+    fn is_alive(&self, _attachment: &Attachment) -> bool {
+        !*self.dead.lock().unwrap()
+    }
+
+    async fn release(&self, attachment: &Attachment) {
+        *self.dead.lock().unwrap() = false;
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("release {}", attachment.target.display()));
     }
 
     async fn clear_stale(&self, attachments: &[Attachment], _dir: &Path) {
@@ -576,6 +591,39 @@ async fn mount_counts_survive_a_restart() {
         f.host.calls(),
         vec!["clear_stale 0", "mount idle format=Some(Ext4)"]
     );
+}
+
+#[tokio::test]
+async fn a_dead_mount_is_released_and_mounted_again() {
+    let f = Fixture::new();
+    f.call(
+        "/VolumeDriver.Create",
+        json!({"Name": "v1", "Opts": {"size": "1G"}}),
+    )
+    .await;
+    f.call("/VolumeDriver.Mount", json!({"Name": "v1", "ID": "a"}))
+        .await;
+    *f.host.dead.lock().unwrap() = true;
+    let b = f
+        .call("/VolumeDriver.Mount", json!({"Name": "v1", "ID": "b"}))
+        .await;
+    assert_eq!(err(&b), "");
+    let target = f.mount_target("v1");
+    assert_eq!(
+        f.host.calls(),
+        vec![
+            "mount v1 format=Some(Ext4)".to_string(),
+            format!("release {}", target.display()),
+            "mount v1 format=None".to_string(),
+        ]
+    );
+    // Both IDs are still counted against the fresh mount.
+    f.call("/VolumeDriver.Unmount", json!({"Name": "v1", "ID": "a"}))
+        .await;
+    assert_eq!(f.host.calls().len(), 3);
+    f.call("/VolumeDriver.Unmount", json!({"Name": "v1", "ID": "b"}))
+        .await;
+    assert_eq!(f.host.calls()[3], format!("unmount {}", target.display()));
 }
 
 #[tokio::test]

@@ -157,26 +157,68 @@ impl Host for LinuxHost {
         self.detach(&attachment.device, &attachment.via).await
     }
 
-    async fn clear_stale(&self, attachments: &[Attachment], dir: &Path) {
-        // Stop the old nbdfuse processes first: their NBD connections are
-        // dead, and nothing must reach the volume through them any more.
-        for attachment in attachments {
-            match &attachment.via {
-                Via::Fuse { pid, dir } if fuse::is_our_nbdfuse(*pid, dir) => {
+    fn is_alive(&self, attachment: &Attachment) -> bool {
+        if !is_mount_point(&attachment.target) {
+            return false;
+        }
+        match &attachment.via {
+            // Only an nbdfuse started by this daemon can still be connected.
+            Via::Fuse { pid, dir } => {
+                let mut children = self.children.lock().unwrap();
+                children
+                    .get_mut(pid)
+                    .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+                    && is_mount_point(dir)
+            }
+            Via::KernelNbd { index } => Path::new(&format!("/sys/block/nbd{index}/pid")).exists(),
+        }
+    }
+
+    async fn release(&self, attachment: &Attachment) {
+        // Cut the I/O path first, so nothing blocks on a dead connection.
+        match &attachment.via {
+            Via::Fuse { pid, dir } => {
+                let child = self.children.lock().unwrap().remove(pid);
+                if fuse::is_our_nbdfuse(*pid, dir) {
                     // SAFETY: kill(2) on a PID just checked to be our nbdfuse.
                     unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
-                    info!(pid, "stopped the nbdfuse of an earlier daemon");
+                    info!(pid, "stopped a disconnected nbdfuse");
                 }
-                Via::KernelNbd { index } => {
-                    let index = *index;
-                    let _ = tokio::task::spawn_blocking(move || kernel::detach(index)).await;
+                if let Some(mut child) = child {
+                    let _ = child.wait().await;
                 }
-                Via::Fuse { .. } => {}
+            }
+            Via::KernelNbd { index } => {
+                let index = *index;
+                let _ = tokio::task::spawn_blocking(move || kernel::detach(index)).await;
             }
         }
-        // Filesystems first, then their loop devices, then the FUSE mounts
-        // (a loop's backing file can only be recognised while its FUSE
-        // mount is still attached under `dir`).
+        if is_mount_point(&attachment.target) {
+            lazy_unmount(&attachment.target).await;
+        }
+        if let Via::Fuse { dir, .. } = &attachment.via {
+            // Once its FUSE mount is gone the kernel shows the loop's backing
+            // file relative to the detached mount, as "/nbd".
+            let backing = fuse::loop_backing_file(&attachment.device);
+            if backing.is_some_and(|f| f.starts_with(dir) || f == Path::new("/nbd")) {
+                let device = attachment.device.as_os_str();
+                if let Err(e) = command::run("losetup", ["-d".as_ref(), device]).await {
+                    warn!(device = %attachment.device.display(), "cannot detach a stale loop device: {e}");
+                }
+            }
+            if is_mount_point(dir) {
+                lazy_unmount(dir).await;
+            }
+        }
+    }
+
+    async fn clear_stale(&self, attachments: &[Attachment], dir: &Path) {
+        for attachment in attachments {
+            self.release(attachment).await;
+        }
+        // Leftovers nobody recorded: filesystems first, then their loop
+        // devices, then the FUSE mounts (a loop's backing file is only
+        // recognisable while its FUSE mount is attached under `dir`).
         let (fuse_mounts, filesystems): (Vec<PathBuf>, Vec<PathBuf>) = mounts()
             .into_iter()
             .filter(|m| m.mount_point.starts_with(dir))
@@ -186,17 +228,6 @@ impl Host for LinuxHost {
             lazy_unmount(&point).await;
         }
         let mut loops = fuse::loops_under(dir);
-        for attachment in attachments {
-            if let Via::Fuse { .. } = attachment.via {
-                // Its FUSE mount may be gone already; then the kernel shows
-                // the backing file relative to the detached mount.
-                if fuse::loop_backing_file(&attachment.device)
-                    .is_some_and(|f| f == Path::new("/nbd"))
-                {
-                    loops.push(attachment.device.clone());
-                }
-            }
-        }
         loops.sort();
         loops.dedup();
         for device in loops {

@@ -116,6 +116,14 @@ pub trait Host: Send + Sync + 'static {
         attachment: &Attachment,
     ) -> impl Future<Output = Result<(), HostError>> + Send;
 
+    /// Whether the filesystem is still mounted and its device still
+    /// connected to the NBD server.
+    fn is_alive(&self, attachment: &Attachment) -> bool;
+
+    /// Tears down a dead attachment, best effort: whatever still holds its
+    /// filesystem gets I/O errors from now on, nothing reaches the volume.
+    fn release(&self, attachment: &Attachment) -> impl Future<Output = ()> + Send;
+
     /// At start-up: tears down `attachments` recorded by an earlier daemon
     /// and anything else it left under `dir` (mounts, FUSE mounts, loop
     /// devices). Best effort; failures are logged.
