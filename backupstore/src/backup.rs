@@ -37,9 +37,10 @@ pub(crate) fn is_zero(buf: &[u8]) -> bool {
         .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
-/// A backup id: creation time (sorts by age) plus randomness.
+/// A backup id: creation time to the millisecond (ids sort by age) plus
+/// randomness, e.g. `20261122T010933123Z-1a2b3c4d`.
 fn new_backup_id() -> String {
-    let stamp: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    let stamp: String = humantime::format_rfc3339_millis(std::time::SystemTime::now())
         .to_string()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
@@ -402,7 +403,10 @@ mod tests {
     fn ids_are_valid_and_sort_by_time() {
         let id = new_backup_id();
         crate::url::validate_backup_id(&id).unwrap();
-        assert_eq!(id.len(), 16 + 1 + 8, "{id}");
+        assert_eq!(id.len(), 19 + 1 + 8, "{id}");
         assert!(id.starts_with("20"), "{id}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = new_backup_id();
+        assert!(id < later, "{id} sorts before {later}");
     }
 }
