@@ -462,6 +462,30 @@ fn docker_uses_ballast_volumes() {
     let origin = &ok(&f.socket(), &["inspect", "c1", "--json"]);
     assert!(origin.contains("\"origin\": \"v1@s1\""), "{origin}");
 
+    // A second daemon cannot take over the plugin name of a live one.
+    let out = Command::new(common::BIN)
+        .args([
+            "daemon",
+            "--nbd-listen",
+            "off",
+            "--docker-plugin",
+            &driver,
+            "--root",
+        ])
+        .arg(f.dir.join("other"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("is in use by another plugin"),
+        "{stderr}"
+    );
+    assert_eq!(
+        f.run("v1", "cat /data/second"),
+        "second\n",
+        "the first daemon still serves"
+    );
+
     // kill -9 of the daemon while the holder has v1 mounted; after a
     // restart Docker keeps working with the volume.
     f.daemon().kill9();
@@ -535,4 +559,23 @@ fn docker_uses_ballast_volumes() {
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let root = f.dir.join("root");
     assert!(!mounts.contains(root.to_str().unwrap()), "{mounts}");
+}
+
+#[test]
+fn daemon_refuses_a_bad_plugin_name() {
+    let dir = common::TempDir::create();
+    let out = Command::new(common::BIN)
+        .args(["daemon", "--root"])
+        .arg(dir.join("root"))
+        .args(["--docker-plugin", "../evil"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("error: --docker-plugin: invalid name \"../evil\""),
+        "{stderr}"
+    );
+    assert!(!Path::new("/run/docker/plugins/../evil.sock").exists());
+    assert!(!dir.join("root").exists(), "nothing was created");
 }

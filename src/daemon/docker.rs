@@ -104,8 +104,13 @@ pub fn socket_path(name: &str) -> PathBuf {
 /// so a taken plugin name stops start-up early.
 pub fn bind(name: &str) -> Result<(UnixListener, PathBuf)> {
     let path = socket_path(name);
-    let listener = ballast_docker::bind(&path)
-        .with_context(|| format!("cannot listen for Docker on {}", path.display()))?;
+    let listener = ballast_docker::bind(&path).with_context(|| {
+        format!(
+            "cannot serve the Docker plugin {name:?} on {} (pick another name with --docker-plugin NAME{})",
+            path.display(),
+            if name == "ballast" { ", or pass --no-docker-plugin" } else { "" }
+        )
+    })?;
     Ok((listener, path))
 }
 
