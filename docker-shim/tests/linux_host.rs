@@ -51,8 +51,8 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new() -> Fixture {
-        let dir = std::env::temp_dir().join(format!("ballast-host-test-{}", std::process::id()));
+    fn new(test: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("ballast-host-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let disk = std::fs::File::create(dir.join("disk.img")).unwrap();
@@ -139,7 +139,7 @@ async fn formats_mounts_unmounts_and_recovers_after_a_crash() {
     if !runnable() {
         return;
     }
-    let mut f = Fixture::new();
+    let mut f = Fixture::new("crash");
     let host = LinuxHost::new(&f.docker_dir());
     let target = f.request(None).target;
 
@@ -203,4 +203,35 @@ async fn formats_mounts_unmounts_and_recovers_after_a_crash() {
     assert_eq!(std::fs::read(data.join("second")).unwrap(), b"synced");
     host.unmount(&attachment).await.unwrap();
     assert!(mounts().iter().all(|m| !m.mount_point.starts_with(&f.dir)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formats_xfs_when_asked() {
+    if !runnable() {
+        return;
+    }
+    let f = Fixture::new("xfs");
+    let host = LinuxHost::new(&f.docker_dir());
+    if !host.supports(FsType::Xfs) {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mkfs.xfs is missing (xfsprogs)"
+        );
+        return;
+    }
+    let attachment = host.mount(&f.request(Some(FsType::Xfs))).await.unwrap();
+    let mounted = mounts()
+        .into_iter()
+        .find(|m| m.mount_point == attachment.target)
+        .expect("mounted");
+    assert_eq!(mounted.fstype, "xfs");
+    std::fs::write(attachment.target.join("data/x"), b"xfs").unwrap();
+    host.unmount(&attachment).await.unwrap();
+    // Mounted again without a format request: still XFS, data intact.
+    let attachment = host.mount(&f.request(None)).await.unwrap();
+    assert_eq!(
+        std::fs::read(attachment.target.join("data/x")).unwrap(),
+        b"xfs"
+    );
+    host.unmount(&attachment).await.unwrap();
 }
