@@ -308,7 +308,6 @@ impl<B: Backend, H: Host> Driver<B, H> {
         let request = MountRequest {
             volume: name.to_string(),
             nbd_socket: self.backend.nbd_socket(),
-            size: summary.size,
             target: target.clone(),
             format,
         };

@@ -96,7 +96,6 @@ impl Fixture {
         MountRequest {
             volume: "v1".into(),
             nbd_socket: self.socket.clone(),
-            size: 1 << 30,
             target: self.dir.join("docker/mounts/v1"),
             format,
         }

@@ -63,7 +63,6 @@ pub struct MountRequest {
     pub volume: String,
     /// The daemon's NBD socket; the export is named after the volume.
     pub nbd_socket: PathBuf,
-    pub size: u64,
     /// Where the filesystem goes; `data/` inside it is created if missing.
     pub target: PathBuf,
     /// Format with this filesystem if the device holds none. `None`: a
