@@ -328,7 +328,7 @@ impl Drop for Fixture {
             for name in &self.containers {
                 let _ = docker.run(&["rm", "-f", name]);
             }
-            for volume in ["v1", "c1"] {
+            for volume in ["v1", "c1", "cli-made"] {
                 let _ = docker.run(&["volume", "rm", "-f", volume]);
             }
             let _ = docker.run(&["rmi", &self.image]);
@@ -461,6 +461,23 @@ fn docker_uses_ballast_volumes() {
     );
     let origin = &ok(&f.socket(), &["inspect", "c1", "--json"]);
     assert!(origin.contains("\"origin\": \"v1@s1\""), "{origin}");
+
+    // A volume made with the ballast CLI is a Docker volume too, formatted
+    // on first use because nothing was ever written to it.
+    ok(&f.socket(), &["create", "cli-made", "--size", "256M"]);
+    let seen = docker(
+        &f,
+        &[
+            "volume",
+            "inspect",
+            "--format",
+            "{{.Driver}}:{{.Mountpoint}}",
+            "cli-made",
+        ],
+    );
+    assert_eq!(seen.trim(), format!("{driver}:"));
+    assert_eq!(f.run("cli-made", "echo x > /data/x && cat /data/x"), "x\n");
+    docker(&f, &["volume", "rm", "cli-made"]);
 
     // A second daemon cannot take over the plugin name of a live one.
     let out = Command::new(common::BIN)
