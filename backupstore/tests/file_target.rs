@@ -359,3 +359,39 @@ async fn progress_adds_up() {
     );
     assert_eq!(p.total.load(Ordering::SeqCst), b.data_chunks * CHUNK);
 }
+
+/// A volume whose size is not a multiple of the chunk size grows between
+/// backups: the short last chunk and the new space are read again and the
+/// incremental restore is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_after_growth() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = file_store(&dir).await;
+    let (_p, pool) = open_pool();
+    let size = (4 << 20) + 12 * 1024;
+    make_volume(&pool, "vol1", 4 << 20, 101).await;
+    pool.grow_volume("vol1", size).await.unwrap();
+    let vol = pool.open_volume("vol1").unwrap();
+    vol.write(4 << 20, &[7u8; 12 * 1024]).await.unwrap();
+    snapshot(&pool, "vol1", "s1").await;
+    let b1 = store
+        .backup(&pool, "vol1", Some("s1"), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!((b1.size, b1.chunks), (size, 65));
+    scenarios::restore_and_compare(&store, &pool, &b1, "r1", "s1").await;
+
+    pool.grow_volume("vol1", 6 << 20).await.unwrap();
+    vol.write((5 << 20) + 4096, &[9u8; 8192]).await.unwrap();
+    snapshot(&pool, "vol1", "s2").await;
+    let b2 = store
+        .backup(&pool, "vol1", Some("s2"), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(b2.parent.as_deref(), Some(b1.id.as_str()));
+    assert_eq!(b2.chunks, 96);
+    // The old short chunk is now a full one with new content; one chunk of
+    // the new space holds data.
+    assert_eq!(b2.new_chunks, 2);
+    scenarios::restore_and_compare(&store, &pool, &b2, "r2", "s2").await;
+}
