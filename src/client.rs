@@ -14,8 +14,8 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 
 use crate::api::types::{
-    CreateSnapshot, CreateVolume, ErrorBody, GrowVolume, NbdEndpoints, PoolStats, SnapshotInfo,
-    VolumeInfo,
+    CreateSnapshot, CreateVolume, ErrorBody, GrowVolume, JobRequest, JobStarted, JobStatus,
+    NbdEndpoints, PoolStats, SnapshotInfo, VolumeInfo,
 };
 use crate::api::PREFIX;
 
@@ -113,6 +113,40 @@ impl Client {
         .await
     }
 
+    pub async fn start_job(&self, req: &JobRequest) -> Result<JobStarted> {
+        self.call(Method::POST, "/jobs", Some(req)).await
+    }
+
+    pub async fn job(&self, id: u64) -> Result<JobStatus> {
+        self.call(Method::GET, &format!("/jobs/{id}"), None::<&()>)
+            .await
+    }
+
+    /// Cancels a job; answers once it has unwound.
+    pub async fn cancel_job(&self, id: u64) -> Result<JobStatus> {
+        self.call(Method::DELETE, &format!("/jobs/{id}"), None::<&()>)
+            .await
+    }
+
+    /// The backups in `dest` (of `volume` only, if given), as the backup
+    /// store reports them.
+    pub async fn backups(&self, dest: &str, volume: Option<&str>) -> Result<serde_json::Value> {
+        let mut query = vec![("dest", dest)];
+        query.extend(volume.map(|v| ("volume", v)));
+        self.call(Method::GET, &with_query("/backups", &query), None::<&()>)
+            .await
+    }
+
+    pub async fn inspect_backup(&self, backup: &str) -> Result<serde_json::Value> {
+        let path = with_query("/backups/inspect", &[("backup", backup)]);
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    pub async fn delete_backup(&self, backup: &str) -> Result<()> {
+        let path = with_query("/backups", &[("backup", backup)]);
+        self.call_empty(Method::DELETE, &path).await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -183,4 +217,14 @@ impl Client {
             }),
         }
     }
+}
+
+/// `path?k=v&...` with every value percent-encoded (backup URLs carry `?`
+/// and `&` of their own).
+fn with_query(path: &str, params: &[(&str, &str)]) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        query.append_pair(k, v);
+    }
+    format!("{path}?{}", query.finish())
 }

@@ -557,7 +557,7 @@ fn docker_uses_ballast_volumes() {
         "backup=file:///x",
         "bad4",
     ]);
-    assert!(stderr.contains("not available yet"), "{stderr}");
+    assert!(stderr.contains("missing backup=<id> parameter"), "{stderr}");
     let names = ok(&f.socket(), &["list", "--json"]);
     assert!(
         !names.contains("bad"),

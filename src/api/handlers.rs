@@ -18,7 +18,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn json(status: StatusCode, value: &impl Serialize) -> Result<Reply, ApiError> {
+    pub fn json(status: StatusCode, value: &impl Serialize) -> Result<Reply, ApiError> {
         let body = serde_json::to_vec(value).map_err(|e| ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: format!("cannot encode response: {e}"),

@@ -4,8 +4,10 @@
 //! client ([`crate::client`]). Every route lives under [`PREFIX`] so the API
 //! can change shape in a later version without breaking older clients.
 
+pub mod backups;
 mod error;
 mod handlers;
+pub mod jobs;
 mod routes;
 pub mod server;
 pub mod types;

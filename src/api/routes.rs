@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde::de::DeserializeOwned;
 
+use super::backups;
 use super::error::ApiError;
 use super::handlers::{self, Reply};
 use super::server::ApiState;
@@ -22,6 +23,7 @@ const MAX_BODY: usize = 64 * 1024;
 pub async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Reply, ApiError> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
     let segments: Vec<&str> = match path.strip_prefix(PREFIX).and_then(|p| p.strip_prefix('/')) {
         Some(rest) => rest.split('/').collect(),
         None => return Err(ApiError::no_route(&method, &path)),
@@ -47,9 +49,19 @@ pub async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Reply, Ap
         (["volumes", volume, "snapshots", snapshot], &Method::DELETE) => {
             handlers::delete_snapshot(state, volume, snapshot).await
         }
+        (["backups"], &Method::GET) => backups::list_backups(&query).await,
+        (["backups"], &Method::DELETE) => backups::delete_backup(&query).await,
+        (["backups", "inspect"], &Method::GET) => backups::inspect_backup(&query).await,
+        (["jobs"], &Method::POST) => backups::start_job(state, json_body(req).await?).await,
+        (["jobs", id], &Method::GET) => backups::job_status(state, id).await,
+        (["jobs", id], &Method::DELETE) => backups::cancel_job(state, id).await,
         (
             ["pool"]
             | ["nbd"]
+            | ["backups"]
+            | ["backups", "inspect"]
+            | ["jobs"]
+            | ["jobs", _]
             | ["volumes"]
             | ["volumes", _]
             | ["volumes", _, "grow"]

@@ -29,6 +29,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ApiState {
     pub pool: Pool,
     pub nbd: super::types::NbdEndpoints,
+    /// Running and recently finished backup jobs.
+    pub jobs: super::jobs::Jobs,
 }
 
 /// Accepts connections until `shutdown` completes, then lets in-flight

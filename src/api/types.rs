@@ -60,3 +60,72 @@ pub struct ExportUris {
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// `POST /v1/jobs`: a long backup operation for the daemon to run. URLs
+/// are backup destinations or backup URLs as `ballast backup` prints them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum JobRequest {
+    /// Back up `volume@snapshot`, or a snapshot taken now when `snapshot` is absent.
+    Backup {
+        volume: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snapshot: Option<String>,
+        dest: String,
+    },
+    /// Restore `backup` into the new volume `volume`.
+    Restore { backup: String, volume: String },
+    /// Re-read every chunk of one backup, or of every backup in `dest`.
+    Verify {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backup: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dest: Option<String>,
+    },
+    /// Remove chunks no backup references, keeping those younger than
+    /// `grace_secs` (default: the store's one hour).
+    Gc {
+        dest: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_secs: Option<u64>,
+    },
+}
+
+impl JobRequest {
+    pub fn op(&self) -> &'static str {
+        match self {
+            JobRequest::Backup { .. } => "backup",
+            JobRequest::Restore { .. } => "restore",
+            JobRequest::Verify { .. } => "verify",
+            JobRequest::Gc { .. } => "gc",
+        }
+    }
+}
+
+/// Answer to `POST /v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStarted {
+    pub id: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+/// `GET /v1/jobs/{id}`. `result` is the operation's report (a backup, a
+/// volume, a verify or gc report) once it succeeded; `error` says why it
+/// failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub id: u64,
+    pub op: String,
+    pub state: JobState,
+    pub progress: ballast_backupstore::ProgressSnapshot,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+}

@@ -63,6 +63,9 @@ pub enum ClientCommand {
     /// Create, list and delete snapshots
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Back up volumes; list, inspect, verify and delete backups
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Show pool space and settings
     Pool(OutputArgs),
     /// Print the NBD URIs of a volume (read-write) or snapshot (read-only)
@@ -116,6 +119,65 @@ pub struct CreateArgs {
     /// Clone from this snapshot
     #[arg(long, value_name = "VOL@SNAP")]
     pub from_snapshot: Option<String>,
+    /// Restore this backup (as `ballast backup create` or `list` prints it)
+    #[arg(long, value_name = "BACKUP_URL", conflicts_with_all = ["from_snapshot", "size"])]
+    pub backup: Option<String>,
+}
+
+/// `ballast backup ...`. Destinations are file:///DIR, vfs:///DIR or
+/// s3://BUCKET/PREFIX[?region=R&endpoint=URL]; the daemon does the work.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up a volume (snapshotting it first) or a snapshot; prints the backup URL
+    Create {
+        /// VOL or VOL@SNAP
+        source: String,
+        /// Backup destination URL
+        #[arg(long, value_name = "URL")]
+        dest: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// List the backups in a destination
+    List {
+        /// Backup destination URL
+        #[arg(long, value_name = "URL")]
+        dest: String,
+        /// Only backups of this volume
+        #[arg(long, value_name = "VOL")]
+        volume: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Show one backup
+    Inspect {
+        backup: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Delete one backup (its chunks go at the next gc)
+    Delete { backup: String },
+    /// Re-read every chunk of one backup, or of all backups in --dest; fails if any is damaged
+    Verify {
+        #[arg(required_unless_present = "dest", conflicts_with = "dest")]
+        backup: Option<String>,
+        /// Verify every backup in this destination
+        #[arg(long, value_name = "URL")]
+        dest: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Remove chunks no backup references
+    Gc {
+        /// Backup destination URL
+        #[arg(long, value_name = "URL")]
+        dest: String,
+        /// Keep unreferenced chunks younger than this (e.g. 0s, 30m) [default: 1h]
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

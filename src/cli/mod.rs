@@ -4,6 +4,7 @@
 //! gets a one-line error and the daemon never sees it.
 
 pub mod args;
+mod backup;
 mod output;
 
 use anyhow::Result;
@@ -45,6 +46,7 @@ pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
             }
         }
         ClientCommand::Snapshot(command) => snapshot(client, command).await?,
+        ClientCommand::Backup(command) => backup::run(client, command).await?,
         ClientCommand::Export { export, output } => {
             export_uris(client, &export, output.json).await?
         }
@@ -70,6 +72,9 @@ pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
 
 async fn create(client: &Client, args: CreateArgs) -> Result<String> {
     validate_name(&args.volume)?;
+    if let Some(url) = &args.backup {
+        return backup::restore(client, url, &args.volume).await;
+    }
     let size = args.size.as_deref().map(parse_size).transpose()?;
     if let Some(origin) = &args.from_snapshot {
         parse_snapshot_ref(origin)?;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use ballast_backupstore::NoProgress;
 use ballast_docker::{Backend, BackendError, Driver, Layout, LinuxHost, VolumeSummary, PLUGIN_DIR};
 use ballast_engine::{Error, Pool, VolumeInfo};
 use tokio::net::UnixListener;
@@ -71,14 +72,16 @@ impl Backend for PoolBackend {
 }
 
 /// `docker volume create -o backup=URL`: restores volume `name` from a
-/// backup. This is the one place to connect the backup store's restore
-/// once the daemon carries it; until then the option is refused with a
-/// clear message and nothing is created.
-async fn restore_from_backup(_pool: &Pool, name: &str, url: &str) -> Result<(), BackendError> {
-    Err(BackendError(format!(
-        "cannot create {name} from backup {url}: restoring backups through the Docker driver is not available yet \
-         in this build; restore with the ballast CLI, then use the volume by name"
-    )))
+/// backup, the same way `ballast create NAME --backup URL` does.
+async fn restore_from_backup(pool: &Pool, name: &str, url: &str) -> Result<(), BackendError> {
+    let restore = async {
+        let backup = url.parse()?;
+        crate::api::backups::restore_backup(pool, &backup, name, &NoProgress).await
+    };
+    restore
+        .await
+        .map(drop)
+        .map_err(|e| BackendError(e.to_string()))
 }
 
 fn summary(info: VolumeInfo) -> VolumeSummary {

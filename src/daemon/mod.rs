@@ -83,9 +83,11 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         info!(max_size = %format_size(max), "pool size capped");
     }
 
+    let jobs = api::jobs::Jobs::default();
     let state = Arc::new(ApiState {
         pool: pool.clone(),
         nbd: nbd.endpoints(),
+        jobs: jobs.clone(),
     });
     services.spawn("control API", move |shutdown| {
         api::server::serve(listener, state, shutdown.cancelled_owned())
@@ -110,6 +112,9 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     info!(control_socket = %config.control_socket.display(), "ballast daemon ready");
 
     let served = services.run().await;
+    // Backup jobs use the pool: they stop (a restore removing its partial
+    // volume) before the final commit.
+    jobs.cancel_all().await;
     let closed = pool
         .close()
         .await

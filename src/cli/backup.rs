@@ -1,0 +1,244 @@
+//! `ballast backup ...` and `ballast create VOL --backup URL`.
+//!
+//! The daemon does the work: long operations are jobs this client starts,
+//! polls (drawing a progress bar when stderr is a terminal and the output
+//! is not JSON) and cancels on Ctrl-C.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ballast_backupstore::{Progress, TerminalProgress};
+use ballast_engine::{format_size, parse_snapshot_ref, validate_name};
+use serde_json::Value;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::args::BackupCommand;
+use super::output::{emit, format_time, json, Table};
+use crate::api::types::{JobRequest, JobState};
+use crate::client::Client;
+
+/// How often a running job is polled.
+const POLL: Duration = Duration::from_millis(200);
+
+pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
+    Ok(match command {
+        BackupCommand::Create {
+            source,
+            dest,
+            output,
+        } => {
+            let (volume, snapshot) = match source.split_once('@') {
+                Some(_) => {
+                    let (volume, snapshot) = parse_snapshot_ref(&source)?;
+                    (volume.to_string(), Some(snapshot.to_string()))
+                }
+                None => {
+                    validate_name(&source)?;
+                    (source, None)
+                }
+            };
+            let request = JobRequest::Backup {
+                volume,
+                snapshot,
+                dest,
+            };
+            let info = run_job(client, &request, !output.json).await?;
+            if output.json {
+                json(&info)
+            } else {
+                format!("{}\n", field(&info, "url")?)
+            }
+        }
+        BackupCommand::List {
+            dest,
+            volume,
+            output,
+        } => {
+            if let Some(volume) = &volume {
+                validate_name(volume)?;
+            }
+            let backups = client.backups(&dest, volume.as_deref()).await?;
+            if output.json {
+                json(&backups)
+            } else {
+                backup_table(&backups)?
+            }
+        }
+        BackupCommand::Inspect { backup, output } => {
+            let info = client.inspect_backup(&backup).await?;
+            if output.json {
+                json(&info)
+            } else {
+                backup_details(&info)?
+            }
+        }
+        BackupCommand::Delete { backup } => {
+            client.delete_backup(&backup).await?;
+            format!("{backup}\n")
+        }
+        BackupCommand::Verify {
+            backup,
+            dest,
+            output,
+        } => {
+            let report =
+                run_job(client, &JobRequest::Verify { backup, dest }, !output.json).await?;
+            let text = if output.json {
+                json(&report)
+            } else {
+                verify_summary(&report)?
+            };
+            let damaged = report["damaged"].as_array().map_or(0, Vec::len);
+            if damaged > 0 {
+                emit(&text)?;
+                bail!(
+                    "{damaged} of {} backups damaged",
+                    report["backups"].as_u64().unwrap_or(0)
+                );
+            }
+            text
+        }
+        BackupCommand::Gc {
+            dest,
+            grace,
+            output,
+        } => {
+            let grace_secs = grace
+                .as_deref()
+                .map(|g| {
+                    humantime::parse_duration(g)
+                        .map(|d| d.as_secs())
+                        .with_context(|| format!("--grace {g:?} (e.g. 0s, 30m, 1h)"))
+                })
+                .transpose()?;
+            let report =
+                run_job(client, &JobRequest::Gc { dest, grace_secs }, !output.json).await?;
+            if output.json {
+                json(&report)
+            } else {
+                format!(
+                    "deleted {} chunks ({}); kept {} unreferenced chunks younger than the grace period; {} chunks in use by {} backups\n",
+                    number(&report, "deleted_chunks")?,
+                    format_size(number(&report, "deleted_bytes")?),
+                    number(&report, "recent_chunks")?,
+                    number(&report, "referenced_chunks")?,
+                    number(&report, "manifests")?,
+                )
+            }
+        }
+    })
+}
+
+/// `ballast create VOL --backup URL`: restores into a new volume.
+pub async fn restore(client: &Client, backup: &str, volume: &str) -> Result<String> {
+    let request = JobRequest::Restore {
+        backup: backup.to_string(),
+        volume: volume.to_string(),
+    };
+    let info = run_job(client, &request, true).await?;
+    Ok(format!("{}\n", field(&info, "name")?))
+}
+
+/// Starts a job and polls it to the end; returns its result. Ctrl-C
+/// cancels the job in the daemon before this client gives up.
+async fn run_job(client: &Client, request: &JobRequest, may_draw: bool) -> Result<Value> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let id = client.start_job(request).await?.id;
+    let bar = (may_draw && std::io::stderr().is_terminal()).then(TerminalProgress::new);
+    let outcome = loop {
+        let status = client.job(id).await?;
+        if let Some(bar) = &bar {
+            bar.show(&status.progress);
+        }
+        match status.state {
+            JobState::Running => {}
+            JobState::Succeeded => {
+                break status
+                    .result
+                    .ok_or_else(|| anyhow!("job {id} succeeded without a result"))
+            }
+            JobState::Failed | JobState::Cancelled => {
+                break Err(anyhow!(status
+                    .error
+                    .unwrap_or_else(|| format!("job {id} failed"))))
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            _ = interrupt.recv() => {
+                client.cancel_job(id).await?;
+                break Err(anyhow!("interrupted: the {} was cancelled", request.op()));
+            }
+        }
+    };
+    if let Some(bar) = &bar {
+        bar.finish();
+    }
+    outcome
+}
+
+fn field<'a>(value: &'a Value, name: &str) -> Result<&'a str> {
+    value[name]
+        .as_str()
+        .ok_or_else(|| anyhow!("the daemon's answer lacks {name:?}"))
+}
+
+fn number(value: &Value, name: &str) -> Result<u64> {
+    value[name]
+        .as_u64()
+        .ok_or_else(|| anyhow!("the daemon's answer lacks {name:?}"))
+}
+
+fn backup_table(backups: &Value) -> Result<String> {
+    let mut table = Table::new(&["VOLUME", "SNAPSHOT", "SIZE", "NEW", "CREATED", "URL"]);
+    for b in backups.as_array().into_iter().flatten() {
+        table.row(vec![
+            field(b, "volume")?.to_string(),
+            field(b, "snapshot")?.to_string(),
+            format_size(number(b, "size")?),
+            format_size(number(b, "new_bytes")?),
+            format_time(number(b, "created")?),
+            field(b, "url")?.to_string(),
+        ]);
+    }
+    Ok(table.render())
+}
+
+fn backup_details(b: &Value) -> Result<String> {
+    Ok(format!(
+        "url:        {}\nvolume:     {}\nsnapshot:   {}\nsize:       {}\nchunks:     {} ({} with data, {} each)\nnew:        {} in {} chunks ({} stored)\nreused:     {} in {} chunks\nparent:     {}\ncreated:    {}\n",
+        field(b, "url")?,
+        field(b, "volume")?,
+        field(b, "snapshot")?,
+        format_size(number(b, "size")?),
+        number(b, "chunks")?,
+        number(b, "data_chunks")?,
+        format_size(number(b, "chunk_size")?),
+        format_size(number(b, "new_bytes")?),
+        number(b, "new_chunks")?,
+        format_size(number(b, "stored_bytes")?),
+        format_size(number(b, "reused_bytes")?),
+        number(b, "reused_chunks")?,
+        b["parent"].as_str().unwrap_or("-"),
+        format_time(number(b, "created")?),
+    ))
+}
+
+fn verify_summary(report: &Value) -> Result<String> {
+    let mut text = format!(
+        "verified {} backups: {} chunks, {}\n",
+        number(report, "backups")?,
+        number(report, "chunks")?,
+        format_size(number(report, "bytes")?),
+    );
+    for d in report["damaged"].as_array().into_iter().flatten() {
+        text.push_str(&format!(
+            "damaged: {} ({} bad chunks: {})\n",
+            field(d, "url")?,
+            number(d, "damaged_chunks")?,
+            field(d, "reason")?,
+        ));
+    }
+    Ok(text)
+}

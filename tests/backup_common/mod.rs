@@ -1,0 +1,104 @@
+//! Helpers of the backup end-to-end tests: a daemon with an NBD socket,
+//! volume contents written and read through NBD with nbdcopy and qemu-io.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rand::{RngCore, SeedableRng};
+
+use crate::common::{json, Daemon, TempDir};
+
+pub const MIB: usize = 1 << 20;
+
+pub fn start(dir: &TempDir) -> Daemon {
+    start_with_env(dir, &[])
+}
+
+/// A daemon with an NBD unix socket and extra environment (e.g. AWS_*).
+pub fn start_with_env(dir: &TempDir, env: &[(&str, &str)]) -> Daemon {
+    let root = dir.join("root");
+    let socket = dir.join("control.sock");
+    let mut command = Command::new(crate::common::BIN);
+    command
+        .arg("daemon")
+        .arg("--root")
+        .arg(&root)
+        .arg("--control-socket")
+        .arg(&socket)
+        .args(["--nbd-listen", "off", "--nbd-socket"])
+        .arg(dir.join("nbd.sock"));
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    Daemon::start_command(command, &root, &socket)
+}
+
+/// The `nbd+unix://` URI of `export`, as `ballast export` prints it.
+pub fn unix_uri(daemon: &Daemon, export: &str) -> String {
+    json(&daemon.socket, &["export", export, "--json"])["unix"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what} is installed: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Copies `image` (a file) onto the start of the export at `uri`.
+pub fn write_image(uri: &str, image: &Path) {
+    run(
+        Command::new("nbdcopy").arg("--flush").arg(image).arg(uri),
+        "nbdcopy (libnbd-bin)",
+    );
+}
+
+/// Reads the whole export at `uri`.
+pub fn read_export(uri: &str, dir: &TempDir, name: &str) -> Vec<u8> {
+    let out: PathBuf = dir.join(name);
+    run(
+        Command::new("nbdcopy").arg(uri).arg(&out),
+        "nbdcopy (libnbd-bin)",
+    );
+    std::fs::read(out).unwrap()
+}
+
+/// Runs qemu-io commands (e.g. `write -P 0x77 2M 1M`) on `uri`.
+pub fn qemu_io(uri: &str, commands: &[&str]) {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw"]);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    let out = cmd.arg(uri).output().expect("qemu-io is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("failed"),
+        "qemu-io {commands:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `random_mib` MiB of seeded random data followed by `zero_mib` MiB of zeros.
+pub fn image(random_mib: usize, zero_mib: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; (random_mib + zero_mib) * MIB];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data[..random_mib * MIB]);
+    data
+}
+
+/// Asserts two images are equal without printing megabytes on failure.
+pub fn assert_same(a: &[u8], b: &[u8], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: sizes differ");
+    if let Some(pos) = a.iter().zip(b).position(|(x, y)| x != y) {
+        panic!("{what}: first difference at byte {pos}");
+    }
+}

@@ -1,0 +1,291 @@
+//! `ballast backup ...` against a file:// destination, with the real
+//! daemon and data written and read through NBD: backup, incremental
+//! backup, restore, verify (finding a flipped byte), delete, gc, and the
+//! one-line errors of bad input.
+
+mod backup_common;
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use backup_common::{assert_same, image, qemu_io, read_export, start, unix_uri, write_image, MIB};
+use common::{ballast, fails, http, json, ok, volume_names, TempDir};
+
+/// Every chunk file under a file:// store.
+fn chunk_files(store: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![store.join("chunks")];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+fn modified(path: &Path) -> SystemTime {
+    fs::metadata(path).unwrap().modified().unwrap()
+}
+
+#[test]
+fn backup_restore_verify_delete_gc_through_the_cli() {
+    let dir = TempDir::create();
+    let daemon = start(&dir);
+    let sock = &daemon.socket;
+    let store = dir.join("store");
+    let dest = format!("file://{}", store.display());
+
+    ok(sock, &["create", "vol", "--size", "16M"]);
+    let vol_uri = unix_uri(&daemon, "vol");
+    let data = image(8, 8, 1);
+    fs::write(dir.join("data.img"), &data).unwrap();
+    write_image(&vol_uri, &dir.join("data.img"));
+
+    // Output is exactly the backup URL: no progress bar off a terminal.
+    let out = ok(sock, &["backup", "create", "vol", "--dest", &dest]);
+    assert_eq!(out.lines().count(), 1, "{out:?}");
+    let first = out.trim_end().to_string();
+    assert!(first.starts_with(&dest), "{first}");
+    assert!(
+        first.contains("?backup=") && first.contains("volume=vol"),
+        "{first}"
+    );
+
+    let list = json(sock, &["backup", "list", "--dest", &dest, "--json"]);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["url"], first.as_str());
+    let table = ok(sock, &["backup", "list", "--dest", &dest]);
+    assert!(table.starts_with("VOLUME"), "{table}");
+    assert!(table.contains(&first), "{table}");
+
+    let info = json(sock, &["backup", "inspect", &first, "--json"]);
+    assert_eq!(info["volume"], "vol");
+    assert_eq!(info["size"], 16 * MIB as u64);
+    assert_eq!(info["chunks"], 16);
+    assert_eq!(info["data_chunks"], 8);
+    assert_eq!(info["new_bytes"], 8 * MIB as u64);
+    assert_eq!(info["reused_bytes"], 0);
+    assert!(info["parent"].is_null(), "{info}");
+    let snapshot = info["snapshot"].as_str().unwrap().to_string();
+    let snapshots = json(sock, &["snapshot", "list", "vol", "--json"]);
+    assert!(
+        snapshots
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == snapshot.as_str()),
+        "the backup's snapshot {snapshot} is kept: {snapshots}"
+    );
+    let text = ok(sock, &["backup", "inspect", &first]);
+    assert!(text.contains("volume:     vol\n"), "{text}");
+    assert!(text.contains("parent:     -\n"), "{text}");
+
+    // Restore into a new volume and read both back through NBD.
+    assert_eq!(
+        ok(sock, &["create", "restored", "--backup", &first]),
+        "restored\n"
+    );
+    let restored = read_export(&unix_uri(&daemon, "restored"), &dir, "restored.img");
+    assert_same(&restored, &data, "restored volume");
+    let original = read_export(&vol_uri, &dir, "vol.img");
+    assert_same(&original, &restored, "original vs restored");
+
+    // An incremental backup after changing one chunk stores only that chunk.
+    qemu_io(&vol_uri, &["write -P 0x77 2M 1M", "flush"]);
+    let second = ok(sock, &["backup", "create", "vol", "--dest", &dest])
+        .trim_end()
+        .to_string();
+    assert_ne!(second, first);
+    let info2 = json(sock, &["backup", "inspect", &second, "--json"]);
+    assert_eq!(info2["parent"], info["id"]);
+    assert_eq!(info2["new_chunks"], 1);
+    assert_eq!(info2["new_bytes"], MIB as u64);
+    assert_eq!(info2["reused_chunks"], 7);
+    assert_eq!(info2["reused_bytes"], 7 * MIB as u64);
+
+    let verified = ok(sock, &["backup", "verify", "--dest", &dest]);
+    assert!(verified.starts_with("verified 2 backups"), "{verified}");
+    let report = json(sock, &["backup", "verify", &second, "--json"]);
+    assert_eq!(report["backups"], 1);
+    assert_eq!(report["damaged"].as_array().unwrap().len(), 0);
+
+    // Flip a byte in the chunk only the second backup has (the newest file).
+    let chunks = chunk_files(&store);
+    assert_eq!(chunks.len(), 9, "8 data chunks + 1 changed");
+    let newest = chunks.iter().max_by_key(|p| modified(p)).unwrap();
+    let mut bytes = fs::read(newest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    fs::write(newest, &bytes).unwrap();
+
+    let out = ballast(sock, &["backup", "verify", "--dest", &dest]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "verify passed a damaged store");
+    assert!(stdout.contains(&format!("damaged: {second} ")), "{stdout}");
+    assert!(!stdout.contains(&format!("damaged: {first} ")), "{stdout}");
+    assert_eq!(stderr.trim_end(), "error: 1 of 2 backups damaged");
+    let out = ballast(sock, &["backup", "verify", &second, "--json"]);
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["damaged"][0]["url"], second.as_str());
+    ok(sock, &["backup", "verify", &first]);
+
+    // Restoring the damaged backup fails and leaves no volume behind.
+    let err = fails(sock, &["create", "x", "--backup", &second]);
+    assert!(err.contains("damaged"), "{err}");
+    assert_eq!(volume_names(sock), ["restored", "vol"]);
+
+    // Delete the damaged backup; gc (no grace) removes its own chunk.
+    assert_eq!(
+        ok(sock, &["backup", "delete", &second]),
+        format!("{second}\n")
+    );
+    let list = json(sock, &["backup", "list", "--dest", &dest, "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let kept = json(sock, &["backup", "gc", "--dest", &dest, "--json"]);
+    assert_eq!(kept["deleted_chunks"], 0, "default grace keeps new chunks");
+    assert_eq!(kept["recent_chunks"], 1);
+    let gc = json(
+        sock,
+        &["backup", "gc", "--dest", &dest, "--grace", "0s", "--json"],
+    );
+    assert_eq!(gc["deleted_chunks"], 1);
+    assert_eq!(gc["referenced_chunks"], 8);
+    assert!(!newest.exists());
+    assert_eq!(chunk_files(&store).len(), 8);
+    ok(sock, &["backup", "verify", "--dest", &dest]);
+    let err = fails(sock, &["backup", "inspect", &second]);
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn bad_backup_input_gets_one_line_and_changes_nothing() {
+    let dir = TempDir::create();
+    let daemon = start(&dir);
+    let sock = &daemon.socket;
+    let store = dir.join("store");
+    let dest = format!("file://{}", store.display());
+    ok(sock, &["create", "vol", "--size", "4M"]);
+
+    for args in [
+        vec!["backup", "list", "--dest", "ftp://x"],
+        vec!["backup", "create", "vol", "--dest", "s3://"],
+        vec!["backup", "verify", "--dest", "ftp://x"],
+        vec!["backup", "gc", "--dest", "file://relative"],
+        vec!["backup", "inspect", "not a url"],
+    ] {
+        let err = fails(sock, &args);
+        assert!(err.contains("invalid backup URL"), "{args:?}: {err}");
+    }
+    let err = fails(sock, &["backup", "create", "nope", "--dest", &dest]);
+    assert!(err.contains("not found"), "{err}");
+    let err = fails(sock, &["backup", "create", "../x", "--dest", &dest]);
+    assert!(err.contains("invalid name"), "{err}");
+    let err = fails(sock, &["backup", "gc", "--dest", &dest, "--grace", "soon"]);
+    assert!(err.contains("--grace"), "{err}");
+
+    let url = ok(sock, &["backup", "create", "vol", "--dest", &dest])
+        .trim_end()
+        .to_string();
+    let unknown = format!("{dest}?backup=20990101T000000.000Z-0000&volume=vol");
+    let err = fails(sock, &["backup", "inspect", &unknown]);
+    assert!(err.contains("not found"), "{err}");
+    let err = fails(sock, &["create", "r", "--backup", &unknown]);
+    assert!(err.contains("not found"), "{err}");
+    let err = fails(sock, &["backup", "delete", &unknown]);
+    assert!(err.contains("not found"), "{err}");
+
+    // A manifest that is not ours.
+    let id = json(sock, &["backup", "inspect", &url, "--json"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let foreign_id = format!("{id}0");
+    fs::write(
+        store.join(format!("backups/vol/{foreign_id}.manifest")),
+        b"{\"hello\": \"world\"}",
+    )
+    .unwrap();
+    let foreign = format!("{dest}?backup={foreign_id}&volume=vol");
+    let err = fails(sock, &["backup", "inspect", &foreign]);
+    assert!(err.contains("not a ballast backup"), "{err}");
+    let err = fails(sock, &["create", "r", "--backup", &foreign]);
+    assert!(err.contains("not a ballast backup"), "{err}");
+
+    // Restoring onto an existing name, or with --size, is refused.
+    let err = fails(sock, &["create", "vol", "--backup", &url]);
+    assert!(err.contains("already exists"), "{err}");
+    let out = ballast(sock, &["create", "r", "--backup", &url, "--size", "1G"]);
+    assert!(!out.status.success());
+    assert_eq!(volume_names(sock), ["vol"]);
+
+    // The job API itself: unknown jobs and malformed requests.
+    let (status, body) = http(sock, "GET", "/v1/jobs/999", "");
+    assert_eq!(
+        (status, body.as_str()),
+        (404, r#"{"error":"job 999 not found"}"#)
+    );
+    let (status, _) = http(sock, "DELETE", "/v1/jobs/abc", "");
+    assert_eq!(status, 400);
+    let (status, body) = http(sock, "POST", "/v1/jobs", r#"{"op":"mine","dest":"x"}"#);
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = http(
+        sock,
+        "POST",
+        "/v1/jobs",
+        &format!(r#"{{"op":"verify","dest":"{dest}","backup":"{url}"}}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = http(sock, "GET", "/v1/backups", "");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\\\"dest\\\" is required"), "{body}");
+}
+
+#[test]
+fn cancelled_restore_job_leaves_no_volume() {
+    let dir = TempDir::create();
+    let daemon = start(&dir);
+    let sock = &daemon.socket;
+    let dest = format!("file://{}", dir.join("store").display());
+    ok(sock, &["create", "big", "--size", "64M"]);
+    let data = image(64, 0, 7);
+    fs::write(dir.join("big.img"), &data).unwrap();
+    write_image(&unix_uri(&daemon, "big"), &dir.join("big.img"));
+    let url = ok(sock, &["backup", "create", "big", "--dest", &dest])
+        .trim_end()
+        .to_string();
+
+    let body = serde_json::json!({"op": "restore", "backup": url, "volume": "copy"});
+    let (status, started) = http(sock, "POST", "/v1/jobs", &body.to_string());
+    assert_eq!(status, 202, "{started}");
+    let id = serde_json::from_str::<serde_json::Value>(&started).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let (status, cancelled) = http(sock, "DELETE", &format!("/v1/jobs/{id}"), "");
+    assert_eq!(status, 200, "{cancelled}");
+    let cancelled: serde_json::Value = serde_json::from_str(&cancelled).unwrap();
+    // The restore may have finished before the cancel arrived; either way
+    // no half-written volume remains.
+    match cancelled["state"].as_str().unwrap() {
+        "cancelled" => assert_eq!(volume_names(sock), ["big"]),
+        "succeeded" => {
+            let copy = read_export(&unix_uri(&daemon, "copy"), &dir, "copy.img");
+            assert_same(&copy, &data, "restored copy");
+        }
+        other => panic!("unexpected state {other}: {cancelled}"),
+    }
+    let (status, polled) = http(sock, "GET", &format!("/v1/jobs/{id}"), "");
+    assert_eq!(status, 200);
+    let polled: serde_json::Value = serde_json::from_str(&polled).unwrap();
+    assert_eq!(polled["state"], cancelled["state"]);
+    assert_eq!(polled["op"], "restore");
+}
