@@ -289,3 +289,57 @@ fn cancelled_restore_job_leaves_no_volume() {
     assert_eq!(polled["state"], cancelled["state"]);
     assert_eq!(polled["op"], "restore");
 }
+
+/// Ctrl-C in `ballast backup create` cancels the job in the daemon: the
+/// CLI exits with one error line and no backup is listed.
+#[test]
+fn interrupting_the_cli_cancels_the_backup_job() {
+    let dir = TempDir::create();
+    let daemon = start(&dir);
+    let sock = &daemon.socket;
+    let dest = format!("file://{}", dir.join("store").display());
+    ok(sock, &["create", "big", "--size", "256M"]);
+    fs::write(dir.join("big.img"), image(256, 0, 3)).unwrap();
+    write_image(&unix_uri(&daemon, "big"), &dir.join("big.img"));
+
+    let child = std::process::Command::new(common::BIN)
+        .arg("--socket")
+        .arg(sock)
+        .args(["backup", "create", "big", "--dest", &dest])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the backup is under way, then send SIGINT as Ctrl-C would.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = http(sock, "GET", "/v1/jobs/1", "");
+        if status == 200 {
+            let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                job["state"], "running",
+                "finished before the test interrupted it"
+            );
+            if job["progress"]["done"].as_u64().unwrap() > 0 {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "backup never started");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: plain kill(2) on the pid of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: interrupted: the backup was cancelled\n"
+    );
+    let (_, body) = http(sock, "GET", "/v1/jobs/1", "");
+    let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(job["state"], "cancelled", "{job}");
+    let list = json(sock, &["backup", "list", "--dest", &dest, "--json"]);
+    assert_eq!(list, serde_json::json!([]));
+}
