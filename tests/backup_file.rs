@@ -343,3 +343,41 @@ fn interrupting_the_cli_cancels_the_backup_job() {
     let list = json(sock, &["backup", "list", "--dest", &dest, "--json"]);
     assert_eq!(list, serde_json::json!([]));
 }
+
+/// Stopping the daemon cancels a running restore: the daemon exits
+/// cleanly and, after a restart, the half-restored volume is gone.
+#[test]
+fn daemon_shutdown_cancels_a_running_restore() {
+    let dir = TempDir::create();
+    let mut daemon = start(&dir);
+    let sock = daemon.socket.clone();
+    let dest = format!("file://{}", dir.join("store").display());
+    ok(&sock, &["create", "big", "--size", "256M"]);
+    fs::write(dir.join("big.img"), image(256, 0, 5)).unwrap();
+    write_image(&unix_uri(&daemon, "big"), &dir.join("big.img"));
+    let url = ok(&sock, &["backup", "create", "big", "--dest", &dest])
+        .trim_end()
+        .to_string();
+
+    let body = serde_json::json!({"op": "restore", "backup": url, "volume": "copy"});
+    let (status, started) = http(&sock, "POST", "/v1/jobs", &body.to_string());
+    assert_eq!(status, 202, "{started}");
+    let job = format!(
+        "/v1/jobs/{}",
+        serde_json::from_str::<serde_json::Value>(&started).unwrap()["id"]
+    );
+    loop {
+        let (_, body) = http(&sock, "GET", &job, "");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["state"], "running", "finished too soon: {status}");
+        if status["progress"]["done"].as_u64().unwrap() > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(daemon.terminate().success(), "{}", daemon.log());
+    assert!(daemon.log().contains("job cancelled"), "{}", daemon.log());
+    drop(daemon);
+    let daemon = start(&dir);
+    assert_eq!(volume_names(&daemon.socket), ["big"]);
+}
