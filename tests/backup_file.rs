@@ -381,3 +381,48 @@ fn daemon_shutdown_cancels_a_running_restore() {
     let daemon = start(&dir);
     assert_eq!(volume_names(&daemon.socket), ["big"]);
 }
+
+/// `kill -9` of the daemon in the middle of a restore: the requested name
+/// never shows a half-restored volume, and the next start removes the
+/// partial data.
+#[test]
+fn daemon_killed_during_a_restore_leaves_no_partial_volume() {
+    let dir = TempDir::create();
+    let mut daemon = start(&dir);
+    let sock = daemon.socket.clone();
+    let dest = format!("file://{}", dir.join("store").display());
+    ok(&sock, &["create", "big", "--size", "256M"]);
+    fs::write(dir.join("big.img"), image(256, 0, 6)).unwrap();
+    write_image(&unix_uri(&daemon, "big"), &dir.join("big.img"));
+    let url = ok(&sock, &["backup", "create", "big", "--dest", &dest])
+        .trim_end()
+        .to_string();
+
+    let body = serde_json::json!({"op": "restore", "backup": url, "volume": "copy"});
+    let (status, started) = http(&sock, "POST", "/v1/jobs", &body.to_string());
+    assert_eq!(status, 202, "{started}");
+    let job = format!(
+        "/v1/jobs/{}",
+        serde_json::from_str::<serde_json::Value>(&started).unwrap()["id"]
+    );
+    loop {
+        let (_, body) = http(&sock, "GET", &job, "");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["state"], "running", "finished too soon: {status}");
+        if status["progress"]["done"].as_u64().unwrap() > 0 {
+            // Mid-restore, the requested name does not exist yet.
+            assert!(!volume_names(&sock).contains(&"copy".to_string()));
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The temporary volume is committed (creation commits); the crash
+    // leaves it behind for the next start to remove.
+    daemon.kill9();
+    drop(daemon);
+    let daemon = start(&dir);
+    assert_eq!(volume_names(&daemon.socket), ["big"], "{}", daemon.log());
+    // The restore can simply be run again.
+    ok(&daemon.socket, &["create", "copy", "--backup", &url]);
+    assert_eq!(volume_names(&daemon.socket), ["big", "copy"]);
+}

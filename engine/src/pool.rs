@@ -546,6 +546,41 @@ impl Pool {
         self.inner.commit().await
     }
 
+    /// Renames a volume. Clones keep pointing at their origin under its new
+    /// name; open handles on the old name stop working. The rename is one
+    /// commit: after a crash the volume has either name, never both.
+    pub async fn rename_volume(&self, name: &str, new_name: &str) -> Result<VolumeInfo> {
+        validate_name(name)?;
+        validate_name(new_name)?;
+        self.inner.check_open()?;
+        let info = {
+            let mut st = self.inner.state.lock();
+            st.volume(name)?;
+            if st.volumes.contains_key(new_name) {
+                return Err(Error::AlreadyExists {
+                    kind: "volume",
+                    name: new_name.into(),
+                });
+            }
+            let mut rec = st.volumes.remove(name).expect("checked above");
+            rec.name = new_name.into();
+            let info = st.volume_info(&rec);
+            st.volumes.insert(new_name.into(), rec);
+            st.dirty.volumes.insert(name.into());
+            st.dirty.volumes.insert(new_name.into());
+            let State { volumes, dirty, .. } = &mut *st;
+            for clone in volumes.values_mut() {
+                if let Some(origin) = clone.origin.as_mut().filter(|o| o.volume == name) {
+                    origin.volume = new_name.into();
+                    dirty.volumes.insert(clone.name.clone());
+                }
+            }
+            info
+        };
+        self.inner.commit().await?;
+        Ok(info)
+    }
+
     /// Grows a volume to `size` bytes. Shrinking is refused.
     pub async fn grow_volume(&self, name: &str, size: u64) -> Result<VolumeInfo> {
         validate_name(name)?;

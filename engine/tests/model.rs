@@ -59,6 +59,10 @@ enum Op {
     DeleteVolume {
         vol: usize,
     },
+    Rename {
+        vol: usize,
+        to: usize,
+    },
     Grow {
         vol: usize,
         blocks: u64,
@@ -86,6 +90,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (vol.clone(), snap.clone()).prop_map(|(vol, snap)| Op::DeleteSnapshot { vol, snap }),
         2 => (vol.clone(), vol.clone(), snap).prop_map(|(vol, from, snap)| Op::Clone { vol, from, snap }),
         1 => vol.clone().prop_map(|vol| Op::DeleteVolume { vol }),
+        1 => (vol.clone(), vol.clone()).prop_map(|(vol, to)| Op::Rename { vol, to }),
         1 => (vol, 1..=MAX_BLOCKS).prop_map(|(vol, blocks)| Op::Grow { vol, blocks }),
         2 => Just(Op::Flush),
         1 => Just(Op::Reopen),
@@ -158,6 +163,12 @@ async fn check_all(pool: &Pool, model: &Model) {
     let expected: Vec<String> = model.vols.keys().cloned().collect();
     assert_eq!(names, expected, "volume list");
     for (name, data) in &model.vols {
+        let expected_origin = model.origin.get(name).map(|(v, s)| format!("{v}@{s}"));
+        assert_eq!(
+            pool.volume(name).unwrap().origin,
+            expected_origin,
+            "origin of {name}"
+        );
         let h = pool.open_volume(name).unwrap();
         assert_eq!(h.size().unwrap(), data.len() as u64);
         check_contents(&h, data).await;
@@ -381,6 +392,41 @@ async fn run(ops: Vec<Op>, io: IoMode) {
                     if let Some(origin) = m.origin.remove(&name) {
                         m.clones.get_mut(&origin).unwrap().retain(|c| *c != name);
                     }
+                } else {
+                    assert!(r.is_err());
+                }
+            }
+            Op::Rename { vol, to } => {
+                let (old, new) = (vname(vol), vname(to));
+                let r = pool.rename_volume(&old, &new).await;
+                if m.vols.contains_key(&old) && !m.vols.contains_key(&new) {
+                    assert_eq!(r.unwrap().name, new);
+                    let data = m.vols.remove(&old).unwrap();
+                    m.vols.insert(new.clone(), data);
+                    let renamed = |key: &(String, String)| {
+                        if key.0 == old {
+                            (new.clone(), key.1.clone())
+                        } else {
+                            key.clone()
+                        }
+                    };
+                    m.snaps = std::mem::take(&mut m.snaps)
+                        .into_iter()
+                        .map(|(k, v)| (renamed(&k), v))
+                        .collect();
+                    m.clones = std::mem::take(&mut m.clones)
+                        .into_iter()
+                        .map(|(k, mut v)| {
+                            for c in v.iter_mut().filter(|c| **c == old) {
+                                *c = new.clone();
+                            }
+                            (renamed(&k), v)
+                        })
+                        .collect();
+                    m.origin = std::mem::take(&mut m.origin)
+                        .into_iter()
+                        .map(|(k, v)| (if k == old { new.clone() } else { k }, renamed(&v)))
+                        .collect();
                 } else {
                     assert!(r.is_err());
                 }

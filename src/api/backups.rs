@@ -16,11 +16,12 @@ use ballast_engine::{validate_name, Pool, VolumeInfo};
 use hyper::StatusCode;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::error::ApiError;
 use super::handlers::Reply;
 use super::jobs::Outcome;
+use super::restore::Restore;
 use super::server::ApiState;
 use super::types::{JobRequest, JobStarted};
 
@@ -79,7 +80,7 @@ fn required_param(query: &str, name: &str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("query parameter {name:?} is required")))
 }
 
-async fn open(dest: &StoreUrl) -> Result<BackupStore, StoreError> {
+pub(super) async fn open(dest: &StoreUrl) -> Result<BackupStore, StoreError> {
     BackupStore::open(dest, StoreOptions::default()).await
 }
 
@@ -244,44 +245,34 @@ async fn run(
     progress: Arc<ProgressCounter>,
     cancel: CancellationToken,
 ) -> Outcome {
-    let restoring = match &job {
-        Job::Restore { volume, .. } => Some(volume.clone()),
-        _ => None,
-    };
     // A cancelled operation is dropped where it stands. The store keeps
     // itself consistent (a backup's manifest is written last, its lock is
     // released on drop); only a half-restored volume is ours to remove.
+    let restore = match &job {
+        Job::Restore { .. } => match Restore::begin(&pool) {
+            Ok(r) => Some(r),
+            Err(e) => return Outcome::Failed(format!("cannot journal the restore: {e}")),
+        },
+        _ => None,
+    };
+    let temp = restore.clone();
     let outcome = tokio::select! {
-        result = execute(&pool, job, progress.as_ref()) => match result {
+        result = execute(&pool, job, restore, progress.as_ref()) => match result {
             Ok(value) => Outcome::Done(value),
             Err(e) => Outcome::Failed(e.to_string()),
         },
         () = cancel.cancelled() => Outcome::Cancelled,
     };
-    if let (Outcome::Cancelled, Some(volume)) = (&outcome, restoring) {
-        remove_partial_restore(&pool, &volume).await;
+    if let (Outcome::Cancelled, Some(temp)) = (&outcome, temp) {
+        temp.abandon(&pool).await;
     }
     outcome
-}
-
-/// The restore target did not exist when the job was accepted
-/// ([`refuse_taken`]), so a volume of that name now is the partial restore.
-async fn remove_partial_restore(pool: &Pool, volume: &str) {
-    if pool.volume(volume).is_err() {
-        return;
-    }
-    match pool.delete_volume(volume).await {
-        Ok(()) => info!(volume, "removed the partial volume of a cancelled restore"),
-        Err(e) => warn!(
-            volume,
-            "cannot remove the partial volume of a cancelled restore: {e}"
-        ),
-    }
 }
 
 async fn execute(
     pool: &Pool,
     job: Job,
+    restore: Option<Restore>,
     progress: &dyn Progress,
 ) -> Result<serde_json::Value, StoreError> {
     let value = match job {
@@ -298,8 +289,8 @@ async fn execute(
             to_json(&info)
         }
         Job::Restore { backup, volume } => {
-            let info = restore_backup(pool, &backup, &volume, progress).await?;
-            to_json(&info)
+            let restore = restore.expect("restore jobs are journalled before they run");
+            to_json(&restore.run(pool, &backup, &volume, progress).await?)
         }
         Job::Verify { dest, backup } => {
             let store = open(&dest).await?;
@@ -318,20 +309,24 @@ fn to_json(value: &impl Serialize) -> serde_json::Value {
     serde_json::to_value(value).expect("backup reports always serialise")
 }
 
-/// Restores `backup` into the new volume `volume`. Shared by the API and
-/// the Docker driver's `backup=` option.
+/// Restores `backup` into the new volume `volume` (crash-safe, see
+/// [`Restore`]). Used by the Docker driver's `backup=` option.
 pub async fn restore_backup(
     pool: &Pool,
     backup: &BackupUrl,
     volume: &str,
     progress: &dyn Progress,
 ) -> Result<VolumeInfo, StoreError> {
-    let store = open(&backup.dest).await?;
-    let info = store
-        .restore(pool, &backup.volume, &backup.id, volume, progress)
-        .await?;
-    info!(%backup, volume, "restored backup");
-    Ok(info)
+    if pool.volume(volume).is_ok() {
+        return Err(ballast_engine::Error::AlreadyExists {
+            kind: "volume",
+            name: volume.to_string(),
+        }
+        .into());
+    }
+    let restore =
+        Restore::begin(pool).map_err(|e| StoreError::from(ballast_engine::Error::Io(e)))?;
+    restore.run(pool, backup, volume, progress).await
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod backups;
 mod error;
 mod handlers;
 pub mod jobs;
+pub mod restore;
 mod routes;
 pub mod server;
 pub mod types;

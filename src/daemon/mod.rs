@@ -83,6 +83,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         info!(max_size = %format_size(max), "pool size capped");
     }
 
+    api::restore::clean_up_interrupted(&pool).await;
     let jobs = api::jobs::Jobs::default();
     let state = Arc::new(ApiState {
         pool: pool.clone(),

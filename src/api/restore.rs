@@ -1,0 +1,119 @@
+//! Crash-safe restores.
+//!
+//! A restore writes into a temporary volume and renames it to the requested
+//! name only once every chunk is in: the requested name never shows a
+//! half-restored volume. The temporary name is journalled first, as a
+//! marker file under `<pool root>/restoring/`, so a restore cut short —
+//! cancelled, failed, or the daemon killed — is cleaned up: at once when
+//! the daemon is still running, at the next start otherwise.
+
+use std::fs::{self, File};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ballast_backupstore::{BackupUrl, Error as StoreError, Progress};
+use ballast_engine::{Pool, VolumeInfo};
+use tracing::{info, warn};
+
+use super::backups::open;
+
+/// Directory of the journal, under the pool root.
+const JOURNAL_DIR: &str = "restoring";
+
+/// One restore in flight: its temporary volume and journal marker.
+#[derive(Clone)]
+pub struct Restore {
+    temp: String,
+    marker: PathBuf,
+}
+
+impl Restore {
+    /// Journals a new temporary volume name (durably) before anything is
+    /// created under it.
+    pub fn begin(pool: &Pool) -> std::io::Result<Restore> {
+        let dir = pool.root().join(JOURNAL_DIR);
+        fs::create_dir_all(&dir)?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let temp = format!("restoring-{nanos:x}-{:x}", std::process::id());
+        let marker = dir.join(&temp);
+        File::create(&marker)?.sync_all()?;
+        File::open(&dir)?.sync_all()?;
+        Ok(Restore { temp, marker })
+    }
+
+    /// Restores `backup` into the temporary volume, then renames it to
+    /// `volume`. On failure the temporary volume is removed.
+    pub async fn run(
+        self,
+        pool: &Pool,
+        backup: &BackupUrl,
+        volume: &str,
+        progress: &dyn Progress,
+    ) -> Result<VolumeInfo, StoreError> {
+        let result = async {
+            let store = open(&backup.dest).await?;
+            store
+                .restore(pool, &backup.volume, &backup.id, &self.temp, progress)
+                .await?;
+            Ok(pool.rename_volume(&self.temp, volume).await?)
+        }
+        .await;
+        match &result {
+            Ok(_) => info!(%backup, volume, "restored backup"),
+            Err(_) => self.abandon_volume(pool).await,
+        }
+        self.forget();
+        result
+    }
+
+    /// Removes what a restore cut short left behind.
+    pub async fn abandon(self, pool: &Pool) {
+        self.abandon_volume(pool).await;
+        self.forget();
+    }
+
+    async fn abandon_volume(&self, pool: &Pool) {
+        if pool.volume(&self.temp).is_err() {
+            return;
+        }
+        match pool.delete_volume(&self.temp).await {
+            Ok(()) => info!(
+                volume = self.temp,
+                "removed the partial volume of an unfinished restore"
+            ),
+            Err(e) => warn!(
+                volume = self.temp,
+                "cannot remove the partial volume of an unfinished restore: {e}"
+            ),
+        }
+    }
+
+    fn forget(&self) {
+        if let Err(e) = fs::remove_file(&self.marker) {
+            warn!(
+                "cannot remove restore journal entry {}: {e}",
+                self.marker.display()
+            );
+        }
+    }
+}
+
+/// At start-up: removes the temporary volumes of restores a crash cut short.
+pub async fn clean_up_interrupted(pool: &Pool) {
+    let Ok(entries) = fs::read_dir(pool.root().join(JOURNAL_DIR)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(temp) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        Restore {
+            temp,
+            marker: entry.path(),
+        }
+        .abandon(pool)
+        .await;
+    }
+}
