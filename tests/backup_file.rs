@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use backup_common::{assert_same, image, qemu_io, read_export, start, unix_uri, write_image, MIB};
-use common::{ballast, fails, http, json, ok, volume_names, TempDir};
+use common::{ballast, fails, http, json, ok, volume_names, Daemon, TempDir};
 
 /// Every chunk file under a file:// store.
 fn chunk_files(store: &Path) -> Vec<PathBuf> {
@@ -344,55 +344,15 @@ fn interrupting_the_cli_cancels_the_backup_job() {
     assert_eq!(list, serde_json::json!([]));
 }
 
-/// Stopping the daemon cancels a running restore: the daemon exits
-/// cleanly and, after a restart, the half-restored volume is gone.
-#[test]
-fn daemon_shutdown_cancels_a_running_restore() {
-    let dir = TempDir::create();
-    let mut daemon = start(&dir);
+/// Backs up a 256 MiB volume `big`, starts restoring it into `copy` as a
+/// daemon job and returns once the restore is under way (some chunks in,
+/// the requested name not yet visible), with the backup URL.
+fn restore_in_flight(dir: &TempDir, seed: u64) -> (Daemon, String) {
+    let daemon = start(dir);
     let sock = daemon.socket.clone();
     let dest = format!("file://{}", dir.join("store").display());
     ok(&sock, &["create", "big", "--size", "256M"]);
-    fs::write(dir.join("big.img"), image(256, 0, 5)).unwrap();
-    write_image(&unix_uri(&daemon, "big"), &dir.join("big.img"));
-    let url = ok(&sock, &["backup", "create", "big", "--dest", &dest])
-        .trim_end()
-        .to_string();
-
-    let body = serde_json::json!({"op": "restore", "backup": url, "volume": "copy"});
-    let (status, started) = http(&sock, "POST", "/v1/jobs", &body.to_string());
-    assert_eq!(status, 202, "{started}");
-    let job = format!(
-        "/v1/jobs/{}",
-        serde_json::from_str::<serde_json::Value>(&started).unwrap()["id"]
-    );
-    loop {
-        let (_, body) = http(&sock, "GET", &job, "");
-        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(status["state"], "running", "finished too soon: {status}");
-        if status["progress"]["done"].as_u64().unwrap() > 0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    assert!(daemon.terminate().success(), "{}", daemon.log());
-    assert!(daemon.log().contains("job cancelled"), "{}", daemon.log());
-    drop(daemon);
-    let daemon = start(&dir);
-    assert_eq!(volume_names(&daemon.socket), ["big"]);
-}
-
-/// `kill -9` of the daemon in the middle of a restore: the requested name
-/// never shows a half-restored volume, and the next start removes the
-/// partial data.
-#[test]
-fn daemon_killed_during_a_restore_leaves_no_partial_volume() {
-    let dir = TempDir::create();
-    let mut daemon = start(&dir);
-    let sock = daemon.socket.clone();
-    let dest = format!("file://{}", dir.join("store").display());
-    ok(&sock, &["create", "big", "--size", "256M"]);
-    fs::write(dir.join("big.img"), image(256, 0, 6)).unwrap();
+    fs::write(dir.join("big.img"), image(256, 0, seed)).unwrap();
     write_image(&unix_uri(&daemon, "big"), &dir.join("big.img"));
     let url = ok(&sock, &["backup", "create", "big", "--dest", &dest])
         .trim_end()
@@ -412,10 +372,32 @@ fn daemon_killed_during_a_restore_leaves_no_partial_volume() {
         if status["progress"]["done"].as_u64().unwrap() > 0 {
             // Mid-restore, the requested name does not exist yet.
             assert!(!volume_names(&sock).contains(&"copy".to_string()));
-            break;
+            return (daemon, url);
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+/// Stopping the daemon cancels a running restore: the daemon exits
+/// cleanly and, after a restart, the half-restored volume is gone.
+#[test]
+fn daemon_shutdown_cancels_a_running_restore() {
+    let dir = TempDir::create();
+    let (mut daemon, _) = restore_in_flight(&dir, 5);
+    assert!(daemon.terminate().success(), "{}", daemon.log());
+    assert!(daemon.log().contains("job cancelled"), "{}", daemon.log());
+    drop(daemon);
+    let daemon = start(&dir);
+    assert_eq!(volume_names(&daemon.socket), ["big"]);
+}
+
+/// `kill -9` of the daemon in the middle of a restore: the requested name
+/// never shows a half-restored volume, and the next start removes the
+/// partial data.
+#[test]
+fn daemon_killed_during_a_restore_leaves_no_partial_volume() {
+    let dir = TempDir::create();
+    let (mut daemon, url) = restore_in_flight(&dir, 6);
     // The temporary volume is committed (creation commits); the crash
     // leaves it behind for the next start to remove.
     daemon.kill9();
