@@ -139,6 +139,14 @@ impl Server {
     }
 }
 
+/// An accepted connection, split for the reader loop and the reply writer,
+/// with a name for the logs.
+type Accepted = (
+    Box<dyn AsyncRead + Unpin + Send>,
+    Box<dyn AsyncWrite + Unpin + Send>,
+    String,
+);
+
 /// Accepts connections on a unix socket until `shutdown` is cancelled, then
 /// waits for every connection to finish its in-flight requests.
 pub async fn serve_unix(
@@ -146,23 +154,13 @@ pub async fn serve_unix(
     server: Arc<Server>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let tracker = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let (reader, writer) = stream.into_split();
-                server.spawn(&tracker, reader, writer, "unix".into(), &shutdown);
-            }
-            Err(err) => accept_failed(err).await,
-        }
-    }
-    tracker.close();
-    tracker.wait().await;
-    Ok(())
+    let listener = &listener;
+    accept_until_shutdown(server, shutdown, || async move {
+        let (stream, _) = listener.accept().await?;
+        let (reader, writer) = stream.into_split();
+        Ok((Box::new(reader) as _, Box::new(writer) as _, "unix".into()))
+    })
+    .await
 }
 
 /// Accepts TCP connections (with TCP_NODELAY) until `shutdown` is
@@ -172,20 +170,42 @@ pub async fn serve_tcp(
     server: Arc<Server>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let listener = &listener;
+    accept_until_shutdown(server, shutdown, || async move {
+        let (stream, peer) = listener.accept().await?;
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::warn!(error = %err, "cannot set TCP_NODELAY");
+        }
+        let (reader, writer) = stream.into_split();
+        Ok((
+            Box::new(reader) as _,
+            Box::new(writer) as _,
+            peer.to_string(),
+        ))
+    })
+    .await
+}
+
+/// The accept loop shared by every listener: serves each connection
+/// `accept` yields until `shutdown` is cancelled, then waits for all of
+/// them to finish.
+async fn accept_until_shutdown<F, Fut>(
+    server: Arc<Server>,
+    shutdown: CancellationToken,
+    mut accept: F,
+) -> std::io::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<Accepted>>,
+{
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            accepted = accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                if let Err(err) = stream.set_nodelay(true) {
-                    tracing::warn!(error = %err, "cannot set TCP_NODELAY");
-                }
-                let (reader, writer) = stream.into_split();
-                server.spawn(&tracker, reader, writer, peer.to_string(), &shutdown);
-            }
+            Ok((reader, writer, peer)) => server.spawn(&tracker, reader, writer, peer, &shutdown),
             Err(err) => accept_failed(err).await,
         }
     }
