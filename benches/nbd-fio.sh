@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fio's nbd engine against ballast's NBD server and its peers, over a unix
 # socket, on a fully written 1 GiB export:
-#   ballast (nbd-server/examples/serve_pool), nbdkit file cache=none,
+#   ballast (the real daemon: `ballast daemon`, commit timer and all),
+#   nbdkit file cache=none,
 #   qemu-nbd raw (--cache=none --aio=io_uring), qemu-nbd qcow2, and fio
 #   io_uring O_DIRECT on the raw file as the ceiling (no NBD at all).
 # Workloads: 4 KiB randread/randwrite at iodepth 32, 1 MiB sequential
@@ -9,7 +10,7 @@
 #
 # Env: BENCH_DIR (default /var/tmp/ballast-nbd-bench, must not be tmpfs),
 #      RUNTIME seconds per run (default 10), SIZE (default 1G),
-#      CARGO_TARGET_DIR (where serve_pool is built).
+#      CARGO_TARGET_DIR (where ballast is built).
 set -euo pipefail
 
 RUNTIME=${RUNTIME:-10}
@@ -23,9 +24,9 @@ for tool in fio nbdkit qemu-nbd qemu-img python3; do
 done
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "nbd-fio: this fio has no nbd engine" >&2; exit 1; }
 
-echo "building serve_pool (release)..." >&2
-(cd "$ROOT" && cargo build --quiet --release -p ballast-nbd --example serve_pool)
-SERVE_POOL=$TARGET/release/examples/serve_pool
+echo "building ballast (release)..." >&2
+(cd "$ROOT" && cargo build --quiet --release --bin ballast)
+BALLAST=$TARGET/release/ballast
 
 rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
@@ -45,11 +46,12 @@ stop_server() {
 trap stop_server EXIT
 
 wait_for_socket() {
+    local sock=${1:-$SOCK}
     for _ in $(seq 1 100); do
-        [ -S "$SOCK" ] && return 0
+        [ -S "$sock" ] && return 0
         sleep 0.1
     done
-    echo "nbd-fio: server did not create $SOCK" >&2
+    echo "nbd-fio: server did not create $sock" >&2
     exit 1
 }
 
@@ -91,9 +93,12 @@ fill_nbd() {
 }
 
 echo "ballast..." >&2
-"$SERVE_POOL" --pool "$BENCH_DIR/pool" --socket "$SOCK" --volume "bench:$SIZE" >"$BENCH_DIR/serve_pool.log" 2>&1 &
+export BALLAST_SOCKET=$BENCH_DIR/pool/control.sock
+"$BALLAST" daemon --root "$BENCH_DIR/pool" --nbd-socket "$SOCK" --nbd-listen off >"$BENCH_DIR/daemon.log" 2>&1 &
 SERVER_PID=$!
 wait_for_socket
+wait_for_socket "$BALLAST_SOCKET"
+"$BALLAST" create bench --size "$SIZE" >/dev/null
 fill_nbd bench
 # shellcheck disable=SC2046
 workloads ballast $(nbd_args bench)

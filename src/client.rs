@@ -2,6 +2,7 @@
 
 use std::io::ErrorKind;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -117,9 +118,10 @@ impl Client {
         self.call(Method::POST, "/jobs", Some(req)).await
     }
 
-    pub async fn job(&self, id: u64) -> Result<JobStatus> {
-        self.call(Method::GET, &format!("/jobs/{id}"), None::<&()>)
-            .await
+    /// The job's status once it has finished or `wait` has passed.
+    pub async fn job(&self, id: u64, wait: Duration) -> Result<JobStatus> {
+        let path = format!("/jobs/{id}?wait_ms={}", wait.as_millis());
+        self.call(Method::GET, &path, None::<&()>).await
     }
 
     /// Cancels a job; answers once it has unwound.

@@ -1,11 +1,10 @@
-//! Drives the backup store for benches/backup-restic.sh until the CLI is
-//! wired:
+//! Writes and checks the workload of benches/backup-restic.sh, which times
+//! the daemon's backups and restores against restic's (the pool must not be
+//! open in a daemon while this runs):
 //!
 //! ```text
 //! backup-bench prepare POOL_DIR IMAGE SIZE_MIB   reference workload into volume "bench" and IMAGE
 //! backup-bench change  POOL_DIR IMAGE            a 1% change (82 x 256 KiB) to both
-//! backup-bench backup  POOL_DIR DEST_URL         snapshot + backup; prints stats
-//! backup-bench restore POOL_DIR BACKUP_URL VOL   restore into VOL; prints time
 //! backup-bench export  POOL_DIR VOL FILE         write VOL's bytes to FILE
 //! ```
 //!
@@ -16,7 +15,6 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
-use ballast_backupstore::{BackupStore, BackupUrl, NoProgress, StoreOptions, StoreUrl};
 use ballast_engine::{Pool, PoolConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -25,7 +23,7 @@ const MIB: u64 = 1 << 20;
 const VOLUME: &str = "bench";
 
 fn usage() -> ! {
-    eprintln!("usage: backup-bench prepare|change|backup|restore|export ... (see the source)");
+    eprintln!("usage: backup-bench prepare|change|export ... (see the source)");
     std::process::exit(2)
 }
 
@@ -48,27 +46,6 @@ async fn main() {
             prepare(&pool, image, size.parse().unwrap_or_else(|e| fail(e))).await
         }
         ("change", [image]) => change(&pool, image).await,
-        ("backup", [dest]) => {
-            let url: StoreUrl = dest.parse().unwrap_or_else(|e| fail(e));
-            let store = BackupStore::open(&url, StoreOptions::default())
-                .await
-                .unwrap_or_else(|e| fail(e));
-            let info = store
-                .backup(&pool, VOLUME, None, &NoProgress)
-                .await
-                .unwrap_or_else(|e| fail(e));
-            println!("{}", serde_json::to_string(&info).expect("info serialises"));
-        }
-        ("restore", [backup, vol]) => {
-            let b: BackupUrl = backup.parse().unwrap_or_else(|e| fail(e));
-            let store = BackupStore::open(&b.dest, StoreOptions::default())
-                .await
-                .unwrap_or_else(|e| fail(e));
-            store
-                .restore(&pool, &b.volume, &b.id, vol, &NoProgress)
-                .await
-                .unwrap_or_else(|e| fail(e));
-        }
         ("export", [vol, file]) => export(&pool, vol, file).await,
         _ => usage(),
     }

@@ -17,6 +17,8 @@
 //! A frame is decoded only if every field checks out, so a damaged or foreign
 //! object is always an error, never data.
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
 
 pub const MAGIC: [u8; 4] = *b"BLST";
@@ -65,25 +67,67 @@ pub enum FrameError {
     TooLarge(u64),
 }
 
+thread_local! {
+    /// Each worker thread keeps its zstd contexts: creating one per chunk
+    /// would allocate (and fault in) megabytes of fresh workspace every time.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// Compresses `raw` at `level` into `out`; the compressed length, or `None`
+/// if it does not fit (the data does not compress) or zstd fails.
+fn compress_into(raw: &[u8], level: i32, out: &mut [u8]) -> Option<usize> {
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|(l, _)| *l != level) {
+            *cell = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, compressor) = cell.as_mut()?;
+        compressor.compress_to_buffer(raw, out).ok()
+    })
+}
+
+fn decompress(payload: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let decompressor = cell.as_mut().expect("created above");
+        let mut raw = Vec::with_capacity(raw_len);
+        decompressor.decompress_to_buffer(payload, &mut raw)?;
+        Ok(raw)
+    })
+}
+
 /// Frames `raw`, zstd-compressed at `level` unless that does not make it
 /// smaller (random data is stored as is).
 pub fn encode(kind: Kind, raw: &[u8], level: i32) -> Bytes {
-    let compressed = zstd::bulk::compress(raw, level)
-        .ok()
-        .filter(|c| c.len() < raw.len());
-    let (codec, payload) = match &compressed {
-        Some(c) => (Codec::Zstd, c.as_slice()),
-        None => (Codec::None, raw),
+    // The payload is compressed straight into place after the header; room
+    // for just under `raw.len()` bytes means "only if it gets smaller".
+    let mut out = vec![0u8; HEADER_LEN + raw.len()];
+    let room = raw.len().saturating_sub(1);
+    let codec = match compress_into(raw, level, &mut out[HEADER_LEN..HEADER_LEN + room]) {
+        Some(n) => {
+            out.truncate(HEADER_LEN + n);
+            Codec::Zstd
+        }
+        None => {
+            out[HEADER_LEN..].copy_from_slice(raw);
+            Codec::None
+        }
     };
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&[VERSION, kind as u8, codec as u8, 0]);
-    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    let payload_len = out.len() - HEADER_LEN;
+    let payload_crc = crc32fast::hash(&out[HEADER_LEN..]);
+    out[..4].copy_from_slice(&MAGIC);
+    out[4..8].copy_from_slice(&[VERSION, kind as u8, codec as u8, 0]);
+    out[8..16].copy_from_slice(&(raw.len() as u64).to_le_bytes());
+    out[16..24].copy_from_slice(&(payload_len as u64).to_le_bytes());
+    out[24..28].copy_from_slice(&payload_crc.to_le_bytes());
     let header_crc = crc32fast::hash(&out[..28]);
-    out.extend_from_slice(&header_crc.to_le_bytes());
-    out.extend_from_slice(payload);
+    out[28..32].copy_from_slice(&header_crc.to_le_bytes());
     Bytes::from(out)
 }
 
@@ -140,7 +184,7 @@ pub fn decode(expected: Kind, data: &[u8]) -> Result<Vec<u8>, FrameError> {
     }
     let raw = match data[6] {
         0 => payload.to_vec(),
-        1 => zstd::bulk::decompress(payload, raw_len as usize)
+        1 => decompress(payload, raw_len as usize)
             .map_err(|e| FrameError::Decompress(e.to_string()))?,
         other => return Err(FrameError::Codec(other)),
     };

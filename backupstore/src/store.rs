@@ -23,7 +23,9 @@ pub struct StoreOptions {
     /// An existing store keeps its own; asking for a different one is an error.
     pub chunk_size: Option<u64>,
     /// Chunks hashed, compressed, uploaded or downloaded at once; memory use
-    /// is bounded by about twice this many chunks.
+    /// is bounded by about twice this many chunks. Each chunk waits on I/O
+    /// (volume reads, object writes and their fsyncs) more than it computes,
+    /// so the default is a few per CPU.
     pub parallel: usize,
     /// zstd level for chunks.
     pub compression_level: i32,
@@ -36,7 +38,7 @@ impl Default for StoreOptions {
             .unwrap_or(2);
         StoreOptions {
             chunk_size: None,
-            parallel: (cpus * 2).clamp(4, 32),
+            parallel: (cpus * 4).clamp(8, 32),
             compression_level: 3,
         }
     }

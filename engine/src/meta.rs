@@ -7,7 +7,12 @@
 //! | `S`                          | [`Superblock`] (JSON)                 |
 //! | `V` + volume name            | [`VolumeRecord`] (JSON)               |
 //! | `L` + layer id (BE u64)      | [`LayerRecord`] (JSON)                |
-//! | `M` + layer id + vblock (BE) | 12 bytes: pblock (LE u64), crc (LE u32) for data; empty for a zero block |
+//! | `M` + layer id + group (BE)  | the group's map entries, see [`encode_group`] |
+//!
+//! A layer's map is stored in groups of [`MAP_GROUP`] consecutive virtual
+//! blocks, one record per group that maps anything: a commit after a large
+//! write touches one key per 256 KiB rather than one per block, which keeps
+//! commits, opens and layer deletes cheap.
 //!
 //! Every [`Change`] is applied as one sled batch, which is atomic, and then
 //! flushed: a commit is either wholly durable or absent after a crash.
@@ -22,7 +27,14 @@ use crate::error::{Error, Result};
 use crate::layer::{Layer, Mapping};
 
 /// Bumped on any incompatible change to the keys or records above.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+/// Virtual blocks per map record.
+pub(crate) const MAP_GROUP: u64 = 64;
+
+/// The map entries of one group: `(offset in the group, mapping)`, offsets
+/// strictly increasing and below [`MAP_GROUP`].
+pub(crate) type GroupEntries = Vec<(u8, Mapping)>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Superblock {
@@ -74,8 +86,9 @@ pub(crate) struct Change {
     pub volumes: Vec<(String, Option<VolumeRecord>)>,
     /// `None` deletes the layer record and every map entry of the layer.
     pub layers: Vec<(u64, Option<LayerRecord>)>,
-    /// `(layer, vblock, mapping)`; `None` deletes the entry.
-    pub maps: Vec<(u64, u64, Option<Mapping>)>,
+    /// `(layer, group, entries)`: the group's whole map; empty deletes the
+    /// record.
+    pub maps: Vec<(u64, u64, GroupEntries)>,
 }
 
 impl Change {
@@ -106,11 +119,11 @@ pub(crate) struct Meta {
     db: sled::Db,
 }
 
-fn map_key(layer: u64, vblock: u64) -> [u8; 17] {
+fn map_key(layer: u64, group: u64) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[0] = b'M';
     k[1..9].copy_from_slice(&layer.to_be_bytes());
-    k[9..].copy_from_slice(&vblock.to_be_bytes());
+    k[9..].copy_from_slice(&group.to_be_bytes());
     k
 }
 
@@ -128,27 +141,57 @@ fn volume_key(name: &str) -> Vec<u8> {
     k
 }
 
-fn encode_mapping(m: Mapping) -> Vec<u8> {
-    match m {
-        Mapping::Data { pblock, crc } => {
-            let mut v = Vec::with_capacity(12);
-            v.extend_from_slice(&pblock.to_le_bytes());
-            v.extend_from_slice(&crc.to_le_bytes());
-            v
+const TAG_ZERO: u8 = 0;
+const TAG_DATA: u8 = 1;
+
+/// A group record: per entry, its offset in the group (u8) and a tag; a
+/// data entry's tag is followed by its pblock (LE u64) and crc (LE u32).
+fn encode_group(entries: &[(u8, Mapping)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(entries.len() * 14);
+    for &(offset, m) in entries {
+        v.push(offset);
+        match m {
+            Mapping::Zero => v.push(TAG_ZERO),
+            Mapping::Data { pblock, crc } => {
+                v.push(TAG_DATA);
+                v.extend_from_slice(&pblock.to_le_bytes());
+                v.extend_from_slice(&crc.to_le_bytes());
+            }
         }
-        Mapping::Zero => Vec::new(),
     }
+    v
 }
 
-fn decode_mapping(v: &[u8]) -> Result<Mapping> {
-    match v.len() {
-        0 => Ok(Mapping::Zero),
-        12 => Ok(Mapping::Data {
-            pblock: u64::from_le_bytes(v[..8].try_into().expect("8 bytes")),
-            crc: u32::from_le_bytes(v[8..].try_into().expect("4 bytes")),
-        }),
-        n => Err(Error::Metadata(format!("map entry of {n} bytes"))),
+fn decode_group(mut v: &[u8]) -> Result<GroupEntries> {
+    let malformed = |what: &str| Error::Metadata(format!("malformed map record: {what}"));
+    let mut entries = Vec::new();
+    while let [offset, tag, rest @ ..] = v {
+        if u64::from(*offset) >= MAP_GROUP
+            || entries.last().is_some_and(|&(prev, _)| prev >= *offset)
+        {
+            return Err(malformed("offsets out of order"));
+        }
+        let m = match *tag {
+            TAG_ZERO => {
+                v = rest;
+                Mapping::Zero
+            }
+            TAG_DATA if rest.len() >= 12 => {
+                let m = Mapping::Data {
+                    pblock: u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")),
+                    crc: u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")),
+                };
+                v = &rest[12..];
+                m
+            }
+            _ => return Err(malformed("bad entry")),
+        };
+        entries.push((*offset, m));
     }
+    if !v.is_empty() {
+        return Err(malformed("truncated entry"));
+    }
+    Ok(entries)
 }
 
 fn be_u64(bytes: &[u8]) -> Result<u64> {
@@ -225,11 +268,15 @@ impl Meta {
                 return Err(Error::Metadata("malformed map key".into()));
             }
             let layer = be_u64(&k[1..9])?;
-            let vblock = be_u64(&k[9..])?;
+            let first = be_u64(&k[9..])?
+                .checked_mul(MAP_GROUP)
+                .ok_or_else(|| Error::Metadata("malformed map key".into()))?;
             let layer = layers
                 .get_mut(&layer)
                 .ok_or_else(|| Error::Metadata(format!("map entry for unknown layer {layer}")))?;
-            layer.insert(vblock, decode_mapping(&v)?);
+            for (offset, m) in decode_group(&v)? {
+                layer.insert(first + u64::from(offset), m);
+            }
         }
         Ok(Loaded {
             superblock,
@@ -256,10 +303,12 @@ impl Meta {
                 None => batch.remove(volume_key(name)),
             }
         }
-        for &(layer, vblock, m) in &change.maps {
-            match m {
-                Some(m) => batch.insert(map_key(layer, vblock).as_slice(), encode_mapping(m)),
-                None => batch.remove(map_key(layer, vblock).as_slice()),
+        for (layer, group, entries) in &change.maps {
+            let key = map_key(*layer, *group);
+            if entries.is_empty() {
+                batch.remove(key.as_slice());
+            } else {
+                batch.insert(key.as_slice(), encode_group(entries));
             }
         }
         for (id, rec) in &change.layers {
@@ -281,5 +330,45 @@ impl Meta {
         self.db.apply_batch(batch)?;
         self.db.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_records_round_trip() {
+        let entries: GroupEntries = vec![
+            (0, Mapping::Zero),
+            (
+                1,
+                Mapping::Data {
+                    pblock: u64::MAX - 1,
+                    crc: 0xdead_beef,
+                },
+            ),
+            (63, Mapping::Data { pblock: 7, crc: 0 }),
+        ];
+        assert_eq!(decode_group(&encode_group(&entries)).unwrap(), entries);
+        assert_eq!(decode_group(&[]).unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn malformed_group_records_are_refused() {
+        let data = encode_group(&[(5, Mapping::Data { pblock: 1, crc: 2 })]);
+        let cases: [(&str, Vec<u8>); 5] = [
+            ("truncated data entry", data[..data.len() - 1].to_vec()),
+            ("lone offset", vec![3]),
+            ("unknown tag", vec![3, 9]),
+            ("offset past the group", vec![MAP_GROUP as u8, TAG_ZERO]),
+            ("offsets not increasing", vec![4, TAG_ZERO, 4, TAG_ZERO]),
+        ];
+        for (what, bytes) in cases {
+            assert!(
+                matches!(decode_group(&bytes), Err(Error::Metadata(_))),
+                "{what}"
+            );
+        }
     }
 }

@@ -16,7 +16,9 @@ use crate::alloc::{Allocator, Run};
 use crate::error::{Error, Result};
 use crate::io::{Backend, BufPool};
 use crate::layer::{Layer, Layers, Mapping};
-use crate::meta::{Change, LayerRecord, Meta, Origin, SnapshotRecord, Superblock, VolumeRecord};
+use crate::meta::{
+    Change, LayerRecord, Meta, Origin, SnapshotRecord, Superblock, VolumeRecord, MAP_GROUP,
+};
 use crate::name::validate_name;
 use crate::reclaim::Reclaim;
 use crate::{PoolConfig, PoolStats, SnapshotInfo, Volume, VolumeInfo, BLOCK_SIZE};
@@ -66,7 +68,15 @@ pub(crate) struct Dirty {
     volumes: BTreeSet<String>,
     layers: BTreeSet<u64>,
     dropped: BTreeSet<u64>,
-    pub maps: HashSet<(u64, u64)>,
+    /// `(layer, map group)` pairs whose map changed.
+    maps: HashSet<(u64, u64)>,
+}
+
+impl Dirty {
+    /// Notes that block `vblock` of `layer` changed its mapping.
+    pub fn mark_block(&mut self, layer: u64, vblock: u64) {
+        self.maps.insert((layer, vblock / MAP_GROUP));
+    }
 }
 
 fn now() -> u64 {
@@ -228,11 +238,15 @@ impl State {
                     .push((id, Some(LayerRecord { parent: l.parent })));
             }
         }
-        for &(layer, vblock) in &dirty.maps {
+        for &(layer, group) in &dirty.maps {
             if let Some(l) = self.layers.0.get(&layer) {
-                change
-                    .maps
-                    .push((layer, vblock, l.map.get(&vblock).copied()));
+                let first = group * MAP_GROUP;
+                let entries = l
+                    .map
+                    .range(first..first + MAP_GROUP)
+                    .map(|(&vb, &m)| ((vb - first) as u8, m))
+                    .collect();
+                change.maps.push((layer, group, entries));
             }
         }
         for id in dirty.dropped {
@@ -253,8 +267,8 @@ impl State {
                 None => self.dirty.dropped.insert(*id),
             };
         }
-        for &(layer, vblock, _) in &change.maps {
-            self.dirty.maps.insert((layer, vblock));
+        for &(layer, group, _) in &change.maps {
+            self.dirty.maps.insert((layer, group));
         }
     }
 
@@ -315,13 +329,15 @@ impl Inner {
             return Ok(());
         }
         tracing::debug!(
-            maps = change.maps.len(),
+            map_groups = change.maps.len(),
             volumes = change.volumes.len(),
             layers = change.layers.len(),
             freed = freed.len(),
             "commit"
         );
+        let started = std::time::Instant::now();
         let (change, result) = self.write_change(change).await;
+        tracing::debug!(elapsed = ?started.elapsed(), "commit written");
         let mut st = self.state.lock();
         match result {
             Ok(()) => {
@@ -705,7 +721,7 @@ impl Pool {
                     }
                 } else {
                     child.insert(vb, m);
-                    dirty.maps.insert((child_id, vb));
+                    dirty.mark_block(child_id, vb);
                 }
             }
             overwritten.sort_unstable();

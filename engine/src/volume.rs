@@ -372,7 +372,7 @@ impl Volume {
             if let Some(Mapping::Data { pblock, .. }) = old {
                 st.reclaim.free((pblock, 1));
             }
-            st.dirty.maps.insert((head, vb));
+            st.dirty.mark_block(head, vb);
         }
         Ok(())
     }
@@ -469,7 +469,7 @@ impl Volume {
                 if let Some(Mapping::Data { pblock, .. }) = st.layers.get_mut(head).remove(vb) {
                     freed.push(pblock);
                 }
-                st.dirty.maps.insert((head, vb));
+                st.dirty.mark_block(head, vb);
             }
         }
         for (vb, m) in below {
@@ -479,7 +479,7 @@ impl Volume {
                 {
                     freed.push(pblock);
                 }
-                st.dirty.maps.insert((head, vb));
+                st.dirty.mark_block(head, vb);
             }
         }
         freed.sort_unstable();

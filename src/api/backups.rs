@@ -124,9 +124,25 @@ pub async fn start_job(state: &ApiState, req: JobRequest) -> Answer {
 }
 
 /// `GET /v1/jobs/{id}`.
-pub async fn job_status(state: &ApiState, id: &str) -> Answer {
+/// `GET /v1/jobs/{id}[?wait_ms=N]`: the job's status, after waiting up to
+/// N ms for it to finish.
+pub async fn job_status(state: &ApiState, id: &str, query: &str) -> Answer {
     let id = job_id(id)?;
-    json(&state.jobs.status(id).ok_or_else(|| no_job(id))?)
+    let wait = match query_param(query, "wait_ms")? {
+        None => Duration::ZERO,
+        Some(ms) => Duration::from_millis(ms.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "wait_ms must be a number of milliseconds, not {ms:?}"
+            ))
+        })?),
+    };
+    json(
+        &state
+            .jobs
+            .status_after(id, wait)
+            .await
+            .ok_or_else(|| no_job(id))?,
+    )
 }
 
 /// `DELETE /v1/jobs/{id}`: cancels the job and answers once it has unwound.

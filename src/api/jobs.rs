@@ -25,6 +25,8 @@ const KEEP_FOR: Duration = Duration::from_secs(3600);
 const KEEP_FINISHED: usize = 100;
 /// How long a cancelled job gets to unwind before the caller stops waiting.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a status request may wait for its job to finish.
+pub const MAX_STATUS_WAIT: Duration = Duration::from_secs(10);
 
 /// What a job's operation ends with: its report, or a one-line error.
 pub enum Outcome {
@@ -95,6 +97,15 @@ impl Jobs {
             let _ = done_tx.send(true);
         });
         id
+    }
+
+    /// The status of job `id` once it has finished or `wait` has passed,
+    /// whichever comes first (at most [`MAX_STATUS_WAIT`]): a client polling
+    /// for progress learns of the end at once instead of a poll period late.
+    pub async fn status_after(&self, id: u64, wait: Duration) -> Option<JobStatus> {
+        let mut done = self.lock().jobs.get(&id)?.done.clone();
+        let _ = tokio::time::timeout(wait.min(MAX_STATUS_WAIT), done.wait_for(|d| *d)).await;
+        self.status(id)
     }
 
     pub fn status(&self, id: u64) -> Option<JobStatus> {

@@ -53,7 +53,7 @@ pub async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Reply, Ap
         (["backups"], &Method::DELETE) => backups::delete_backup(&query).await,
         (["backups", "inspect"], &Method::GET) => backups::inspect_backup(&query).await,
         (["jobs"], &Method::POST) => backups::start_job(state, json_body(req).await?).await,
-        (["jobs", id], &Method::GET) => backups::job_status(state, id).await,
+        (["jobs", id], &Method::GET) => backups::job_status(state, id, &query).await,
         (["jobs", id], &Method::DELETE) => backups::cancel_job(state, id).await,
         (
             ["pool"]

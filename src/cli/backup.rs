@@ -18,7 +18,7 @@ use super::output::{emit, format_time, json, Table};
 use crate::api::types::{JobRequest, JobState};
 use crate::client::Client;
 
-/// How often a running job is polled.
+/// How often a running job's progress is refreshed.
 const POLL: Duration = Duration::from_millis(200);
 
 pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
@@ -147,7 +147,15 @@ async fn run_job(client: &Client, request: &JobRequest, may_draw: bool) -> Resul
     let id = client.start_job(request).await?.id;
     let bar = (may_draw && std::io::stderr().is_terminal()).then(TerminalProgress::new);
     let outcome = loop {
-        let status = client.job(id).await?;
+        // Each status request waits up to a poll period for the job to end,
+        // so the answer comes as soon as the job is done.
+        let status = tokio::select! {
+            status = client.job(id, POLL) => status?,
+            _ = interrupt.recv() => {
+                client.cancel_job(id).await?;
+                break Err(anyhow!("interrupted: the {} was cancelled", request.op()));
+            }
+        };
         if let Some(bar) = &bar {
             bar.show(&status.progress);
         }
@@ -162,13 +170,6 @@ async fn run_job(client: &Client, request: &JobRequest, may_draw: bool) -> Resul
                 break Err(anyhow!(status
                     .error
                     .unwrap_or_else(|| format!("job {id} failed"))))
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(POLL) => {}
-            _ = interrupt.recv() => {
-                client.cancel_job(id).await?;
-                break Err(anyhow!("interrupted: the {} was cancelled", request.op()));
             }
         }
     };
