@@ -256,6 +256,40 @@ mod tests {
         assert!(jobs.status(999).is_none());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_status_request_waits_for_the_end_up_to_its_limit() {
+        let jobs = Jobs::default();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let id = jobs.spawn("restore", |_, _| async move {
+            let _ = go_rx.await;
+            Outcome::Done(serde_json::json!({}))
+        });
+        // Nothing ends it: the answer comes after the wait, still running.
+        let started = tokio::time::Instant::now();
+        let status = jobs.status_after(id, Duration::from_millis(200)).await;
+        assert_eq!(status.unwrap().state, JobState::Running);
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        // Waits are capped.
+        let started = tokio::time::Instant::now();
+        jobs.status_after(id, Duration::from_secs(3600)).await;
+        assert_eq!(started.elapsed(), MAX_STATUS_WAIT);
+        // The end of the job answers a waiting request at once.
+        let waiting = {
+            let jobs = jobs.clone();
+            tokio::spawn(async move { jobs.status_after(id, Duration::from_secs(5)).await })
+        };
+        tokio::task::yield_now().await;
+        let started = tokio::time::Instant::now();
+        go_tx.send(()).unwrap();
+        let status = waiting.await.unwrap().unwrap();
+        assert_eq!(status.state, JobState::Succeeded);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(jobs
+            .status_after(999, Duration::from_secs(1))
+            .await
+            .is_none());
+    }
+
     #[tokio::test]
     async fn finished_jobs_are_pruned_beyond_the_limit() {
         let jobs = Jobs::default();
