@@ -102,6 +102,25 @@ fn decompress(payload: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// Bytes of each sample [`looks_incompressible`] tries.
+const SAMPLE_LEN: usize = 16 << 10;
+/// Samples taken across the data.
+const SAMPLES: usize = 4;
+
+/// True if samples spread across `raw` (which must be larger than them
+/// all) do not shrink by even 1/32: random or already compressed data,
+/// which is then stored as is without spending a full compression on it.
+/// Data that is random in places only still gets compressed whole.
+fn looks_incompressible(raw: &[u8], level: i32) -> bool {
+    let mut scratch = vec![0u8; SAMPLE_LEN];
+    (0..SAMPLES).all(|i| {
+        let start = (raw.len() - SAMPLE_LEN) * i / (SAMPLES - 1);
+        let sample = &raw[start..start + SAMPLE_LEN];
+        let room = SAMPLE_LEN - SAMPLE_LEN / 32;
+        compress_into(sample, level, &mut scratch[..room]).is_none()
+    })
+}
+
 /// Frames `raw`, zstd-compressed at `level` unless that does not make it
 /// smaller (random data is stored as is).
 pub fn encode(kind: Kind, raw: &[u8], level: i32) -> Bytes {
@@ -109,7 +128,12 @@ pub fn encode(kind: Kind, raw: &[u8], level: i32) -> Bytes {
     // for just under `raw.len()` bytes means "only if it gets smaller".
     let mut out = vec![0u8; HEADER_LEN + raw.len()];
     let room = raw.len().saturating_sub(1);
-    let codec = match compress_into(raw, level, &mut out[HEADER_LEN..HEADER_LEN + room]) {
+    let compressed = if raw.len() > SAMPLES * SAMPLE_LEN && looks_incompressible(raw, level) {
+        None
+    } else {
+        compress_into(raw, level, &mut out[HEADER_LEN..HEADER_LEN + room])
+    };
+    let codec = match compressed {
         Some(n) => {
             out.truncate(HEADER_LEN + n);
             Codec::Zstd
@@ -213,6 +237,26 @@ mod tests {
             .collect();
         let f = encode(Kind::Manifest, &random, 3);
         assert_eq!(decode(Kind::Manifest, &f).unwrap(), random);
+    }
+
+    #[test]
+    fn random_chunks_are_stored_as_is_and_partly_random_ones_compressed() {
+        use rand::RngCore;
+        let mut random = vec![0u8; 1 << 20];
+        rand::thread_rng().fill_bytes(&mut random);
+        let f = encode(Kind::Chunk, &random, 3);
+        assert_eq!(f[6], Codec::None as u8);
+        assert_eq!(f.len(), HEADER_LEN + random.len());
+        assert_eq!(decode(Kind::Chunk, &f).unwrap(), random);
+
+        // Random at both ends (where two of the samples fall), zeros between.
+        let mut mixed = random.clone();
+        let end = mixed.len() - SAMPLE_LEN;
+        mixed[SAMPLE_LEN..end].fill(0);
+        let f = encode(Kind::Chunk, &mixed, 3);
+        assert_eq!(f[6], Codec::Zstd as u8);
+        assert!(f.len() < 3 * SAMPLE_LEN, "{} bytes", f.len());
+        assert_eq!(decode(Kind::Chunk, &f).unwrap(), mixed);
     }
 
     #[test]
