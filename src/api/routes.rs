@@ -6,7 +6,7 @@
 
 use ballast_engine::validate_name;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde::de::DeserializeOwned;
@@ -85,13 +85,33 @@ fn validate_names(segments: &[&str]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// An oversize body is still read, and dropped, up to this much: closing a
+/// connection with unread input resets it, and the client would lose the
+/// answer. Past this the connection is just closed.
+const DRAIN_LIMIT: usize = 16 << 20;
+
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "cannot read request body: {e}"
-        ))),
+    let mut body = req.into_body();
+    let mut kept = Vec::new();
+    let mut seen = 0;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= MAX_BODY {
+                kept.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
     }
+    if seen > MAX_BODY {
+        return Err(ApiError::bad_request(format!(
+            "request body larger than {MAX_BODY} bytes"
+        )));
+    }
+    Ok(Bytes::from(kept))
 }
 
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
