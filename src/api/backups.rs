@@ -123,7 +123,6 @@ pub async fn start_job(state: &ApiState, req: JobRequest) -> Answer {
     Reply::json(StatusCode::ACCEPTED, &JobStarted { id })
 }
 
-/// `GET /v1/jobs/{id}`.
 /// `GET /v1/jobs/{id}[?wait_ms=N]`: the job's status, after waiting up to
 /// N ms for it to finish.
 pub async fn job_status(state: &ApiState, id: &str, query: &str) -> Answer {

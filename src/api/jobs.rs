@@ -26,7 +26,7 @@ const KEEP_FINISHED: usize = 100;
 /// How long a cancelled job gets to unwind before the caller stops waiting.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a status request may wait for its job to finish.
-pub const MAX_STATUS_WAIT: Duration = Duration::from_secs(10);
+const MAX_STATUS_WAIT: Duration = Duration::from_secs(10);
 
 /// What a job's operation ends with: its report, or a one-line error.
 pub enum Outcome {

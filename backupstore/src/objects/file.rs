@@ -97,12 +97,19 @@ fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     result
 }
 
+/// The entries of `dir`, or `None` if it does not exist (yet, or any more).
+fn read_dir_if_exists(dir: &Path) -> io::Result<Option<fs::ReadDir>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(Some(entries)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Walks `dir` (whose key prefix is `prefix`) collecting objects.
 fn walk(dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(entries) = read_dir_if_exists(dir)? else {
+        return Ok(());
     };
     for entry in entries {
         let entry = entry?;
@@ -129,10 +136,8 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
 
 /// Removes `.tmp.*` files under `dir` last modified before `cutoff`.
 fn remove_tmp(dir: &Path, cutoff: SystemTime, removed: &mut u64) -> io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(entries) = read_dir_if_exists(dir)? else {
+        return Ok(());
     };
     for entry in entries {
         let entry = entry?;
