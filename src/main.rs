@@ -38,13 +38,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Daemon(args) => run_daemon(daemon_config(args, cli.socket)?),
+        Command::Daemon(args) => {
+            let threads = args.threads;
+            run_daemon(daemon_config(args, cli.socket)?, threads)
+        }
         Command::Serve(args) => {
             let defaults = DaemonArgs {
                 root: None,
                 control_socket: None,
                 pool_size: None,
                 io: IoMode::default().to_string(),
+                threads: None,
                 nbd_socket: None,
                 nbd_listen: None,
                 // Only root can mount, and bind in /run/docker/plugins.
@@ -52,7 +56,7 @@ fn run(cli: Cli) -> Result<()> {
                 docker_plugin: (!args.no_docker_plugin && unsafe { libc::geteuid() } == 0)
                     .then(|| DEFAULT_DOCKER_PLUGIN.to_string()),
             };
-            run_daemon(daemon_config(defaults, cli.socket)?)
+            run_daemon(daemon_config(defaults, cli.socket)?, None)
         }
         Command::Client(command) => {
             let socket = match cli.socket {
@@ -105,7 +109,7 @@ fn daemon_config(args: DaemonArgs, client_socket: Option<PathBuf>) -> Result<Dae
     })
 }
 
-fn run_daemon(config: DaemonConfig) -> Result<()> {
+fn run_daemon(config: DaemonConfig, threads: Option<u16>) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -114,7 +118,18 @@ fn run_daemon(config: DaemonConfig) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // The io_uring thread submits and reaps every data I/O; request
+    // handling gets the other CPUs. Measured on 2 CPUs with fio's nbd
+    // engine: one request thread spent 14-15 us of daemon CPU per 4 KiB
+    // write, two spent 19-22 us (threads parking and waking each other).
+    let threads = match threads {
+        Some(n) => usize::from(n),
+        None => std::thread::available_parallelism()
+            .map_or(1, |n| n.get().saturating_sub(1))
+            .max(1),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()?;
     runtime.block_on(daemon::run(config))

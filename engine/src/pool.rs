@@ -429,7 +429,7 @@ impl Pool {
             .map_or(u64::MAX / BLOCK_SIZE, |m| m / BLOCK_SIZE);
         let alloc = Allocator::new(&used, file_blocks, cap);
 
-        let io = Backend::start(file.try_clone()?, config.io)?;
+        let io = Backend::start(file.try_clone()?, config.io, config.runtime.as_ref())?;
         tracing::info!(
             root = %config.root.display(),
             volumes = volumes.len(),

@@ -16,6 +16,12 @@ pub struct PoolConfig {
     pub max_size: Option<u64>,
     /// I/O backend selection.
     pub io: IoMode,
+    /// Reap io_uring completions on this tokio runtime (which must have I/O
+    /// enabled) rather than on a thread of the pool's own: I/O is then
+    /// submitted straight from the threads that ask for it, with no
+    /// hand-off between threads. The pool may only do I/O while that
+    /// runtime runs. `None` suits pools used from several runtimes or none.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 impl PoolConfig {
@@ -24,6 +30,7 @@ impl PoolConfig {
             root: root.into(),
             max_size: None,
             io: IoMode::Auto,
+            runtime: None,
         }
     }
 }

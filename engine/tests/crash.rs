@@ -54,11 +54,14 @@ fn script(seed: u64) -> impl Iterator<Item = Step> {
     })
 }
 
+/// Rounds take turns at the three ways to do I/O: the thread pool,
+/// io_uring on a thread of its own, and io_uring reaped on the caller's
+/// runtime (as the daemon does; call from inside that runtime).
 fn config(dir: &std::path::Path, round: u64) -> PoolConfig {
-    let io = if round.is_multiple_of(2) {
-        IoMode::Uring
-    } else {
-        IoMode::Sync
+    let (io, runtime) = match round % 3 {
+        0 => (IoMode::Uring, None),
+        1 => (IoMode::Sync, None),
+        _ => (IoMode::Uring, Some(tokio::runtime::Handle::current())),
     };
     // A small cap makes the allocator wrap around and reuse freed blocks
     // within a round, which is where a premature free would show.
@@ -69,6 +72,7 @@ fn config(dir: &std::path::Path, round: u64) -> PoolConfig {
         root: dir.to_path_buf(),
         max_size: Some(cap),
         io,
+        runtime,
     }
 }
 
@@ -79,6 +83,7 @@ fn crash_child() {
     let dir = std::env::var("CRASH_DIR").expect("CRASH_DIR");
     let round: u64 = std::env::var("CRASH_ROUND").unwrap().parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
         .build()
         .unwrap();
     rt.block_on(async {
@@ -123,6 +128,7 @@ fn is_prefix_state(round: u64, acked_flushes: usize, got: &[u8]) -> bool {
 fn crash_recovery() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
         .build()
         .unwrap();
     let mut kill_rng = StdRng::seed_from_u64(0xba11a57);

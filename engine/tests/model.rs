@@ -251,12 +251,25 @@ fn check_diff(
     }
 }
 
-async fn run(ops: Vec<Op>, io: IoMode) {
+/// How the pool does I/O: the thread pool, io_uring on a thread of its
+/// own, or io_uring reaped on the test's runtime (as the daemon does).
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sync,
+    UringThread,
+    UringRuntime,
+}
+
+async fn run(ops: Vec<Op>, backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let config = PoolConfig {
         root: dir.path().to_path_buf(),
         max_size: None,
-        io,
+        io: match backend {
+            Backend::Sync => IoMode::Sync,
+            Backend::UringThread | Backend::UringRuntime => IoMode::Uring,
+        },
+        runtime: matches!(backend, Backend::UringRuntime).then(tokio::runtime::Handle::current),
     };
     let mut pool = Pool::open(config.clone()).unwrap();
     let mut m = Model::default();
@@ -482,8 +495,11 @@ proptest! {
     })]
 
     #[test]
-    fn engine_matches_model(ops in prop::collection::vec(op(), 1..60), sync_io in any::<bool>()) {
+    fn engine_matches_model(
+        ops in prop::collection::vec(op(), 1..60),
+        backend in prop_oneof![Just(Backend::Sync), Just(Backend::UringThread), Just(Backend::UringRuntime)],
+    ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(run(ops, if sync_io { IoMode::Sync } else { IoMode::Uring }));
+        rt.block_on(run(ops, backend));
     }
 }

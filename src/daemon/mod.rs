@@ -75,6 +75,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         root: config.root.clone(),
         max_size: config.pool_size,
         io: config.io,
+        runtime: Some(tokio::runtime::Handle::current()),
     };
     let pool = tokio::task::spawn_blocking(move || Pool::open(pool_config))
         .await?

@@ -1,7 +1,7 @@
 //! The data file's I/O path: one async interface, two implementations.
 //!
-//! [`Backend::Uring`] drives an io_uring from a dedicated thread;
-//! [`Backend::Sync`] runs `pread`/`pwrite` on a small thread pool, for hosts
+//! [`Backend::Uring`] drives an io_uring, reaped by a task on the caller's
+//! tokio runtime or by a thread of its own; [`Backend::Sync`] runs `pread`/`pwrite` on a small thread pool, for hosts
 //! where `io_uring_setup` is refused (Docker's default seccomp profile, old
 //! kernels). Both take ownership of an [`AlignedBuf`] for the duration of the
 //! operation, so a caller that stops waiting (a cancelled future) can never
@@ -15,6 +15,8 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 use std::str::FromStr;
+
+use tokio::runtime::Handle;
 
 pub use aligned::{AlignedBuf, BufPool};
 
@@ -61,14 +63,16 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Starts the backend `mode` asks for on `file`.
-    pub fn start(file: File, mode: IoMode) -> io::Result<Backend> {
+    /// Starts the backend `mode` asks for on `file`. An io_uring is reaped
+    /// on `runtime` if given (see [`uring`]), which must then run as long as
+    /// the backend does I/O.
+    pub fn start(file: File, mode: IoMode, runtime: Option<&Handle>) -> io::Result<Backend> {
         match mode {
             IoMode::Sync => Ok(Backend::Sync(sync::SyncIo::start(file)?)),
-            IoMode::Uring => Ok(Backend::Uring(uring::UringIo::start(file)?)),
+            IoMode::Uring => Ok(Backend::Uring(uring::UringIo::start(file, runtime)?)),
             IoMode::Auto => {
                 let fallback = file.try_clone()?;
-                match uring::UringIo::start(file) {
+                match uring::UringIo::start(file, runtime) {
                     Ok(io) => Ok(Backend::Uring(io)),
                     Err(e) => {
                         tracing::warn!(
@@ -164,7 +168,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::OpenOptionsExt;
 
-    fn roundtrip(mode: IoMode) {
+    fn roundtrip(mode: IoMode, on_runtime: bool) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let file = std::fs::OpenOptions::new()
@@ -176,11 +180,12 @@ mod tests {
             .open(&path)
             .unwrap();
         file.set_len(1 << 20).unwrap();
-        let io = Backend::start(file, mode).unwrap();
-        assert_eq!(io.mode(), mode);
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
             .build()
             .unwrap();
+        let io = Backend::start(file, mode, on_runtime.then(|| rt.handle())).unwrap();
+        assert_eq!(io.mode(), mode);
         rt.block_on(async {
             let mut buf = AlignedBuf::new(8192);
             buf.fill(0x5a);
@@ -197,13 +202,18 @@ mod tests {
     }
 
     #[test]
-    fn uring_roundtrip() {
-        roundtrip(IoMode::Uring);
+    fn uring_roundtrip_on_its_thread() {
+        roundtrip(IoMode::Uring, false);
+    }
+
+    #[test]
+    fn uring_roundtrip_on_the_runtime() {
+        roundtrip(IoMode::Uring, true);
     }
 
     #[test]
     fn sync_roundtrip() {
-        roundtrip(IoMode::Sync);
+        roundtrip(IoMode::Sync, false);
     }
 
     #[test]

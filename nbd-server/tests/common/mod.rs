@@ -50,6 +50,7 @@ impl Harness {
             dir,
             Server::with_limits(provider, limits),
             Backend::Memory(exports),
+            new_runtime(),
         )
     }
 
@@ -58,26 +59,30 @@ impl Harness {
         Self::engine_with(|_| {})
     }
 
+    /// The pool's io_uring is reaped on the server's runtime, as in the
+    /// daemon.
     pub fn engine_with(configure: impl FnOnce(&mut PoolConfig)) -> Harness {
         let dir = tempfile::tempdir().unwrap();
+        let runtime = new_runtime();
         let mut config = PoolConfig::new(dir.path().join("pool"));
+        config.runtime = Some(runtime.handle().clone());
         configure(&mut config);
         let pool = Pool::open(config).unwrap();
         let provider: Arc<dyn ExportProvider> = Arc::new(EngineExports::new(pool.clone()));
-        Self::start(dir, Server::new(provider), Backend::Engine(pool))
+        Self::start(dir, Server::new(provider), Backend::Engine(pool), runtime)
     }
 
-    fn start(dir: tempfile::TempDir, server: Arc<Server>, backend: Backend) -> Harness {
+    fn start(
+        dir: tempfile::TempDir,
+        server: Arc<Server>,
+        backend: Backend,
+        runtime: tokio::runtime::Runtime,
+    ) -> Harness {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("BALLAST_TEST_LOG"))
             .with_test_writer()
             .try_init();
         let socket = dir.path().join("nbd.sock");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
         let shutdown = CancellationToken::new();
         let (port, serving) = runtime.block_on(async {
             let unix = tokio::net::UnixListener::bind(&socket).unwrap();
@@ -186,12 +191,17 @@ impl Harness {
     }
 }
 
+fn new_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        if let (Some(rt), Backend::Engine(pool)) = (&self.runtime, &self.backend) {
-            let _ = rt.block_on(pool.close());
-        }
         if let (Some(rt), Backend::Engine(pool)) = (&self.runtime, &self.backend) {
             let _ = rt.block_on(pool.close());
         }
