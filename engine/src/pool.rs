@@ -25,6 +25,9 @@ use crate::{PoolConfig, PoolStats, SnapshotInfo, Volume, VolumeInfo, BLOCK_SIZE}
 
 /// Stripes of the read-modify-write locks for partial-block writes.
 const RMW_STRIPES: usize = 64;
+/// Blocks awaiting deferred free (64 MiB) past which an early commit is
+/// asked for, however small the data file.
+const COMMIT_PRESSURE: u64 = 16 * 1024;
 
 /// A storage pool: one data file and its metadata. Cheap to clone; every
 /// clone and every [`Volume`] handle shares the same state.
@@ -45,6 +48,9 @@ pub(crate) struct Inner {
     /// Serialises commits: each one must see every change acknowledged
     /// before it started.
     commit_lock: tokio::sync::Mutex<()>,
+    /// Notified when enough blocks await deferred free that a commit
+    /// should run before the next timer tick ([`Pool::commit_wanted`]).
+    commit_wanted: tokio::sync::Notify,
     /// Held across a partial-block read-modify-write so two writers to
     /// different bytes of one block cannot lose each other's bytes.
     rmw_locks: Vec<tokio::sync::Mutex<()>>,
@@ -297,6 +303,16 @@ impl Inner {
         &self.rmw_locks[i]
     }
 
+    /// Asks for an early commit if frees pile up: blocks a commit would
+    /// release are at least [`COMMIT_PRESSURE`] blocks or an eighth of the
+    /// data file. Call after recording frees.
+    pub fn note_frees(&self, st: &mut State) {
+        let threshold = COMMIT_PRESSURE.max(st.alloc.end() / 8);
+        if st.reclaim.wants_commit(threshold) {
+            self.commit_wanted.notify_one();
+        }
+    }
+
     /// Allocates `n` blocks, growing the data file if needed.
     pub fn allocate(&self, st: &mut State, n: u64) -> Result<Option<Vec<Run>>> {
         let Some((runs, grown)) = st.alloc.allocate(n) else {
@@ -453,6 +469,7 @@ impl Pool {
                 meta: Arc::new(meta),
                 state: Mutex::new(state),
                 commit_lock: tokio::sync::Mutex::new(()),
+                commit_wanted: tokio::sync::Notify::new(),
                 rmw_locks: (0..RMW_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
@@ -801,6 +818,15 @@ impl Pool {
     pub async fn flush(&self) -> Result<()> {
         self.inner.check_open()?;
         self.inner.commit().await
+    }
+
+    /// Completes when overwritten and trimmed blocks pile up faster than
+    /// the caller's commit schedule releases them; a commit then keeps the
+    /// data file from growing to hold them. Deferred free holds a block
+    /// until the commit that drops it, so between commits every write of a
+    /// mapped block takes fresh space.
+    pub async fn commit_wanted(&self) {
+        self.inner.commit_wanted.notified().await
     }
 
     pub fn stats(&self) -> PoolStats {

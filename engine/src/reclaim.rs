@@ -24,6 +24,10 @@ pub(crate) struct Reclaim {
     pending: Vec<(u64, Run)>,
     /// Freed by a durable commit, waiting for older reads to finish.
     committed: Vec<(u64, Run)>,
+    /// Blocks in `pending`.
+    pending_blocks: u64,
+    /// An early commit was asked for since the last one began.
+    asked: bool,
 }
 
 impl Reclaim {
@@ -45,11 +49,25 @@ impl Reclaim {
 
     pub fn free(&mut self, run: Run) {
         self.pending.push((self.epoch, run));
+        self.pending_blocks += run.1;
+    }
+
+    /// True once per commit cycle, when at least `threshold` blocks wait
+    /// for the next commit: until it runs, new writes take fresh space
+    /// instead of reusing them.
+    pub fn wants_commit(&mut self, threshold: u64) -> bool {
+        if self.asked || self.pending_blocks < threshold {
+            return false;
+        }
+        self.asked = true;
+        true
     }
 
     /// A commit is starting: frees so far belong to it. Returns its token.
     pub fn begin_commit(&mut self) -> Vec<(u64, Run)> {
         self.epoch += 1;
+        self.pending_blocks = 0;
+        self.asked = false;
         std::mem::take(&mut self.pending)
     }
 
@@ -61,6 +79,7 @@ impl Reclaim {
 
     /// The commit that took `freed` failed: its frees wait for the next one.
     pub fn commit_failed(&mut self, freed: Vec<(u64, Run)>) {
+        self.pending_blocks += freed.iter().map(|(_, r)| r.1).sum::<u64>();
         self.pending.extend(freed);
     }
 
@@ -102,6 +121,21 @@ mod tests {
         let read = r.begin_read();
         assert_eq!(r.commit_done(token), vec![(1, 2)]);
         assert!(r.end_read(read).is_empty());
+    }
+
+    #[test]
+    fn asks_for_a_commit_once_per_cycle() {
+        let mut r = Reclaim::default();
+        r.free((0, 3));
+        assert!(!r.wants_commit(4));
+        r.free((10, 1));
+        assert!(r.wants_commit(4));
+        r.free((20, 8));
+        assert!(!r.wants_commit(4), "already asked this cycle");
+        let token = r.begin_commit();
+        assert!(!r.wants_commit(4), "nothing pending after the commit began");
+        r.commit_failed(token);
+        assert!(r.wants_commit(4), "a failed commit's frees count again");
     }
 
     #[test]

@@ -374,6 +374,7 @@ impl Volume {
             }
             st.dirty.mark_block(head, vb);
         }
+        self.inner.note_frees(&mut st);
         Ok(())
     }
 
@@ -486,6 +487,7 @@ impl Volume {
         for run in crate::pool::runs_of(freed) {
             st.reclaim.free(run);
         }
+        self.inner.note_frees(&mut st);
         Ok(())
     }
 

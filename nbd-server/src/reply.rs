@@ -3,8 +3,12 @@
 //! transmission, and the writer that serializes replies of concurrent
 //! requests onto one connection.
 
+use std::io::IoSlice;
+
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::proto::*;
 
@@ -100,28 +104,99 @@ pub fn error_chunk(
     out
 }
 
-/// Serializes whole replies from concurrently running requests; a reply is
-/// always written in one piece under the lock, so replies never interleave.
-pub struct ReplyWriter<W> {
-    inner: Mutex<W>,
+/// Most replies in one vectored write (the kernel takes up to 1024 slices).
+const MAX_BATCH: usize = 256;
+
+/// A reply waiting for the socket: `bytes[start..]`, and whatever it
+/// holds until written (the request's share of the connection's in-flight
+/// budget).
+pub struct Outgoing {
+    pub bytes: Vec<u8>,
+    pub start: usize,
+    pub hold: Option<OwnedSemaphorePermit>,
 }
 
-impl<W: AsyncWrite + Unpin + Send> ReplyWriter<W> {
-    pub fn new(writer: W) -> Self {
-        ReplyWriter {
-            inner: Mutex::new(writer),
+impl Outgoing {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Outgoing {
+            bytes,
+            start: 0,
+            hold: None,
         }
     }
+}
 
-    pub async fn send(&self, parts: &[&[u8]]) -> std::io::Result<()> {
-        let mut w = self.inner.lock().await;
-        for part in parts {
-            w.write_all(part).await?;
+/// Writes the replies of concurrently running requests, each whole (never
+/// interleaved), in the order they are queued. A task of its own does the
+/// writing: every reply queued by the time it runs goes out in one
+/// vectored write, so a burst of completions costs one system call rather
+/// than one each.
+pub struct ReplyWriter {
+    queue: mpsc::UnboundedSender<Outgoing>,
+}
+
+impl ReplyWriter {
+    /// Starts the writer task on `writer`. When a write fails it cancels
+    /// `dead`. Once every `ReplyWriter` is dropped, the task writes what is
+    /// left, shuts the writer down and ends.
+    pub fn spawn<W>(writer: W, dead: CancellationToken) -> (ReplyWriter, JoinHandle<()>)
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (queue, replies) = mpsc::unbounded_channel();
+        let task = tokio::spawn(write_replies(writer, replies, dead));
+        (ReplyWriter { queue }, task)
+    }
+
+    /// Queues a reply; false if the connection can no longer be written.
+    pub fn send(&self, reply: Outgoing) -> bool {
+        self.queue.send(reply).is_ok()
+    }
+}
+
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut replies: mpsc::UnboundedReceiver<Outgoing>,
+    dead: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = replies.recv().await {
+        // Requests completing in this same turn of the scheduler queue
+        // theirs first, and go out in the same write.
+        tokio::task::yield_now().await;
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match replies.try_recv() {
+                Ok(reply) => batch.push(reply),
+                Err(_) => break,
+            }
         }
-        w.flush().await
+        if let Err(err) = write_batch(&mut writer, &batch).await {
+            tracing::debug!(error = %err, "reply not delivered; closing connection");
+            dead.cancel();
+            return;
+        }
+        // Releases the budget the written replies held.
+        batch.clear();
     }
+    let _ = writer.shutdown().await;
+}
 
-    pub async fn shutdown(&self) -> std::io::Result<()> {
-        self.inner.lock().await.shutdown().await
+async fn write_batch<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    batch: &[Outgoing],
+) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = batch
+        .iter()
+        .map(|reply| IoSlice::new(&reply.bytes[reply.start..]))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = writer.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
     }
+    writer.flush().await
 }

@@ -1,13 +1,14 @@
 //! The transmission phase: requests are read in order, each runs in its own
-//! task, and replies go out as they complete (out of order), serialized by
-//! a [`ReplyWriter`]. In-flight memory per connection is bounded by a
-//! semaphore over request buffer bytes.
+//! task, and replies go out as they complete (out of order) through a
+//! [`ReplyWriter`]. In-flight memory per connection is bounded by a
+//! semaphore over request buffer bytes; a request's share is released once
+//! its reply is written.
 
 use std::sync::Arc;
 
 use ballast_engine::{BlockState, Extent};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -15,7 +16,7 @@ use crate::error::ConnectionError;
 use crate::handshake::Session;
 use crate::proto::*;
 use crate::reply::{
-    error_chunk, simple_reply, ChunkHeader, ReplyWriter, EXTENDED_CHUNK_HEADER_LEN,
+    error_chunk, simple_reply, ChunkHeader, Outgoing, ReplyWriter, EXTENDED_CHUNK_HEADER_LEN,
     SIMPLE_REPLY_LEN,
 };
 use crate::wire::{
@@ -70,8 +71,8 @@ enum Reply {
     Status(Vec<u8>),
 }
 
-struct Connection<W> {
-    writer: ReplyWriter<W>,
+struct Connection {
+    writer: ReplyWriter,
     session: Session,
     /// Cancelled when a reply cannot be written: the connection is dead.
     dead: CancellationToken,
@@ -87,10 +88,12 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let dead = CancellationToken::new();
+    let (writer, writing) = ReplyWriter::spawn(writer, dead.clone());
     let conn = Arc::new(Connection {
-        writer: ReplyWriter::new(writer),
+        writer,
         session,
-        dead: CancellationToken::new(),
+        dead,
     });
     let budget = Arc::new(Semaphore::new(MAX_INFLIGHT_BYTES as usize));
     let mut tasks = JoinSet::new();
@@ -156,37 +159,37 @@ where
         let conn = conn.clone();
         let shutting_down = shutdown.is_cancelled();
         tasks.spawn(async move {
-            let _permit = permit;
             let result = if shutting_down {
                 Err(Failure::new(NbdErrno::Shutdown, "server is shutting down"))
             } else {
                 execute(&conn.session, &req, payload).await
             };
-            if let Err(err) = send_reply(&conn, &req, result).await {
-                tracing::debug!(error = %err, "reply not delivered; closing connection");
-                conn.dead.cancel();
-            }
+            send_reply(&conn, &req, result, permit);
         });
     };
 
     // Every request read so far is answered before the connection closes
-    // (NBD_CMD_DISC, EOF, error, or server shutdown alike).
-    let drain = async {
+    // (NBD_CMD_DISC, EOF, error, or server shutdown alike): the requests
+    // finish, then the writer writes what they queued and shuts down.
+    let writer_abort = writing.abort_handle();
+    let finish = async {
         while let Some(joined) = tasks.join_next().await {
             if let Err(err) = joined {
                 tracing::error!(error = %err, "request task failed");
             }
         }
+        drop(conn);
+        let _ = writing.await;
     };
     if shutdown.is_cancelled() {
         // A client that stopped reading replies must not hold up shutdown.
-        if tokio::time::timeout(SHUTDOWN_DRAIN, drain).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_DRAIN, finish).await.is_err() {
             tracing::warn!("requests still in flight at shutdown abandoned");
+            writer_abort.abort();
         }
     } else {
-        drain.await;
+        finish.await;
     }
-    let _ = conn.writer.shutdown().await;
     result
 }
 
@@ -383,35 +386,41 @@ pub fn encode_block_status(extents: &[Extent], len: u64, req_one: bool, extended
     out
 }
 
-async fn send_reply<W: AsyncWrite + Unpin + Send>(
-    conn: &Connection<W>,
+/// Queues the reply to `req`; it holds `permit` until written.
+fn send_reply(
+    conn: &Connection,
     req: &RequestHeader,
     result: Result<Reply, Failure>,
-) -> std::io::Result<()> {
+    permit: OwnedSemaphorePermit,
+) {
     let (handle, offset) = (req.handle, req.offset);
     let session = &conn.session;
     let extended = session.extended;
     let chunk = |flags, chunk_type, length| {
         ChunkHeader::new(extended, flags, chunk_type, handle, offset, length)
     };
-    match result {
+    let mut reply = match result {
         // Simple replies are allowed for payload-less success unless
         // extended headers are in use.
-        Ok(Reply::Ack) if !extended => conn.writer.send(&[&simple_reply(handle, 0)]).await,
-        Ok(Reply::Ack) => {
-            conn.writer
-                .send(&[chunk(REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0).as_bytes()])
-                .await
-        }
+        Ok(Reply::Ack) if !extended => Outgoing::new(simple_reply(handle, 0).to_vec()),
+        Ok(Reply::Ack) => Outgoing::new(
+            chunk(REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0)
+                .as_bytes()
+                .to_vec(),
+        ),
         Ok(Reply::Data(mut buf)) => {
             let data_len = buf.len() - READ_PREFIX;
-            let start = if !session.structured {
+            if !session.structured {
                 buf[READ_PREFIX - SIMPLE_REPLY_LEN..READ_PREFIX]
                     .copy_from_slice(&simple_reply(handle, 0));
-                READ_PREFIX - SIMPLE_REPLY_LEN
+                Outgoing {
+                    bytes: buf,
+                    start: READ_PREFIX - SIMPLE_REPLY_LEN,
+                    hold: None,
+                }
             } else if data_len == 0 {
                 let header = chunk(REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0);
-                return conn.writer.send(&[header.as_bytes()]).await;
+                Outgoing::new(header.as_bytes().to_vec())
             } else {
                 // One OFFSET_DATA chunk (so DF always holds), its header and
                 // offset placed right in front of the data.
@@ -420,9 +429,12 @@ async fn send_reply<W: AsyncWrite + Unpin + Send>(
                 let start = READ_PREFIX - 8 - header.len();
                 buf[start..READ_PREFIX - 8].copy_from_slice(header);
                 buf[READ_PREFIX - 8..READ_PREFIX].copy_from_slice(&offset.to_be_bytes());
-                start
-            };
-            conn.writer.send(&[&buf[start..]]).await
+                Outgoing {
+                    bytes: buf,
+                    start,
+                    hold: None,
+                }
+            }
         }
         Ok(Reply::Status(payload)) => {
             let chunk_type = if extended {
@@ -431,7 +443,7 @@ async fn send_reply<W: AsyncWrite + Unpin + Send>(
                 REPLY_TYPE_BLOCK_STATUS
             };
             let header = chunk(REPLY_FLAG_DONE, chunk_type, payload.len() as u64);
-            conn.writer.send(&[header.as_bytes(), &payload]).await
+            Outgoing::new([header.as_bytes(), &payload].concat())
         }
         Err(failure) => {
             if failure.errno == NbdErrno::Io {
@@ -440,13 +452,20 @@ async fn send_reply<W: AsyncWrite + Unpin + Send>(
                 tracing::debug!(command = req.command, offset, length = req.length, errno = ?failure.errno, message = %failure.message, "request refused");
             }
             if session.structured {
-                let reply = error_chunk(extended, handle, offset, failure.errno, &failure.message);
-                conn.writer.send(&[&reply]).await
+                Outgoing::new(error_chunk(
+                    extended,
+                    handle,
+                    offset,
+                    failure.errno,
+                    &failure.message,
+                ))
             } else {
-                conn.writer
-                    .send(&[&simple_reply(handle, failure.errno as u32)])
-                    .await
+                Outgoing::new(simple_reply(handle, failure.errno as u32).to_vec())
             }
         }
+    };
+    reply.hold = Some(permit);
+    if !conn.writer.send(reply) {
+        conn.dead.cancel();
     }
 }
