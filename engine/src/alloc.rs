@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 /// The data file grows in steps of this many blocks (64 MiB), so extending
 /// writes are rare and allocations stay contiguous.
 const GROW_STEP: u64 = 16 * 1024;
+/// Smallest free extent (256 KiB) a large allocation is split over before
+/// the file grows instead.
+const MIN_PIECE: u64 = 64;
 
 /// A run of physical blocks: `(start, len)`.
 pub(crate) type Run = (u64, u64);
@@ -64,6 +67,13 @@ impl Allocator {
     /// Hands out `n` blocks, contiguous when possible. Returns the runs and
     /// whether the file must first be extended to `self.end()` blocks.
     /// On failure nothing changes.
+    ///
+    /// Preference order: one free extent (next-fit from the cursor); a few
+    /// free extents of at least [`MIN_PIECE`] blocks each; the grown tail
+    /// of the file; and only when the file cannot grow enough, any free
+    /// blocks at all. Overwrites free single blocks all over the file, so
+    /// without the middle steps a large write after random ones would turn
+    /// into hundreds of 4 KiB I/Os, and so would every later read of it.
     pub fn allocate(&mut self, n: u64) -> Option<(Vec<Run>, bool)> {
         if n == 0 {
             return Some((Vec::new(), false));
@@ -72,38 +82,60 @@ impl Allocator {
             self.take(start, n);
             return Some((vec![(start, n)], false));
         }
+        if let Some(runs) = self.take_pieces(n, n.min(MIN_PIECE)) {
+            return Some((runs, false));
+        }
         let free_total: u64 = self.free.values().sum();
-        let grown = if free_total < n || !self.tail_is_free() {
-            let want = n.saturating_sub(self.tail_free()).max(GROW_STEP);
-            let room = self.cap - self.end;
-            if free_total + room < n {
-                return None;
-            }
-            let grow = want.min(room);
-            if grow > 0 {
-                let old_end = self.end;
-                self.end += grow;
-                self.insert_free(old_end, grow);
-            }
-            grow > 0
-        } else {
-            false
-        };
-        // The grown tail may now hold the whole request contiguously.
+        let room = self.cap - self.end;
+        if free_total + room < n {
+            return None;
+        }
+        let need = n - self.tail_free();
+        let grow = need.max(GROW_STEP).min(room);
+        if grow > 0 {
+            let old_end = self.end;
+            self.end += grow;
+            self.insert_free(old_end, grow);
+        }
+        let grown = grow > 0;
         if let Some(start) = self.find_contiguous(n) {
             self.take(start, n);
             return Some((vec![(start, n)], grown));
         }
-        let mut runs = Vec::new();
-        let mut need = n;
-        while need > 0 {
-            let (&start, &len) = self.free.iter().next().expect("free space was counted");
-            let take = len.min(need);
-            self.take(start, take);
-            runs.push((start, take));
-            need -= take;
-        }
+        let runs = self
+            .take_pieces(n, 1)
+            .expect("free space plus growth was counted");
         Some((runs, grown))
+    }
+
+    /// Takes `n` blocks from free extents of at least `min` blocks, in
+    /// address order from the cursor (wrapping); `None`, changing nothing,
+    /// if they do not add up to `n`.
+    fn take_pieces(&mut self, n: u64, min: u64) -> Option<Vec<Run>> {
+        let mut picked = Vec::new();
+        let mut need = n;
+        let candidates = self
+            .free
+            .range(self.cursor..)
+            .chain(self.free.range(..self.cursor));
+        for (&start, &len) in candidates {
+            if len < min {
+                continue;
+            }
+            let take = len.min(need);
+            picked.push((start, take));
+            need -= take;
+            if need == 0 {
+                break;
+            }
+        }
+        if need > 0 {
+            return None;
+        }
+        for &(start, len) in &picked {
+            self.take(start, len);
+        }
+        Some(picked)
     }
 
     /// Returns blocks to the free set.
@@ -136,10 +168,6 @@ impl Allocator {
             Some((&s, &l)) if s + l == self.end => l,
             _ => 0,
         }
-    }
-
-    fn tail_is_free(&self) -> bool {
-        self.tail_free() > 0
     }
 
     fn find_contiguous(&self, n: u64) -> Option<u64> {
@@ -225,6 +253,42 @@ mod tests {
         a.release(0, 2);
         assert_eq!(a.free.get(&0), Some(&6));
         assert_eq!(a.used(), 2);
+    }
+
+    #[test]
+    fn large_requests_avoid_scattered_single_blocks() {
+        // Every other block free: 64 free blocks, none adjacent.
+        let used: Vec<u64> = (0..128).step_by(2).collect();
+        let mut a = Allocator::new(&used, 128, 1 << 20);
+        let (runs, grew) = a.allocate(64).unwrap();
+        assert!(grew, "grows rather than scatter a large write");
+        // Block 127 is free and adjoins the grown tail.
+        assert_eq!(runs, vec![(127, 64)]);
+        // Small requests take what is free without growing.
+        for _ in 0..64 {
+            assert!(!a.allocate(1).unwrap().1);
+        }
+    }
+
+    #[test]
+    fn large_requests_split_over_big_pieces() {
+        // Two free extents of 64 blocks, neither big enough alone.
+        let used: Vec<u64> = (64..128).chain(192..256).collect();
+        let mut a = Allocator::new(&used, 256, 1 << 20);
+        let (runs, grew) = a.allocate(100).unwrap();
+        assert!(!grew);
+        assert_eq!(total(&runs), 100);
+        assert_eq!(runs.len(), 2);
+    }
+
+    #[test]
+    fn a_full_pool_scatters_as_a_last_resort() {
+        let used: Vec<u64> = (0..16).step_by(2).collect();
+        let mut a = Allocator::new(&used, 16, 16);
+        let (runs, grew) = a.allocate(8).unwrap();
+        assert!(!grew);
+        assert_eq!(runs.len(), 8);
+        assert!(a.allocate(1).is_none());
     }
 
     #[test]
