@@ -40,7 +40,7 @@ pub(crate) struct Inner {
     pub root: PathBuf,
     pub io: Backend,
     /// Recycled I/O buffers for the data path.
-    pub bufs: BufPool,
+    pub bufs: Arc<BufPool>,
     /// The data file, for growing it (I/O goes through `io`).
     file: File,
     meta: Arc<Meta>,
@@ -464,7 +464,7 @@ impl Pool {
             inner: Arc::new(Inner {
                 root: config.root,
                 io,
-                bufs: BufPool::default(),
+                bufs: Arc::default(),
                 file,
                 meta: Arc::new(meta),
                 state: Mutex::new(state),

@@ -1,13 +1,14 @@
 //! Volume handles and the data path: read, write, trim, write-zeroes,
 //! allocation queries.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::future::join_all;
 
 use crate::alloc::Run;
 use crate::error::{Error, Result};
-use crate::io::AlignedBuf;
+use crate::io::{AlignedBuf, BufPool};
 use crate::layer::Mapping;
 use crate::pool::{Inner, State};
 use crate::{BlockState, Extent, BLOCK_SIZE};
@@ -139,42 +140,80 @@ impl Volume {
     /// Reads `buf.len()` bytes at `offset`. Holes read as zeros without
     /// touching the disk; every data block's crc32 is verified.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let Some((mapped, _guard)) = self.resolve(offset, buf.len() as u64)? else {
+            return Ok(());
+        };
+        self.read_mapped(offset, buf, &mapped).await
+    }
+
+    /// Reads `len` bytes at `offset` into a buffer of the engine's own, as
+    /// [`Volume::read`] does. When the range is one run of pool blocks the
+    /// disk reads straight into the buffer returned, with no copy.
+    pub async fn read_owned(&self, offset: u64, len: usize) -> Result<ReadData> {
+        let bufs = &self.inner.bufs;
+        let Some((mapped, _guard)) = self.resolve(offset, len as u64)? else {
+            return Ok(ReadData::new(bufs.clone(), AlignedBuf::new(0), 0, 0));
+        };
+        let first = offset / BS;
+        let last = (offset + len as u64).div_ceil(BS);
+        let runs = data_runs(&mapped);
+        if let [(vb, pb, crcs)] = runs.as_slice() {
+            if *vb == first && crcs.len() as u64 == last - first {
+                let (data, result) = self
+                    .inner
+                    .io
+                    .read(pb * BS, bufs.get(crcs.len() * BSU))
+                    .await;
+                let data = ReadData::new(bufs.clone(), data, (offset - first * BS) as usize, len);
+                result.map_err(io_error)?;
+                self.verify((*vb, *pb), crcs, &data.buf)?;
+                return Ok(data);
+            }
+        }
+        let mut data = ReadData::new(bufs.clone(), bufs.get(len), 0, len);
+        self.read_mapped(offset, &mut data.buf, &mapped).await?;
+        Ok(data)
+    }
+
+    /// Checks the range and resolves its blocks, registering a read with
+    /// the deferred-free machinery; `None` for an empty range.
+    #[allow(clippy::type_complexity)]
+    fn resolve(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<(BTreeMap<u64, Mapping>, ReadGuard<'_>)>> {
         self.inner.check_open()?;
+        let first = offset / BS;
+        let last = (offset + len).div_ceil(BS);
+        let mut st = self.inner.state.lock();
+        let (top, size) = self.top(&st)?;
+        Self::check_range(offset, len, size)?;
+        if len == 0 {
+            return Ok(None);
+        }
+        let mapped = st.layers.resolve_range(top, first..last);
+        let epoch = st.reclaim.begin_read();
+        Ok(Some((
+            mapped,
+            ReadGuard {
+                inner: &self.inner,
+                epoch,
+            },
+        )))
+    }
+
+    /// Fills `buf` from `offset` given the resolved `mapped` blocks.
+    async fn read_mapped(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        mapped: &BTreeMap<u64, Mapping>,
+    ) -> Result<()> {
         let len = buf.len() as u64;
         let first = offset / BS;
         let last = (offset + len).div_ceil(BS);
-        let (mapped, epoch) = {
-            let mut st = self.inner.state.lock();
-            let (top, size) = self.top(&st)?;
-            Self::check_range(offset, len, size)?;
-            if len == 0 {
-                return Ok(());
-            }
-            (
-                st.layers.resolve_range(top, first..last),
-                st.reclaim.begin_read(),
-            )
-        };
-        let _guard = ReadGuard {
-            inner: &self.inner,
-            epoch,
-        };
-
-        // Runs of blocks contiguous both in the volume and in the pool.
-        let mut runs: Vec<(u64, u64, Vec<u32>)> = Vec::new(); // (vblock, pblock, crcs)
-        for (&vb, &m) in &mapped {
-            let Mapping::Data { pblock, crc } = m else {
-                continue;
-            };
-            match runs.last_mut() {
-                Some((v, p, crcs))
-                    if *v + crcs.len() as u64 == vb && *p + crcs.len() as u64 == pblock =>
-                {
-                    crcs.push(crc)
-                }
-                _ => runs.push((vb, pblock, vec![crc])),
-            }
-        }
+        let runs = data_runs(mapped);
         let (io, bufs) = (&self.inner.io, &self.inner.bufs);
         let results = join_all(
             runs.iter()
@@ -195,7 +234,8 @@ impl Volume {
             if outcome.is_ok() {
                 outcome = result
                     .map_err(io_error)
-                    .and_then(|()| self.copy_out(offset, buf, (*vb, *pb), crcs, &data));
+                    .and_then(|()| self.verify((*vb, *pb), crcs, &data))
+                    .map(|()| copy_out(offset, buf, *vb, &data));
             }
             bufs.put(data);
         }
@@ -203,32 +243,17 @@ impl Volume {
     }
 
     /// Verifies the blocks of one completed read of the run starting at
-    /// `(vblock, pblock)` and copies the part inside
-    /// `[offset, offset + buf.len())` into `buf`.
-    fn copy_out(
-        &self,
-        offset: u64,
-        buf: &mut [u8],
-        (vb, pb): (u64, u64),
-        crcs: &[u32],
-        data: &[u8],
-    ) -> Result<()> {
-        let len = buf.len() as u64;
+    /// `(vblock, pblock)` against their checksums.
+    fn verify(&self, (vb, pb): (u64, u64), crcs: &[u32], data: &[u8]) -> Result<()> {
         for (i, (&crc, block)) in crcs.iter().zip(data.chunks_exact(BSU)).enumerate() {
-            let vblock = vb + i as u64;
             if crc32fast::hash(block) != crc {
+                let vblock = vb + i as u64;
                 tracing::error!(volume = %self.display(), vblock, pblock = pb + i as u64, "checksum mismatch");
                 return Err(Error::Checksum {
                     offset: vblock * BS,
                     pblock: pb + i as u64,
                 });
             }
-            // Copy the part of this block inside [offset, offset+len).
-            let bstart = vblock * BS;
-            let from = offset.max(bstart);
-            let to = (offset + len).min(bstart + BS);
-            buf[(from - offset) as usize..(to - offset) as usize]
-                .copy_from_slice(&block[(from - bstart) as usize..(to - bstart) as usize]);
         }
         Ok(())
     }
@@ -528,6 +553,79 @@ impl Volume {
         }
         push(pos, end, BlockState::Hole);
         Ok(out)
+    }
+}
+
+/// Bytes a [`Volume::read_owned`] returned; the buffer goes back to the
+/// pool's buffer cache when this is dropped.
+pub struct ReadData {
+    buf: AlignedBuf,
+    start: usize,
+    len: usize,
+    bufs: Arc<BufPool>,
+}
+
+impl ReadData {
+    fn new(bufs: Arc<BufPool>, buf: AlignedBuf, start: usize, len: usize) -> Self {
+        ReadData {
+            buf,
+            start,
+            len,
+            bufs,
+        }
+    }
+}
+
+impl std::ops::Deref for ReadData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl AsRef<[u8]> for ReadData {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Drop for ReadData {
+    fn drop(&mut self) {
+        self.bufs
+            .put(std::mem::replace(&mut self.buf, AlignedBuf::new(0)));
+    }
+}
+
+/// Runs of data blocks contiguous both in the volume and in the pool:
+/// `(vblock, pblock, crcs)`.
+fn data_runs(mapped: &BTreeMap<u64, Mapping>) -> Vec<(u64, u64, Vec<u32>)> {
+    let mut runs: Vec<(u64, u64, Vec<u32>)> = Vec::new();
+    for (&vb, &m) in mapped {
+        let Mapping::Data { pblock, crc } = m else {
+            continue;
+        };
+        match runs.last_mut() {
+            Some((v, p, crcs))
+                if *v + crcs.len() as u64 == vb && *p + crcs.len() as u64 == pblock =>
+            {
+                crcs.push(crc)
+            }
+            _ => runs.push((vb, pblock, vec![crc])),
+        }
+    }
+    runs
+}
+
+/// Copies the part of the run read into `data` (starting at volume block
+/// `vb`) that lies inside `[offset, offset + buf.len())` into `buf`.
+fn copy_out(offset: u64, buf: &mut [u8], vb: u64, data: &[u8]) {
+    let bstart = vb * BS;
+    let bend = bstart + data.len() as u64;
+    let from = offset.max(bstart);
+    let to = (offset + buf.len() as u64).min(bend);
+    if from < to {
+        buf[(from - offset) as usize..(to - offset) as usize]
+            .copy_from_slice(&data[(from - bstart) as usize..(to - bstart) as usize]);
     }
 }
 

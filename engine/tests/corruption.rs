@@ -41,8 +41,12 @@ async fn flipped_byte_is_detected_per_block() {
     let err = v.read(0, &mut buf).await.unwrap_err();
     assert!(matches!(err, Error::Checksum { offset: 0, .. }), "{err:?}");
     assert_eq!(err.errno(), libc::EIO);
+    // So does the owned-buffer read, which reads a single run in place.
+    let err = v.read_owned(0, BS).await.err().expect("checksum error");
+    assert!(matches!(err, Error::Checksum { offset: 0, .. }), "{err:?}");
     // A partial read of the damaged block and a read spanning it fail too.
     assert!(v.read(100, &mut [0u8; 10]).await.is_err());
+    assert!(v.read_owned(100, 10).await.is_err());
     let mut wide = vec![0u8; 8 * BS];
     assert!(v.read(0, &mut wide).await.is_err());
     // The other block and the holes are fine.

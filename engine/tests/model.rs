@@ -338,19 +338,19 @@ async fn run(ops: Vec<Op>, backend: Backend) {
                 };
                 let (offset, len) = fit(offset, len, data.len() as u64);
                 let mut buf = vec![0xaa; len as usize];
-                let r = pool
-                    .open_volume(&vname(vol))
-                    .unwrap()
-                    .read(offset, &mut buf)
-                    .await;
+                let h = pool.open_volume(&vname(vol)).unwrap();
+                let r = h.read(offset, &mut buf).await;
+                // The owned-buffer read (no copy when one run of pool
+                // blocks covers the range) must agree.
+                let owned = h.read_owned(offset, len as usize).await;
                 if offset + len <= data.len() as u64 {
                     r.unwrap();
-                    assert!(
-                        buf == data[offset as usize..(offset + len) as usize],
-                        "partial read"
-                    );
+                    let want = &data[offset as usize..(offset + len) as usize];
+                    assert!(buf == want, "partial read");
+                    assert!(*owned.unwrap() == *want, "owned read");
                 } else {
                     assert!(r.is_err());
+                    assert!(owned.is_err());
                 }
             }
             Op::Snapshot { vol, snap } => {

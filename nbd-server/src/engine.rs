@@ -7,7 +7,7 @@ use ballast_engine::{
     format_size, parse_snapshot_ref, validate_name, Extent, Pool, Result, Volume,
 };
 
-use crate::export::{BlockDevice, Export, ExportProvider, IoFuture};
+use crate::export::{BlockDevice, Export, ExportProvider, IoFuture, ReadBuf};
 
 /// Serves every volume and snapshot of a pool.
 #[derive(Clone)]
@@ -74,6 +74,11 @@ impl BlockDevice for Volume {
     }
     fn read<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> IoFuture<'a, ()> {
         Box::pin(Volume::read(self, offset, buf))
+    }
+    fn read_owned(&self, offset: u64, len: usize) -> IoFuture<'_, ReadBuf> {
+        Box::pin(
+            async move { Ok(Box::new(Volume::read_owned(self, offset, len).await?) as ReadBuf) },
+        )
     }
     fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, ()> {
         Box::pin(Volume::write(self, offset, data))

@@ -10,6 +10,9 @@ use ballast_engine::{Extent, Result};
 /// A boxed future returned by [`BlockDevice`] methods.
 pub type IoFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
+/// Bytes a read returned, in whatever buffer the device filled.
+pub type ReadBuf = Box<dyn AsRef<[u8]> + Send + Sync>;
+
 /// The byte-addressed device behind an export. Offsets and lengths are
 /// always within the size the server negotiated; the server checks them
 /// before calling in.
@@ -17,6 +20,15 @@ pub trait BlockDevice: Send + Sync {
     /// Current size in bytes.
     fn size(&self) -> Result<u64>;
     fn read<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> IoFuture<'a, ()>;
+    /// Reads `len` bytes at `offset` into a buffer of the device's choice;
+    /// devices that can fill one without a copy override this.
+    fn read_owned(&self, offset: u64, len: usize) -> IoFuture<'_, ReadBuf> {
+        Box::pin(async move {
+            let mut data = vec![0u8; len];
+            self.read(offset, &mut data).await?;
+            Ok(Box::new(data) as ReadBuf)
+        })
+    }
     fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, ()>;
     /// Make every completed write durable (NBD FLUSH and FUA).
     fn flush(&self) -> IoFuture<'_, ()>;

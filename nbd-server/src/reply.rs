@@ -10,6 +10,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::export::ReadBuf;
+
 use crate::proto::*;
 
 pub const SIMPLE_REPLY_LEN: usize = 16;
@@ -104,23 +106,24 @@ pub fn error_chunk(
     out
 }
 
-/// Most replies in one vectored write (the kernel takes up to 1024 slices).
+/// Most replies in one vectored write (two slices each; the kernel takes
+/// up to 1024).
 const MAX_BATCH: usize = 256;
 
-/// A reply waiting for the socket: `bytes[start..]`, and whatever it
-/// holds until written (the request's share of the connection's in-flight
-/// budget).
+/// A reply waiting for the socket: `header`, then any read `data`, and
+/// what it holds until written (the request's share of the connection's
+/// in-flight budget).
 pub struct Outgoing {
-    pub bytes: Vec<u8>,
-    pub start: usize,
+    pub header: Vec<u8>,
+    pub data: Option<ReadBuf>,
     pub hold: Option<OwnedSemaphorePermit>,
 }
 
 impl Outgoing {
-    pub fn new(bytes: Vec<u8>) -> Self {
+    pub fn new(header: Vec<u8>) -> Self {
         Outgoing {
-            bytes,
-            start: 0,
+            header,
+            data: None,
             hold: None,
         }
     }
@@ -188,7 +191,12 @@ async fn write_batch<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = batch
         .iter()
-        .map(|reply| IoSlice::new(&reply.bytes[reply.start..]))
+        .flat_map(|reply| {
+            let data = reply.data.as_ref().map(|d| (**d).as_ref());
+            std::iter::once(&reply.header[..])
+                .chain(data)
+                .map(IoSlice::new)
+        })
         .collect();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {

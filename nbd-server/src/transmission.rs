@@ -13,12 +13,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ConnectionError;
+use crate::export::ReadBuf;
 use crate::handshake::Session;
 use crate::proto::*;
-use crate::reply::{
-    error_chunk, simple_reply, ChunkHeader, Outgoing, ReplyWriter, EXTENDED_CHUNK_HEADER_LEN,
-    SIMPLE_REPLY_LEN,
-};
+use crate::reply::{error_chunk, simple_reply, ChunkHeader, Outgoing, ReplyWriter};
 use crate::wire::{
     decode_extended_request_header, decode_request_header, RequestHeader,
     EXTENDED_REQUEST_HEADER_LEN, REQUEST_HEADER_LEN,
@@ -34,9 +32,6 @@ const REQUEST_OVERHEAD: u32 = 4096;
 const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 /// Most descriptors in one block-status reply; clients ask again for the rest.
 const MAX_STATUS_DESCRIPTORS: usize = 64 * 1024;
-/// Room in front of read data for a reply header, so data is read straight
-/// into the buffer that goes on the wire.
-const READ_PREFIX: usize = EXTENDED_CHUNK_HEADER_LEN + 8;
 /// Largest range one block-status request looks at; the reply may cover
 /// less than asked, and clients ask again for the rest.
 const MAX_STATUS_QUERY: u64 = u32::MAX as u64;
@@ -65,8 +60,8 @@ impl From<ballast_engine::Error> for Failure {
 
 enum Reply {
     Ack,
-    /// Read data at `READ_PREFIX..` of the buffer.
-    Data(Vec<u8>),
+    /// Read data.
+    Data(ReadBuf),
     /// A block-status chunk payload.
     Status(Vec<u8>),
 }
@@ -304,11 +299,8 @@ async fn execute(
         CMD_READ => {
             // Read everything before any header goes out: a failed read is
             // then a clean error reply, never a half-sent data reply.
-            let mut buf = vec![0u8; READ_PREFIX + req.length as usize];
-            if len > 0 {
-                device.read(offset, &mut buf[READ_PREFIX..]).await?;
-            }
-            return Ok(Reply::Data(buf));
+            let data = device.read_owned(offset, len as usize).await?;
+            return Ok(Reply::Data(data));
         }
         CMD_WRITE => {
             let data = payload.unwrap_or_default();
@@ -408,32 +400,24 @@ fn send_reply(
                 .as_bytes()
                 .to_vec(),
         ),
-        Ok(Reply::Data(mut buf)) => {
-            let data_len = buf.len() - READ_PREFIX;
-            if !session.structured {
-                buf[READ_PREFIX - SIMPLE_REPLY_LEN..READ_PREFIX]
-                    .copy_from_slice(&simple_reply(handle, 0));
-                Outgoing {
-                    bytes: buf,
-                    start: READ_PREFIX - SIMPLE_REPLY_LEN,
-                    hold: None,
-                }
+        Ok(Reply::Data(data)) => {
+            let data_len = (*data).as_ref().len();
+            let header = if !session.structured {
+                simple_reply(handle, 0).to_vec()
             } else if data_len == 0 {
-                let header = chunk(REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0);
-                Outgoing::new(header.as_bytes().to_vec())
+                chunk(REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0)
+                    .as_bytes()
+                    .to_vec()
             } else {
-                // One OFFSET_DATA chunk (so DF always holds), its header and
-                // offset placed right in front of the data.
+                // One OFFSET_DATA chunk (so DF always holds): header, offset,
+                // then the data.
                 let header = chunk(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, data_len as u64 + 8);
-                let header = header.as_bytes();
-                let start = READ_PREFIX - 8 - header.len();
-                buf[start..READ_PREFIX - 8].copy_from_slice(header);
-                buf[READ_PREFIX - 8..READ_PREFIX].copy_from_slice(&offset.to_be_bytes());
-                Outgoing {
-                    bytes: buf,
-                    start,
-                    hold: None,
-                }
+                [header.as_bytes(), &offset.to_be_bytes()].concat()
+            };
+            Outgoing {
+                header,
+                data: Some(data),
+                hold: None,
             }
         }
         Ok(Reply::Status(payload)) => {
