@@ -41,7 +41,7 @@ pub use name::{parse_snapshot_ref, validate_name, MAX_NAME_LEN};
 pub use pool::{Pool, MAX_VOLUME_SIZE};
 pub use types::{BlockState, Extent, PoolConfig, PoolStats, SnapshotInfo, VolumeInfo};
 pub use units::{format_size, parse_size};
-pub use volume::{ReadData, Volume};
+pub use volume::{PooledBuf, Volume};
 
 /// The engine's allocation and checksum unit.
 pub const BLOCK_SIZE: u64 = 4096;

@@ -149,10 +149,10 @@ impl Volume {
     /// Reads `len` bytes at `offset` into a buffer of the engine's own, as
     /// [`Volume::read`] does. When the range is one run of pool blocks the
     /// disk reads straight into the buffer returned, with no copy.
-    pub async fn read_owned(&self, offset: u64, len: usize) -> Result<ReadData> {
+    pub async fn read_owned(&self, offset: u64, len: usize) -> Result<PooledBuf> {
         let bufs = &self.inner.bufs;
         let Some((mapped, _guard)) = self.resolve(offset, len as u64)? else {
-            return Ok(ReadData::new(bufs.clone(), AlignedBuf::new(0), 0, 0));
+            return Ok(PooledBuf::new(bufs.clone(), AlignedBuf::new(0), 0, 0));
         };
         let first = offset / BS;
         let last = (offset + len as u64).div_ceil(BS);
@@ -164,13 +164,13 @@ impl Volume {
                     .io
                     .read(pb * BS, bufs.get(crcs.len() * BSU))
                     .await;
-                let data = ReadData::new(bufs.clone(), data, (offset - first * BS) as usize, len);
+                let data = PooledBuf::new(bufs.clone(), data, (offset - first * BS) as usize, len);
                 result.map_err(io_error)?;
                 self.verify((*vb, *pb), crcs, &data.buf)?;
                 return Ok(data);
             }
         }
-        let mut data = ReadData::new(bufs.clone(), bufs.get(len), 0, len);
+        let mut data = PooledBuf::new(bufs.clone(), bufs.get(len), 0, len);
         self.read_mapped(offset, &mut data.buf, &mapped).await?;
         Ok(data)
     }
@@ -316,6 +316,55 @@ impl Volume {
         self.write_blocks(first..last, block).await
     }
 
+    /// A buffer of `len` bytes for [`Volume::write_owned`] (contents
+    /// unspecified).
+    pub fn buffer(&self, len: usize) -> PooledBuf {
+        let bufs = &self.inner.bufs;
+        PooledBuf::new(bufs.clone(), bufs.get(len), 0, len)
+    }
+
+    /// Writes `data` at `offset`, as [`Volume::write`] does. A block-aligned
+    /// write of non-zero blocks that gets one run of pool blocks goes to
+    /// the disk straight from `data`, with no copy.
+    pub async fn write_owned(&self, offset: u64, mut data: PooledBuf) -> Result<()> {
+        let len = data.len() as u64;
+        if len == 0 || !offset.is_multiple_of(BS) || !len.is_multiple_of(BS) || data.start != 0 {
+            return self.write(offset, &data).await;
+        }
+        self.writable()?;
+        {
+            let st = self.inner.state.lock();
+            Self::check_range(offset, len, self.top(&st)?.1)?;
+        }
+        let (first, n) = (offset / BS, len / BS);
+        let block = |vb: u64| {
+            let at = ((vb - first) * BS) as usize;
+            &data[at..at + BSU]
+        };
+        let crcs: Vec<u32> = match (first..first + n)
+            .map(|vb| (!is_zero(block(vb))).then(|| crc32fast::hash(block(vb))))
+            .collect::<Option<_>>()
+        {
+            Some(crcs) => crcs,
+            // Zero blocks take no space: the general path sorts them out.
+            None => return self.write_blocks(first..first + n, block).await,
+        };
+        let runs = self.allocate(n).await?;
+        let &[(start, got)] = runs.as_slice() else {
+            self.release_unused(&runs);
+            return self.write_blocks(first..first + n, block).await;
+        };
+        debug_assert_eq!(got, n);
+        let placed = (first..first + n)
+            .zip(crcs)
+            .zip(start..)
+            .map(|((vb, crc), pb)| (vb, crc, pb))
+            .collect();
+        let buf = std::mem::replace(&mut data.buf, AlignedBuf::new(0));
+        self.submit_writes(vec![(start * BS, buf)], &runs).await?;
+        self.install(first..first + n, placed, &runs)
+    }
+
     /// The block `vblock` as it is now, with the overlapping part of a
     /// write of `data` at `offset` applied.
     async fn merged_block(&self, vblock: u64, offset: u64, data: &[u8]) -> Result<Vec<u8>> {
@@ -364,6 +413,13 @@ impl Volume {
             ios.push((placed[i].2 * BS, buf));
             i = j;
         }
+        self.submit_writes(ios, &runs).await?;
+        self.install(blocks, placed, &runs)
+    }
+
+    /// Writes each `(offset, buffer)`; on failure gives `runs` back to the
+    /// allocator (nothing maps them yet).
+    async fn submit_writes(&self, ios: Vec<(u64, AlignedBuf)>, runs: &[Run]) -> Result<()> {
         let io = &self.inner.io;
         let results = join_all(ios.into_iter().map(|(off, buf)| io.write(off, buf))).await;
         let mut failure = None;
@@ -372,16 +428,27 @@ impl Volume {
             failure = failure.or(r.err());
         }
         if let Some(e) = failure {
-            self.release_unused(&runs);
+            self.release_unused(runs);
             return Err(io_error(e));
         }
+        Ok(())
+    }
 
+    /// Maps `blocks` once their data is on disk: `placed` lists the
+    /// non-zero ones as `(vblock, crc, pblock)` in order, every other block
+    /// reads as zeros.
+    fn install(
+        &self,
+        blocks: std::ops::Range<u64>,
+        placed: Vec<(u64, u32, u64)>,
+        runs: &[Run],
+    ) -> Result<()> {
         let mut st = self.inner.state.lock();
         let head = match self.top(&st) {
             Ok((head, _)) => head,
             Err(e) => {
                 drop(st);
-                self.release_unused(&runs);
+                self.release_unused(runs);
                 return Err(e);
             }
         };
@@ -556,18 +623,19 @@ impl Volume {
     }
 }
 
-/// Bytes a [`Volume::read_owned`] returned; the buffer goes back to the
-/// pool's buffer cache when this is dropped.
-pub struct ReadData {
+/// An I/O buffer of the pool's: what [`Volume::read_owned`] returns, and
+/// what [`Volume::write_owned`] takes (from [`Volume::buffer`]). It goes
+/// back to the pool's buffer cache when dropped.
+pub struct PooledBuf {
     buf: AlignedBuf,
     start: usize,
     len: usize,
     bufs: Arc<BufPool>,
 }
 
-impl ReadData {
+impl PooledBuf {
     fn new(bufs: Arc<BufPool>, buf: AlignedBuf, start: usize, len: usize) -> Self {
-        ReadData {
+        PooledBuf {
             buf,
             start,
             len,
@@ -576,20 +644,26 @@ impl ReadData {
     }
 }
 
-impl std::ops::Deref for ReadData {
+impl std::ops::Deref for PooledBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
 }
 
-impl AsRef<[u8]> for ReadData {
+impl std::ops::DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl AsRef<[u8]> for PooledBuf {
     fn as_ref(&self) -> &[u8] {
         self
     }
 }
 
-impl Drop for ReadData {
+impl Drop for PooledBuf {
     fn drop(&mut self) {
         self.bufs
             .put(std::mem::replace(&mut self.buf, AlignedBuf::new(0)));

@@ -76,8 +76,16 @@ fn op() -> impl Strategy<Value = Op> {
     let snap = 0..SNAPS;
     // Offsets and lengths are fractions of the volume, resolved at run time
     // so that most operations are in range.
-    let off = 0..(MAX_BLOCKS * BS);
-    let len = prop_oneof![1..512u64, 1..(3 * BS), Just(BS), 0..2u64];
+    // Block-aligned ones are common, as with real clients (and they take
+    // the engine's no-copy paths).
+    let off = prop_oneof![0..(MAX_BLOCKS * BS), (0..MAX_BLOCKS).prop_map(|b| b * BS)];
+    let len = prop_oneof![
+        1..512u64,
+        1..(3 * BS),
+        Just(BS),
+        (1..4u64).prop_map(|n| n * BS),
+        0..2u64
+    ];
     prop_oneof![
         2 => (vol.clone(), 1..=MAX_BLOCKS).prop_map(|(vol, blocks)| Op::Create { vol, blocks }),
         8 => (vol.clone(), off.clone(), len.clone(), any::<u8>(), prop::bool::weighted(0.15))
@@ -302,11 +310,15 @@ async fn run(ops: Vec<Op>, backend: Backend) {
                 } else {
                     pattern(seed, len as usize)
                 };
-                let r = pool
-                    .open_volume(&vname(vol))
-                    .unwrap()
-                    .write(offset, &bytes)
-                    .await;
+                let h = pool.open_volume(&vname(vol)).unwrap();
+                // Half the writes go through a pool buffer, as NBD does.
+                let r = if seed % 2 == 1 {
+                    let mut buf = h.buffer(bytes.len());
+                    buf.copy_from_slice(&bytes);
+                    h.write_owned(offset, buf).await
+                } else {
+                    h.write(offset, &bytes).await
+                };
                 if offset + len <= data.len() as u64 {
                     r.unwrap();
                     data[offset as usize..(offset + len) as usize].copy_from_slice(&bytes);

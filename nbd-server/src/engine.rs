@@ -7,7 +7,7 @@ use ballast_engine::{
     format_size, parse_snapshot_ref, validate_name, Extent, Pool, Result, Volume,
 };
 
-use crate::export::{BlockDevice, Export, ExportProvider, IoFuture, ReadBuf};
+use crate::export::{BlockDevice, Export, ExportProvider, IoFuture, Payload, ReadBuf};
 
 /// Serves every volume and snapshot of a pool.
 #[derive(Clone)]
@@ -82,6 +82,15 @@ impl BlockDevice for Volume {
     }
     fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, ()> {
         Box::pin(Volume::write(self, offset, data))
+    }
+    fn payload_buffer(&self, len: usize) -> Payload {
+        Payload::Engine(self.buffer(len))
+    }
+    fn write_payload(&self, offset: u64, data: Payload) -> IoFuture<'_, ()> {
+        match data {
+            Payload::Engine(buf) => Box::pin(self.write_owned(offset, buf)),
+            Payload::Bytes(bytes) => Box::pin(async move { self.write(offset, &bytes).await }),
+        }
     }
     fn flush(&self) -> IoFuture<'_, ()> {
         Box::pin(Volume::flush(self))

@@ -13,6 +13,31 @@ pub type IoFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 /// Bytes a read returned, in whatever buffer the device filled.
 pub type ReadBuf = Box<dyn AsRef<[u8]> + Send + Sync>;
 
+/// A write request's payload, received into a buffer the device handed out
+/// ([`BlockDevice::payload_buffer`]) so that it can write it without a copy.
+pub enum Payload {
+    Bytes(Vec<u8>),
+    Engine(ballast_engine::PooledBuf),
+}
+
+impl AsRef<[u8]> for Payload {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Payload::Bytes(v) => v,
+            Payload::Engine(b) => b,
+        }
+    }
+}
+
+impl AsMut<[u8]> for Payload {
+    fn as_mut(&mut self) -> &mut [u8] {
+        match self {
+            Payload::Bytes(v) => v,
+            Payload::Engine(b) => b,
+        }
+    }
+}
+
 /// The byte-addressed device behind an export. Offsets and lengths are
 /// always within the size the server negotiated; the server checks them
 /// before calling in.
@@ -30,6 +55,14 @@ pub trait BlockDevice: Send + Sync {
         })
     }
     fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, ()>;
+    /// A buffer of `len` bytes to receive a write's payload into.
+    fn payload_buffer(&self, len: usize) -> Payload {
+        Payload::Bytes(vec![0u8; len])
+    }
+    /// Writes a payload received into [`BlockDevice::payload_buffer`].
+    fn write_payload(&self, offset: u64, data: Payload) -> IoFuture<'_, ()> {
+        Box::pin(async move { self.write(offset, data.as_ref()).await })
+    }
     /// Make every completed write durable (NBD FLUSH and FUA).
     fn flush(&self) -> IoFuture<'_, ()>;
     /// Discard a range; it reads as zeros afterwards.

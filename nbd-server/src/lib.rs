@@ -45,7 +45,7 @@ pub mod wire;
 
 pub use engine::EngineExports;
 pub use error::ConnectionError;
-pub use export::{BlockDevice, Export, ExportProvider, IoFuture};
+pub use export::{BlockDevice, Export, ExportProvider, IoFuture, Payload, ReadBuf};
 pub use server::{serve_tcp, serve_unix, Limits, Server};
 pub use tokio_util::sync::CancellationToken;
 pub use uri::{tcp_uri, unix_uri};

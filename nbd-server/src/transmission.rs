@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ConnectionError;
-use crate::export::ReadBuf;
+use crate::export::{Payload, ReadBuf};
 use crate::handshake::Session;
 use crate::proto::*;
 use crate::reply::{error_chunk, simple_reply, ChunkHeader, Outgoing, ReplyWriter};
@@ -138,11 +138,15 @@ where
             break Ok(());
         };
         let payload = if has_payload {
-            let mut data = vec![0u8; req.length as usize];
+            let mut data = conn
+                .session
+                .export
+                .device
+                .payload_buffer(req.length as usize);
             let read = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
-                read = reader.read_exact(&mut data) => read,
+                read = reader.read_exact(data.as_mut()) => read,
             };
             if let Err(err) = read {
                 break Err(err.into());
@@ -289,7 +293,7 @@ pub fn check(req: &RequestHeader, session: &Session) -> Result<(), Failure> {
 async fn execute(
     session: &Session,
     req: &RequestHeader,
-    payload: Option<Vec<u8>>,
+    payload: Option<Payload>,
 ) -> Result<Reply, Failure> {
     check(req, session)?;
     let device = &session.export.device;
@@ -303,9 +307,8 @@ async fn execute(
             return Ok(Reply::Data(data));
         }
         CMD_WRITE => {
-            let data = payload.unwrap_or_default();
-            if !data.is_empty() {
-                device.write(offset, &data).await?;
+            if let Some(data) = payload.filter(|data| !data.as_ref().is_empty()) {
+                device.write_payload(offset, data).await?;
             }
         }
         CMD_TRIM if len > 0 => device.trim(offset, len).await?,
