@@ -118,10 +118,12 @@ fn run_daemon(config: DaemonConfig, threads: Option<u16>) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    // The io_uring thread submits and reaps every data I/O; request
-    // handling gets the other CPUs. Measured on 2 CPUs with fio's nbd
-    // engine: one request thread spent 14-15 us of daemon CPU per 4 KiB
-    // write, two spent 19-22 us (threads parking and waking each other).
+    // Request threads also submit and reap the pool's io_uring; one CPU is
+    // left for the kernel's side of the I/O (interrupts, io_uring workers,
+    // the NBD client on the same host). Measured on 2 CPUs with fio's nbd
+    // engine, 4 KiB random reads at iodepth 32: one request thread served
+    // 40-44k IOPS at 16-17 us of daemon CPU each, two served 34-39k at
+    // 18-21 us (threads parking and waking each other).
     let threads = match threads {
         Some(n) => usize::from(n),
         None => std::thread::available_parallelism()

@@ -91,7 +91,7 @@ pub struct DaemonArgs {
     /// I/O backend: auto (io_uring if the kernel allows it), uring or sync
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub io: String,
-    /// Threads serving requests [default: one less than the CPUs, at least 1; the io_uring thread has the last one]
+    /// Threads serving requests [default: one less than the CPUs, at least 1]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
     /// NBD unix socket [default: ROOT/nbd.sock]
