@@ -123,6 +123,14 @@ impl Volume {
         }
     }
 
+    /// Refuses a write of `[offset, offset + len)` to a read-only handle
+    /// or past the end.
+    fn check_write(&self, offset: u64, len: u64) -> Result<()> {
+        self.writable()?;
+        let st = self.inner.state.lock();
+        Self::check_range(offset, len, self.top(&st)?.1)
+    }
+
     fn writable(&self) -> Result<()> {
         self.inner.check_open()?;
         if self.read_only() {
@@ -261,12 +269,8 @@ impl Volume {
     /// Writes `data` at `offset`. New data always goes to new pool blocks
     /// (redirect-on-write); all-zero blocks take no space.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.writable()?;
         let len = data.len() as u64;
-        {
-            let st = self.inner.state.lock();
-            Self::check_range(offset, len, self.top(&st)?.1)?;
-        }
+        self.check_write(offset, len)?;
         if len == 0 {
             return Ok(());
         }
@@ -328,41 +332,29 @@ impl Volume {
     /// the disk straight from `data`, with no copy.
     pub async fn write_owned(&self, offset: u64, mut data: PooledBuf) -> Result<()> {
         let len = data.len() as u64;
-        if len == 0 || !offset.is_multiple_of(BS) || !len.is_multiple_of(BS) || data.start != 0 {
+        if len == 0 || !offset.is_multiple_of(BS) || !len.is_multiple_of(BS) || !data.is_whole() {
             return self.write(offset, &data).await;
         }
-        self.writable()?;
-        {
-            let st = self.inner.state.lock();
-            Self::check_range(offset, len, self.top(&st)?.1)?;
-        }
-        let (first, n) = (offset / BS, len / BS);
+        self.check_write(offset, len)?;
+        let blocks = offset / BS..(offset + len) / BS;
+        let first = blocks.start;
         let block = |vb: u64| {
             let at = ((vb - first) * BS) as usize;
             &data[at..at + BSU]
         };
-        let crcs: Vec<u32> = match (first..first + n)
-            .map(|vb| (!is_zero(block(vb))).then(|| crc32fast::hash(block(vb))))
-            .collect::<Option<_>>()
-        {
-            Some(crcs) => crcs,
-            // Zero blocks take no space: the general path sorts them out.
-            None => return self.write_blocks(first..first + n, block).await,
+        let nonzero = checksums(blocks.clone(), block);
+        let runs = self.allocate(nonzero.len() as u64).await?;
+        let placed = place(&nonzero, &runs);
+        let ios = if placed.len() as u64 == len / BS && runs.len() == 1 {
+            vec![(
+                runs[0].0 * BS,
+                std::mem::replace(&mut data.buf, AlignedBuf::new(0)),
+            )]
+        } else {
+            self.gather(&placed, block)
         };
-        let runs = self.allocate(n).await?;
-        let &[(start, got)] = runs.as_slice() else {
-            self.release_unused(&runs);
-            return self.write_blocks(first..first + n, block).await;
-        };
-        debug_assert_eq!(got, n);
-        let placed = (first..first + n)
-            .zip(crcs)
-            .zip(start..)
-            .map(|((vb, crc), pb)| (vb, crc, pb))
-            .collect();
-        let buf = std::mem::replace(&mut data.buf, AlignedBuf::new(0));
-        self.submit_writes(vec![(start * BS, buf)], &runs).await?;
-        self.install(first..first + n, placed, &runs)
+        self.submit_writes(ios, &runs).await?;
+        self.install(blocks, placed, &runs)
     }
 
     /// The block `vblock` as it is now, with the overlapping part of a
@@ -384,21 +376,21 @@ impl Volume {
         blocks: std::ops::Range<u64>,
         block: impl Fn(u64) -> &'a [u8],
     ) -> Result<()> {
-        let nonzero: Vec<(u64, u32)> = blocks
-            .clone()
-            .filter(|&vb| !is_zero(block(vb)))
-            .map(|vb| (vb, crc32fast::hash(block(vb))))
-            .collect();
+        let nonzero = checksums(blocks.clone(), &block);
         let runs = self.allocate(nonzero.len() as u64).await?;
+        let placed = place(&nonzero, &runs);
+        let ios = self.gather(&placed, block);
+        self.submit_writes(ios, &runs).await?;
+        self.install(blocks, placed, &runs)
+    }
 
-        // Pair each non-zero block with its pool block, and cut the list
-        // into I/Os of pool-contiguous blocks.
-        let pblocks = runs.iter().flat_map(|&(s, l)| s..s + l);
-        let placed: Vec<(u64, u32, u64)> = nonzero
-            .iter()
-            .zip(pblocks)
-            .map(|(&(vb, crc), pb)| (vb, crc, pb))
-            .collect();
+    /// Copies the `placed` blocks into one buffer per stretch of
+    /// pool-contiguous blocks: the I/Os that write them.
+    fn gather<'a>(
+        &self,
+        placed: &[(u64, u32, u64)],
+        block: impl Fn(u64) -> &'a [u8],
+    ) -> Vec<(u64, AlignedBuf)> {
         let mut ios: Vec<(u64, AlignedBuf)> = Vec::new();
         let mut i = 0;
         while i < placed.len() {
@@ -413,8 +405,7 @@ impl Volume {
             ios.push((placed[i].2 * BS, buf));
             i = j;
         }
-        self.submit_writes(ios, &runs).await?;
-        self.install(blocks, placed, &runs)
+        ios
     }
 
     /// Writes each `(offset, buffer)`; on failure gives `runs` back to the
@@ -516,11 +507,7 @@ impl Volume {
     /// blocks become unmapped (or zero markers over older layers), partial
     /// blocks at the edges are read-modify-written.
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.writable()?;
-        {
-            let st = self.inner.state.lock();
-            Self::check_range(offset, len, self.top(&st)?.1)?;
-        }
+        self.check_write(offset, len)?;
         if len == 0 {
             return Ok(());
         }
@@ -642,6 +629,12 @@ impl PooledBuf {
             bufs,
         }
     }
+
+    /// Whether the bytes are the whole underlying buffer, which can then
+    /// go to the disk as it is.
+    fn is_whole(&self) -> bool {
+        self.start == 0 && self.len == self.buf.len()
+    }
 }
 
 impl std::ops::Deref for PooledBuf {
@@ -668,6 +661,26 @@ impl Drop for PooledBuf {
         self.bufs
             .put(std::mem::replace(&mut self.buf, AlignedBuf::new(0)));
     }
+}
+
+/// The non-zero blocks of `blocks` (contents `block(vb)`) with their
+/// checksums; all-zero blocks take no space.
+fn checksums<'a>(blocks: std::ops::Range<u64>, block: impl Fn(u64) -> &'a [u8]) -> Vec<(u64, u32)> {
+    blocks
+        .filter(|&vb| !is_zero(block(vb)))
+        .map(|vb| (vb, crc32fast::hash(block(vb))))
+        .collect()
+}
+
+/// Pairs each non-zero block with its pool block from `runs`, in order:
+/// `(vblock, crc, pblock)`.
+fn place(nonzero: &[(u64, u32)], runs: &[Run]) -> Vec<(u64, u32, u64)> {
+    let pblocks = runs.iter().flat_map(|&(s, l)| s..s + l);
+    nonzero
+        .iter()
+        .zip(pblocks)
+        .map(|(&(vb, crc), pb)| (vb, crc, pb))
+        .collect()
 }
 
 /// Runs of data blocks contiguous both in the volume and in the pool:

@@ -11,7 +11,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::export::ReadBuf;
-
 use crate::proto::*;
 
 pub const SIMPLE_REPLY_LEN: usize = 16;

@@ -1,11 +1,12 @@
 //! The data file's I/O path: one async interface, two implementations.
 //!
 //! [`Backend::Uring`] drives an io_uring, reaped by a task on the caller's
-//! tokio runtime or by a thread of its own; [`Backend::Sync`] runs `pread`/`pwrite` on a small thread pool, for hosts
-//! where `io_uring_setup` is refused (Docker's default seccomp profile, old
-//! kernels). Both take ownership of an [`AlignedBuf`] for the duration of the
-//! operation, so a caller that stops waiting (a cancelled future) can never
-//! leave the kernel writing into freed memory.
+//! tokio runtime or by a thread of its own; [`Backend::Sync`] runs
+//! `pread`/`pwrite` on a small thread pool, for hosts where `io_uring_setup`
+//! is refused (Docker's default seccomp profile, old kernels). Both take
+//! ownership of an [`AlignedBuf`] for the duration of the operation, so a
+//! caller that stops waiting (a cancelled future) can never leave the kernel
+//! writing into freed memory.
 
 mod aligned;
 mod sync;

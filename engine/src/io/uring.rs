@@ -393,19 +393,18 @@ impl Ring {
 
     /// Waits until nothing is in the kernel; requests not started yet fail.
     fn drain(&mut self) {
-        let stopped = || io::Error::other("I/O backend has stopped");
-        for req in self.backlog.drain(..) {
-            req.finish(Err(stopped()));
-        }
-        while self.in_flight() > 0 && !self.broken {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) => self.on_enter_error(e),
+        loop {
+            // Also what reaping put back (short transfers): nobody waits.
+            for req in self.backlog.drain(..) {
+                req.finish(Err(io::Error::other("I/O backend has stopped")));
+            }
+            if self.in_flight() == 0 || self.broken {
+                return;
+            }
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                self.on_enter_error(e);
             }
             self.reap();
-            for req in self.backlog.drain(..) {
-                req.finish(Err(stopped()));
-            }
         }
     }
 
