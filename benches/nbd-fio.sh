@@ -1,26 +1,43 @@
 #!/usr/bin/env bash
-# fio's nbd engine against ballast's NBD server and its peers, over a unix
-# socket, on a fully written 1 GiB export:
+# fio's nbd engine against ballast's NBD server and its peers, over unix
+# sockets, each on its own fully written 1 GiB export:
 #   ballast (the real daemon: `ballast daemon`, commit timer and all),
 #   nbdkit file cache=none,
 #   qemu-nbd raw (--cache=none --aio=io_uring), qemu-nbd qcow2, and fio
-#   io_uring O_DIRECT on the raw file as the ceiling (no NBD at all).
+#   io_uring O_DIRECT on a raw file as the ceiling (no NBD at all).
 # Workloads: 4 KiB randread/randwrite at iodepth 32, 1 MiB sequential
 # read/write at iodepth 8, and the sequential read again after the writes
-# ("aged"). Prints a table with ballast's ratio to each peer.
+# ("aged").
+#
+# The disk's speed drifts by a factor of two within minutes on a shared
+# machine, so every server runs at once and each workload is run ROUNDS
+# times over all targets, in an order that rotates from round to round.
+# The table shows each target's median and ballast's median ratio to each
+# peer over the rounds (a ratio compares two runs a few seconds apart).
+#
+# Uncached peers: `nbdkit file cache=none` reads through the page cache and
+# drops each range after use, but on recent kernels most pages survive the
+# drop (large folios straddle the dropped range), so after a few passes its
+# "uncached" reads come from memory. It therefore runs in a memory cgroup
+# that holds PEER_CACHE of page cache, which still leaves room for the
+# kernel's read-ahead and write-back. The table reports how much of its
+# file was resident after its sequential reads.
 #
 # Env: BENCH_DIR (default /var/tmp/ballast-nbd-bench, must not be tmpfs),
-#      RUNTIME seconds per run (default 10), SIZE (default 1G),
+#      RUNTIME seconds per run (default 5), ROUNDS (default 3),
+#      SIZE (default 1G), PEER_CACHE (default 64M),
 #      CARGO_TARGET_DIR (where ballast is built).
 set -euo pipefail
 
-RUNTIME=${RUNTIME:-10}
+RUNTIME=${RUNTIME:-5}
+ROUNDS=${ROUNDS:-3}
 SIZE=${SIZE:-1G}
+PEER_CACHE=${PEER_CACHE:-64M}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ballast-nbd-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
-for tool in fio nbdkit qemu-nbd qemu-img python3; do
+for tool in fio nbdkit qemu-nbd qemu-img python3 fincore numfmt; do
     command -v "$tool" >/dev/null || { echo "nbd-fio: $tool is required (scripts/install-test-deps.sh)" >&2; exit 1; }
 done
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "nbd-fio: this fio has no nbd engine" >&2; exit 1; }
@@ -31,139 +48,182 @@ BALLAST=$TARGET/release/ballast
 
 rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
-SOCK=$BENCH_DIR/nbd.sock
 RESULTS=$BENCH_DIR/results.tsv
 : >"$RESULTS"
-SERVER_PID=
+PIDS=()
+CGROUP=
 
-stop_server() {
-    if [ -n "$SERVER_PID" ]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ -n "$CGROUP" ]; then
+        rmdir "$CGROUP" 2>/dev/null || true
     fi
-    rm -f "$SOCK"
 }
-trap stop_server EXIT
+trap cleanup EXIT
 
 wait_for_socket() {
-    local sock=${1:-$SOCK}
     for _ in $(seq 1 100); do
-        [ -S "$sock" ] && return 0
+        [ -S "$1" ] && return 0
         sleep 0.1
     done
-    echo "nbd-fio: server did not create $sock" >&2
+    echo "nbd-fio: no server at $1" >&2
     exit 1
 }
 
-# fio_json NAME ARGS... -> prints "iops bw_MiBps" of the job.
-fio_run() {
-    local out=$BENCH_DIR/$1.json
-    shift
-    fio --output-format=json --output="$out" "$@" >/dev/null
-    python3 - "$out" <<'PY'
+# A memory cgroup whose page cache is bounded to PEER_CACHE (cgroup v2 at
+# the root of the unified hierarchy, or v1 under this shell's own memory
+# cgroup); prints its directory, or nothing where neither can be made.
+bounded_cgroup() {
+    local bytes dir
+    bytes=$(numfmt --from=iec "$PEER_CACHE")
+    if [ -f /sys/fs/cgroup/cgroup.subtree_control ]; then
+        grep -qw memory /sys/fs/cgroup/cgroup.subtree_control || return 0
+        dir=/sys/fs/cgroup/ballast-nbd-bench-$$
+        mkdir "$dir" 2>/dev/null && echo "$bytes" >"$dir/memory.max" 2>/dev/null || return 0
+    elif [ -d /sys/fs/cgroup/memory ]; then
+        dir=/sys/fs/cgroup/memory$(awk -F: '$2 == "memory" { print $3 }' /proc/self/cgroup)/ballast-nbd-bench-$$
+        mkdir "$dir" 2>/dev/null && echo "$bytes" >"$dir/memory.limit_in_bytes" 2>/dev/null || return 0
+    else
+        return 0
+    fi
+    echo "$dir"
+}
+
+# Evicts FILE from the page cache (a whole-file drop, which does work).
+drop_cache() {
+    python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$1"
+}
+
+fill_raw() {
+    fio --name=fill --rw=write --bs=1M --iodepth=8 --size="$SIZE" --ioengine=io_uring --direct=1 --filename="$1" >/dev/null
+}
+
+fill_nbd() {
+    fio --name=fill --rw=write --bs=1M --iodepth=8 --size="$SIZE" --ioengine=nbd --uri="$1" >/dev/null
+}
+
+uri() { echo "nbd+unix:///$1?socket=$BENCH_DIR/$2.sock"; }
+
+echo "starting ballast, nbdkit, qemu-nbd raw and qcow2..." >&2
+export BALLAST_SOCKET=$BENCH_DIR/pool/control.sock
+"$BALLAST" daemon --root "$BENCH_DIR/pool" --nbd-socket "$BENCH_DIR/ballast.sock" --nbd-listen off >"$BENCH_DIR/daemon.log" 2>&1 &
+PIDS+=($!)
+wait_for_socket "$BENCH_DIR/ballast.sock"
+wait_for_socket "$BALLAST_SOCKET"
+"$BALLAST" create bench --size "$SIZE" >/dev/null
+fill_nbd "$(uri bench ballast)"
+
+NBDKIT_RAW=$BENCH_DIR/nbdkit.raw
+fill_raw "$NBDKIT_RAW"
+drop_cache "$NBDKIT_RAW"
+CGROUP=$(bounded_cgroup)
+if [ -n "$CGROUP" ]; then
+    # The shell joins the cgroup, then becomes nbdkit.
+    sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$CGROUP" \
+        nbdkit -f -U "$BENCH_DIR/nbdkit.sock" file file="$NBDKIT_RAW" cache=none &
+else
+    echo "nbd-fio: cannot make a memory cgroup; nbdkit's page cache is unbounded" >&2
+    nbdkit -f -U "$BENCH_DIR/nbdkit.sock" file file="$NBDKIT_RAW" cache=none &
+fi
+PIDS+=($!)
+wait_for_socket "$BENCH_DIR/nbdkit.sock"
+
+QEMU_RAW=$BENCH_DIR/qemu.raw
+fill_raw "$QEMU_RAW"
+qemu-nbd -k "$BENCH_DIR/qemu-raw.sock" -f raw --cache=none --aio=io_uring -t -e 8 "$QEMU_RAW" &
+PIDS+=($!)
+wait_for_socket "$BENCH_DIR/qemu-raw.sock"
+
+QCOW=$BENCH_DIR/qemu.qcow2
+qemu-img create -q -f qcow2 "$QCOW" "$SIZE"
+qemu-nbd -k "$BENCH_DIR/qemu-qcow2.sock" -f qcow2 --cache=none --aio=io_uring -t -e 8 "$QCOW" &
+PIDS+=($!)
+wait_for_socket "$BENCH_DIR/qemu-qcow2.sock"
+fill_nbd "$(uri "" qemu-qcow2)"
+
+CEILING_RAW=$BENCH_DIR/ceiling.raw
+fill_raw "$CEILING_RAW"
+
+TARGETS=(ballast nbdkit qemu-raw qemu-qcow2 ceiling)
+
+target_args() {
+    case $1 in
+        ballast) echo "--ioengine=nbd --uri=$(uri bench ballast)" ;;
+        ceiling) echo "--ioengine=io_uring --direct=1 --filename=$CEILING_RAW" ;;
+        *) echo "--ioengine=nbd --uri=$(uri "" "$1")" ;;
+    esac
+}
+
+# run TARGET LOAD ROUND FIO_ARGS... -> appends "target load round iops MiB/s".
+run() {
+    local target=$1 load=$2 round=$3 out
+    shift 3
+    out=$BENCH_DIR/$target-$load-$round.json
+    # shellcheck disable=SC2046
+    fio --output-format=json --output="$out" --time_based --runtime="$RUNTIME" \
+        --ramp_time=1 --size="$SIZE" --numjobs=1 "$@" $(target_args "$target") >/dev/null
+    python3 - "$out" "$target" "$load" "$round" >>"$RESULTS" <<'PY'
 import json, sys
 job = json.load(open(sys.argv[1]))["jobs"][0]
 side = job["read"] if job["read"]["io_bytes"] > 0 else job["write"]
-print(f'{side["iops"]:.0f} {side["bw"] / 1024:.1f}')
+print(f'{sys.argv[2]}\t{sys.argv[3]}\t{sys.argv[4]}\t{side["iops"]:.0f}\t{side["bw"] / 1024:.1f}')
 PY
 }
 
-# workloads TARGET_NAME FIO_TARGET_ARGS...
-workloads() {
-    local name=$1
+# workload LOAD FIO_ARGS...: ROUNDS rounds over every target.
+workload() {
+    local load=$1 round i n=${#TARGETS[@]}
     shift
-    local common=(--time_based --runtime="$RUNTIME" --ramp_time=1 --size="$SIZE" --numjobs=1 --group_reporting)
-    local r
-    # Reads first, on the freshly and sequentially written volume; then the
-    # writes; then the sequential read once more, on the layout the random
-    # writes left behind (redirect-on-write scatters rewritten blocks, so
-    # this row shows what ageing costs; it is reported, not part of the goal).
-    r=$(fio_run "$name-randread" --name=randread --rw=randread --bs=4k --iodepth=32 "${common[@]}" "$@")
-    printf '%s\trandread-4k\t%s\n' "$name" "$r" >>"$RESULTS"
-    r=$(fio_run "$name-seqread" --name=seqread --rw=read --bs=1M --iodepth=8 "${common[@]}" "$@")
-    printf '%s\tseqread-1m\t%s\n' "$name" "$r" >>"$RESULTS"
-    r=$(fio_run "$name-randwrite" --name=randwrite --rw=randwrite --bs=4k --iodepth=32 "${common[@]}" "$@")
-    printf '%s\trandwrite-4k\t%s\n' "$name" "$r" >>"$RESULTS"
-    r=$(fio_run "$name-seqwrite" --name=seqwrite --rw=write --bs=1M --iodepth=8 "${common[@]}" "$@")
-    printf '%s\tseqwrite-1m\t%s\n' "$name" "$r" >>"$RESULTS"
-    r=$(fio_run "$name-seqread-aged" --name=seqread --rw=read --bs=1M --iodepth=8 "${common[@]}" "$@")
-    printf '%s\tseqread-1m-aged\t%s\n' "$name" "$r" >>"$RESULTS"
-    echo "  $name done" >&2
+    for round in $(seq 1 "$ROUNDS"); do
+        for i in $(seq 0 $((n - 1))); do
+            run "${TARGETS[$(((i + round - 1) % n))]}" "$load" "$round" "$@"
+        done
+    done
+    echo "  $load done" >&2
 }
 
-nbd_args() { echo "--ioengine=nbd --uri=nbd+unix:///$1?socket=$SOCK"; }
+# Reads first, on the freshly and sequentially written exports; then the
+# writes; then the sequential read once more, on the layout the random
+# writes left behind (redirect-on-write scatters rewritten blocks, so this
+# row shows what ageing costs; it is reported, not part of the goal).
+echo "running $ROUNDS rounds of ${RUNTIME}s per workload and target..." >&2
+workload randread-4k --name=randread --rw=randread --bs=4k --iodepth=32
+workload seqread-1m --name=seqread --rw=read --bs=1M --iodepth=8
+RESIDENT=$(fincore --bytes --noheadings --output RES "$NBDKIT_RAW")
+workload randwrite-4k --name=randwrite --rw=randwrite --bs=4k --iodepth=32
+workload seqwrite-1m --name=seqwrite --rw=write --bs=1M --iodepth=8
+workload seqread-1m-aged --name=seqread --rw=read --bs=1M --iodepth=8
 
-fill_nbd() {
-    # shellcheck disable=SC2046
-    fio --name=fill --rw=write --bs=1M --iodepth=8 --size="$SIZE" $(nbd_args "$1") >/dev/null
-}
-
-echo "ballast..." >&2
-export BALLAST_SOCKET=$BENCH_DIR/pool/control.sock
-"$BALLAST" daemon --root "$BENCH_DIR/pool" --nbd-socket "$SOCK" --nbd-listen off >"$BENCH_DIR/daemon.log" 2>&1 &
-SERVER_PID=$!
-wait_for_socket
-wait_for_socket "$BALLAST_SOCKET"
-"$BALLAST" create bench --size "$SIZE" >/dev/null
-fill_nbd bench
-# shellcheck disable=SC2046
-workloads ballast $(nbd_args bench)
-stop_server
-rm -rf "$BENCH_DIR/pool"
-
-RAW=$BENCH_DIR/disk.raw
-fio --name=fill --rw=write --bs=1M --iodepth=8 --size="$SIZE" --ioengine=io_uring --direct=1 --filename="$RAW" >/dev/null
-
-echo "nbdkit file cache=none..." >&2
-nbdkit -f -U "$SOCK" file file="$RAW" cache=none &
-SERVER_PID=$!
-wait_for_socket
-# shellcheck disable=SC2046
-workloads nbdkit $(nbd_args "")
-stop_server
-
-echo "qemu-nbd raw..." >&2
-qemu-nbd -k "$SOCK" -f raw --cache=none --aio=io_uring -t -e 8 "$RAW" &
-SERVER_PID=$!
-wait_for_socket
-# shellcheck disable=SC2046
-workloads qemu-raw $(nbd_args "")
-stop_server
-
-echo "qemu-nbd qcow2..." >&2
-QCOW=$BENCH_DIR/disk.qcow2
-qemu-img create -q -f qcow2 "$QCOW" "$SIZE"
-qemu-nbd -k "$SOCK" -f qcow2 --cache=none --aio=io_uring -t -e 8 "$QCOW" &
-SERVER_PID=$!
-wait_for_socket
-fill_nbd ""
-# shellcheck disable=SC2046
-workloads qemu-qcow2 $(nbd_args "")
-stop_server
-rm -f "$QCOW"
-
-echo "fio io_uring O_DIRECT (ceiling)..." >&2
-workloads ceiling --ioengine=io_uring --direct=1 --filename="$RAW"
-rm -f "$RAW"
-
-python3 - "$RESULTS" "$RUNTIME" "$SIZE" <<'PY'
-import sys
-rows = {}
-for line in open(sys.argv[1]):
-    target, load, iops, bw = line.split()
-    rows.setdefault(load, {})[target] = (float(iops), float(bw))
+if [ -n "$CGROUP" ]; then
+    CACHE_NOTE="nbdkit's page cache bounded to $PEER_CACHE"
+else
+    CACHE_NOTE="nbdkit's page cache unbounded"
+fi
+python3 - "$RESULTS" "$RUNTIME" "$SIZE" "$ROUNDS" "$CACHE_NOTE" "$RESIDENT" <<'PY'
+import statistics, sys
+results, runtime, size, rounds, cache_note, resident = sys.argv[1:]
+runs = {}
+for line in open(results):
+    target, load, rnd, iops, bw = line.split()
+    value = float(iops) / 1000 if load.endswith("4k") else float(bw)
+    runs.setdefault(load, {}).setdefault(target, {})[rnd] = value
 peers = ["nbdkit", "qemu-raw", "qemu-qcow2", "ceiling"]
 cols = ["ballast"] + peers
-print(f"fio nbd engine, unix socket, {sys.argv[3]} fully written export, {sys.argv[2]} s per run")
-print("4k: kIOPS, 1m: MiB/s; ratio = ballast / peer")
+print(f"fio nbd engine, unix socket, {size} fully written exports, "
+      f"{runtime} s per run, median of {rounds} rounds")
+print(f"4k: kIOPS, 1m: MiB/s; ratio = median over rounds of ballast / peer")
 head = f"{'workload':<16}" + "".join(f"{c:>12}" for c in cols) + "".join(f"{'vs ' + p:>15}" for p in peers)
 print(head)
 print("-" * len(head))
 for load in ["randread-4k", "randwrite-4k", "seqread-1m", "seqwrite-1m", "seqread-1m-aged"]:
-    r = rows[load]
-    val = lambda t: r[t][0] / 1000 if load.endswith("4k") else r[t][1]
-    line = f"{load:<16}" + "".join(f"{val(c):>12.1f}" for c in cols)
-    line += "".join(f"{val('ballast') / val(p):>15.2f}" if val(p) else f"{'-':>15}" for p in peers)
+    r = runs[load]
+    line = f"{load:<16}" + "".join(f"{statistics.median(r[c].values()):>12.1f}" for c in cols)
+    for p in peers:
+        ratios = [r["ballast"][k] / r[p][k] for k in r[p] if r[p][k]]
+        line += f"{statistics.median(ratios):>15.2f}" if ratios else f"{'-':>15}"
     print(line)
+print(f"{cache_note}; {int(resident) >> 20} MiB of its {size} file resident after its sequential reads")
 PY

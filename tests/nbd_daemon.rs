@@ -1,7 +1,8 @@
 //! The daemon's NBD front end, driven by qemu-io through the URIs that
 //! `ballast export` prints: data written over TCP reads back over the unix
 //! socket, snapshot exports are read-only, and writes the commit timer has
-//! made durable survive `kill -9` of the daemon without any client flush.
+//! made durable survive `kill -9` of the daemon without any client flush,
+//! and a sequential reader (nbdcopy) is read ahead and gets exact data.
 
 mod common;
 
@@ -32,6 +33,19 @@ fn qemu_io(uri: &str, extra: &[&str], commands: &[&str]) -> (bool, String) {
         || text.contains("failed:")
         || text.contains("Pattern verification failed");
     (!failed, text)
+}
+
+/// Runs nbdcopy with `args`, which must succeed.
+fn nbdcopy(args: &[&str]) {
+    let out = Command::new("nbdcopy")
+        .args(args)
+        .output()
+        .expect("nbdcopy is installed (libnbd-bin)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The `nbd+unix://` URI `ballast export` prints for `export`.
@@ -112,16 +126,7 @@ fn commit_timer_makes_unflushed_writes_durable() {
     // commit timer can make this write durable.
     let src = dir.join("pattern");
     std::fs::write(&src, vec![0xc3u8; 1 << 20]).unwrap();
-    let out = Command::new("nbdcopy")
-        .arg(&src)
-        .arg(&unix)
-        .output()
-        .expect("nbdcopy is installed (libnbd-bin)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    nbdcopy(&[&src.display().to_string(), &unix]);
     sleep(Duration::from_secs(7)); // > the 5 s commit period
     daemon.kill9();
     let daemon = start(&dir);
@@ -151,4 +156,29 @@ fn flushed_writes_survive_kill_9() {
         &["read -P 0x11 0 256k", "read -P 0x22 1M 256k"],
     );
     assert!(good, "{out}");
+}
+
+#[test]
+fn sequential_reader_is_read_ahead_and_gets_exact_data() {
+    let dir = TempDir::create();
+    let daemon = start(&dir);
+    let sock = &daemon.socket;
+    ok(sock, &["create", "vol", "--size", "32M"]);
+    let unix = unix_uri(&daemon, "vol");
+    let src = dir.join("src");
+    let data: Vec<u8> = (0..32u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    nbdcopy(&[&src.display().to_string(), &unix]);
+    // One connection, so the reads reach the daemon as one stream.
+    let dst = dir.join("dst");
+    nbdcopy(&["--connections=1", &unix, &dst.display().to_string()]);
+    assert!(std::fs::read(&dst).unwrap() == data, "read back differs");
+    let stats = json(sock, &["pool", "--json"]);
+    let used = stats["read_ahead_used"].as_u64().unwrap();
+    assert!(
+        used > 0 && used <= stats["read_ahead"].as_u64().unwrap(),
+        "{stats}"
+    );
 }

@@ -30,6 +30,10 @@ pub(crate) struct Allocator {
     cursor: u64,
     /// Blocks handed out and not yet freed.
     used: u64,
+    /// Calls to [`Allocator::release`] so far: while it stays the same, no
+    /// block that was in use has become free, so none can have been handed
+    /// out again (the read-ahead relies on this).
+    releases: u64,
 }
 
 impl Allocator {
@@ -53,6 +57,7 @@ impl Allocator {
             cap: cap.max(end),
             cursor: 0,
             used: used_sorted.len() as u64,
+            releases: 0,
         }
     }
 
@@ -62,6 +67,10 @@ impl Allocator {
 
     pub fn end(&self) -> u64 {
         self.end
+    }
+
+    pub fn releases(&self) -> u64 {
+        self.releases
     }
 
     /// Hands out `n` blocks, contiguous when possible. Returns the runs and
@@ -143,6 +152,7 @@ impl Allocator {
         debug_assert!(start + len <= self.end);
         debug_assert!(self.used >= len);
         self.used -= len;
+        self.releases += 1;
         self.insert_free(start, len);
     }
 

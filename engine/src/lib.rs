@@ -30,6 +30,7 @@ mod layer;
 mod meta;
 mod name;
 mod pool;
+mod readahead;
 mod reclaim;
 mod types;
 mod units;

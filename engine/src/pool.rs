@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -56,6 +56,10 @@ pub(crate) struct Inner {
     rmw_locks: Vec<tokio::sync::Mutex<()>>,
     max_size: Option<u64>,
     closed: AtomicBool,
+    /// Bytes read ahead for sequential streams.
+    pub read_ahead: AtomicU64,
+    /// Of those, bytes a read then used.
+    pub read_ahead_used: AtomicU64,
 }
 
 pub(crate) struct State {
@@ -475,6 +479,8 @@ impl Pool {
                     .collect(),
                 max_size: config.max_size,
                 closed: AtomicBool::new(false),
+                read_ahead: AtomicU64::new(0),
+                read_ahead_used: AtomicU64::new(0),
             }),
         })
     }
@@ -836,6 +842,8 @@ impl Pool {
             file_size: st.alloc.end() * BLOCK_SIZE,
             max_size: self.inner.max_size,
             io: self.inner.io.mode().to_string(),
+            read_ahead: self.inner.read_ahead.load(Ordering::Relaxed),
+            read_ahead_used: self.inner.read_ahead_used.load(Ordering::Relaxed),
         }
     }
 

@@ -78,6 +78,12 @@ pub struct PoolStats {
     pub max_size: Option<u64>,
     /// The I/O backend actually in use.
     pub io: String,
+    /// Bytes read ahead for sequential streams since the pool was opened.
+    #[serde(default)]
+    pub read_ahead: u64,
+    /// Of those, bytes a read then used.
+    #[serde(default)]
+    pub read_ahead_used: u64,
 }
 
 /// What a range of a volume holds, for allocation queries (NBD block status).

@@ -2,6 +2,7 @@
 //! allocation queries.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::future::join_all;
@@ -11,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::io::{AlignedBuf, BufPool};
 use crate::layer::Mapping;
 use crate::pool::{Inner, State};
+use crate::readahead::{Chunk, ReadAhead};
 use crate::{BlockState, Extent, BLOCK_SIZE};
 
 const BS: u64 = BLOCK_SIZE;
@@ -29,6 +31,8 @@ pub struct Volume {
     uid: u64,
     /// `(snapshot name, layer)` for a snapshot handle.
     snapshot: Option<(Arc<str>, u64)>,
+    /// This handle's sequential stream (clones share it).
+    ahead: Arc<parking_lot::Mutex<ReadAhead>>,
 }
 
 /// Registers a read with the deferred-free machinery for its lifetime.
@@ -73,6 +77,7 @@ impl Volume {
             name: name.into(),
             uid,
             snapshot: snapshot.map(|(n, l)| (n.into(), l)),
+            ahead: Default::default(),
         }
     }
 
@@ -156,7 +161,9 @@ impl Volume {
 
     /// Reads `len` bytes at `offset` into a buffer of the engine's own, as
     /// [`Volume::read`] does. When the range is one run of pool blocks the
-    /// disk reads straight into the buffer returned, with no copy.
+    /// disk reads straight into the buffer returned, with no copy, and a
+    /// sequential stream of such reads is read ahead (see
+    /// [`crate::readahead`]).
     pub async fn read_owned(&self, offset: u64, len: usize) -> Result<PooledBuf> {
         let bufs = &self.inner.bufs;
         let Some((mapped, _guard)) = self.resolve(offset, len as u64)? else {
@@ -164,15 +171,20 @@ impl Volume {
         };
         let first = offset / BS;
         let last = (offset + len as u64).div_ceil(BS);
+        let ahead = self.read_ahead(offset, len as u64);
         let runs = data_runs(&mapped);
         if let [(vb, pb, crcs)] = runs.as_slice() {
             if *vb == first && crcs.len() as u64 == last - first {
+                let start = (offset - first * BS) as usize;
+                if let Some(data) = self.take_chunk(ahead, *pb, crcs).await {
+                    return Ok(PooledBuf::new(bufs.clone(), data, start, len));
+                }
                 let (data, result) = self
                     .inner
                     .io
                     .read(pb * BS, bufs.get(crcs.len() * BSU))
                     .await;
-                let data = PooledBuf::new(bufs.clone(), data, (offset - first * BS) as usize, len);
+                let data = PooledBuf::new(bufs.clone(), data, start, len);
                 result.map_err(io_error)?;
                 self.verify((*vb, *pb), crcs, &data.buf)?;
                 return Ok(data);
@@ -181,6 +193,68 @@ impl Volume {
         let mut data = PooledBuf::new(bufs.clone(), bufs.get(len), 0, len);
         self.read_mapped(offset, &mut data.buf, &mapped).await?;
         Ok(data)
+    }
+
+    /// Feeds a read of `[offset, offset + len)` to this handle's stream:
+    /// starts the chunks it asks for that map to one run of pool blocks,
+    /// and returns the chunk read ahead for exactly this range, if any.
+    fn read_ahead(&self, offset: u64, len: u64) -> Option<Chunk> {
+        let st = self.inner.state.lock();
+        let (top, size) = self.top(&st).ok()?;
+        let mut ahead = self.ahead.lock();
+        let (hit, starts) = ahead.observe(offset, len, size, BS);
+        for start in starts {
+            let blocks = start / BS..(start + len) / BS;
+            let mapped = st.layers.resolve_range(top, blocks.clone());
+            let Ok([(vb, pblock, crcs)]) = <[_; 1]>::try_from(data_runs(&mapped)) else {
+                continue;
+            };
+            if vb != blocks.start || crcs.len() as u64 != len / BS {
+                continue;
+            }
+            let read = self
+                .inner
+                .io
+                .start_read(pblock * BS, self.inner.bufs.get(len as usize));
+            self.inner.read_ahead.fetch_add(len, Ordering::Relaxed);
+            ahead.add(Chunk {
+                offset: start,
+                len,
+                pblock,
+                crcs,
+                releases: st.alloc.releases(),
+                read,
+            });
+        }
+        hit
+    }
+
+    /// The data of `chunk` if it read the blocks `pblock..` with checksums
+    /// `crcs` that the caller's read (whose guard is held) resolved to, no
+    /// block has been released since it was resolved, and it read and
+    /// verified cleanly; `None` sends the caller to the disk.
+    async fn take_chunk(
+        &self,
+        chunk: Option<Chunk>,
+        pblock: u64,
+        crcs: &[u32],
+    ) -> Option<AlignedBuf> {
+        let chunk = chunk?;
+        if chunk.pblock != pblock
+            || chunk.crcs != crcs
+            || chunk.releases != self.inner.state.lock().alloc.releases()
+        {
+            return None;
+        }
+        let (data, result) = chunk.read.wait().await;
+        if result.is_err() || first_mismatch(crcs, &data).is_some() {
+            self.inner.bufs.put(data);
+            return None;
+        }
+        self.inner
+            .read_ahead_used
+            .fetch_add(chunk.len, Ordering::Relaxed);
+        Some(data)
     }
 
     /// Checks the range and resolves its blocks, registering a read with
@@ -253,17 +327,15 @@ impl Volume {
     /// Verifies the blocks of one completed read of the run starting at
     /// `(vblock, pblock)` against their checksums.
     fn verify(&self, (vb, pb): (u64, u64), crcs: &[u32], data: &[u8]) -> Result<()> {
-        for (i, (&crc, block)) in crcs.iter().zip(data.chunks_exact(BSU)).enumerate() {
-            if crc32fast::hash(block) != crc {
-                let vblock = vb + i as u64;
-                tracing::error!(volume = %self.display(), vblock, pblock = pb + i as u64, "checksum mismatch");
-                return Err(Error::Checksum {
-                    offset: vblock * BS,
-                    pblock: pb + i as u64,
-                });
-            }
-        }
-        Ok(())
+        let Some(i) = first_mismatch(crcs, data) else {
+            return Ok(());
+        };
+        let (vblock, pblock) = (vb + i as u64, pb + i as u64);
+        tracing::error!(volume = %self.display(), vblock, pblock, "checksum mismatch");
+        Err(Error::Checksum {
+            offset: vblock * BS,
+            pblock,
+        })
     }
 
     /// Writes `data` at `offset`. New data always goes to new pool blocks
@@ -681,6 +753,13 @@ fn place(nonzero: &[(u64, u32)], runs: &[Run]) -> Vec<(u64, u32, u64)> {
         .zip(pblocks)
         .map(|(&(vb, crc), pb)| (vb, crc, pb))
         .collect()
+}
+
+/// The index of the first block of `data` whose crc32 is not `crcs`'s.
+fn first_mismatch(crcs: &[u32], data: &[u8]) -> Option<usize> {
+    crcs.iter()
+        .zip(data.chunks_exact(BSU))
+        .position(|(&crc, block)| crc32fast::hash(block) != crc)
 }
 
 /// Runs of data blocks contiguous both in the volume and in the pool:

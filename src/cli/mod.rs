@@ -59,10 +59,12 @@ pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
                     .max_size
                     .map_or_else(|| "unlimited".to_string(), format_size);
                 format!(
-                    "used:       {}\nfile size:  {}\nmax size:   {max}\nio:         {}\n",
+                    "used:       {}\nfile size:  {}\nmax size:   {max}\nio:         {}\nread-ahead: {} read, {} used\n",
                     format_size(stats.used),
                     format_size(stats.file_size),
-                    stats.io
+                    stats.io,
+                    format_size(stats.read_ahead),
+                    format_size(stats.read_ahead_used),
                 )
             }
         }

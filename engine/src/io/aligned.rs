@@ -1,10 +1,23 @@
 //! Page-aligned heap buffers, as `O_DIRECT` requires.
+//!
+//! Large buffers sit in transparent huge pages where the kernel has them:
+//! the disk is then handed a few physically contiguous segments per
+//! request instead of one per 4 KiB page. On a virtio disk that limits a
+//! request to 254 segments, a 1 MiB `O_DIRECT` read from ordinary pages
+//! becomes two requests; measured on this project's test machine, 1 MiB
+//! reads at 8 in flight ran at 0.9-1.6 GiB/s from 4 KiB pages and
+//! 2.2-2.3 GiB/s from huge pages (fio, `--mem=mmaphuge`).
 
 use std::alloc::{self, Layout};
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 const ALIGN: usize = 4096;
+/// A transparent huge page.
+const HUGE: usize = 2 << 20;
+/// Buffers from this size up to [`HUGE`] are cut from huge-page slabs.
+const MIN_SLAB_PIECE: usize = 64 << 10;
 
 /// A 4096-byte-aligned byte buffer. Its length may be set anywhere up to
 /// the capacity it was allocated with, so one allocation can serve
@@ -13,6 +26,68 @@ pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
     cap: usize,
+    /// The slab this buffer is a piece of; `None` if it owns its memory.
+    slab: Option<Arc<Slab>>,
+}
+
+/// One huge page cut into equal buffers; freed when the last goes.
+struct Slab {
+    ptr: NonNull<u8>,
+}
+
+// SAFETY: the slab's memory is only reached through the buffers cut from
+// it, each of which owns its piece exclusively.
+unsafe impl Send for Slab {}
+// SAFETY: as above; the slab itself hands out no access.
+unsafe impl Sync for Slab {}
+
+impl Slab {
+    /// `HUGE / piece` buffers of `piece` bytes each, zeroed.
+    fn cut(piece: usize) -> Vec<AlignedBuf> {
+        let slab = Arc::new(Slab {
+            ptr: alloc_zeroed(huge_layout(HUGE)),
+        });
+        (0..HUGE / piece)
+            .map(|i| AlignedBuf {
+                // SAFETY: i * piece < HUGE, inside the slab.
+                ptr: unsafe { NonNull::new_unchecked(slab.ptr.as_ptr().add(i * piece)) },
+                len: piece,
+                cap: piece,
+                slab: Some(slab.clone()),
+            })
+            .collect()
+    }
+}
+
+impl Drop for Slab {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `cut` with this layout.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), huge_layout(HUGE)) }
+    }
+}
+
+fn huge_layout(len: usize) -> Layout {
+    Layout::from_size_align(len, HUGE).expect("buffer size overflows Layout")
+}
+
+/// Allocates zeroed memory for `layout`; asks for huge pages first when it
+/// is huge-page aligned (before the zeroing touches any page).
+fn alloc_zeroed(layout: Layout) -> NonNull<u8> {
+    if layout.align() < HUGE {
+        // SAFETY: callers never pass a zero-size layout.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        return NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+    }
+    // SAFETY: as above.
+    let raw = unsafe { alloc::alloc(layout) };
+    let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+    // SAFETY: the range is the allocation just made. A refusal (no THP
+    // support) only means ordinary pages.
+    unsafe {
+        libc::madvise(raw.cast(), layout.size(), libc::MADV_HUGEPAGE);
+        std::ptr::write_bytes(raw, 0, layout.size());
+    }
+    ptr
 }
 
 // SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
@@ -28,16 +103,23 @@ impl AlignedBuf {
                 ptr: NonNull::dangling(),
                 len: 0,
                 cap: 0,
+                slab: None,
             };
         }
-        let layout = Self::layout(len);
-        // SAFETY: layout has non-zero size.
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, len, cap: len }
+        AlignedBuf {
+            ptr: alloc_zeroed(Self::layout(len)),
+            len,
+            cap: len,
+            slab: None,
+        }
     }
 
+    /// The layout of an allocation of its own of `len` bytes: huge-page
+    /// aligned from a huge page up.
     fn layout(len: usize) -> Layout {
+        if len >= HUGE {
+            return huge_layout(len);
+        }
         Layout::from_size_align(len, ALIGN).expect("buffer size overflows Layout")
     }
 
@@ -59,8 +141,9 @@ impl AlignedBuf {
 
 /// Largest buffer kept for reuse: the largest NBD request.
 const MAX_POOLED: usize = 32 << 20;
-/// Bytes of idle buffers kept per size class.
-const BYTES_PER_CLASS: usize = 8 << 20;
+/// Bytes of idle buffers kept per size class: enough for a client's
+/// requests in flight plus a read-ahead window (see `readahead`).
+const BYTES_PER_CLASS: usize = 32 << 20;
 
 /// Recycles aligned buffers by power-of-two size class, so the data path
 /// does not allocate and zero a fresh buffer for every request. A recycled
@@ -90,10 +173,19 @@ impl BufPool {
         let Some(slot) = self.classes.get(class) else {
             return AlignedBuf::new(len);
         };
-        let mut buf = slot
-            .lock()
-            .pop()
-            .unwrap_or_else(|| AlignedBuf::new(ALIGN << class));
+        let size = ALIGN << class;
+        let mut slot = slot.lock();
+        let mut buf = match slot.pop() {
+            Some(buf) => buf,
+            None if (MIN_SLAB_PIECE..HUGE).contains(&size) => {
+                let mut pieces = Slab::cut(size);
+                let buf = pieces.pop().expect("a slab has pieces");
+                slot.extend(pieces);
+                buf
+            }
+            None => AlignedBuf::new(size),
+        };
+        drop(slot);
         buf.set_len(len);
         buf
     }
@@ -115,7 +207,7 @@ impl BufPool {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if self.cap != 0 {
+        if self.cap != 0 && self.slab.is_none() {
             // SAFETY: allocated in `new` with this exact layout.
             unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
         }
@@ -163,5 +255,26 @@ mod tests {
         let huge = pool.get(MAX_POOLED * 2);
         assert_eq!(huge.len(), MAX_POOLED * 2);
         pool.put(huge);
+    }
+
+    #[test]
+    fn large_buffers_are_cut_from_huge_page_slabs() {
+        let pool = BufPool::default();
+        let a = pool.get(1 << 20);
+        let mut b = pool.get(1 << 20);
+        let (pa, pb) = (a.as_ptr() as usize, b.as_ptr() as usize);
+        assert_eq!(pa.min(pb) % HUGE, 0, "a slab is huge-page aligned");
+        assert_eq!(pa.abs_diff(pb), 1 << 20, "both halves of one slab");
+        drop(a);
+        b.fill(7);
+        assert!(b.iter().all(|&x| x == 7), "a piece outlives its sibling");
+        pool.put(b);
+        assert_eq!(pool.get(1 << 20).as_ptr() as usize, pb, "and is reused");
+        let own = pool.get(4 << 20);
+        assert_eq!(
+            own.as_ptr() as usize % HUGE,
+            0,
+            "larger ones are aligned too"
+        );
     }
 }

@@ -109,7 +109,18 @@ impl Backend {
         self.submit(Op::SyncData, 0, AlignedBuf::new(0)).await.1
     }
 
+    /// Starts reading `buf.len()` bytes at `offset` now; the read runs
+    /// whether or not anyone awaits the [`Pending`] (if nobody does, the
+    /// buffer is dropped when it completes).
+    pub fn start_read(&self, offset: u64, buf: AlignedBuf) -> Pending {
+        self.send(Op::Read, offset, buf)
+    }
+
     async fn submit(&self, op: Op, offset: u64, buf: AlignedBuf) -> (AlignedBuf, io::Result<()>) {
+        self.send(op, offset, buf).wait().await
+    }
+
+    fn send(&self, op: Op, offset: u64, buf: AlignedBuf) -> Pending {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let request = Request {
             op,
@@ -122,20 +133,27 @@ impl Backend {
             Backend::Uring(u) => u.send(request),
             Backend::Sync(s) => s.send(request),
         };
-        if let Err(request) = sent {
-            return (
-                request.buf,
-                Err(io::Error::other("I/O backend has stopped")),
-            );
-        }
-        match rx.await {
-            Ok(reply) => reply,
-            // The worker dropped the request without answering: it only does
-            // that while shutting down, and the buffer went with it.
-            Err(_) => (
-                AlignedBuf::new(0),
-                Err(io::Error::other("I/O backend has stopped")),
-            ),
+        Pending(sent.map(|()| rx).map_err(|request| request.buf))
+    }
+}
+
+/// An operation handed to the backend: its buffer and outcome, once it
+/// completes. Holds the buffer itself if the backend refused it.
+pub struct Pending(
+    Result<tokio::sync::oneshot::Receiver<(AlignedBuf, io::Result<()>)>, AlignedBuf>,
+);
+
+impl Pending {
+    pub async fn wait(self) -> (AlignedBuf, io::Result<()>) {
+        let stopped = || io::Error::other("I/O backend has stopped");
+        match self.0 {
+            Ok(rx) => match rx.await {
+                Ok(reply) => reply,
+                // The worker dropped the request without answering: it only
+                // does that while shutting down, and the buffer went with it.
+                Err(_) => (AlignedBuf::new(0), Err(stopped())),
+            },
+            Err(buf) => (buf, Err(stopped())),
         }
     }
 }
