@@ -25,7 +25,8 @@
 #
 # Env: BENCH_DIR (default /var/tmp/ballast-nbd-bench, must not be tmpfs),
 #      RUNTIME seconds per run (default 5), ROUNDS (default 3),
-#      SIZE (default 1G), PEER_CACHE (default 64M),
+#      SIZE (default 1G), PEER_CACHE (default 64M), BALLAST_THREADS (the
+#      daemon's --threads; default: the daemon's own default),
 #      CARGO_TARGET_DIR (where ballast is built).
 set -euo pipefail
 
@@ -109,7 +110,8 @@ uri() { echo "nbd+unix:///$1?socket=$BENCH_DIR/$2.sock"; }
 
 echo "starting ballast, nbdkit, qemu-nbd raw and qcow2..." >&2
 export BALLAST_SOCKET=$BENCH_DIR/pool/control.sock
-"$BALLAST" daemon --root "$BENCH_DIR/pool" --nbd-socket "$BENCH_DIR/ballast.sock" --nbd-listen off >"$BENCH_DIR/daemon.log" 2>&1 &
+"$BALLAST" daemon --root "$BENCH_DIR/pool" --nbd-socket "$BENCH_DIR/ballast.sock" --nbd-listen off \
+    ${BALLAST_THREADS:+--threads "$BALLAST_THREADS"} >"$BENCH_DIR/daemon.log" 2>&1 &
 PIDS+=($!)
 wait_for_socket "$BENCH_DIR/ballast.sock"
 wait_for_socket "$BALLAST_SOCKET"
