@@ -122,14 +122,14 @@ NBDKIT_RAW=$BENCH_DIR/nbdkit.raw
 fill_raw "$NBDKIT_RAW"
 drop_cache "$NBDKIT_RAW"
 CGROUP=$(bounded_cgroup)
+IN_CGROUP=()
 if [ -n "$CGROUP" ]; then
-    # The shell joins the cgroup, then becomes nbdkit.
-    sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$CGROUP" \
-        nbdkit -f -U "$BENCH_DIR/nbdkit.sock" file file="$NBDKIT_RAW" cache=none &
+    # A shell that joins the cgroup, then becomes nbdkit.
+    IN_CGROUP=(sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$CGROUP")
 else
     echo "nbd-fio: cannot make a memory cgroup; nbdkit's page cache is unbounded" >&2
-    nbdkit -f -U "$BENCH_DIR/nbdkit.sock" file file="$NBDKIT_RAW" cache=none &
 fi
+"${IN_CGROUP[@]}" nbdkit -f -U "$BENCH_DIR/nbdkit.sock" file file="$NBDKIT_RAW" cache=none &
 PIDS+=($!)
 wait_for_socket "$BENCH_DIR/nbdkit.sock"
 
@@ -188,9 +188,9 @@ workload() {
 }
 
 # Reads first, on the freshly and sequentially written exports; then the
-# writes; then the sequential read once more, on the layout the random
-# writes left behind (redirect-on-write scatters rewritten blocks, so this
-# row shows what ageing costs; it is reported, not part of the goal).
+# writes; then the sequential read once more ("aged": after the random
+# writes and the sequential write that follows them; it is reported, not
+# part of the goal).
 echo "running $ROUNDS rounds of ${RUNTIME}s per workload and target..." >&2
 workload randread-4k --name=randread --rw=randread --bs=4k --iodepth=32
 workload seqread-1m --name=seqread --rw=read --bs=1M --iodepth=8

@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use crate::io::Pending;
 
 /// How far past the newest read the stream is read ahead.
-pub(crate) const WINDOW: u64 = 8 << 20;
+const WINDOW: u64 = 8 << 20;
 /// Most chunks a stream keeps (bounds the I/Os that small reads start).
 const MAX_CHUNKS: usize = 32;
 /// Reads in a row that belong to the stream before it is read ahead.
@@ -136,6 +136,22 @@ mod tests {
         }
     }
 
+    /// Observes a read and starts every chunk it asks for, as
+    /// `Volume::read_ahead` does; returns what `observe` returned.
+    fn feed(
+        ra: &mut ReadAhead,
+        io: &Backend,
+        offset: u64,
+        len: u64,
+        size: u64,
+    ) -> (Option<Chunk>, Vec<u64>) {
+        let (hit, starts) = ra.observe(offset, len, size, 4096);
+        for &s in &starts {
+            ra.add(chunk(io, s, len));
+        }
+        (hit, starts)
+    }
+
     fn backend() -> (tempfile::TempDir, Backend) {
         let dir = tempfile::tempdir().unwrap();
         let file = std::fs::File::options()
@@ -155,12 +171,9 @@ mod tests {
         let mut ra = ReadAhead::default();
         let (hit, starts) = ra.observe(0, MIB, 64 * MIB, 4096);
         assert!(hit.is_none() && starts.is_empty(), "one read is no stream");
-        let (_, starts) = ra.observe(MIB, MIB, 64 * MIB, 4096);
+        let (_, starts) = feed(&mut ra, &io, MIB, MIB, 64 * MIB);
         let expected: Vec<u64> = (2..10).map(|i| i * MIB).collect();
         assert_eq!(starts, expected, "a window past the read's end");
-        for &s in &starts {
-            ra.add(chunk(&io, s, MIB));
-        }
         let (hit, starts) = ra.observe(2 * MIB, MIB, 64 * MIB, 4096);
         assert_eq!(hit.map(|c| c.offset), Some(2 * MIB));
         assert_eq!(starts, vec![10 * MIB], "one more chunk keeps the window");
@@ -179,11 +192,8 @@ mod tests {
         let (_dir, io) = backend();
         let mut ra = ReadAhead::default();
         ra.observe(0, MIB, 4 * MIB, 4096);
-        let (_, starts) = ra.observe(MIB, MIB, 4 * MIB, 4096);
+        let (_, starts) = feed(&mut ra, &io, MIB, MIB, 4 * MIB);
         assert_eq!(starts, vec![2 * MIB, 3 * MIB], "nothing past the end");
-        for &s in &starts {
-            ra.add(chunk(&io, s, MIB));
-        }
         let (hit, starts) = ra.observe(3 * MIB, 4096, 4 * MIB, 4096);
         assert!(hit.is_none() && starts.is_empty(), "a jump ends the stream");
         assert!(ra.chunks.is_empty(), "and drops its chunks");
@@ -194,10 +204,7 @@ mod tests {
         let (_dir, io) = backend();
         let mut ra = ReadAhead::default();
         for i in [0, 2, 1, 3] {
-            let (_, starts) = ra.observe(i * MIB, MIB, 64 * MIB, 4096);
-            for s in starts {
-                ra.add(chunk(&io, s, MIB));
-            }
+            feed(&mut ra, &io, i * MIB, MIB, 64 * MIB);
         }
         assert_eq!(ra.chunks.front().map(|c| c.offset), Some(4 * MIB));
         let (hit, _) = ra.observe(5 * MIB, MIB, 64 * MIB, 4096);
@@ -215,10 +222,7 @@ mod tests {
         let (_dir, io) = backend();
         let mut ra = ReadAhead::default();
         ra.observe(0, MIB, 64 * MIB, 4096);
-        let (_, starts) = ra.observe(MIB, MIB, 64 * MIB, 4096);
-        for &s in &starts {
-            ra.add(chunk(&io, s, MIB));
-        }
+        feed(&mut ra, &io, MIB, MIB, 64 * MIB);
         let (hit, _) = ra.observe(2 * MIB, MIB / 2, 64 * MIB, 4096);
         assert!(hit.is_none(), "a shorter read does not take the chunk");
         let (_, starts) = ra.observe(3 * MIB, 4096 + 1, 64 * MIB, 4096);

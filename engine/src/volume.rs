@@ -195,14 +195,17 @@ impl Volume {
         Ok(data)
     }
 
-    /// Feeds a read of `[offset, offset + len)` to this handle's stream:
-    /// starts the chunks it asks for that map to one run of pool blocks,
-    /// and returns the chunk read ahead for exactly this range, if any.
+    /// Feeds a read of `[offset, offset + len)`, whose mapping the caller
+    /// has already resolved, to this handle's stream: starts the chunks it
+    /// asks for that map to one run of pool blocks, and returns the chunk
+    /// read ahead for exactly this range if no block has been released
+    /// since that chunk was resolved (see [`crate::readahead`]).
     fn read_ahead(&self, offset: u64, len: u64) -> Option<Chunk> {
         let st = self.inner.state.lock();
         let (top, size) = self.top(&st).ok()?;
         let mut ahead = self.ahead.lock();
         let (hit, starts) = ahead.observe(offset, len, size, BS);
+        let hit = hit.filter(|c| c.releases == st.alloc.releases());
         for start in starts {
             let blocks = start / BS..(start + len) / BS;
             let mapped = st.layers.resolve_range(top, blocks.clone());
@@ -229,10 +232,10 @@ impl Volume {
         hit
     }
 
-    /// The data of `chunk` if it read the blocks `pblock..` with checksums
-    /// `crcs` that the caller's read (whose guard is held) resolved to, no
-    /// block has been released since it was resolved, and it read and
-    /// verified cleanly; `None` sends the caller to the disk.
+    /// The data of `chunk` (from [`Volume::read_ahead`]) if it read the
+    /// blocks `pblock..` with checksums `crcs` that the caller's read
+    /// (whose guard is held) resolved to, and it read and verified cleanly;
+    /// `None` sends the caller to the disk.
     async fn take_chunk(
         &self,
         chunk: Option<Chunk>,
@@ -240,10 +243,7 @@ impl Volume {
         crcs: &[u32],
     ) -> Option<AlignedBuf> {
         let chunk = chunk?;
-        if chunk.pblock != pblock
-            || chunk.crcs != crcs
-            || chunk.releases != self.inner.state.lock().alloc.releases()
-        {
+        if chunk.pblock != pblock || chunk.crcs != crcs {
             return None;
         }
         let (data, result) = chunk.read.wait().await;

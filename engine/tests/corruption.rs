@@ -2,7 +2,10 @@
 //! checksum error (EIO), never return the damaged bytes; other blocks still
 //! read correctly.
 
+mod common;
+
 use ballast_engine::{Error, Pool, PoolConfig, BLOCK_SIZE};
+use common::damage_block;
 
 const BS: usize = BLOCK_SIZE as usize;
 
@@ -26,14 +29,7 @@ async fn flipped_byte_is_detected_per_block() {
         pool.close().await.unwrap();
     }
 
-    let path = dir.path().join("pool.data");
-    let mut raw = std::fs::read(&path).unwrap();
-    let at = raw
-        .windows(BS)
-        .position(|w| w == victim)
-        .expect("block is in the data file");
-    raw[at + 1234] ^= 0x40;
-    std::fs::write(&path, &raw).unwrap();
+    damage_block(dir.path(), &victim, 1234, 0x40);
 
     let pool = Pool::open(PoolConfig::new(dir.path())).unwrap();
     let v = pool.open_volume("v").unwrap();

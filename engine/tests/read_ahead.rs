@@ -4,7 +4,10 @@
 //! block inside the window fails its own read with a checksum error and no
 //! other.
 
+mod common;
+
 use ballast_engine::{Error, IoMode, Pool, PoolConfig, BLOCK_SIZE};
+use common::damage_block;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 32 * MIB;
@@ -92,14 +95,7 @@ async fn a_damaged_block_fails_only_its_own_read() {
         v.write(0, &pattern(1, 0, SIZE)).await.unwrap();
         pool.close().await.unwrap();
     }
-    let path = dir.path().join("pool.data");
-    let mut raw = std::fs::read(&path).unwrap();
-    let at = raw
-        .windows(block.len())
-        .position(|w| w == block)
-        .expect("block is in the data file");
-    raw[at + 99] ^= 0x10;
-    std::fs::write(&path, &raw).unwrap();
+    damage_block(dir.path(), &block, 99, 0x10);
 
     let pool = Pool::open(PoolConfig::new(dir.path())).unwrap();
     let v = pool.open_volume("v").unwrap();

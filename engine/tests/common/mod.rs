@@ -1,0 +1,16 @@
+//! Helpers shared by the engine's integration tests.
+
+use std::path::Path;
+
+/// Flips the bits `mask` of byte `at` in the pool data file's copy of
+/// `block`, as a failing disk would; the pool under `root` must be closed.
+pub fn damage_block(root: &Path, block: &[u8], at: usize, mask: u8) {
+    let path = root.join("pool.data");
+    let mut raw = std::fs::read(&path).unwrap();
+    let start = raw
+        .windows(block.len())
+        .position(|w| w == block)
+        .expect("block is in the data file");
+    raw[start + at] ^= mask;
+    std::fs::write(&path, &raw).unwrap();
+}
