@@ -147,6 +147,29 @@ impl Allocator {
         Some(picked)
     }
 
+    /// Undoes growth past `end` blocks (the file could not be extended).
+    /// The blocks there must all be free.
+    pub fn shrink(&mut self, end: u64) {
+        if end >= self.end {
+            return;
+        }
+        let (&start, &len) = self
+            .free
+            .iter()
+            .next_back()
+            .expect("the grown tail is free");
+        debug_assert!(
+            start <= end && start + len == self.end,
+            "the grown tail is free"
+        );
+        self.free.remove(&start);
+        if start < end {
+            self.free.insert(start, end - start);
+        }
+        self.end = end;
+        self.cursor = self.cursor.min(end);
+    }
+
     /// Returns blocks to the free set.
     pub fn release(&mut self, start: u64, len: u64) {
         debug_assert!(start + len <= self.end);
@@ -299,6 +322,23 @@ mod tests {
         assert!(!grew);
         assert_eq!(runs.len(), 8);
         assert!(a.allocate(1).is_none());
+    }
+
+    #[test]
+    fn shrink_undoes_growth() {
+        let mut a = Allocator::new(&[0, 1], 4, 1 << 20);
+        let (runs, grew) = a.allocate(8).unwrap();
+        assert!(grew);
+        for &(s, l) in &runs {
+            a.release(s, l);
+        }
+        a.shrink(4);
+        assert_eq!(a.end(), 4);
+        assert_eq!(
+            a.free.iter().map(|(&s, &l)| (s, l)).collect::<Vec<_>>(),
+            vec![(2, 2)]
+        );
+        assert_eq!(a.allocate(2).unwrap(), (vec![(2, 2)], false));
     }
 
     #[test]

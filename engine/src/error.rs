@@ -53,6 +53,16 @@ impl Error {
         }
     }
 
+    /// An I/O error on the data file; a full filesystem is
+    /// [`Error::NoSpace`].
+    pub(crate) fn from_io(e: io::Error) -> Self {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            Error::NoSpace("the filesystem holding the pool is full".into())
+        } else {
+            Error::Io(e)
+        }
+    }
+
     pub(crate) fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
         Error::NotFound {
             kind,

@@ -35,6 +35,7 @@ mod reclaim;
 mod types;
 mod units;
 mod volume;
+mod write_behind;
 
 pub use error::{Error, Result};
 pub use io::IoMode;

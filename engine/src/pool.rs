@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures::future::join_all;
 use parking_lot::Mutex;
 
 use crate::alloc::{Allocator, Run};
@@ -21,6 +22,7 @@ use crate::meta::{
 };
 use crate::name::validate_name;
 use crate::reclaim::Reclaim;
+use crate::write_behind::WriteBehind;
 use crate::{PoolConfig, PoolStats, SnapshotInfo, Volume, VolumeInfo, BLOCK_SIZE};
 
 /// Stripes of the read-modify-write locks for partial-block writes.
@@ -60,6 +62,8 @@ pub(crate) struct Inner {
     pub read_ahead: AtomicU64,
     /// Of those, bytes a read then used.
     pub read_ahead_used: AtomicU64,
+    /// Writes acknowledged and still on their way to the disk.
+    pub behind: Arc<WriteBehind>,
 }
 
 pub(crate) struct State {
@@ -127,6 +131,23 @@ fn open_data_file(path: &Path) -> Result<File> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Extends the data file from `from` to `to` bytes, reserving the space
+/// where the filesystem supports it.
+fn grow(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = (to - from) as libc::off_t;
+    // SAFETY: fallocate on an open descriptor with a valid range.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, from as libc::off_t, len) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        return file.set_len(to);
+    }
+    Err(e)
 }
 
 /// Coalesces sorted block numbers into runs.
@@ -318,16 +339,27 @@ impl Inner {
     }
 
     /// Allocates `n` blocks, growing the data file if needed.
+    ///
+    /// Growth reserves the filesystem's space at once (`fallocate`) where
+    /// the filesystem can, so a full filesystem is found here, before any
+    /// write is acknowledged, and never by a write in flight (see
+    /// [`crate::write_behind`]).
     pub fn allocate(&self, st: &mut State, n: u64) -> Result<Option<Vec<Run>>> {
+        let old_end = st.alloc.end();
         let Some((runs, grown)) = st.alloc.allocate(n) else {
             return Ok(None);
         };
         if grown {
-            if let Err(e) = self.file.set_len(st.alloc.end() * BLOCK_SIZE) {
+            if let Err(e) = grow(
+                &self.file,
+                old_end * BLOCK_SIZE,
+                st.alloc.end() * BLOCK_SIZE,
+            ) {
                 for &r in &runs {
                     st.alloc.release(r.0, r.1);
                 }
-                return Err(e.into());
+                st.alloc.shrink(old_end);
+                return Err(Error::from_io(e));
             }
         }
         Ok(Some(runs))
@@ -336,15 +368,22 @@ impl Inner {
     /// Makes every change acknowledged so far durable.
     ///
     /// Order matters: the change set is captured first (under the state
-    /// lock), then the data file is synced, then the metadata is written.
-    /// Any mapping in the change was installed after its data write
-    /// completed, so the sync covers it.
+    /// lock), then the writes in flight at that moment are waited for, then
+    /// the data file is synced, then the metadata is written. Any mapping
+    /// in the change was installed after its data write completed or while
+    /// it was in flight (see [`crate::write_behind`]), so the sync covers
+    /// it.
     pub async fn commit(&self) -> Result<()> {
         let _serial = self.commit_lock.lock().await;
-        let (change, freed) = {
+        let (change, freed, writes) = {
             let mut st = self.state.lock();
-            (st.take_change(), st.reclaim.begin_commit())
+            (
+                st.take_change(),
+                st.reclaim.begin_commit(),
+                self.behind.all(),
+            )
         };
+        join_all(writes).await;
         if change.is_empty() && freed.is_empty() {
             return Ok(());
         }
@@ -481,6 +520,7 @@ impl Pool {
                 closed: AtomicBool::new(false),
                 read_ahead: AtomicU64::new(0),
                 read_ahead_used: AtomicU64::new(0),
+                behind: Arc::default(),
             }),
         })
     }

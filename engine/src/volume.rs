@@ -2,7 +2,7 @@
 //! allocation queries.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::future::join_all;
@@ -33,6 +33,8 @@ pub struct Volume {
     snapshot: Option<(Arc<str>, u64)>,
     /// This handle's sequential stream (clones share it).
     ahead: Arc<parking_lot::Mutex<ReadAhead>>,
+    /// Failed write-behinds this handle has reported (clones share it).
+    reported: Arc<AtomicU64>,
 }
 
 /// Registers a read with the deferred-free machinery for its lifetime.
@@ -57,14 +59,6 @@ fn is_zero(block: &[u8]) -> bool {
         .all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
 }
 
-fn io_error(e: std::io::Error) -> Error {
-    if e.raw_os_error() == Some(libc::ENOSPC) {
-        Error::NoSpace("the filesystem holding the pool is full".into())
-    } else {
-        Error::Io(e)
-    }
-}
-
 impl Volume {
     pub(crate) fn new(
         inner: Arc<Inner>,
@@ -73,11 +67,12 @@ impl Volume {
         snapshot: Option<(&str, u64)>,
     ) -> Self {
         Volume {
-            inner,
             name: name.into(),
             uid,
             snapshot: snapshot.map(|(n, l)| (n.into(), l)),
             ahead: Default::default(),
+            reported: Arc::new(AtomicU64::new(inner.behind.failures())),
+            inner,
         }
     }
 
@@ -179,13 +174,15 @@ impl Volume {
                 if let Some(data) = self.take_chunk(ahead, *pb, crcs).await {
                     return Ok(PooledBuf::new(bufs.clone(), data, start, len));
                 }
+                let run = (*pb, crcs.len() as u64);
+                self.inner.behind.wait(std::iter::once(run)).await;
                 let (data, result) = self
                     .inner
                     .io
                     .read(pb * BS, bufs.get(crcs.len() * BSU))
                     .await;
                 let data = PooledBuf::new(bufs.clone(), data, start, len);
-                result.map_err(io_error)?;
+                result.map_err(Error::from_io)?;
                 self.verify((*vb, *pb), crcs, &data.buf)?;
                 return Ok(data);
             }
@@ -212,7 +209,10 @@ impl Volume {
             let Ok([(vb, pblock, crcs)]) = <[_; 1]>::try_from(data_runs(&mapped)) else {
                 continue;
             };
-            if vb != blocks.start || crcs.len() as u64 != len / BS {
+            if vb != blocks.start
+                || crcs.len() as u64 != len / BS
+                || self.inner.behind.busy(pblock, len / BS)
+            {
                 continue;
             }
             let read = self
@@ -297,6 +297,8 @@ impl Volume {
         let last = (offset + len).div_ceil(BS);
         let runs = data_runs(mapped);
         let (io, bufs) = (&self.inner.io, &self.inner.bufs);
+        let flights = runs.iter().map(|(_, p, crcs)| (*p, crcs.len() as u64));
+        self.inner.behind.wait(flights).await;
         let results = join_all(
             runs.iter()
                 .map(|(_, p, crcs)| io.read(p * BS, bufs.get(crcs.len() * BSU))),
@@ -315,7 +317,7 @@ impl Volume {
         for ((vb, pb, crcs), (data, result)) in runs.iter().zip(results) {
             if outcome.is_ok() {
                 outcome = result
-                    .map_err(io_error)
+                    .map_err(Error::from_io)
                     .and_then(|()| self.verify((*vb, *pb), crcs, &data))
                     .map(|()| copy_out(offset, buf, *vb, &data));
             }
@@ -425,8 +427,7 @@ impl Volume {
         } else {
             self.gather(&placed, block)
         };
-        self.submit_writes(ios, &runs).await?;
-        self.install(blocks, placed, &runs)
+        self.store(blocks, placed, &runs, ios).await
     }
 
     /// The block `vblock` as it is now, with the overlapping part of a
@@ -452,8 +453,7 @@ impl Volume {
         let runs = self.allocate(nonzero.len() as u64).await?;
         let placed = place(&nonzero, &runs);
         let ios = self.gather(&placed, block);
-        self.submit_writes(ios, &runs).await?;
-        self.install(blocks, placed, &runs)
+        self.store(blocks, placed, &runs, ios).await
     }
 
     /// Copies the `placed` blocks into one buffer per stretch of
@@ -480,6 +480,54 @@ impl Volume {
         ios
     }
 
+    /// Writes `ios` (the data of the `placed` blocks, allocated as `runs`)
+    /// and maps `blocks` as [`Volume::install`] does. While the bounds on
+    /// writes in flight allow, the data goes to the disk behind the caller
+    /// (see [`crate::write_behind`]): the mappings are installed as the
+    /// writes start, and this returns without waiting for them. Otherwise
+    /// the data is written first.
+    async fn store(
+        &self,
+        blocks: std::ops::Range<u64>,
+        placed: Vec<(u64, u32, u64)>,
+        runs: &[Run],
+        ios: Vec<(u64, AlignedBuf)>,
+    ) -> Result<()> {
+        let flights: Vec<Run> = ios
+            .iter()
+            .map(|(off, buf)| (off / BS, buf.len() as u64 / BS))
+            .collect();
+        let tickets = {
+            let mut st = self.inner.state.lock();
+            let head = match self.top(&st) {
+                Ok((head, _)) => head,
+                Err(e) => {
+                    drop(st);
+                    self.release_unused(runs);
+                    return Err(e);
+                }
+            };
+            // Registered before the mappings appear (invariant 1).
+            let tickets = self.inner.behind.admit(&flights);
+            if tickets.is_some() {
+                self.map_blocks(&mut st, head, blocks.clone(), &placed);
+            }
+            tickets
+        };
+        let Some(tickets) = tickets else {
+            self.submit_writes(ios, runs).await?;
+            return self.install(blocks, placed, runs);
+        };
+        for ((offset, buf), ticket) in ios.into_iter().zip(tickets) {
+            let (behind, bufs) = (self.inner.behind.clone(), self.inner.bufs.clone());
+            self.inner.io.write_then(offset, buf, move |buf, result| {
+                bufs.put(buf);
+                behind.complete(ticket, result);
+            });
+        }
+        Ok(())
+    }
+
     /// Writes each `(offset, buffer)`; on failure gives `runs` back to the
     /// allocator (nothing maps them yet).
     async fn submit_writes(&self, ios: Vec<(u64, AlignedBuf)>, runs: &[Run]) -> Result<()> {
@@ -492,7 +540,7 @@ impl Volume {
         }
         if let Some(e) = failure {
             self.release_unused(runs);
-            return Err(io_error(e));
+            return Err(Error::from_io(e));
         }
         Ok(())
     }
@@ -515,22 +563,35 @@ impl Volume {
                 return Err(e);
             }
         };
-        let mut placed = placed.into_iter().peekable();
+        self.map_blocks(&mut st, head, blocks, &placed);
+        Ok(())
+    }
+
+    /// Maps `blocks` in layer `head`: the `placed` ones to their pool
+    /// blocks, the rest to zeros; blocks the old mappings held await
+    /// deferred free.
+    fn map_blocks(
+        &self,
+        st: &mut State,
+        head: u64,
+        blocks: std::ops::Range<u64>,
+        placed: &[(u64, u32, u64)],
+    ) {
+        let mut placed = placed.iter().peekable();
         for vb in blocks {
             let old = match placed.next_if(|p| p.0 == vb) {
-                Some((_, crc, pblock)) => st
+                Some(&(_, crc, pblock)) => st
                     .layers
                     .get_mut(head)
                     .insert(vb, Mapping::Data { pblock, crc }),
-                None => zero_block(&mut st, head, vb),
+                None => zero_block(st, head, vb),
             };
             if let Some(Mapping::Data { pblock, .. }) = old {
                 st.reclaim.free((pblock, 1));
             }
             st.dirty.mark_block(head, vb);
         }
-        self.inner.note_frees(&mut st);
-        Ok(())
+        self.inner.note_frees(st);
     }
 
     /// Allocates `n` pool blocks; when the pool is full, commits once to
@@ -563,10 +624,23 @@ impl Volume {
         }
     }
 
-    /// Makes everything written so far (on every volume) durable.
+    /// Makes everything written so far (on every volume) durable. Fails
+    /// with an I/O error if a write acknowledged earlier failed on its way
+    /// to the disk, once per handle for each such failure (see
+    /// [`crate::write_behind`]).
     pub async fn flush(&self) -> Result<()> {
         self.inner.check_open()?;
-        self.inner.commit().await
+        self.inner.commit().await?;
+        let failures = self.inner.behind.failures();
+        let reported = self.reported.fetch_max(failures, Ordering::Relaxed);
+        if failures > reported {
+            return Err(Error::Io(std::io::Error::other(format!(
+                "{} write(s) acknowledged earlier did not reach the disk; \
+                 the blocks they wrote now read as I/O errors",
+                failures - reported
+            ))));
+        }
+        Ok(())
     }
 
     /// Discards `[offset, offset+len)`: the range reads as zeros afterwards

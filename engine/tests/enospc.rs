@@ -1,6 +1,8 @@
 //! A pool capped by `max_size` fills up: writes then fail with a clear
 //! no-space error (ENOSPC), change nothing, and everything written before
-//! stays intact. Freeing space makes writes work again.
+//! stays intact. Freeing space makes writes work again. A pool whose
+//! filesystem fills up does the same, and finds out before it acknowledges
+//! the write, not while the write is on its way to the disk.
 
 use ballast_engine::{Error, Pool, PoolConfig};
 
@@ -66,4 +68,80 @@ async fn full_pool_answers_enospc_and_keeps_data() {
     v.read(0, &mut buf).await.unwrap();
     assert!(buf == chunk(42));
     assert_eq!(pool.stats().used, 7 * CHUNK as u64);
+}
+
+/// A small tmpfs mounted for the test's lifetime (needs root).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        if status.is_ok_and(|s| s.success()) {
+            return Some(Tmpfs(dir));
+        }
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "mounting a tmpfs needs root, which CI=true provides"
+        );
+        eprintln!("skipped: cannot mount a tmpfs (not root)");
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn full_filesystem_answers_enospc_before_acknowledging() {
+    let Some(fs) = Tmpfs::mount("100m") else {
+        return;
+    };
+    let root = fs.0.path().join("pool");
+    let pool = Pool::open(PoolConfig::new(&root)).unwrap();
+    pool.create_volume("v", 1 << 30).await.unwrap();
+    let v = pool.open_volume("v").unwrap();
+
+    let mut written = 0;
+    let err = loop {
+        match v.write((written * CHUNK) as u64, &chunk(written)).await {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            written <= 800,
+            "a 100 MiB filesystem took more than 100 MiB"
+        );
+    };
+    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    assert!(err.to_string().contains("filesystem"), "{err}");
+    assert!(written >= 64, "only {written} chunks fitted");
+
+    // Every acknowledged write reached the disk: the flush reports no
+    // failure, and the data reads back, also after reopening.
+    v.flush().await.unwrap();
+    let mut buf = vec![0u8; CHUNK];
+    v.read((written * CHUNK) as u64, &mut buf).await.unwrap();
+    assert!(
+        buf.iter().all(|&b| b == 0),
+        "the refused write changed nothing"
+    );
+    pool.close().await.unwrap();
+    drop((v, pool));
+    let pool = Pool::open(PoolConfig::new(&root)).unwrap();
+    let v = pool.open_volume("v").unwrap();
+    for i in 0..written {
+        v.read((i * CHUNK) as u64, &mut buf).await.unwrap();
+        assert!(buf == chunk(i), "chunk {i} damaged");
+    }
+    pool.close().await.unwrap();
 }

@@ -116,6 +116,29 @@ impl Backend {
         self.send(Op::Read, offset, buf)
     }
 
+    /// Starts writing all of `buf` at `offset` now and calls `then` with
+    /// the buffer and the outcome when it completes, on whichever thread
+    /// reaps it (so `then` must be quick and take only locks nothing holds
+    /// while doing I/O). `then` runs exactly once, with an error if the
+    /// backend stops first.
+    pub fn write_then(
+        &self,
+        offset: u64,
+        buf: AlignedBuf,
+        then: impl FnOnce(AlignedBuf, io::Result<()>) + Send + 'static,
+    ) {
+        let request = Request {
+            op: Op::Write,
+            offset,
+            buf,
+            done: 0,
+            reply: Reply::Call(Completion(Some(Box::new(then)))),
+        };
+        if let Err(request) = self.dispatch(request) {
+            request.finish(Err(stopped()));
+        }
+    }
+
     async fn submit(&self, op: Op, offset: u64, buf: AlignedBuf) -> (AlignedBuf, io::Result<()>) {
         self.send(op, offset, buf).wait().await
     }
@@ -127,14 +150,27 @@ impl Backend {
             offset,
             buf,
             done: 0,
-            reply: tx,
+            reply: Reply::Channel(tx),
         };
-        let sent = match self {
+        Pending(
+            self.dispatch(request)
+                .map(|()| rx)
+                .map_err(|request| request.buf),
+        )
+    }
+
+    /// Hands `request` to the backend; gives it back if the backend has
+    /// stopped.
+    fn dispatch(&self, request: Request) -> Result<(), Request> {
+        match self {
             Backend::Uring(u) => u.send(request),
             Backend::Sync(s) => s.send(request),
-        };
-        Pending(sent.map(|()| rx).map_err(|request| request.buf))
+        }
     }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("I/O backend has stopped")
 }
 
 /// An operation handed to the backend: its buffer and outcome, once it
@@ -145,7 +181,6 @@ pub struct Pending(
 
 impl Pending {
     pub async fn wait(self) -> (AlignedBuf, io::Result<()>) {
-        let stopped = || io::Error::other("I/O backend has stopped");
         match self.0 {
             Ok(rx) => match rx.await {
                 Ok(reply) => reply,
@@ -172,13 +207,50 @@ struct Request {
     buf: AlignedBuf,
     /// Bytes already transferred (short reads/writes are resumed).
     done: usize,
-    reply: tokio::sync::oneshot::Sender<(AlignedBuf, io::Result<()>)>,
+    reply: Reply,
 }
 
 impl Request {
     fn finish(self, result: io::Result<()>) {
-        // The caller may have gone away; the buffer is dropped here then.
-        let _ = self.reply.send((self.buf, result));
+        self.reply.send(self.buf, result);
+    }
+}
+
+/// Where a finished operation's buffer and outcome go.
+enum Reply {
+    /// To a [`Pending`]. If the caller has gone away, the buffer is dropped.
+    Channel(tokio::sync::oneshot::Sender<(AlignedBuf, io::Result<()>)>),
+    /// To a callback ([`Backend::write_then`]).
+    Call(Completion),
+}
+
+impl Reply {
+    fn send(self, buf: AlignedBuf, result: io::Result<()>) {
+        match self {
+            Reply::Channel(tx) => {
+                let _ = tx.send((buf, result));
+            }
+            Reply::Call(mut call) => {
+                if let Some(f) = call.0.take() {
+                    f(buf, result);
+                }
+            }
+        }
+    }
+}
+
+type Callback = Box<dyn FnOnce(AlignedBuf, io::Result<()>) + Send>;
+
+/// A [`Reply::Call`] callback. A request dropped unfinished (the backend
+/// stopped without answering it) still runs its callback, with an error,
+/// so whoever counts on the callback is never left waiting.
+struct Completion(Option<Callback>);
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(AlignedBuf::new(0), Err(stopped()));
+        }
     }
 }
 

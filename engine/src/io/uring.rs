@@ -396,7 +396,7 @@ impl Ring {
         loop {
             // Also what reaping put back (short transfers): nobody waits.
             for req in self.backlog.drain(..) {
-                req.finish(Err(io::Error::other("I/O backend has stopped")));
+                req.finish(Err(super::stopped()));
             }
             if self.in_flight() == 0 || self.broken {
                 return;
@@ -416,10 +416,10 @@ impl Ring {
         for req in self.slots.drain(..).flatten() {
             let Request { reply, buf, .. } = req;
             std::mem::forget(buf);
-            let _ = reply.send((
+            reply.send(
                 super::AlignedBuf::new(0),
                 Err(io::Error::new(e.kind(), e.to_string())),
-            ));
+            );
         }
         self.free.clear();
         for req in self.backlog.drain(..) {
