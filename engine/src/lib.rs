@@ -19,6 +19,11 @@
 //!   could still be looking at it has finished.
 //! * **Checksums.** A read whose crc32 does not match fails with
 //!   [`Error::Checksum`] (EIO); it never returns the bad bytes.
+//! * **Write-behind.** A write is acknowledged once its data is handed to
+//!   the disk and its mapping installed. Reads of its blocks and every
+//!   commit wait for it, so a commit still syncs the data of every mapping
+//!   it makes durable; a write that fails afterwards is reported by the
+//!   next flush (see `write_behind`).
 //!
 //! The allocator is not persisted: at open it is rebuilt from the committed
 //! maps, so blocks written after the last commit are reclaimed by a crash.

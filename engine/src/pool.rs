@@ -91,6 +91,14 @@ impl Dirty {
     pub fn mark_block(&mut self, layer: u64, vblock: u64) {
         self.maps.insert((layer, vblock / MAP_GROUP));
     }
+
+    /// Notes that every block of `vblocks` of `layer` changed its mapping.
+    pub fn mark_blocks(&mut self, layer: u64, vblocks: Range<u64>) {
+        if !vblocks.is_empty() {
+            let groups = vblocks.start / MAP_GROUP..=(vblocks.end - 1) / MAP_GROUP;
+            self.maps.extend(groups.map(|g| (layer, g)));
+        }
+    }
 }
 
 fn now() -> u64 {

@@ -48,8 +48,14 @@ impl Reclaim {
     }
 
     pub fn free(&mut self, run: Run) {
-        self.pending.push((self.epoch, run));
         self.pending_blocks += run.1;
+        // Overwrites free runs block by block: extend the last run.
+        match self.pending.last_mut() {
+            Some((epoch, (start, len))) if *epoch == self.epoch && *start + *len == run.0 => {
+                *len += run.1
+            }
+            _ => self.pending.push((self.epoch, run)),
+        }
     }
 
     /// True once per commit cycle, when at least `threshold` blocks wait
@@ -136,6 +142,20 @@ mod tests {
         assert!(!r.wants_commit(4), "nothing pending after the commit began");
         r.commit_failed(token);
         assert!(r.wants_commit(4), "a failed commit's frees count again");
+    }
+
+    #[test]
+    fn adjacent_frees_of_one_epoch_coalesce() {
+        let mut r = Reclaim::default();
+        for b in 10..14 {
+            r.free((b, 1));
+        }
+        r.free((20, 2));
+        let token = r.begin_commit();
+        r.free((22, 1));
+        assert_eq!(r.commit_done(token), vec![(10, 4), (20, 2)]);
+        let token = r.begin_commit();
+        assert_eq!(r.commit_done(token), vec![(22, 1)]);
     }
 
     #[test]

@@ -578,6 +578,7 @@ impl Volume {
         placed: &[(u64, u32, u64)],
     ) {
         let mut placed = placed.iter().peekable();
+        st.dirty.mark_blocks(head, blocks.clone());
         for vb in blocks {
             let old = match placed.next_if(|p| p.0 == vb) {
                 Some(&(_, crc, pblock)) => st
@@ -589,7 +590,6 @@ impl Volume {
             if let Some(Mapping::Data { pblock, .. }) = old {
                 st.reclaim.free((pblock, 1));
             }
-            st.dirty.mark_block(head, vb);
         }
         self.inner.note_frees(st);
     }
