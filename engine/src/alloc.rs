@@ -179,6 +179,13 @@ impl Allocator {
         self.insert_free(start, len);
     }
 
+    /// Returns each of `runs` to the free set.
+    pub fn release_runs(&mut self, runs: &[Run]) {
+        for &(start, len) in runs {
+            self.release(start, len);
+        }
+    }
+
     fn insert_free(&mut self, start: u64, len: u64) {
         let mut start = start;
         let mut len = len;

@@ -363,9 +363,7 @@ impl Inner {
                 old_end * BLOCK_SIZE,
                 st.alloc.end() * BLOCK_SIZE,
             ) {
-                for &r in &runs {
-                    st.alloc.release(r.0, r.1);
-                }
+                st.alloc.release_runs(&runs);
                 st.alloc.shrink(old_end);
                 return Err(Error::from_io(e));
             }
@@ -408,9 +406,8 @@ impl Inner {
         let mut st = self.state.lock();
         match result {
             Ok(()) => {
-                for (start, len) in st.reclaim.commit_done(freed) {
-                    st.alloc.release(start, len);
-                }
+                let released = st.reclaim.commit_done(freed);
+                st.alloc.release_runs(&released);
                 Ok(())
             }
             Err(e) => {

@@ -46,9 +46,8 @@ struct ReadGuard<'a> {
 impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
         let mut st = self.inner.state.lock();
-        for (start, len) in st.reclaim.end_read(self.epoch) {
-            st.alloc.release(start, len);
-        }
+        let freed = st.reclaim.end_read(self.epoch);
+        st.alloc.release_runs(&freed);
     }
 }
 
@@ -499,14 +498,7 @@ impl Volume {
             .collect();
         let tickets = {
             let mut st = self.inner.state.lock();
-            let head = match self.top(&st) {
-                Ok((head, _)) => head,
-                Err(e) => {
-                    drop(st);
-                    self.release_unused(runs);
-                    return Err(e);
-                }
-            };
+            let head = self.write_head(&mut st, runs)?;
             // Registered before the mappings appear (invariant 1).
             let tickets = self.inner.behind.admit(&flights);
             if tickets.is_some() {
@@ -555,16 +547,17 @@ impl Volume {
         runs: &[Run],
     ) -> Result<()> {
         let mut st = self.inner.state.lock();
-        let head = match self.top(&st) {
-            Ok((head, _)) => head,
-            Err(e) => {
-                drop(st);
-                self.release_unused(runs);
-                return Err(e);
-            }
-        };
+        let head = self.write_head(&mut st, runs)?;
         self.map_blocks(&mut st, head, blocks, &placed);
         Ok(())
+    }
+
+    /// The layer a write maps its blocks into; if the volume is gone,
+    /// gives the write's `runs` back to the allocator (nothing maps them).
+    fn write_head(&self, st: &mut State, runs: &[Run]) -> Result<u64> {
+        self.top(st)
+            .map(|(head, _)| head)
+            .inspect_err(|_| st.alloc.release_runs(runs))
     }
 
     /// Maps `blocks` in layer `head`: the `placed` ones to their pool
@@ -618,10 +611,7 @@ impl Volume {
     /// Returns blocks that were allocated but never mapped; no metadata
     /// references them, so they need no deferred free.
     fn release_unused(&self, runs: &[Run]) {
-        let mut st = self.inner.state.lock();
-        for &(s, l) in runs {
-            st.alloc.release(s, l);
-        }
+        self.inner.state.lock().alloc.release_runs(runs);
     }
 
     /// Makes everything written so far (on every volume) durable. Fails

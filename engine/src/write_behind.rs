@@ -69,7 +69,7 @@ struct Flights {
 /// [`WriteBehind::complete`] once its I/O has finished, however it ended.
 pub(crate) struct Ticket {
     start: u64,
-    done: Option<oneshot::Sender<()>>,
+    done: oneshot::Sender<()>,
 }
 
 impl WriteBehind {
@@ -89,17 +89,14 @@ impl WriteBehind {
                 let (tx, rx) = oneshot::channel();
                 let old = f.writes.insert(start, (len, rx.shared()));
                 debug_assert!(old.is_none(), "two writes in flight to block {start}");
-                Ticket {
-                    start,
-                    done: Some(tx),
-                }
+                Ticket { start, done: tx }
             })
             .collect();
         Some(tickets)
     }
 
     /// Ends the write `ticket` stands for and wakes whoever waits for it.
-    pub fn complete(&self, mut ticket: Ticket, result: io::Result<()>) {
+    pub fn complete(&self, ticket: Ticket, result: io::Result<()>) {
         if let Err(e) = result {
             self.failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
@@ -112,8 +109,8 @@ impl WriteBehind {
             f.bytes -= len * BLOCK_SIZE;
         }
         drop(f);
-        // Sending wakes the waiters; dropping the sender would too.
-        ticket.done.take().map(|tx| tx.send(()));
+        // Wakes the waiters (a receiver gone already needs no wake-up).
+        let _ = ticket.done.send(());
     }
 
     /// Whether any block of `[start, start + len)` is under write.
@@ -130,7 +127,9 @@ impl WriteBehind {
             if f.writes.is_empty() {
                 return;
             }
-            runs.flat_map(|(s, l)| Self::overlapping(&f, s, l).cloned().collect::<Vec<_>>())
+            let flights: &Flights = &f;
+            runs.flat_map(|(s, l)| Self::overlapping(flights, s, l))
+                .cloned()
                 .collect()
         };
         join_all(waits).await;

@@ -4,7 +4,7 @@
 //! filesystem fills up does the same, and finds out before it acknowledges
 //! the write, not while the write is on its way to the disk.
 
-use ballast_engine::{Error, Pool, PoolConfig};
+use ballast_engine::{Error, Pool, PoolConfig, Volume};
 
 const CHUNK: usize = 128 << 10;
 
@@ -12,6 +12,20 @@ fn chunk(i: usize) -> Vec<u8> {
     (0..CHUNK)
         .map(|j| (j as u8) ^ (i as u8).wrapping_mul(97) ^ 0x5a)
         .collect()
+}
+
+/// Writes chunks from the start of `v` until a write fails; returns how
+/// many succeeded and the error. More than `most` successes fail the test
+/// with `too_many`.
+async fn write_until_refused(v: &Volume, most: usize, too_many: &str) -> (usize, Error) {
+    let mut written = 0;
+    loop {
+        match v.write((written * CHUNK) as u64, &chunk(written)).await {
+            Ok(()) => written += 1,
+            Err(e) => return (written, e),
+        }
+        assert!(written <= most, "{too_many}");
+    }
 }
 
 #[tokio::test]
@@ -26,14 +40,7 @@ async fn full_pool_answers_enospc_and_keeps_data() {
     pool.create_volume("v", 4 << 20).await.unwrap();
     let v = pool.open_volume("v").unwrap();
 
-    let mut written = 0;
-    let err = loop {
-        match v.write((written * CHUNK) as u64, &chunk(written)).await {
-            Ok(()) => written += 1,
-            Err(e) => break e,
-        }
-        assert!(written <= 8, "a 1 MiB pool accepted more than 1 MiB");
-    };
+    let (written, err) = write_until_refused(&v, 8, "a 1 MiB pool accepted more than 1 MiB").await;
     assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
     assert_eq!(err.errno(), libc::ENOSPC);
     assert!(err.to_string().contains("pool is full"), "{err}");
@@ -110,17 +117,8 @@ async fn full_filesystem_answers_enospc_before_acknowledging() {
     pool.create_volume("v", 1 << 30).await.unwrap();
     let v = pool.open_volume("v").unwrap();
 
-    let mut written = 0;
-    let err = loop {
-        match v.write((written * CHUNK) as u64, &chunk(written)).await {
-            Ok(()) => written += 1,
-            Err(e) => break e,
-        }
-        assert!(
-            written <= 800,
-            "a 100 MiB filesystem took more than 100 MiB"
-        );
-    };
+    let (written, err) =
+        write_until_refused(&v, 800, "a 100 MiB filesystem took more than 100 MiB").await;
     assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
     assert_eq!(err.errno(), libc::ENOSPC);
     assert!(err.to_string().contains("filesystem"), "{err}");
