@@ -4,10 +4,11 @@
 //! semaphore over request buffer bytes; a request's share is released once
 //! its reply is written.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use ballast_engine::{BlockState, Extent};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -74,7 +75,7 @@ struct Connection {
 }
 
 pub async fn serve<R, W>(
-    reader: &mut R,
+    reader: &mut BufReader<R>,
     writer: W,
     session: Session,
     shutdown: &CancellationToken,
@@ -146,7 +147,7 @@ where
             let read = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
-                read = reader.read_exact(data.as_mut()) => read,
+                read = read_payload(reader, data.as_mut()) => read,
             };
             if let Err(err) = read {
                 break Err(err.into());
@@ -190,6 +191,21 @@ where
         finish.await;
     }
     result
+}
+
+/// Fills `payload`: first from what `reader` has buffered, then straight
+/// from the connection. Going through the buffer would copy the payload's
+/// tail twice and pull the next request's payload into the buffer too.
+async fn read_payload<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    payload: &mut [u8],
+) -> std::io::Result<()> {
+    let buffered = reader.buffer();
+    let from = buffered.len().min(payload.len());
+    payload[..from].copy_from_slice(&buffered[..from]);
+    Pin::new(&mut *reader).consume(from);
+    reader.get_mut().read_exact(&mut payload[from..]).await?;
+    Ok(())
 }
 
 /// Reads and decodes one request header; `None` on a clean EOF between

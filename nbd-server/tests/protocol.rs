@@ -487,6 +487,41 @@ fn disconnect_and_shutdown_answer_requests_in_flight() {
 }
 
 #[test]
+fn pipelined_writes_of_every_size_land_intact() {
+    let h = harness();
+    let mut c = Raw::connect(&h.socket);
+    c.go("vol", false, false);
+    // Sent back to back, so payloads start in the server's read buffer,
+    // straddle it, or exceed it (64 KiB).
+    let sizes = [
+        100usize, 70_000, 3, 200_000, 4096, 65_536, 1, 65_535, 300_000,
+    ];
+    let mut expected = Vec::new();
+    for (i, &len) in sizes.iter().enumerate() {
+        let data: Vec<u8> = (0..len).map(|j| (i * 31 + j * 7) as u8).collect();
+        let offset = expected.len() as u64;
+        c.request(0, CMD_WRITE, i as u64, offset, len as u32, &data);
+        expected.extend_from_slice(&data);
+    }
+    let mut answered: Vec<u64> = (0..sizes.len())
+        .map(|_| c.simple_reply())
+        .map(|(err, handle)| {
+            assert_eq!(err, 0);
+            handle
+        })
+        .collect();
+    answered.sort();
+    assert_eq!(answered, (0..sizes.len() as u64).collect::<Vec<_>>());
+    c.request(0, CMD_READ, 99, 0, expected.len() as u32, &[]);
+    assert_eq!(c.simple_reply(), (0, 99));
+    assert!(
+        c.read_n(expected.len()) == expected,
+        "data read back differs"
+    );
+    assert!(h.exports().device("vol").contents()[..expected.len()] == expected[..]);
+}
+
+#[test]
 fn connection_limit_and_handshake_timeout() {
     let limits = ballast_nbd::Limits {
         max_connections: 2,

@@ -141,9 +141,12 @@ impl AlignedBuf {
 
 /// Largest buffer kept for reuse: the largest NBD request.
 const MAX_POOLED: usize = 32 << 20;
-/// Bytes of idle buffers kept per size class: enough for a client's
-/// requests in flight plus a read-ahead window (see `readahead`).
-const BYTES_PER_CLASS: usize = 32 << 20;
+/// Bytes of idle buffers kept per size class: enough for the writes
+/// acknowledged but still on their way to the disk (64 MiB, see
+/// `write_behind`) plus a client's requests in flight or a read-ahead
+/// window (see `readahead`). With less, a burst of writes frees buffers
+/// that the next burst allocates and zeroes again.
+const BYTES_PER_CLASS: usize = 96 << 20;
 
 /// Recycles aligned buffers by power-of-two size class, so the data path
 /// does not allocate and zero a fresh buffer for every request. A recycled
