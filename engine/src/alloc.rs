@@ -336,9 +336,7 @@ mod tests {
         let mut a = Allocator::new(&[0, 1], 4, 1 << 20);
         let (runs, grew) = a.allocate(8).unwrap();
         assert!(grew);
-        for &(s, l) in &runs {
-            a.release(s, l);
-        }
+        a.release_runs(&runs);
         a.shrink(4);
         assert_eq!(a.end(), 4);
         assert_eq!(
