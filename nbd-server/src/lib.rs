@@ -36,6 +36,7 @@ mod engine;
 mod error;
 mod export;
 mod handshake;
+mod incoming;
 pub mod proto;
 mod reply;
 mod server;

@@ -14,6 +14,7 @@ use tracing::Instrument;
 use crate::error::ConnectionError;
 use crate::export::ExportProvider;
 use crate::handshake::{self, Negotiated};
+use crate::incoming::Incoming;
 use crate::transmission;
 
 /// Per-connection read buffer; larger payloads bypass it.
@@ -82,7 +83,7 @@ impl Server {
         shutdown: &CancellationToken,
     ) -> Result<(), ConnectionError>
     where
-        R: AsyncRead + Unpin,
+        R: Incoming,
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
@@ -110,7 +111,7 @@ impl Server {
         peer: String,
         shutdown: &CancellationToken,
     ) where
-        R: AsyncRead + Unpin + Send + 'static,
+        R: Incoming + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let Some(slot) = self.connection_slot() else {
@@ -142,7 +143,7 @@ impl Server {
 /// An accepted connection, split for the reader loop and the reply writer,
 /// with a name for the logs.
 type Accepted = (
-    Box<dyn AsyncRead + Unpin + Send>,
+    Box<dyn Incoming + Send>,
     Box<dyn AsyncWrite + Unpin + Send>,
     String,
 );

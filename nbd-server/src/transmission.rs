@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ConnectionError;
 use crate::export::{Payload, ReadBuf};
 use crate::handshake::Session;
+use crate::incoming::{Incoming, PAYLOAD_POLL};
 use crate::proto::*;
 use crate::reply::{error_chunk, simple_reply, ChunkHeader, Outgoing, ReplyWriter};
 use crate::wire::{
@@ -81,7 +82,7 @@ pub async fn serve<R, W>(
     shutdown: &CancellationToken,
 ) -> Result<(), ConnectionError>
 where
-    R: AsyncRead + Unpin,
+    R: Incoming,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let dead = CancellationToken::new();
@@ -194,17 +195,30 @@ where
 }
 
 /// Fills `payload`: first from what `reader` has buffered, then straight
-/// from the connection. Going through the buffer would copy the payload's
+/// from the connection, polling for each piece before waiting for it (see
+/// [`crate::incoming`]). Going through the buffer would copy the payload's
 /// tail twice and pull the next request's payload into the buffer too.
-async fn read_payload<R: AsyncRead + Unpin>(
+async fn read_payload<R: Incoming>(
     reader: &mut BufReader<R>,
     payload: &mut [u8],
 ) -> std::io::Result<()> {
     let buffered = reader.buffer();
-    let from = buffered.len().min(payload.len());
-    payload[..from].copy_from_slice(&buffered[..from]);
-    Pin::new(&mut *reader).consume(from);
-    reader.get_mut().read_exact(&mut payload[from..]).await?;
+    let mut filled = buffered.len().min(payload.len());
+    payload[..filled].copy_from_slice(&buffered[..filled]);
+    Pin::new(&mut *reader).consume(filled);
+    let conn = reader.get_mut();
+    while filled < payload.len() {
+        let rest = &mut payload[filled..];
+        let n = match conn.recv_polling(rest, PAYLOAD_POLL) {
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => conn.read(rest).await?,
+            Some(received) => received?,
+            None => conn.read(rest).await?,
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += n;
+    }
     Ok(())
 }
 

@@ -428,12 +428,15 @@ fn malformed_input_closes_only_that_connection() {
     c.request(0, CMD_WRITE, 1, 0, 64 * 1024 * 1024, &[0xff; 4096]);
     assert!(c.closed());
 
-    // Truncated write payload then EOF.
-    let mut c = Raw::connect(&h.socket);
-    c.go("vol", false, false);
-    c.request(0, CMD_WRITE, 1, 0, 8192, &[0xee; 100]);
-    c.s.shutdown(std::net::Shutdown::Write).unwrap();
-    assert!(c.closed());
+    // Truncated write payloads then EOF: within the read buffer, and past
+    // it (where the rest is received straight from the socket).
+    for (len, sent) in [(8192, 100), (MIB as u32, 300_000)] {
+        let mut c = Raw::connect(&h.socket);
+        c.go("vol", false, false);
+        c.request(0, CMD_WRITE, 1, 0, len, &vec![0xee; sent]);
+        c.s.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(c.closed());
+    }
 
     // Unknown command: an error reply, the connection stays up.
     let mut c = Raw::connect(&h.socket);
@@ -519,6 +522,30 @@ fn pipelined_writes_of_every_size_land_intact() {
         "data read back differs"
     );
     assert!(h.exports().device("vol").contents()[..expected.len()] == expected[..]);
+}
+
+#[test]
+fn payload_sent_in_slow_pieces_lands_intact() {
+    let h = harness();
+    let mut c = Raw::connect(&h.socket);
+    c.go("vol", false, false);
+    let data: Vec<u8> = (0..MIB as usize)
+        .map(|j| (j * 13 + j / 4096) as u8)
+        .collect();
+    c.request(0, CMD_WRITE, 7, 4096, MIB as u32, &[]);
+    // Pauses far longer than the server polls for a piece, so it has to go
+    // back to waiting for the socket between pieces.
+    for piece in data.chunks(300_000) {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        c.s.write_all(piece).unwrap();
+    }
+    assert_eq!(c.simple_reply(), (0, 7));
+    let contents = h.exports().device("vol").contents();
+    assert!(
+        contents[4096..4096 + data.len()] == data[..],
+        "data differs"
+    );
+    assert!(contents[..4096].iter().all(|&b| b == 0));
 }
 
 #[test]
