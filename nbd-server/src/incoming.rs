@@ -7,7 +7,9 @@
 //! costs both sides a wake-up while neither copies. So while a payload is
 //! known to be on its way, the server polls the socket for a short while
 //! before it waits ([`PAYLOAD_POLL`]): it drains each piece as it lands,
-//! the client's buffer never fills, and both copy at the same time.
+//! the client's buffer never fills, and both copy at the same time. Once a
+//! piece fails to come within the poll, the rest of that payload is
+//! awaited as usual, so a slow client costs at most one poll per payload.
 //!
 //! Requests themselves are awaited as usual: between requests the client
 //! may well be idle, and polling there would only hold up the replies and

@@ -207,10 +207,20 @@ async fn read_payload<R: Incoming>(
     payload[..filled].copy_from_slice(&buffered[..filled]);
     Pin::new(&mut *reader).consume(filled);
     let conn = reader.get_mut();
+    let mut polling = true;
     while filled < payload.len() {
         let rest = &mut payload[filled..];
-        let n = match conn.recv_polling(rest, PAYLOAD_POLL) {
-            Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => conn.read(rest).await?,
+        let polled = if polling {
+            conn.recv_polling(rest, PAYLOAD_POLL)
+        } else {
+            None
+        };
+        let n = match polled {
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // The client is slower than a poll: wait for the rest.
+                polling = false;
+                conn.read(rest).await?
+            }
             Some(received) => received?,
             None => conn.read(rest).await?,
         };
