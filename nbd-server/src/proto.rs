@@ -43,7 +43,8 @@ pub const OPT_LIST_META_CONTEXT: u32 = 9;
 pub const OPT_SET_META_CONTEXT: u32 = 10;
 pub const OPT_EXTENDED_HEADERS: u32 = 11;
 
-// Option reply types.
+// Option reply types; errors have the top bit set.
+pub const REP_FLAG_ERROR: u32 = 1 << 31;
 pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 pub const REP_INFO: u32 = 3;

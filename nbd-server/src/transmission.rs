@@ -60,7 +60,8 @@ impl From<ballast_engine::Error> for Failure {
     }
 }
 
-enum Reply {
+/// What a handled NBD request answers with.
+enum NbdReply {
     Ack,
     /// Read data.
     Data(ReadBuf),
@@ -334,7 +335,7 @@ async fn execute(
     session: &Session,
     req: &RequestHeader,
     payload: Option<Payload>,
-) -> Result<Reply, Failure> {
+) -> Result<NbdReply, Failure> {
     check(req, session)?;
     let device = &session.export.device;
     let (offset, len) = (req.offset, req.length);
@@ -344,7 +345,7 @@ async fn execute(
             // Read everything before any header goes out: a failed read is
             // then a clean error reply, never a half-sent data reply.
             let data = device.read_owned(offset, len as usize).await?;
-            return Ok(Reply::Data(data));
+            return Ok(NbdReply::Data(data));
         }
         CMD_WRITE => {
             if let Some(data) = payload.filter(|data| !data.as_ref().is_empty()) {
@@ -362,7 +363,7 @@ async fn execute(
             let extents = device.block_status(offset, len)?;
             let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
             let payload = encode_block_status(&extents, len, req_one, session.extended);
-            return Ok(Reply::Status(payload));
+            return Ok(NbdReply::Status(payload));
         }
         // CACHE is a hint we have no use for; zero-length trims and zeroing
         // are no-ops.
@@ -371,51 +372,60 @@ async fn execute(
     if fua && matches!(req.command, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES) {
         device.flush().await?;
     }
-    Ok(Reply::Ack)
+    Ok(NbdReply::Ack)
+}
+
+/// One `base:allocation` descriptor: `len` bytes in state `flags`.
+struct StatusDescriptor {
+    len: u64,
+    flags: u32,
 }
 
 /// The `base:allocation` chunk payload, descriptors with equal neighbours
 /// merged: context id then 32-bit (length, flags) pairs, or with extended
 /// headers context id, descriptor count, then 64-bit pairs.
 pub fn encode_block_status(extents: &[Extent], len: u64, req_one: bool, extended: bool) -> Vec<u8> {
-    let mut descriptors: Vec<(u64, u32)> = Vec::new();
+    let mut descriptors: Vec<StatusDescriptor> = Vec::new();
     for extent in extents.iter().filter(|e| e.len > 0) {
         let flags = match extent.state {
             BlockState::Data => 0,
             BlockState::Zero | BlockState::Hole => STATE_HOLE | STATE_ZERO,
         };
-        if let Some((run, last)) = descriptors.last_mut() {
-            if *last == flags {
-                *run += extent.len;
+        if let Some(last) = descriptors.last_mut() {
+            if last.flags == flags {
+                last.len += extent.len;
                 continue;
             }
         }
         if descriptors.len() == MAX_STATUS_DESCRIPTORS {
             break;
         }
-        descriptors.push((extent.len, flags));
+        descriptors.push(StatusDescriptor {
+            len: extent.len,
+            flags,
+        });
     }
     if descriptors.is_empty() {
         // Status 0 ("allocated, contents unknown") is always truthful.
-        descriptors.push((len, 0));
+        descriptors.push(StatusDescriptor { len, flags: 0 });
     }
     if req_one {
         descriptors.truncate(1);
-        descriptors[0].0 = descriptors[0].0.min(len);
+        descriptors[0].len = descriptors[0].len.min(len);
     }
     let mut out = Vec::with_capacity(8 + 16 * descriptors.len());
     out.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
     if extended {
         out.extend_from_slice(&(descriptors.len() as u32).to_be_bytes());
-        for (run, flags) in descriptors {
-            out.extend_from_slice(&run.to_be_bytes());
-            out.extend_from_slice(&u64::from(flags).to_be_bytes());
+        for d in descriptors {
+            out.extend_from_slice(&d.len.to_be_bytes());
+            out.extend_from_slice(&u64::from(d.flags).to_be_bytes());
         }
     } else {
-        for (run, flags) in descriptors {
+        for d in descriptors {
             // Runs never exceed the query length, which fits in a u32.
-            out.extend_from_slice(&(run.min(u64::from(u32::MAX)) as u32).to_be_bytes());
-            out.extend_from_slice(&flags.to_be_bytes());
+            out.extend_from_slice(&(d.len.min(u64::from(u32::MAX)) as u32).to_be_bytes());
+            out.extend_from_slice(&d.flags.to_be_bytes());
         }
     }
     out
@@ -425,7 +435,7 @@ pub fn encode_block_status(extents: &[Extent], len: u64, req_one: bool, extended
 fn send_reply(
     conn: &Connection,
     req: &RequestHeader,
-    result: Result<Reply, Failure>,
+    result: Result<NbdReply, Failure>,
     permit: OwnedSemaphorePermit,
 ) {
     let (handle, offset) = (req.handle, req.offset);
@@ -437,13 +447,13 @@ fn send_reply(
     let mut reply = match result {
         // Simple replies are allowed for payload-less success unless
         // extended headers are in use.
-        Ok(Reply::Ack) if !extended => Outgoing::new(simple_reply(handle, 0).to_vec()),
-        Ok(Reply::Ack) => Outgoing::new(
+        Ok(NbdReply::Ack) if !extended => Outgoing::new(simple_reply(handle, 0).to_vec()),
+        Ok(NbdReply::Ack) => Outgoing::new(
             chunk(REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0)
                 .as_bytes()
                 .to_vec(),
         ),
-        Ok(Reply::Data(data)) => {
+        Ok(NbdReply::Data(data)) => {
             let data_len = (*data).as_ref().len();
             let header = if !session.structured {
                 simple_reply(handle, 0).to_vec()
@@ -463,7 +473,7 @@ fn send_reply(
                 hold: None,
             }
         }
-        Ok(Reply::Status(payload)) => {
+        Ok(NbdReply::Status(payload)) => {
             let chunk_type = if extended {
                 REPLY_TYPE_BLOCK_STATUS_EXT
             } else {

@@ -4,25 +4,10 @@
 
 use std::io::{self, Read, Write};
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-
-const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
-const FLAG_NO_ZEROES: u16 = 1 << 1;
-
-const OPT_GO: u32 = 7;
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const REP_FLAG_ERROR: u32 = 1 << 31;
-const REP_ERR_UNKNOWN: u32 = REP_FLAG_ERROR | 6;
-const INFO_EXPORT: u16 = 0;
-
-/// Transmission flags (NBD_FLAG_*) the kernel cares about.
-pub const FLAG_HAS_FLAGS: u16 = 1 << 0;
-pub const FLAG_SEND_FLUSH: u16 = 1 << 2;
-pub const FLAG_SEND_FUA: u16 = 1 << 3;
-pub const FLAG_SEND_TRIM: u16 = 1 << 5;
+use ballast_nbd::proto::{
+    FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO_EXPORT, NBD_MAGIC, OPTION_REPLY_MAGIC,
+    OPT_GO, REP_ACK, REP_ERR_UNKNOWN, REP_FLAG_ERROR, REP_INFO,
+};
 
 /// Largest option reply we accept; anything bigger is a broken server.
 const MAX_REPLY: u32 = 64 << 10;
@@ -37,7 +22,7 @@ pub struct ExportInfo {
 
 /// Negotiates `export` on `stream`, leaving it in the transmission phase.
 pub fn negotiate<S: Read + Write>(stream: &mut S, export: &str) -> io::Result<ExportInfo> {
-    if read_u64(stream)? != NBDMAGIC || read_u64(stream)? != IHAVEOPT {
+    if read_u64(stream)? != NBD_MAGIC || read_u64(stream)? != IHAVEOPT {
         return Err(protocol("the peer is not a newstyle NBD server"));
     }
     let server_flags = read_u16(stream)?;
@@ -59,7 +44,7 @@ pub fn negotiate<S: Read + Write>(stream: &mut S, export: &str) -> io::Result<Ex
 
     let mut info = None;
     loop {
-        if read_u64(stream)? != REPLY_MAGIC {
+        if read_u64(stream)? != OPTION_REPLY_MAGIC {
             return Err(protocol("bad option reply magic from the NBD server"));
         }
         let option = read_u32(stream)?;
@@ -129,12 +114,13 @@ fn read_u16(r: &mut impl Read) -> io::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ballast_nbd::proto::{FLAG_HAS_FLAGS, FLAG_SEND_FLUSH, FLAG_SEND_FUA, FLAG_SEND_TRIM};
     use std::os::unix::net::UnixStream;
     use std::thread;
 
     fn reply(kind: u32, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        out.extend_from_slice(&REPLY_MAGIC.to_be_bytes());
+        out.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
         out.extend_from_slice(&OPT_GO.to_be_bytes());
         out.extend_from_slice(&kind.to_be_bytes());
         out.extend_from_slice(&(data.len() as u32).to_be_bytes());
@@ -148,7 +134,7 @@ mod tests {
         let (client, mut server) = UnixStream::pair().unwrap();
         let handle = thread::spawn(move || {
             let mut greeting = Vec::new();
-            greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
+            greeting.extend_from_slice(&NBD_MAGIC.to_be_bytes());
             greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
             greeting.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
             server.write_all(&greeting).unwrap();

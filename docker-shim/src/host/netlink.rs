@@ -132,7 +132,7 @@ pub fn disconnect_request(family: u16, seq: u32, index: u32) -> Vec<u8> {
 
 /// One message of a netlink reply.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Reply<'a> {
+pub enum NetlinkMessage<'a> {
     /// NLMSG_ERROR: 0 is an acknowledgement, otherwise a negative errno.
     Ack(i32),
     /// A generic netlink message: its attributes.
@@ -140,7 +140,7 @@ pub enum Reply<'a> {
 }
 
 /// Splits a datagram into messages.
-pub fn parse_replies(mut buf: &[u8]) -> io::Result<Vec<Reply<'_>>> {
+pub fn parse_replies(mut buf: &[u8]) -> io::Result<Vec<NetlinkMessage<'_>>> {
     let mut out = Vec::new();
     while buf.len() >= NLMSG_HDRLEN {
         let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
@@ -151,12 +151,14 @@ pub fn parse_replies(mut buf: &[u8]) -> io::Result<Vec<Reply<'_>>> {
         let body = &buf[NLMSG_HDRLEN..len];
         if kind == NLMSG_ERROR {
             let code = body.get(0..4).ok_or_else(|| bad("short netlink error"))?;
-            out.push(Reply::Ack(i32::from_ne_bytes(code.try_into().unwrap())));
+            out.push(NetlinkMessage::Ack(i32::from_ne_bytes(
+                code.try_into().unwrap(),
+            )));
         } else {
             let attrs = body
                 .get(GENL_HDRLEN..)
                 .ok_or_else(|| bad("short generic netlink message"))?;
-            out.push(Reply::Data(attrs));
+            out.push(NetlinkMessage::Data(attrs));
         }
         let next = ((len + 3) & !3).min(buf.len());
         buf = &buf[next..];
@@ -250,9 +252,9 @@ impl Socket {
             }
             for reply in parse_replies(&buf[..n as usize])? {
                 match reply {
-                    Reply::Ack(0) => return Ok(data),
-                    Reply::Ack(errno) => return Err(io::Error::from_raw_os_error(-errno)),
-                    Reply::Data(attrs) => data.push(attrs.to_vec()),
+                    NetlinkMessage::Ack(0) => return Ok(data),
+                    NetlinkMessage::Ack(errno) => return Err(io::Error::from_raw_os_error(-errno)),
+                    NetlinkMessage::Data(attrs) => data.push(attrs.to_vec()),
                 }
             }
         }
@@ -357,14 +359,14 @@ mod tests {
         let datagram = [data.clone(), ack].concat();
         let replies = parse_replies(&datagram).unwrap();
         assert_eq!(replies.len(), 2);
-        let Reply::Data(attrs) = replies[0] else {
+        let NetlinkMessage::Data(attrs) = replies[0] else {
             panic!("expected data")
         };
         assert_eq!(family_id(attrs), Some(0x25));
-        assert_eq!(replies[1], Reply::Ack(0));
+        assert_eq!(replies[1], NetlinkMessage::Ack(0));
         assert_eq!(
             parse_replies(&error).unwrap(),
-            vec![Reply::Ack(-libc::ENOENT)]
+            vec![NetlinkMessage::Ack(-libc::ENOENT)]
         );
         assert!(parse_replies(&data[..data.len() - 1]).is_err());
     }
