@@ -286,7 +286,7 @@ impl BackupStore {
             snapshot_created: snap_info.created,
             size,
             chunk_size,
-            created: crate::now_secs(),
+            created: crate::clock::now_secs(),
             parent: parent_id,
             new_chunks: 0,
             new_bytes: 0,

@@ -24,9 +24,6 @@ use bytes::Bytes;
 pub const MAGIC: [u8; 4] = *b"BLST";
 pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 32;
-/// Upper bound on a decoded manifest (one of a 1 PiB volume in 1 MiB chunks
-/// stays below it); guards allocations against a forged header.
-const MAX_MANIFEST_LEN: u64 = 1 << 37;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -167,8 +164,10 @@ fn le_u32(b: &[u8]) -> u32 {
     u32::from_le_bytes(a)
 }
 
-/// Checks and decodes a frame of the expected kind.
-pub fn decode(expected: Kind, data: &[u8]) -> Result<Vec<u8>, FrameError> {
+/// Checks and decodes a frame of the expected kind whose decoded length is
+/// at most `max_len` (the caller's bound, which guards allocations against
+/// a forged header).
+pub fn decode(expected: Kind, data: &[u8], max_len: u64) -> Result<Vec<u8>, FrameError> {
     if data.len() < HEADER_LEN {
         return Err(FrameError::Short(data.len()));
     }
@@ -199,11 +198,7 @@ pub fn decode(expected: Kind, data: &[u8]) -> Result<Vec<u8>, FrameError> {
     if crc32fast::hash(payload) != le_u32(&data[24..28]) {
         return Err(FrameError::PayloadCrc);
     }
-    let max = match expected {
-        Kind::Chunk => crate::manifest::MAX_CHUNK_SIZE,
-        Kind::Manifest => MAX_MANIFEST_LEN,
-    };
-    if raw_len > max {
+    if raw_len > max_len {
         return Err(FrameError::TooLarge(raw_len));
     }
     let raw = match data[6] {
@@ -225,18 +220,21 @@ pub fn decode(expected: Kind, data: &[u8]) -> Result<Vec<u8>, FrameError> {
 mod tests {
     use super::*;
 
+    /// The callers' bound in these tests: a largest chunk.
+    const LIMIT: u64 = 16 << 20;
+
     #[test]
     fn round_trip_compressible_and_random() {
         let zeros_and_text: Vec<u8> = b"ballast ".iter().copied().cycle().take(100_000).collect();
         let f = encode(Kind::Chunk, &zeros_and_text, 3);
         assert!(f.len() < 10_000, "compressible data shrinks");
-        assert_eq!(decode(Kind::Chunk, &f).unwrap(), zeros_and_text);
+        assert_eq!(decode(Kind::Chunk, &f, LIMIT).unwrap(), zeros_and_text);
 
         let random: Vec<u8> = (0..65536u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         let f = encode(Kind::Manifest, &random, 3);
-        assert_eq!(decode(Kind::Manifest, &f).unwrap(), random);
+        assert_eq!(decode(Kind::Manifest, &f, LIMIT).unwrap(), random);
     }
 
     #[test]
@@ -247,7 +245,7 @@ mod tests {
         let f = encode(Kind::Chunk, &random, 3);
         assert_eq!(f[6], Codec::None as u8);
         assert_eq!(f.len(), HEADER_LEN + random.len());
-        assert_eq!(decode(Kind::Chunk, &f).unwrap(), random);
+        assert_eq!(decode(Kind::Chunk, &f, LIMIT).unwrap(), random);
 
         // Random at both ends (where two of the samples fall), zeros between.
         let mut mixed = random.clone();
@@ -256,7 +254,7 @@ mod tests {
         let f = encode(Kind::Chunk, &mixed, 3);
         assert_eq!(f[6], Codec::Zstd as u8);
         assert!(f.len() < 3 * SAMPLE_LEN, "{} bytes", f.len());
-        assert_eq!(decode(Kind::Chunk, &f).unwrap(), mixed);
+        assert_eq!(decode(Kind::Chunk, &f, LIMIT).unwrap(), mixed);
     }
 
     #[test]
@@ -264,15 +262,18 @@ mod tests {
         let raw: Vec<u8> = b"0123456789".iter().copied().cycle().take(5000).collect();
         let f = encode(Kind::Chunk, &raw, 3).to_vec();
         assert_eq!(
-            decode(Kind::Manifest, &f),
+            decode(Kind::Manifest, &f, LIMIT),
             Err(FrameError::Kind {
                 expected: Kind::Manifest,
                 found: 1
             })
         );
-        assert_eq!(decode(Kind::Chunk, &f[..10]), Err(FrameError::Short(10)));
         assert_eq!(
-            decode(Kind::Chunk, &f[..f.len() - 1]).unwrap_err(),
+            decode(Kind::Chunk, &f[..10], LIMIT),
+            Err(FrameError::Short(10))
+        );
+        assert_eq!(
+            decode(Kind::Chunk, &f[..f.len() - 1], LIMIT).unwrap_err(),
             FrameError::Length {
                 header: (f.len() - HEADER_LEN) as u64,
                 actual: (f.len() - HEADER_LEN - 1) as u64
@@ -282,13 +283,23 @@ mod tests {
             let mut d = f.clone();
             d[i] ^= 0x40;
             assert!(
-                decode(Kind::Chunk, &d).is_err(),
+                decode(Kind::Chunk, &d, LIMIT).is_err(),
                 "flip at byte {i} went unnoticed"
             );
         }
         assert_eq!(
-            decode(Kind::Chunk, b"{\"not\": \"ours\", \"padding\": 1234567890}"),
+            decode(
+                Kind::Chunk,
+                b"{\"not\": \"ours\", \"padding\": 1234567890}",
+                LIMIT
+            ),
             Err(FrameError::Magic)
+        );
+        // A header announcing more than the caller allows is refused before
+        // anything is allocated for it.
+        assert_eq!(
+            decode(Kind::Chunk, &f, raw.len() as u64 - 1),
+            Err(FrameError::TooLarge(raw.len() as u64))
         );
     }
 }

@@ -22,6 +22,7 @@
 //! ```
 
 mod backup;
+mod clock;
 mod error;
 mod frame;
 mod gc;
@@ -43,14 +44,6 @@ pub use progress::{
 pub use store::{BackupInfo, BackupStore, StoreOptions};
 pub use url::{BackupUrl, StoreUrl};
 pub use verify::{DamagedBackup, VerifyReport, VerifyScope};
-
-/// Seconds since the Unix epoch.
-pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 #[cfg(test)]
 mod tests {

@@ -107,7 +107,7 @@ impl Lock {
                 what: what.into(),
                 host: hostname(),
                 pid: std::process::id(),
-                started: crate::now_secs(),
+                started: crate::clock::now_secs(),
             })
             .expect("lock body serialises"),
         );

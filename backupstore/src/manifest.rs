@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
 use crate::frame::{self, Kind};
 use crate::url::validate_backup_id;
 
@@ -21,6 +22,10 @@ pub const MANIFEST_SUFFIX: &str = ".manifest";
 const STORE_FORMAT: &str = "ballast-backupstore";
 const STORE_VERSION: u32 = 1;
 const MANIFEST_FORMAT: &str = "ballast-backup";
+
+/// Upper bound on a decoded manifest (one of a 1 PiB volume in 1 MiB chunks
+/// stays below it); guards allocations against a forged frame header.
+const MAX_MANIFEST_LEN: u64 = 1 << 37;
 
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
@@ -73,11 +78,11 @@ pub fn parse_manifest_key(key: &str) -> Option<(&str, &str)> {
         .then_some((volume, id))
 }
 
-pub fn validate_chunk_size(size: u64) -> Result<u32, crate::Error> {
+pub fn validate_chunk_size(size: u64) -> Result<u32, Error> {
     if size.is_power_of_two() && (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) {
         Ok(size as u32)
     } else {
-        Err(crate::Error::InvalidChunkSize(size))
+        Err(Error::InvalidChunkSize(size))
     }
 }
 
@@ -189,7 +194,8 @@ impl Manifest {
     /// Decodes and validates a stored manifest; the error says why it is
     /// not one of ours.
     pub fn decode(data: &[u8]) -> Result<Manifest, String> {
-        let json = frame::decode(Kind::Manifest, data).map_err(|e| e.to_string())?;
+        let json =
+            frame::decode(Kind::Manifest, data, MAX_MANIFEST_LEN).map_err(|e| e.to_string())?;
         let m: Manifest =
             serde_json::from_slice(&json).map_err(|e| format!("manifest JSON: {e}"))?;
         if m.format != MANIFEST_FORMAT {

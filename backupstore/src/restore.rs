@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::backup::blocking;
 use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
-use crate::manifest::{chunk_key, digest_hex, Digest, Manifest};
+use crate::manifest::{chunk_key, digest_hex, Digest, Manifest, MAX_CHUNK_SIZE};
 use crate::progress::Progress;
 use crate::store::BackupStore;
 
@@ -29,7 +29,8 @@ pub(crate) fn decode_chunk(
         digest: digest_hex(digest),
         reason,
     };
-    let raw = frame::decode(Kind::Chunk, data).map_err(|e| damaged(e.to_string()))?;
+    let raw =
+        frame::decode(Kind::Chunk, data, MAX_CHUNK_SIZE).map_err(|e| damaged(e.to_string()))?;
     if let Some(len) = expected_len.filter(|&l| l != raw.len()) {
         return Err(damaged(format!("{} bytes, expected {len}", raw.len())));
     }

@@ -13,7 +13,7 @@ use crate::manifest::{
     manifest_key, parse_manifest_key, validate_chunk_size, Manifest, StoreConfig, BACKUPS_PREFIX,
     CONFIG_KEY, DEFAULT_CHUNK_SIZE,
 };
-use crate::objects::{self, ObjectStore};
+use crate::objects::{FileStore, ObjectStore, S3Store};
 use crate::url::{validate_backup_id, StoreUrl};
 
 /// Tuning of a store handle.
@@ -106,7 +106,10 @@ impl BackupStore {
         if let Some(cs) = opts.chunk_size {
             validate_chunk_size(cs)?;
         }
-        let objects = objects::open(url).await?;
+        let objects: Arc<dyn ObjectStore> = match url {
+            StoreUrl::File { path } => Arc::new(FileStore::new(path.clone(), url.to_string())),
+            StoreUrl::S3 { .. } => Arc::new(S3Store::connect(url).await?),
+        };
         Ok(BackupStore::with_objects(objects, url.clone(), opts))
     }
 
@@ -152,8 +155,10 @@ impl BackupStore {
         let config = match self.config().await? {
             Some(c) => c,
             None => {
-                let c =
-                    StoreConfig::new(requested.unwrap_or(DEFAULT_CHUNK_SIZE), crate::now_secs());
+                let c = StoreConfig::new(
+                    requested.unwrap_or(DEFAULT_CHUNK_SIZE),
+                    crate::clock::now_secs(),
+                );
                 self.objects
                     .put(CONFIG_KEY, Bytes::from(c.to_bytes()))
                     .await?;

@@ -8,7 +8,6 @@ mod file;
 mod s3;
 
 use std::fmt::Debug;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -18,7 +17,6 @@ pub use file::FileStore;
 pub use s3::S3Store;
 
 use crate::error::Result;
-use crate::url::StoreUrl;
 
 /// What a listing or head request tells about one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,12 +48,4 @@ pub trait ObjectStore: Send + Sync + Debug {
     async fn remove_leftovers(&self, _age: Duration) -> Result<u64> {
         Ok(0)
     }
-}
-
-/// Opens the object store a destination URL names.
-pub async fn open(url: &StoreUrl) -> Result<Arc<dyn ObjectStore>> {
-    Ok(match url {
-        StoreUrl::File { path } => Arc::new(FileStore::new(path.clone(), url.to_string())),
-        StoreUrl::S3 { .. } => Arc::new(S3Store::connect(url).await?),
-    })
 }
