@@ -651,7 +651,7 @@ async fn serves_raw_http_without_content_type() {
     let refused = ballast_docker::bind(&socket).unwrap_err();
     assert!(refused.to_string().contains("is not a socket"), "{refused}");
     std::fs::remove_file(&socket).unwrap();
-    let listener = ballast_docker::bind(&socket).unwrap();
+    let (listener, _socket_file) = ballast_docker::bind(&socket).unwrap();
     let mode = std::fs::metadata(&socket).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,

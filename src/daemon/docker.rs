@@ -2,7 +2,6 @@
 //! ballast-docker driver, its socket in `/run/docker/plugins/`, start-up
 //! recovery of mounts left by an earlier daemon.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,6 +9,7 @@ use anyhow::{Context, Result};
 use ballast_backupstore::NoProgress;
 use ballast_docker::{Backend, BackendError, Driver, Layout, LinuxHost, VolumeSummary, PLUGIN_DIR};
 use ballast_engine::{Error, Pool, VolumeInfo};
+use ballast_unix_http::SocketFile;
 use tokio::net::UnixListener;
 use tracing::info;
 
@@ -105,22 +105,21 @@ pub fn socket_path(name: &str) -> PathBuf {
 
 /// Binds the plugin socket (replacing a stale one) before the pool opens,
 /// so a taken plugin name stops start-up early.
-pub fn bind(name: &str) -> Result<(UnixListener, PathBuf)> {
+pub fn bind(name: &str) -> Result<(UnixListener, SocketFile)> {
     let path = socket_path(name);
-    let listener = ballast_docker::bind(&path).with_context(|| {
+    ballast_docker::bind(&path).with_context(|| {
         format!(
             "cannot serve the Docker plugin {name:?} on {} (pick another name with --docker-plugin NAME{})",
             path.display(),
             if name == "ballast" { ", or pass --no-docker-plugin" } else { "" }
         )
-    })?;
-    Ok((listener, path))
+    })
 }
 
 /// Recovers earlier mounts, then serves Docker until shutdown.
 pub fn spawn(
     services: &mut Services,
-    (listener, path): (UnixListener, PathBuf),
+    (listener, socket_file): (UnixListener, SocketFile),
     pool: Pool,
     root: &Path,
     nbd_socket: &Path,
@@ -135,9 +134,9 @@ pub fn spawn(
     services.spawn("Docker plugin", move |shutdown| async move {
         let driver = Arc::new(driver);
         driver.recover().await;
-        info!(socket = %path.display(), "serving the Docker volume plugin");
+        info!(socket = %socket_file.path().display(), "serving the Docker volume plugin");
         ballast_docker::serve(listener, driver, shutdown.cancelled_owned()).await;
-        let _ = fs::remove_file(&path);
+        drop(socket_file);
         Ok(())
     });
     Ok(())
