@@ -1,5 +1,5 @@
 //! The driver's behaviour, independent of HTTP: volumes come from the
-//! [`Backend`], block devices and filesystems from the [`Host`], and the
+//! [`VolumeProvider`], block devices and filesystems from the [`Host`], and the
 //! mount IDs Docker hands out are counted in a persistent state file.
 //!
 //! Operations on one volume are serialised by a per-volume async mutex;
@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use ballast_engine::validate_name;
 use tracing::{error, info, warn};
 
-use crate::backend::{Backend, VolumeSummary};
 use crate::error::DriverError;
 use crate::host::{Attachment, FsType, Host, MountRequest};
 use crate::options::{CreateOptions, Source};
+use crate::provider::{VolumeProvider, VolumeSummary};
 use crate::state::{State, StateFile};
 
 /// Where the driver keeps its files: `DIR/state.json` and one mount
@@ -60,8 +60,8 @@ pub struct VolumeView {
     pub mountpoint: Option<PathBuf>,
 }
 
-pub struct Driver<B, H> {
-    backend: B,
+pub struct Driver<P, H> {
+    provider: P,
     host: H,
     layout: Layout,
     state_file: StateFile,
@@ -69,18 +69,15 @@ pub struct Driver<B, H> {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-impl<B: Backend, H: Host> Driver<B, H> {
+impl<P: VolumeProvider, H: Host> Driver<P, H> {
     /// Loads the saved state. Call [`Driver::recover`] before serving.
-    pub fn open(backend: B, host: H, layout: Layout) -> Result<Self, DriverError> {
+    pub fn open(provider: P, host: H, layout: Layout) -> Result<Self, DriverError> {
         let state_file = StateFile::new(layout.state_file());
         let state = fs::create_dir_all(layout.mounts())
             .and_then(|()| state_file.load())
-            .map_err(|source| DriverError::State {
-                path: state_file.path().display().to_string(),
-                source,
-            })?;
+            .map_err(|e| DriverError::state(state_file.path(), e))?;
         Ok(Driver {
-            backend,
+            provider,
             host,
             layout,
             state_file,
@@ -144,7 +141,7 @@ impl<B: Backend, H: Host> Driver<B, H> {
         let options = CreateOptions::parse(opts)?;
         let lock = self.lock(name);
         let _guard = lock.lock().await;
-        if self.backend.volume(name)?.is_some() {
+        if self.provider.volume(name)?.is_some() {
             // Docker calls Create again for volumes it already knows.
             return Ok(());
         }
@@ -157,16 +154,16 @@ impl<B: Backend, H: Host> Driver<B, H> {
         }
         match &options.source {
             Source::Empty { size } => {
-                self.backend.create_volume(name, *size).await?;
+                self.provider.create_volume(name, *size).await?;
                 self.update(|state| {
                     state.volumes.entry(name.to_string()).or_default().format_as =
                         Some(options.fstype);
                 })?;
             }
             Source::Snapshot { volume, snapshot } => {
-                self.backend.clone_volume(name, volume, snapshot).await?
+                self.provider.clone_volume(name, volume, snapshot).await?
             }
-            Source::Backup { url } => self.backend.restore_backup(name, url).await?,
+            Source::Backup { url } => self.provider.restore_backup(name, url).await?,
         }
         info!(volume = name, source = ?options.source, "volume created for Docker");
         Ok(())
@@ -189,8 +186,8 @@ impl<B: Backend, H: Host> Driver<B, H> {
         if let Some(attachment) = attachment {
             self.detach(name, &attachment).await?;
         }
-        if self.backend.volume(name)?.is_some() {
-            self.backend.delete_volume(name).await?;
+        if self.provider.volume(name)?.is_some() {
+            self.provider.delete_volume(name).await?;
         }
         self.update(|state| {
             state.volumes.remove(name);
@@ -255,7 +252,7 @@ impl<B: Backend, H: Host> Driver<B, H> {
     pub fn get(&self, name: &str) -> Result<VolumeView, DriverError> {
         check_name(name)?;
         let summary = self
-            .backend
+            .provider
             .volume(name)?
             .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
         Ok(self.view(summary))
@@ -263,7 +260,7 @@ impl<B: Backend, H: Host> Driver<B, H> {
 
     pub fn list(&self) -> Result<Vec<VolumeView>, DriverError> {
         Ok(self
-            .backend
+            .provider
             .volumes()?
             .into_iter()
             .map(|summary| self.view(summary))
@@ -300,14 +297,14 @@ impl<B: Backend, H: Host> Driver<B, H> {
             })?;
         }
         let summary = self
-            .backend
+            .provider
             .volume(name)?
             .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
         // A volume nobody ever wrote to holds nothing a format could destroy.
         let format = format_as.or((summary.allocated == 0).then_some(FsType::Ext4));
         let request = MountRequest {
             volume: name.to_string(),
-            nbd_socket: self.backend.nbd_socket(),
+            nbd_socket: self.provider.nbd_socket(),
             target: target.clone(),
             format,
         };
@@ -370,15 +367,12 @@ impl<B: Backend, H: Host> Driver<B, H> {
         let result = change(&mut next);
         self.state_file
             .save(&next)
-            .map_err(|source| DriverError::State {
-                path: self.state_file.path().display().to_string(),
-                source,
-            })?;
+            .map_err(|e| DriverError::state(self.state_file.path(), e))?;
         *state = next;
         Ok(result)
     }
 }
 
 fn check_name(name: &str) -> Result<(), DriverError> {
-    validate_name(name).map_err(|e| DriverError::InvalidName(e.to_string()))
+    validate_name(name).map_err(DriverError::InvalidName)
 }

@@ -1,31 +1,54 @@
 //! What the driver tells Docker when a request fails. Docker shows the
-//! message verbatim, so every variant reads as one complete sentence.
+//! message verbatim, so every variant reads as one complete sentence; each
+//! keeps its cause as its source.
 
-use crate::backend::BackendError;
+use std::io;
+use std::path::{Path, PathBuf};
+
 use crate::host::HostError;
+use crate::provider::ProviderError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    #[error("{0}")]
-    InvalidName(String),
+    #[error(transparent)]
+    InvalidName(ballast_engine::Error),
     #[error("{0}")]
     InvalidOption(String),
     #[error("no such volume: {0}")]
     NotFound(String),
     #[error("volume {name} is mounted by {mounts} container(s); stop them before removing it")]
     Mounted { name: String, mounts: usize },
-    #[error("{0}")]
-    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
     #[error("volume {volume}: {source}")]
     Host {
         volume: String,
         #[source]
         source: HostError,
     },
-    #[error("cannot save the driver state in {path}: {source}")]
+    #[error("cannot save the driver state in {}: {source}", path.display())]
     State {
-        path: String,
+        path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
+    #[error("cannot save the driver state in {}: the filesystem is full (free space there)", path.display())]
+    NoSpace {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl DriverError {
+    /// The one conversion of an I/O error on the driver's state: a full
+    /// filesystem is [`DriverError::NoSpace`].
+    pub(crate) fn state(path: &Path, source: io::Error) -> DriverError {
+        let path = path.to_path_buf();
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            DriverError::NoSpace { path, source }
+        } else {
+            DriverError::State { path, source }
+        }
+    }
 }

@@ -2,26 +2,26 @@
 //! unix socket in `/run/docker/plugins/`, backed by ballast volumes.
 //!
 //! The shim knows nothing of the engine's internals. The daemon hands it a
-//! [`Backend`] (create, clone, delete, list volumes; where a volume is
+//! [`VolumeProvider`] (create, clone, delete, list volumes; where a volume is
 //! exported over NBD) and the shim does the rest on the host: attach the
 //! export as a block device (kernel NBD over netlink, or `nbdfuse` plus a
 //! loop device), format it on first use, mount it, and count the mounts
 //! Docker asks for so the filesystem goes away only when the last container
 //! is done with it.
 
-mod backend;
 mod driver;
 mod error;
 pub mod host;
 mod options;
 mod protocol;
+mod provider;
 mod server;
 mod state;
 
-pub use backend::{Backend, BackendError, VolumeSummary};
 pub use driver::{Driver, Layout};
 pub use error::DriverError;
 pub use host::{Attachment, FsType, Host, HostError, LinuxHost, MountRequest};
 pub use options::{CreateOptions, Source, KNOWN_OPTIONS};
-pub use protocol::{handle, Reply};
+pub use protocol::{handle, PluginReply};
+pub use provider::{ProviderError, VolumeProvider, VolumeSummary};
 pub use server::{bind, serve, PLUGIN_DIR};

@@ -9,26 +9,26 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
-use crate::backend::Backend;
 use crate::driver::{Driver, VolumeView};
 use crate::error::DriverError;
 use crate::host::Host;
+use crate::provider::VolumeProvider;
 
-/// A response: HTTP status and JSON body.
+/// An answer of the plugin protocol: HTTP status and JSON body.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
+pub struct PluginReply {
     pub status: u16,
     pub body: Value,
 }
 
-impl Reply {
-    fn ok(body: Value) -> Reply {
-        Reply { status: 200, body }
+impl PluginReply {
+    fn ok(body: Value) -> PluginReply {
+        PluginReply { status: 200, body }
     }
 
     /// Docker reads `Err` from a 200 reply and shows it to the user.
-    fn err(message: String) -> Reply {
-        Reply::ok(json!({ "Err": message }))
+    fn err(message: String) -> PluginReply {
+        PluginReply::ok(json!({ "Err": message }))
     }
 }
 
@@ -55,7 +55,11 @@ struct MountRequest {
 }
 
 /// Answers the call to `path` with request body `body`.
-pub async fn handle<B: Backend, H: Host>(driver: &Driver<B, H>, path: &str, body: &[u8]) -> Reply {
+pub async fn handle<P: VolumeProvider, H: Host>(
+    driver: &Driver<P, H>,
+    path: &str,
+    body: &[u8],
+) -> PluginReply {
     let reply = match path {
         "/Plugin.Activate" => Ok(json!({ "Implements": ["VolumeDriver"] })),
         "/VolumeDriver.Capabilities" => Ok(json!({ "Capabilities": { "Scope": "local" } })),
@@ -97,20 +101,22 @@ pub async fn handle<B: Backend, H: Host>(driver: &Driver<B, H>, path: &str, body
             json!({ "Volumes": volumes, "Err": "" })
         }),
         _ => {
-            return Reply {
+            return PluginReply {
                 status: 404,
                 body: json!({ "Err": format!("unknown plugin call {path}") }),
             }
         }
     };
     match reply {
-        Ok(body) => Reply::ok(body),
+        Ok(body) => PluginReply::ok(body),
         Err(e) => {
             match &e {
-                DriverError::Host { .. } | DriverError::State { .. } => warn!("{path}: {e}"),
+                DriverError::Host { .. }
+                | DriverError::State { .. }
+                | DriverError::NoSpace { .. } => warn!("{path}: {e}"),
                 _ => debug!("{path}: {e}"),
             }
-            Reply::err(e.to_string())
+            PluginReply::err(e.to_string())
         }
     }
 }

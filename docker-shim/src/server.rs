@@ -12,10 +12,10 @@ use serde_json::json;
 use tokio::net::UnixListener;
 use tracing::debug;
 
-use crate::backend::Backend;
 use crate::driver::Driver;
 use crate::host::Host;
-use crate::protocol::{handle, Reply};
+use crate::protocol::{handle, PluginReply};
+use crate::provider::VolumeProvider;
 
 /// Where dockerd looks for legacy plugin sockets.
 pub const PLUGIN_DIR: &str = "/run/docker/plugins";
@@ -43,9 +43,9 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), BindError> {
 }
 
 /// Serves plugin calls until `shutdown` completes.
-pub async fn serve<B: Backend, H: Host>(
+pub async fn serve<P: VolumeProvider, H: Host>(
     listener: UnixListener,
-    driver: Arc<Driver<B, H>>,
+    driver: Arc<Driver<P, H>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let handler = Arc::new(PluginHandler { driver });
@@ -53,11 +53,11 @@ pub async fn serve<B: Backend, H: Host>(
 }
 
 /// The plugin protocol as an HTTP handler.
-struct PluginHandler<B, H> {
-    driver: Arc<Driver<B, H>>,
+struct PluginHandler<P, H> {
+    driver: Arc<Driver<P, H>>,
 }
 
-impl<B: Backend, H: Host> Handler for PluginHandler<B, H> {
+impl<P: VolumeProvider, H: Host> Handler for PluginHandler<P, H> {
     async fn handle(&self, request: Request<Bytes>) -> Response<Bytes> {
         let path = request.uri().path();
         let reply = handle(&self.driver, path, request.body()).await;
@@ -67,14 +67,14 @@ impl<B: Backend, H: Host> Handler for PluginHandler<B, H> {
 
     fn refuse(&self, _method: &Method, path: &str, failure: &Failure) -> Response<Bytes> {
         debug!(path, "plugin call refused: {failure}");
-        http_response(&Reply {
+        http_response(&PluginReply {
             status: failure.status().as_u16(),
             body: json!({ "Err": failure.to_string() }),
         })
     }
 }
 
-fn http_response(reply: &Reply) -> Response<Bytes> {
+fn http_response(reply: &PluginReply) -> Response<Bytes> {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
     ballast_unix_http::response(status, CONTENT_TYPE, reply.body.to_string().into_bytes())
 }

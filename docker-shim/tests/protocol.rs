@@ -1,4 +1,4 @@
-//! The plugin protocol end to end through the driver, with a fake backend
+//! The plugin protocol end to end through the driver, with a fake provider
 //! and a fake host (the real attach/mount path is covered by the
 //! workspace's Docker tests with a real dockerd).
 
@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use ballast_docker::host::Via;
 use ballast_docker::{
-    handle, Attachment, Backend, BackendError, Driver, FsType, Host, HostError, Layout,
-    MountRequest, VolumeSummary,
+    handle, Attachment, Driver, FsType, Host, HostError, Layout, MountRequest, ProviderError,
+    VolumeProvider, VolumeSummary,
 };
 use serde_json::{json, Value};
 
@@ -40,12 +40,12 @@ impl Drop for TempDir {
 }
 
 #[derive(Default, Clone)]
-struct FakeBackend {
+struct FakeProvider {
     volumes: Arc<Mutex<BTreeMap<String, VolumeSummary>>>,
     calls: Arc<Mutex<Vec<String>>>,
 }
 
-impl FakeBackend {
+impl FakeProvider {
     fn add(&self, name: &str, allocated: u64) {
         self.volumes.lock().unwrap().insert(
             name.into(),
@@ -64,8 +64,8 @@ impl FakeBackend {
     }
 }
 
-impl Backend for FakeBackend {
-    async fn create_volume(&self, name: &str, size: u64) -> Result<(), BackendError> {
+impl VolumeProvider for FakeProvider {
+    async fn create_volume(&self, name: &str, size: u64) -> Result<(), ProviderError> {
         self.calls
             .lock()
             .unwrap()
@@ -79,7 +79,7 @@ impl Backend for FakeBackend {
         name: &str,
         volume: &str,
         snapshot: &str,
-    ) -> Result<(), BackendError> {
+    ) -> Result<(), ProviderError> {
         self.calls
             .lock()
             .unwrap()
@@ -88,27 +88,27 @@ impl Backend for FakeBackend {
         Ok(())
     }
 
-    async fn restore_backup(&self, name: &str, url: &str) -> Result<(), BackendError> {
+    async fn restore_backup(&self, name: &str, url: &str) -> Result<(), ProviderError> {
         self.calls
             .lock()
             .unwrap()
             .push(format!("restore {name} {url}"));
-        Err(BackendError(
+        Err(ProviderError::Restore(
             "restoring from a backup is not available yet".into(),
         ))
     }
 
-    async fn delete_volume(&self, name: &str) -> Result<(), BackendError> {
+    async fn delete_volume(&self, name: &str) -> Result<(), ProviderError> {
         self.calls.lock().unwrap().push(format!("delete {name}"));
         self.volumes.lock().unwrap().remove(name);
         Ok(())
     }
 
-    fn volume(&self, name: &str) -> Result<Option<VolumeSummary>, BackendError> {
+    fn volume(&self, name: &str) -> Result<Option<VolumeSummary>, ProviderError> {
         Ok(self.volumes.lock().unwrap().get(name).cloned())
     }
 
-    fn volumes(&self) -> Result<Vec<VolumeSummary>, BackendError> {
+    fn volumes(&self) -> Result<Vec<VolumeSummary>, ProviderError> {
         Ok(self.volumes.lock().unwrap().values().cloned().collect())
     }
 
@@ -120,7 +120,7 @@ impl Backend for FakeBackend {
 #[derive(Clone)]
 struct FakeHost {
     /// Formatting writes to the volume, as mkfs would.
-    backend: FakeBackend,
+    provider: FakeProvider,
     calls: Arc<Mutex<Vec<String>>>,
     fail_mounts: Arc<Mutex<bool>>,
     /// Attachments reported dead (nbdfuse gone, say).
@@ -128,9 +128,9 @@ struct FakeHost {
 }
 
 impl FakeHost {
-    fn new(backend: &FakeBackend) -> FakeHost {
+    fn new(provider: &FakeProvider) -> FakeHost {
         FakeHost {
-            backend: backend.clone(),
+            provider: provider.clone(),
             calls: Arc::default(),
             fail_mounts: Arc::default(),
             dead: Arc::default(),
@@ -159,7 +159,7 @@ impl Host for FakeHost {
         }
         if request.format.is_some() {
             if let Some(v) = self
-                .backend
+                .provider
                 .volumes
                 .lock()
                 .unwrap()
@@ -204,11 +204,11 @@ impl Host for FakeHost {
     }
 }
 
-type TestDriver = Driver<FakeBackend, FakeHost>;
+type TestDriver = Driver<FakeProvider, FakeHost>;
 
 struct Fixture {
     dir: TempDir,
-    backend: FakeBackend,
+    provider: FakeProvider,
     host: FakeHost,
     driver: Arc<TestDriver>,
 }
@@ -216,11 +216,11 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let dir = TempDir::new();
-        let backend = FakeBackend::default();
-        let host = FakeHost::new(&backend);
+        let provider = FakeProvider::default();
+        let host = FakeHost::new(&provider);
         let driver = Arc::new(
             Driver::open(
-                backend.clone(),
+                provider.clone(),
                 host.clone(),
                 Layout::new(dir.0.join("docker")),
             )
@@ -228,7 +228,7 @@ impl Fixture {
         );
         Fixture {
             dir,
-            backend,
+            provider,
             host,
             driver,
         }
@@ -236,9 +236,9 @@ impl Fixture {
 
     /// A second driver on the same state directory, as after a restart.
     async fn restart(&mut self) {
-        self.host = FakeHost::new(&self.backend);
+        self.host = FakeHost::new(&self.provider);
         let driver = Driver::open(
-            self.backend.clone(),
+            self.provider.clone(),
             self.host.clone(),
             Layout::new(self.dir.0.join("docker")),
         )
@@ -298,7 +298,7 @@ async fn create_accepts_null_opts_and_is_idempotent() {
         .await;
     assert_eq!(err(&reply), "");
     assert_eq!(
-        f.backend.calls(),
+        f.provider.calls(),
         vec![format!("create v1 {}", 10u64 << 30)]
     );
 
@@ -309,7 +309,7 @@ async fn create_accepts_null_opts_and_is_idempotent() {
         )
         .await;
     assert_eq!(err(&reply), "");
-    assert_eq!(f.backend.calls()[1], format!("create v2 {}", 1u64 << 30));
+    assert_eq!(f.provider.calls()[1], format!("create v2 {}", 1u64 << 30));
 }
 
 #[tokio::test]
@@ -356,7 +356,7 @@ async fn create_rejects_bad_options_and_names_without_creating() {
     );
     let reply = handle(&f.driver, "/VolumeDriver.Create", b"not json").await;
     assert!(err(&reply.body).starts_with("malformed plugin request: "));
-    assert!(f.backend.calls().is_empty());
+    assert!(f.provider.calls().is_empty());
     assert!(f.host.calls().is_empty());
 }
 
@@ -378,7 +378,7 @@ async fn create_clones_snapshots_and_passes_backup_errors_through() {
         .await;
     assert_eq!(err(&reply), "restoring from a backup is not available yet");
     assert_eq!(
-        f.backend.calls(),
+        f.provider.calls(),
         vec!["clone c db@s1", "restore r s3://b/db"]
     );
 
@@ -391,7 +391,7 @@ async fn create_clones_snapshots_and_passes_backup_errors_through() {
 #[tokio::test]
 async fn get_and_list_cover_every_volume_mounted_or_not() {
     let f = Fixture::new();
-    f.backend.add("made-by-cli", 8192);
+    f.provider.add("made-by-cli", 8192);
     f.call(
         "/VolumeDriver.Create",
         json!({"Name": "v1", "Opts": {"size": "1G"}}),
@@ -498,7 +498,7 @@ async fn mounts_are_counted_and_the_last_unmount_detaches() {
         err(&f.call("/VolumeDriver.Remove", json!({"Name": "v1"})).await),
         ""
     );
-    assert!(f.backend.volume("v1").unwrap().is_none());
+    assert!(f.provider.volume("v1").unwrap().is_none());
     assert_eq!(
         err(&f.call("/VolumeDriver.Remove", json!({"Name": "v1"})).await),
         ""
@@ -629,8 +629,8 @@ async fn a_dead_mount_is_released_and_mounted_again() {
 #[tokio::test]
 async fn volumes_with_data_and_no_record_are_never_formatted() {
     let f = Fixture::new();
-    f.backend.add("raw", 1 << 20);
-    f.backend.add("blank", 0);
+    f.provider.add("raw", 1 << 20);
+    f.provider.add("blank", 0);
     f.call("/VolumeDriver.Mount", json!({"Name": "raw", "ID": "a"}))
         .await;
     f.call("/VolumeDriver.Mount", json!({"Name": "blank", "ID": "a"}))
@@ -680,7 +680,7 @@ async fn serves_raw_http_without_content_type() {
     .unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with(r#"{"Err":""}"#), "{response}");
-    assert!(f.backend.volume("v1").unwrap().is_some());
+    assert!(f.provider.volume("v1").unwrap().is_some());
 
     // A second bind while the first listens is refused; a stale one is replaced.
     assert!(ballast_docker::bind(&socket).is_err());

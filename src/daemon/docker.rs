@@ -1,13 +1,15 @@
-//! The Docker volume plugin service: the pool as a [`Backend`] for the
-//! ballast-docker driver, its socket in `/run/docker/plugins/`, start-up
-//! recovery of mounts left by an earlier daemon.
+//! The Docker volume plugin service: the pool as a [`VolumeProvider`] for
+//! the ballast-docker driver, its socket in `/run/docker/plugins/`,
+//! start-up recovery of mounts left by an earlier daemon.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ballast_backupstore::NoProgress;
-use ballast_docker::{Backend, BackendError, Driver, Layout, LinuxHost, VolumeSummary, PLUGIN_DIR};
+use ballast_docker::{
+    Driver, Layout, LinuxHost, ProviderError, VolumeProvider, VolumeSummary, PLUGIN_DIR,
+};
 use ballast_engine::{Error, Pool, VolumeInfo};
 use ballast_unix_http::SocketFile;
 use tokio::net::UnixListener;
@@ -19,18 +21,18 @@ use super::services::Services;
 const DOCKER_DIR: &str = "docker";
 
 /// The pool, as the driver sees it.
-pub struct PoolBackend {
+pub struct PoolProvider {
     pool: Pool,
     nbd_socket: PathBuf,
 }
 
-impl Backend for PoolBackend {
-    async fn create_volume(&self, name: &str, size: u64) -> Result<(), BackendError> {
+impl VolumeProvider for PoolProvider {
+    async fn create_volume(&self, name: &str, size: u64) -> Result<(), ProviderError> {
         self.pool
             .create_volume(name, size)
             .await
             .map(drop)
-            .map_err(message)
+            .map_err(ProviderError::Pool)
     }
 
     async fn clone_volume(
@@ -38,31 +40,34 @@ impl Backend for PoolBackend {
         name: &str,
         volume: &str,
         snapshot: &str,
-    ) -> Result<(), BackendError> {
+    ) -> Result<(), ProviderError> {
         self.pool
             .clone_volume(name, volume, snapshot)
             .await
             .map(drop)
-            .map_err(message)
+            .map_err(ProviderError::Pool)
     }
 
-    async fn restore_backup(&self, name: &str, url: &str) -> Result<(), BackendError> {
+    async fn restore_backup(&self, name: &str, url: &str) -> Result<(), ProviderError> {
         restore_from_backup(&self.pool, name, url).await
     }
 
-    async fn delete_volume(&self, name: &str) -> Result<(), BackendError> {
-        self.pool.delete_volume(name).await.map_err(message)
+    async fn delete_volume(&self, name: &str) -> Result<(), ProviderError> {
+        self.pool
+            .delete_volume(name)
+            .await
+            .map_err(ProviderError::Pool)
     }
 
-    fn volume(&self, name: &str) -> Result<Option<VolumeSummary>, BackendError> {
+    fn volume(&self, name: &str) -> Result<Option<VolumeSummary>, ProviderError> {
         match self.pool.volume(name) {
             Ok(info) => Ok(Some(summary(info))),
             Err(Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(message(e)),
+            Err(e) => Err(ProviderError::Pool(e)),
         }
     }
 
-    fn volumes(&self) -> Result<Vec<VolumeSummary>, BackendError> {
+    fn volumes(&self) -> Result<Vec<VolumeSummary>, ProviderError> {
         Ok(self.pool.volumes().into_iter().map(summary).collect())
     }
 
@@ -73,7 +78,7 @@ impl Backend for PoolBackend {
 
 /// `docker volume create -o backup=URL`: restores volume `name` from a
 /// backup, the same way `ballast create NAME --backup URL` does.
-async fn restore_from_backup(pool: &Pool, name: &str, url: &str) -> Result<(), BackendError> {
+async fn restore_from_backup(pool: &Pool, name: &str, url: &str) -> Result<(), ProviderError> {
     let restore = async {
         let backup = url.parse()?;
         crate::api::backups::restore_backup(pool, &backup, name, &NoProgress).await
@@ -81,7 +86,7 @@ async fn restore_from_backup(pool: &Pool, name: &str, url: &str) -> Result<(), B
     restore
         .await
         .map(drop)
-        .map_err(|e| BackendError(e.to_string()))
+        .map_err(|e| ProviderError::Restore(Box::new(e)))
 }
 
 fn summary(info: VolumeInfo) -> VolumeSummary {
@@ -92,10 +97,6 @@ fn summary(info: VolumeInfo) -> VolumeSummary {
         created: info.created,
         origin: info.origin,
     }
-}
-
-fn message(e: Error) -> BackendError {
-    BackendError(e.to_string())
 }
 
 /// The plugin socket for plugin `name`.
@@ -125,7 +126,7 @@ pub fn spawn(
     nbd_socket: &Path,
 ) -> Result<()> {
     let dir = root.join(DOCKER_DIR);
-    let backend = PoolBackend {
+    let backend = PoolProvider {
         pool,
         nbd_socket: nbd_socket.to_path_buf(),
     };
