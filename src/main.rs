@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod client;
 mod daemon;
+mod ops;
 mod paths;
 
 use std::io::IsTerminal;

@@ -1,7 +1,10 @@
 //! Failures of API requests and the HTTP status each one answers with.
 
+use ballast_backupstore::Error as StoreError;
 use ballast_engine::Error as EngineError;
 use hyper::StatusCode;
+
+use crate::ops::error::OpError;
 
 /// A request that failed: an HTTP status and a one-line message.
 #[derive(Debug)]
@@ -56,6 +59,51 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let e = match e {
+            // Same message (the variant is transparent), the engine's status.
+            StoreError::Engine(engine) => return engine.into(),
+            other => other,
+        };
+        let status = match &e {
+            StoreError::InvalidUrl { .. }
+            | StoreError::InvalidBackupId(_)
+            | StoreError::NotOurs { .. }
+            | StoreError::ChunkSizeMismatch { .. }
+            | StoreError::InvalidChunkSize(_) => StatusCode::BAD_REQUEST,
+            StoreError::BackupNotFound { .. } => StatusCode::NOT_FOUND,
+            StoreError::Locked(_) => StatusCode::CONFLICT,
+            StoreError::Store { .. } => StatusCode::BAD_GATEWAY,
+            StoreError::DamagedChunk { .. }
+            | StoreError::MissingChunk { .. }
+            | StoreError::Interrupted(_)
+            | StoreError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::Store(e) => e.into(),
+            OpError::Engine(e) => e.into(),
+            e @ OpError::NoSpace { .. } => ApiError {
+                status: StatusCode::INSUFFICIENT_STORAGE,
+                message: e.to_string(),
+            },
+            e @ OpError::Journal { .. } => ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +152,35 @@ mod tests {
             assert_eq!(api.status, status, "{message}");
             assert_eq!(api.message, message);
         }
+    }
+
+    #[test]
+    fn store_errors_map_to_fitting_statuses() {
+        let bad: StoreError = "ftp://x"
+            .parse::<ballast_backupstore::StoreUrl>()
+            .unwrap_err();
+        assert_eq!(ApiError::from(bad).status, StatusCode::BAD_REQUEST);
+        let missing = StoreError::BackupNotFound {
+            dest: "file:///b".into(),
+            volume: "v".into(),
+            id: "i".into(),
+        };
+        let message = missing.to_string();
+        let api = ApiError::from(missing);
+        assert_eq!(api.status, StatusCode::NOT_FOUND);
+        assert_eq!(api.message, message);
+        let engine = StoreError::Engine(EngineError::NotFound {
+            kind: "volume",
+            name: "v".into(),
+        });
+        assert_eq!(ApiError::from(engine).status, StatusCode::NOT_FOUND);
+        let full = OpError::journal(
+            std::path::Path::new("/r"),
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert_eq!(
+            ApiError::from(full).status,
+            StatusCode::INSUFFICIENT_STORAGE
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! JSON bodies of the control API, shared by server and client.
 //!
 //! Volume, snapshot and pool descriptions are the engine's own serialisable
-//! types, so `--json` output and the API speak the same shapes.
+//! types and a job's status is the job registry's, so `--json` output and
+//! the API speak the same shapes.
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::ops::jobs::{JobState, JobStatus};
 pub use ballast_engine::{PoolStats, SnapshotInfo, VolumeInfo};
 
 /// `POST /v1/volumes`.
@@ -106,26 +108,4 @@ impl JobRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobStarted {
     pub id: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-/// `GET /v1/jobs/{id}`. `result` is the operation's report (a backup, a
-/// volume, a verify or gc report) once it succeeded; `error` says why it
-/// failed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobStatus {
-    pub id: u64,
-    pub op: String,
-    pub state: JobState,
-    pub progress: ballast_backupstore::ProgressSnapshot,
-    pub result: Option<serde_json::Value>,
-    pub error: Option<String>,
 }

@@ -16,6 +16,8 @@ use tokio::net::UnixListener;
 use tracing::info;
 
 use super::services::Services;
+use crate::ops::error::OpError;
+use crate::ops::restore::restore_backup;
 
 /// Driver state and mounts live in `ROOT/docker/`.
 const DOCKER_DIR: &str = "docker";
@@ -80,8 +82,8 @@ impl VolumeProvider for PoolProvider {
 /// backup, the same way `ballast create NAME --backup URL` does.
 async fn restore_from_backup(pool: &Pool, name: &str, url: &str) -> Result<(), ProviderError> {
     let restore = async {
-        let backup = url.parse()?;
-        crate::api::backups::restore_backup(pool, &backup, name, &NoProgress).await
+        let backup = url.parse().map_err(OpError::Store)?;
+        restore_backup(pool, &backup, name, &NoProgress).await
     };
     restore
         .await

@@ -6,6 +6,7 @@
 //! SIGINT/SIGTERM every service stops, then the pool gets its final commit.
 
 mod commit;
+mod config;
 mod docker;
 mod lock;
 mod nbd;
@@ -13,45 +14,21 @@ mod services;
 mod socket;
 
 use std::fs::DirBuilder;
-use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ballast_engine::{format_size, IoMode, Pool, PoolConfig};
+use ballast_engine::{format_size, Pool, PoolConfig};
 use tracing::info;
 
-use crate::api::{self, ApiState};
+use crate::api::{self, state::ApiState};
+use crate::ops;
+pub use config::{DaemonConfig, NbdListen};
 use services::Services;
 
 /// How often the commit timer makes recent writes durable.
 const COMMIT_PERIOD: Duration = Duration::from_secs(5);
-
-/// Everything `ballast daemon` can be told.
-#[derive(Debug, Clone)]
-pub struct DaemonConfig {
-    pub root: PathBuf,
-    pub control_socket: PathBuf,
-    pub pool_size: Option<u64>,
-    pub io: IoMode,
-    pub nbd_socket: PathBuf,
-    pub nbd_listen: NbdListen,
-    /// Serve the Docker volume plugin under this name.
-    pub docker_plugin: Option<String>,
-}
-
-/// Where the NBD server listens on TCP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NbdListen {
-    /// The default address: if it is taken (another daemon), serve NBD on
-    /// the unix socket only and say so.
-    Default(SocketAddr),
-    /// An address the user asked for: failing to bind it stops start-up.
-    Explicit(SocketAddr),
-    Off,
-}
 
 /// Runs the daemon until SIGINT/SIGTERM.
 pub async fn run(config: DaemonConfig) -> Result<()> {
@@ -84,8 +61,8 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         info!(max_size = %format_size(max), "pool size capped");
     }
 
-    api::restore::clean_up_interrupted(&pool).await;
-    let jobs = api::jobs::Jobs::default();
+    ops::restore::clean_up_interrupted(&pool).await;
+    let jobs = ops::jobs::Jobs::default();
     let state = Arc::new(ApiState {
         pool: pool.clone(),
         nbd: nbd.endpoints(),

@@ -11,11 +11,11 @@ use std::fs::{self, File};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ballast_backupstore::{BackupUrl, Error as StoreError, Progress};
+use ballast_backupstore::{BackupStore, BackupUrl, Progress, StoreOptions};
 use ballast_engine::{Pool, VolumeInfo};
 use tracing::{info, warn};
 
-use super::backups::open;
+use super::error::OpError;
 
 /// Directory of the journal, under the pool root.
 const JOURNAL_DIR: &str = "restoring";
@@ -30,16 +30,19 @@ pub struct Restore {
 impl Restore {
     /// Journals a new temporary volume name (durably) before anything is
     /// created under it.
-    pub fn begin(pool: &Pool) -> std::io::Result<Restore> {
+    pub fn begin(pool: &Pool) -> Result<Restore, OpError> {
         let dir = pool.root().join(JOURNAL_DIR);
-        fs::create_dir_all(&dir)?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let temp = format!("restoring-{nanos:x}-{:x}", std::process::id());
         let marker = dir.join(&temp);
-        File::create(&marker)?.sync_all()?;
-        File::open(&dir)?.sync_all()?;
+        let journal = || -> std::io::Result<()> {
+            fs::create_dir_all(&dir)?;
+            File::create(&marker)?.sync_all()?;
+            File::open(&dir)?.sync_all()
+        };
+        journal().map_err(|e| OpError::journal(&dir, e))?;
         Ok(Restore { temp, marker })
     }
 
@@ -51,9 +54,9 @@ impl Restore {
         backup: &BackupUrl,
         volume: &str,
         progress: &dyn Progress,
-    ) -> Result<VolumeInfo, StoreError> {
+    ) -> Result<VolumeInfo, OpError> {
         let result = async {
-            let store = open(&backup.dest).await?;
+            let store = BackupStore::open(&backup.dest, StoreOptions::default()).await?;
             store
                 .restore(pool, &backup.volume, &backup.id, &self.temp, progress)
                 .await?;
@@ -97,6 +100,33 @@ impl Restore {
                 self.marker.display()
             );
         }
+    }
+}
+
+/// Restores `backup` into the new volume `volume` (crash-safe, see
+/// [`Restore`]): what `ballast create --backup` and the Docker driver's
+/// `backup=` option run.
+pub async fn restore_backup(
+    pool: &Pool,
+    backup: &BackupUrl,
+    volume: &str,
+    progress: &dyn Progress,
+) -> Result<VolumeInfo, OpError> {
+    refuse_taken(pool, volume)?;
+    Restore::begin(pool)?
+        .run(pool, backup, volume, progress)
+        .await
+}
+
+/// Fails unless `volume` is free: a restore never replaces a volume.
+pub fn refuse_taken(pool: &Pool, volume: &str) -> Result<(), ballast_engine::Error> {
+    match pool.volume(volume) {
+        Err(ballast_engine::Error::NotFound { .. }) => Ok(()),
+        Ok(_) => Err(ballast_engine::Error::AlreadyExists {
+            kind: "volume",
+            name: volume.to_string(),
+        }),
+        Err(e) => Err(e),
     }
 }
 

@@ -1,55 +1,30 @@
-//! One small function per API operation: validate, call the engine, answer.
-//! The engine commits every control operation before it returns, so whatever
-//! a client was told succeeded survives a crash of the daemon.
+//! The pool, its volumes and snapshots, and where they are exported: one
+//! small function per API operation (validate, call the engine, answer).
+//! The engine commits every control operation before it returns, so
+//! whatever a client was told succeeded survives a crash of the daemon.
 
 use ballast_engine::{format_size, parse_snapshot_ref, validate_name, Pool, BLOCK_SIZE};
 use hyper::StatusCode;
-use serde::Serialize;
 use tracing::{info, warn};
 
 use super::error::ApiError;
-use super::server::ApiState;
+use super::state::{Answer, ApiReply, ApiState};
 use super::types::{CreateSnapshot, CreateVolume, GrowVolume};
 
-/// A successful answer: status and JSON body (empty for 204).
-pub struct Reply {
-    pub status: StatusCode,
-    pub body: Vec<u8>,
-}
-
-impl Reply {
-    pub fn json(status: StatusCode, value: &impl Serialize) -> Result<Reply, ApiError> {
-        let body = serde_json::to_vec(value).map_err(|e| ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("cannot encode response: {e}"),
-        })?;
-        Ok(Reply { status, body })
-    }
-
-    fn no_content() -> Result<Reply, ApiError> {
-        Ok(Reply {
-            status: StatusCode::NO_CONTENT,
-            body: Vec::new(),
-        })
-    }
-}
-
-type Answer = Result<Reply, ApiError>;
-
 pub async fn pool_stats(state: &ApiState) -> Answer {
-    Reply::json(StatusCode::OK, &state.pool.stats())
+    ApiReply::ok(&state.pool.stats())
 }
 
 pub async fn nbd_endpoints(state: &ApiState) -> Answer {
-    Reply::json(StatusCode::OK, &state.nbd)
+    ApiReply::ok(&state.nbd)
 }
 
 pub async fn list_volumes(state: &ApiState) -> Answer {
-    Reply::json(StatusCode::OK, &state.pool.volumes())
+    ApiReply::ok(&state.pool.volumes())
 }
 
 pub async fn get_volume(state: &ApiState, name: &str) -> Answer {
-    Reply::json(StatusCode::OK, &state.pool.volume(name)?)
+    ApiReply::ok(&state.pool.volume(name)?)
 }
 
 pub async fn create_volume(state: &ApiState, req: CreateVolume) -> Answer {
@@ -70,7 +45,7 @@ pub async fn create_volume(state: &ApiState, req: CreateVolume) -> Answer {
         }
         None => info!(volume = %info.name, size = %format_size(info.size), "created volume"),
     }
-    Reply::json(StatusCode::CREATED, &info)
+    ApiReply::json(StatusCode::CREATED, &info)
 }
 
 /// Clones `origin` (`VOL@SNAP`) and grows the clone to `size` if that is larger.
@@ -116,17 +91,17 @@ async fn clone_volume(
 pub async fn delete_volume(state: &ApiState, name: &str) -> Answer {
     state.pool.delete_volume(name).await?;
     info!(volume = %name, "deleted volume");
-    Reply::no_content()
+    ApiReply::no_content()
 }
 
 pub async fn grow_volume(state: &ApiState, name: &str, req: GrowVolume) -> Answer {
     let info = state.pool.grow_volume(name, req.size).await?;
     info!(volume = %name, size = %format_size(info.size), "grew volume");
-    Reply::json(StatusCode::OK, &info)
+    ApiReply::ok(&info)
 }
 
 pub async fn list_snapshots(state: &ApiState, volume: &str) -> Answer {
-    Reply::json(StatusCode::OK, &state.pool.snapshots(volume)?)
+    ApiReply::ok(&state.pool.snapshots(volume)?)
 }
 
 pub async fn create_snapshot(state: &ApiState, volume: &str, req: CreateSnapshot) -> Answer {
@@ -138,11 +113,11 @@ pub async fn create_snapshot(state: &ApiState, volume: &str, req: CreateSnapshot
         .create_snapshot(volume, req.name.as_deref())
         .await?;
     info!(volume = %volume, snapshot = %snapshot.name, "created snapshot");
-    Reply::json(StatusCode::CREATED, &snapshot)
+    ApiReply::json(StatusCode::CREATED, &snapshot)
 }
 
 pub async fn delete_snapshot(state: &ApiState, volume: &str, snapshot: &str) -> Answer {
     state.pool.delete_snapshot(volume, snapshot).await?;
     info!(volume = %volume, snapshot = %snapshot, "deleted snapshot");
-    Reply::no_content()
+    ApiReply::no_content()
 }

@@ -1,0 +1,53 @@
+//! What every handler reaches and answers with: the daemon's state and the
+//! reply of a handled request. Handlers use this module; it uses none of
+//! them.
+
+use ballast_engine::Pool;
+use hyper::StatusCode;
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::types::NbdEndpoints;
+use crate::ops::jobs::Jobs;
+
+/// Everything the handlers can reach. Services that add API routes add
+/// their handles here.
+pub struct ApiState {
+    pub pool: Pool,
+    pub nbd: NbdEndpoints,
+    /// Running and recently finished backup jobs.
+    pub jobs: Jobs,
+}
+
+/// A successful answer of the control API: status and JSON body (empty
+/// for 204).
+#[derive(Debug)]
+pub struct ApiReply {
+    pub status: StatusCode,
+    pub body: Vec<u8>,
+}
+
+impl ApiReply {
+    pub fn json(status: StatusCode, value: &impl Serialize) -> Answer {
+        let body = serde_json::to_vec(value).map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("cannot encode response: {e}"),
+        })?;
+        Ok(ApiReply { status, body })
+    }
+
+    /// 200 with `value` as its body.
+    pub fn ok(value: &impl Serialize) -> Answer {
+        ApiReply::json(StatusCode::OK, value)
+    }
+
+    pub fn no_content() -> Answer {
+        Ok(ApiReply {
+            status: StatusCode::NO_CONTENT,
+            body: Vec::new(),
+        })
+    }
+}
+
+/// What a handler returns.
+pub type Answer = Result<ApiReply, ApiError>;

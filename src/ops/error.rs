@@ -1,0 +1,57 @@
+//! Why an operation failed: the backup store's or the pool's own error,
+//! or the restore journal's.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A failed operation; one line, with its cause as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error(transparent)]
+    Store(#[from] ballast_backupstore::Error),
+    #[error(transparent)]
+    Engine(#[from] ballast_engine::Error),
+    #[error("cannot journal the restore in {}: {source}", dir.display())]
+    Journal {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot journal the restore in {}: the filesystem is full", dir.display())]
+    NoSpace {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl OpError {
+    /// The one conversion of an I/O error on the journal: a full
+    /// filesystem is [`OpError::NoSpace`].
+    pub fn journal(dir: &Path, source: io::Error) -> OpError {
+        let dir = dir.to_path_buf();
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            OpError::NoSpace { dir, source }
+        } else {
+            OpError::Journal { dir, source }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_filesystem_is_no_space_whatever_the_call() {
+        let full = OpError::journal(Path::new("/r"), io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(matches!(full, OpError::NoSpace { .. }), "{full}");
+        assert_eq!(
+            full.to_string(),
+            "cannot journal the restore in /r: the filesystem is full"
+        );
+        let denied = OpError::journal(Path::new("/r"), io::Error::from_raw_os_error(libc::EACCES));
+        assert!(matches!(denied, OpError::Journal { .. }), "{denied}");
+        assert!(std::error::Error::source(&denied).is_some());
+    }
+}

@@ -1,0 +1,12 @@
+//! The daemon's long operations, below any protocol: backup, restore,
+//! verify and gc as jobs ([`jobs`], [`operation`]), and crash-safe
+//! restores ([`restore`]). The control API starts them; the Docker volume
+//! driver restores through [`restore::restore_backup`] the same way.
+//!
+//! Nothing here knows HTTP: failures are [`error::OpError`]s, and the
+//! callers decide what each becomes on their protocol.
+
+pub mod error;
+pub mod jobs;
+pub mod operation;
+pub mod restore;

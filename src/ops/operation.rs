@@ -1,0 +1,133 @@
+//! One long operation, checked and ready to run as a job.
+//!
+//! All backup work happens in the daemon, which owns the pool. S3
+//! credentials come from the daemon's standard AWS chain (environment,
+//! profile, instance metadata), never from a URL or a client.
+
+use std::sync::Arc;
+
+use ballast_backupstore::{
+    BackupStore, BackupUrl, GcOptions, Progress, ProgressCounter, StoreOptions, StoreUrl,
+    VerifyScope,
+};
+use ballast_engine::Pool;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::error::OpError;
+use super::jobs::Outcome;
+use super::restore::Restore;
+
+/// A long operation whose URLs are parsed and names checked.
+#[derive(Debug, Clone)]
+pub enum Operation {
+    /// Back up `volume@snapshot`, or a snapshot taken now.
+    Backup {
+        dest: StoreUrl,
+        volume: String,
+        snapshot: Option<String>,
+    },
+    /// Restore `backup` into the new volume `volume`.
+    Restore { backup: BackupUrl, volume: String },
+    /// Re-read every chunk of one backup.
+    VerifyBackup { backup: BackupUrl },
+    /// Re-read every chunk of every backup in `dest`.
+    VerifyAll { dest: StoreUrl },
+    /// Remove chunks no backup references.
+    Gc { dest: StoreUrl, options: GcOptions },
+}
+
+impl Operation {
+    /// What the operation is called in job listings and messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::Backup { .. } => "backup",
+            Operation::Restore { .. } => "restore",
+            Operation::VerifyBackup { .. } | Operation::VerifyAll { .. } => "verify",
+            Operation::Gc { .. } => "gc",
+        }
+    }
+}
+
+/// Runs `operation` to its end or until `cancel`. A cancelled operation is
+/// dropped where it stands: the store keeps itself consistent (a backup's
+/// manifest is written last, its lock is released on drop); only a
+/// half-restored volume is ours to remove.
+pub async fn run(
+    pool: Pool,
+    operation: Operation,
+    progress: Arc<ProgressCounter>,
+    cancel: CancellationToken,
+) -> Outcome {
+    let restore = match &operation {
+        Operation::Restore { .. } => match Restore::begin(&pool) {
+            Ok(r) => Some(r),
+            Err(e) => return Outcome::Failed(e.into()),
+        },
+        _ => None,
+    };
+    let temp = restore.clone();
+    let outcome = tokio::select! {
+        result = execute(&pool, operation, restore, progress.as_ref()) => match result {
+            Ok(value) => Outcome::Done(value),
+            Err(e) => Outcome::Failed(e.into()),
+        },
+        () = cancel.cancelled() => Outcome::Cancelled,
+    };
+    if let (Outcome::Cancelled, Some(temp)) = (&outcome, temp) {
+        temp.abandon(&pool).await;
+    }
+    outcome
+}
+
+async fn execute(
+    pool: &Pool,
+    operation: Operation,
+    restore: Option<Restore>,
+    progress: &dyn Progress,
+) -> Result<serde_json::Value, OpError> {
+    let value = match operation {
+        Operation::Backup {
+            dest,
+            volume,
+            snapshot,
+        } => {
+            let info = open(&dest)
+                .await?
+                .backup(pool, &volume, snapshot.as_deref(), progress)
+                .await?;
+            info!(backup = %info.url, "backup complete");
+            to_json(&info)
+        }
+        Operation::Restore { backup, volume } => {
+            let restore = restore.expect("restore jobs are journalled before they run");
+            to_json(&restore.run(pool, &backup, &volume, progress).await?)
+        }
+        Operation::VerifyBackup { backup } => {
+            let scope = VerifyScope::Backup {
+                volume: &backup.volume,
+                id: &backup.id,
+            };
+            to_json(&open(&backup.dest).await?.verify(scope, progress).await?)
+        }
+        Operation::VerifyAll { dest } => to_json(
+            &open(&dest)
+                .await?
+                .verify(VerifyScope::All, progress)
+                .await?,
+        ),
+        Operation::Gc { dest, options } => {
+            to_json(&open(&dest).await?.gc(&options, progress).await?)
+        }
+    };
+    Ok(value)
+}
+
+async fn open(dest: &StoreUrl) -> Result<BackupStore, ballast_backupstore::Error> {
+    BackupStore::open(dest, StoreOptions::default()).await
+}
+
+fn to_json(value: &impl Serialize) -> serde_json::Value {
+    serde_json::to_value(value).expect("backup reports always serialise")
+}
