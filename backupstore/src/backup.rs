@@ -109,9 +109,7 @@ impl Run<'_> {
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Interrupted(format!("worker task failed: {e}")))
+    tokio::task::spawn_blocking(f).await.map_err(Error::Worker)
 }
 
 /// Indices of the chunks overlapping any of `ranges`.

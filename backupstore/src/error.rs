@@ -1,5 +1,8 @@
 //! Typed errors of the backup store. Every variant renders as one line that
-//! names what was wrong.
+//! names what was wrong; where there is an underlying error, it is the
+//! source.
+
+use crate::objects::ObjectError;
 
 /// Everything a backup-store operation can refuse or fail with.
 #[derive(Debug, thiserror::Error)]
@@ -34,17 +37,20 @@ pub enum Error {
     InvalidChunkSize(u64),
     #[error("{0}")]
     Locked(String),
-    #[error("object store {dest}: {op} {key}: {message}")]
+    /// An object-store request failed; the source says why.
+    #[error("object store {dest}: {op} {key}: {source}")]
     Store {
         dest: String,
         op: &'static str,
         key: String,
-        message: String,
+        #[source]
+        source: Box<ObjectError>,
     },
     #[error(transparent)]
     Engine(#[from] ballast_engine::Error),
-    #[error("interrupted: {0}")]
-    Interrupted(String),
+    /// A worker task (hashing, compression, file I/O) died.
+    #[error("a worker task failed: {0}")]
+    Worker(#[source] tokio::task::JoinError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,5 +1,6 @@
 //! Failures of API requests and the HTTP status each one answers with.
 
+use ballast_backupstore::objects::ObjectError;
 use ballast_backupstore::Error as StoreError;
 use ballast_engine::Error as EngineError;
 use hyper::StatusCode;
@@ -74,10 +75,13 @@ impl From<StoreError> for ApiError {
             | StoreError::InvalidChunkSize(_) => StatusCode::BAD_REQUEST,
             StoreError::BackupNotFound { .. } => StatusCode::NOT_FOUND,
             StoreError::Locked(_) => StatusCode::CONFLICT,
+            StoreError::Store { source, .. } if matches!(**source, ObjectError::NoSpace { .. }) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             StoreError::Store { .. } => StatusCode::BAD_GATEWAY,
             StoreError::DamagedChunk { .. }
             | StoreError::MissingChunk { .. }
-            | StoreError::Interrupted(_)
+            | StoreError::Worker(_)
             | StoreError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {

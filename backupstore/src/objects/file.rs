@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ObjectMeta, ObjectStore};
+use super::{ObjectError, ObjectMeta, ObjectStore};
 use crate::error::{Error, Result};
 
 const TMP_PREFIX: &str = ".tmp.";
@@ -30,12 +30,12 @@ impl FileStore {
         FileStore { root, name }
     }
 
-    fn err(&self, op: &'static str, key: &str, e: impl std::fmt::Display) -> Error {
+    fn err(&self, op: &'static str, key: &str, source: ObjectError) -> Error {
         Error::Store {
             dest: self.name.clone(),
             op,
             key: key.to_string(),
-            message: e.to_string(),
+            source: Box::new(source),
         }
     }
 
@@ -47,7 +47,7 @@ impl FileStore {
                 .split('/')
                 .all(|s| !s.is_empty() && s != "." && s != ".." && !s.starts_with(TMP_PREFIX));
         if !ok {
-            return Err(self.err(op, key, "invalid object key"));
+            return Err(self.err(op, key, ObjectError::InvalidKey));
         }
         Ok(self.root.join(key))
     }
@@ -59,8 +59,8 @@ impl FileStore {
         f: impl FnOnce() -> io::Result<T> + Send + 'static,
     ) -> Result<T> {
         match tokio::task::spawn_blocking(f).await {
-            Ok(r) => r.map_err(|e| self.err(op, key, e)),
-            Err(e) => Err(self.err(op, key, e)),
+            Ok(r) => r.map_err(|e| self.err(op, key, e.into())),
+            Err(e) => Err(Error::Worker(e)),
         }
     }
 }
@@ -193,9 +193,10 @@ impl ObjectStore for FileStore {
         let dir = if prefix.is_empty() {
             self.root.clone()
         } else {
+            // Listing prefixes end with `/`.
             let trimmed = prefix
                 .strip_suffix('/')
-                .ok_or_else(|| self.err("list", prefix, "a listing prefix must end with /"))?;
+                .ok_or_else(|| self.err("list", prefix, ObjectError::InvalidKey))?;
             self.path("list", trimmed)?
         };
         let prefix = prefix.to_string();
@@ -301,7 +302,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = FileStore::new(dir.path().to_path_buf(), "file:///test".into());
         for key in ["../x", "/etc/passwd", "a//b", "a/./b", "", ".tmp.x"] {
-            assert!(s.put(key, Bytes::from_static(b"x")).await.is_err(), "{key}");
+            let e = s.put(key, Bytes::from_static(b"x")).await.unwrap_err();
+            assert!(
+                matches!(&e, Error::Store { source, .. } if matches!(**source, ObjectError::InvalidKey)),
+                "{key}: {e}"
+            );
         }
     }
 }

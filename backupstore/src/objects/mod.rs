@@ -4,6 +4,7 @@
 //! Keys are `/`-separated paths relative to the store root, made by this
 //! crate only (`chunks/ab/cd/<digest>`, `backups/<volume>/<id>.manifest`, ...).
 
+mod error;
 mod file;
 mod s3;
 
@@ -13,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use error::{ObjectError, SdkCause};
 pub use file::FileStore;
 pub use s3::S3Store;
 

@@ -194,9 +194,16 @@ pub struct Moto {
 
 impl Moto {
     pub fn start(bin: &std::path::Path, port: u16) -> Moto {
+        Moto::start_with_env(bin, port, &[])
+    }
+
+    /// A server with extra environment, e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0`
+    /// to check every request's credentials.
+    pub fn start_with_env(bin: &std::path::Path, port: u16, env: &[(&str, &str)]) -> Moto {
         set_test_credentials();
         let child = Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
