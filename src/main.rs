@@ -1,5 +1,8 @@
 //! `ballast`: the daemon and the command-line client of its control API.
 
+// A binary has no API: `pub` marks what a module offers its siblings.
+#![allow(unreachable_pub)]
+
 mod api;
 mod cli;
 mod client;

@@ -21,12 +21,12 @@ use std::cell::RefCell;
 
 use bytes::Bytes;
 
-pub const MAGIC: [u8; 4] = *b"BLST";
-pub const VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 32;
+pub(crate) const MAGIC: [u8; 4] = *b"BLST";
+pub(crate) const VERSION: u8 = 1;
+pub(crate) const HEADER_LEN: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Chunk = 1,
     Manifest = 2,
 }
@@ -39,7 +39,7 @@ enum Codec {
 
 /// Why a frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     #[error("too short for a header ({0} bytes)")]
     Short(usize),
     #[error("bad magic (not a ballast object)")]
@@ -120,7 +120,7 @@ fn looks_incompressible(raw: &[u8], level: i32) -> bool {
 
 /// Frames `raw`, zstd-compressed at `level` unless that does not make it
 /// smaller (random data is stored as is).
-pub fn encode(kind: Kind, raw: &[u8], level: i32) -> Bytes {
+pub(crate) fn encode(kind: Kind, raw: &[u8], level: i32) -> Bytes {
     // The payload is compressed straight into place after the header; room
     // for just under `raw.len()` bytes means "only if it gets smaller".
     let mut out = vec![0u8; HEADER_LEN + raw.len()];
@@ -167,7 +167,7 @@ fn le_u32(b: &[u8]) -> u32 {
 /// Checks and decodes a frame of the expected kind whose decoded length is
 /// at most `max_len` (the caller's bound, which guards allocations against
 /// a forged header).
-pub fn decode(expected: Kind, data: &[u8], max_len: u64) -> Result<Vec<u8>, FrameError> {
+pub(crate) fn decode(expected: Kind, data: &[u8], max_len: u64) -> Result<Vec<u8>, FrameError> {
     if data.len() < HEADER_LEN {
         return Err(FrameError::Short(data.len()));
     }

@@ -18,14 +18,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::objects::{ObjectMeta, ObjectStore};
 
-pub const LOCKS_PREFIX: &str = "locks/";
+pub(crate) const LOCKS_PREFIX: &str = "locks/";
 /// How often a holder rewrites its lock.
-pub const REFRESH: Duration = Duration::from_secs(60);
+pub(crate) const REFRESH: Duration = Duration::from_secs(60);
 /// Default age after which an unrefreshed lock is considered dead.
-pub const DEFAULT_STALE: Duration = Duration::from_secs(15 * 60);
+pub(crate) const DEFAULT_STALE: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockKind {
+pub(crate) enum LockKind {
     Backup,
     Gc,
 }
@@ -51,7 +51,7 @@ struct LockBody {
 /// A held lock; released explicitly, or in the background when dropped
 /// (an operation cancelled mid-way).
 #[derive(Debug)]
-pub struct Lock {
+pub(crate) struct Lock {
     objects: Arc<dyn ObjectStore>,
     key: String,
     refresher: tokio::task::JoinHandle<()>,
@@ -90,7 +90,7 @@ async fn describe(objects: &dyn ObjectStore, meta: &ObjectMeta) -> String {
 impl Lock {
     /// Takes a lock of `kind`, failing if a live lock of the conflicting
     /// kind exists (`what` describes the holder in messages).
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         objects: Arc<dyn ObjectStore>,
         kind: LockKind,
         what: &str,
@@ -160,12 +160,12 @@ impl Lock {
         Ok(lock)
     }
 
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         &self.key
     }
 
     /// Removes the lock object.
-    pub async fn release(mut self) -> Result<()> {
+    pub(crate) async fn release(mut self) -> Result<()> {
         self.released = true;
         self.refresher.abort();
         self.objects.delete(&self.key).await
@@ -192,7 +192,11 @@ impl Drop for Lock {
 
 /// Deletes locks (other than `own`) whose holders stopped refreshing them;
 /// returns how many.
-pub async fn remove_stale(objects: &dyn ObjectStore, stale: Duration, own: &str) -> Result<usize> {
+pub(crate) async fn remove_stale(
+    objects: &dyn ObjectStore,
+    stale: Duration,
+    own: &str,
+) -> Result<usize> {
     let now = SystemTime::now();
     let mut removed = 0;
     for meta in objects.list(LOCKS_PREFIX).await? {

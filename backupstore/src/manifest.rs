@@ -14,10 +14,10 @@ use crate::error::Error;
 use crate::frame::{self, Kind};
 use crate::url::validate_backup_id;
 
-pub const CONFIG_KEY: &str = "ballast-store.json";
-pub const CHUNKS_PREFIX: &str = "chunks/";
-pub const BACKUPS_PREFIX: &str = "backups/";
-pub const MANIFEST_SUFFIX: &str = ".manifest";
+pub(crate) const CONFIG_KEY: &str = "ballast-store.json";
+pub(crate) const CHUNKS_PREFIX: &str = "chunks/";
+pub(crate) const BACKUPS_PREFIX: &str = "backups/";
+pub(crate) const MANIFEST_SUFFIX: &str = ".manifest";
 
 const STORE_FORMAT: &str = "ballast-backupstore";
 const STORE_VERSION: u32 = 1;
@@ -28,17 +28,17 @@ const MANIFEST_FORMAT: &str = "ballast-backup";
 const MAX_MANIFEST_LEN: u64 = 1 << 37;
 
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
-pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
-pub const MAX_CHUNK_SIZE: u64 = 16 << 20;
+pub(crate) const MIN_CHUNK_SIZE: u64 = 64 << 10;
+pub(crate) const MAX_CHUNK_SIZE: u64 = 16 << 20;
 
 /// A chunk's content address: BLAKE3 of its (uncompressed) bytes.
-pub type Digest = [u8; 32];
+pub(crate) type Digest = [u8; 32];
 
-pub fn digest_hex(d: &Digest) -> String {
+pub(crate) fn digest_hex(d: &Digest) -> String {
     blake3::Hash::from_bytes(*d).to_hex().to_string()
 }
 
-pub fn parse_digest(hex: &str) -> Option<Digest> {
+pub(crate) fn parse_digest(hex: &str) -> Option<Digest> {
     if hex.len() != 64
         || !hex
             .bytes()
@@ -49,13 +49,13 @@ pub fn parse_digest(hex: &str) -> Option<Digest> {
     blake3::Hash::from_hex(hex).ok().map(|h| *h.as_bytes())
 }
 
-pub fn chunk_key(d: &Digest) -> String {
+pub(crate) fn chunk_key(d: &Digest) -> String {
     let hex = digest_hex(d);
     format!("{CHUNKS_PREFIX}{}/{}/{hex}", &hex[0..2], &hex[2..4])
 }
 
 /// The digest a chunk key names, if it is one of ours.
-pub fn digest_of_key(key: &str) -> Option<Digest> {
+pub(crate) fn digest_of_key(key: &str) -> Option<Digest> {
     let rest = key.strip_prefix(CHUNKS_PREFIX)?;
     let mut parts = rest.split('/');
     let (a, b, hex, none) = (parts.next()?, parts.next()?, parts.next()?, parts.next());
@@ -65,12 +65,12 @@ pub fn digest_of_key(key: &str) -> Option<Digest> {
     parse_digest(hex)
 }
 
-pub fn manifest_key(volume: &str, id: &str) -> String {
+pub(crate) fn manifest_key(volume: &str, id: &str) -> String {
     format!("{BACKUPS_PREFIX}{volume}/{id}{MANIFEST_SUFFIX}")
 }
 
 /// `(volume, id)` of a manifest key.
-pub fn parse_manifest_key(key: &str) -> Option<(&str, &str)> {
+pub(crate) fn parse_manifest_key(key: &str) -> Option<(&str, &str)> {
     let rest = key.strip_prefix(BACKUPS_PREFIX)?;
     let (volume, file) = rest.split_once('/')?;
     let id = file.strip_suffix(MANIFEST_SUFFIX)?;
@@ -78,7 +78,7 @@ pub fn parse_manifest_key(key: &str) -> Option<(&str, &str)> {
         .then_some((volume, id))
 }
 
-pub fn validate_chunk_size(size: u64) -> Result<u32, Error> {
+pub(crate) fn validate_chunk_size(size: u64) -> Result<u32, Error> {
     if size.is_power_of_two() && (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) {
         Ok(size as u32)
     } else {

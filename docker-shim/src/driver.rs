@@ -48,7 +48,7 @@ impl Layout {
 
 /// The directory handed to containers: `data/` inside the filesystem, so
 /// `lost+found` never shows up in, say, a database's data directory.
-pub fn mountpoint(target: &Path) -> PathBuf {
+pub(crate) fn mountpoint(target: &Path) -> PathBuf {
     target.join("data")
 }
 

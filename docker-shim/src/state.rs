@@ -13,13 +13,13 @@ use serde::{Deserialize, Serialize};
 use crate::host::{Attachment, FsType};
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-pub struct State {
+pub(crate) struct State {
     #[serde(default)]
     pub volumes: BTreeMap<String, VolumeState>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VolumeState {
+pub(crate) struct VolumeState {
     /// Mount IDs Docker has not unmounted yet.
     #[serde(default)]
     pub mount_ids: BTreeSet<String>,
@@ -40,21 +40,21 @@ impl VolumeState {
 
 /// The state file.
 #[derive(Debug, Clone)]
-pub struct StateFile {
+pub(crate) struct StateFile {
     path: PathBuf,
 }
 
 impl StateFile {
-    pub fn new(path: PathBuf) -> StateFile {
+    pub(crate) fn new(path: PathBuf) -> StateFile {
         StateFile { path }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// An absent file is an empty state.
-    pub fn load(&self) -> io::Result<State> {
+    pub(crate) fn load(&self) -> io::Result<State> {
         match fs::read(&self.path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 io::Error::new(
@@ -67,7 +67,7 @@ impl StateFile {
         }
     }
 
-    pub fn save(&self, state: &State) -> io::Result<()> {
+    pub(crate) fn save(&self, state: &State) -> io::Result<()> {
         let mut compact = state.clone();
         compact.volumes.retain(|_, v| !v.is_empty());
         let bytes = serde_json::to_vec_pretty(&compact)?;

@@ -1,6 +1,6 @@
 //! Helpers of the backup end-to-end tests: a daemon with an NBD socket,
 //! volume contents written and read through NBD with nbdcopy and qemu-io.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! root, the real `ballast` binary as client, raw HTTP on the control socket.
 
 // Each test file uses a different subset of these helpers.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::fs::{self, File};
 use std::io::{Read, Write};

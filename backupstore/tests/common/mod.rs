@@ -1,6 +1,6 @@
 //! Shared test fixtures: a real engine pool on a tempdir, deterministic
 //! volume contents, and a real S3 server (moto_server) started per test.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 pub mod scenarios;
 

@@ -218,10 +218,8 @@ impl Socket {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: fd is a fresh descriptor we own.
-        Ok(Socket {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            seq: 0,
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Socket { fd, seq: 0 })
     }
 
     /// Sends a request built by `build(seq)` and collects the reply's data

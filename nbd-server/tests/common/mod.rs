@@ -1,6 +1,6 @@
 //! Test harness: an in-process NBD server over a unix socket and TCP, plus
 //! helpers to find external clients (qemu-io, nbdinfo, fio, ...).
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 pub mod memory;
 pub mod raw;
