@@ -564,6 +564,21 @@ fn docker_uses_ballast_volumes() {
         "failed creates left nothing: {names}"
     );
 
+    // backup= restores a new volume from a backup, as `ballast create
+    // --backup` does: its filesystem and files come back.
+    let dest = format!("file://{}", f.dir.join("backups").display());
+    let url = ok(&f.socket(), &["backup", "create", "v1", "--dest", &dest]);
+    let from_backup = format!("backup={}", url.trim());
+    docker(
+        &f,
+        &["volume", "create", "-d", &driver, "-o", &from_backup, "r1"],
+    );
+    assert_eq!(
+        f.run("r1", "cat /data/greeting /data/third"),
+        "hello\nafter-restart\n"
+    );
+    docker(&f, &["volume", "rm", "r1"]);
+
     // Remove: the clone first (it depends on v1's snapshot), then v1.
     docker(&f, &["volume", "rm", "c1"]);
     docker(&f, &["volume", "rm", "v1"]);
