@@ -32,9 +32,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line, whatever the cause chain looks like.
-            let message = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {message}");
+            eprintln!("error: {}", cli::output::error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -5,7 +5,7 @@
 
 pub mod args;
 mod backup;
-mod output;
+pub mod output;
 
 use anyhow::Result;
 use ballast_engine::{format_size, parse_size, parse_snapshot_ref, validate_name};

@@ -14,6 +14,24 @@ pub fn emit(text: &str) -> io::Result<()> {
     }
 }
 
+/// An error and its causes as one line, `outer: cause: cause`. An error
+/// whose message already ends with its cause's (typed errors that name
+/// their source, like `cannot bind X: <io error>`) does not repeat it.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Pretty JSON with a trailing newline.
 pub fn json(value: &impl Serialize) -> String {
     let mut text = serde_json::to_string_pretty(value).expect("API types always serialise");
@@ -95,6 +113,21 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_are_one_line_without_repeated_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot bind /x: {0}")]
+        struct Bind(#[source] std::io::Error);
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let e = anyhow::Error::new(Bind(io)).context("--control-socket");
+        assert_eq!(
+            error_line(&e),
+            "--control-socket: cannot bind /x: No such file or directory (os error 2)"
+        );
+        let multi = anyhow::anyhow!("first\nsecond").context("outer");
+        assert_eq!(error_line(&multi), "outer: first second");
+    }
 
     #[test]
     fn formats_utc_times() {
