@@ -340,7 +340,7 @@ pub async fn restore_backup(
         .into());
     }
     let restore =
-        Restore::begin(pool).map_err(|e| StoreError::from(ballast_engine::Error::Io(e)))?;
+        Restore::begin(pool).map_err(|e| StoreError::from(ballast_engine::Error::from_io(e)))?;
     restore.run(pool, backup, volume, progress).await
 }
 

@@ -35,6 +35,8 @@ pub struct DaemonConfig {
     pub root: PathBuf,
     pub control_socket: PathBuf,
     pub pool_size: Option<u64>,
+    /// The metadata memory budget in bytes.
+    pub meta_cache: u64,
     pub io: IoMode,
     pub nbd_socket: PathBuf,
     pub nbd_listen: NbdListen,
@@ -71,12 +73,11 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         .map(docker::bind)
         .transpose()?;
 
-    let pool_config = PoolConfig {
-        root: config.root.clone(),
-        max_size: config.pool_size,
-        io: config.io,
-        runtime: Some(tokio::runtime::Handle::current()),
-    };
+    let mut pool_config = PoolConfig::new(&config.root);
+    pool_config.max_size = config.pool_size;
+    pool_config.meta_cache = config.meta_cache;
+    pool_config.io = config.io;
+    pool_config.runtime = Some(tokio::runtime::Handle::current());
     let pool = tokio::task::spawn_blocking(move || Pool::open(pool_config))
         .await?
         .with_context(|| format!("cannot open the pool in {}", config.root.display()))?;
