@@ -49,7 +49,7 @@ fn run(cli: Cli) -> Result<()> {
                 root: None,
                 control_socket: None,
                 pool_size: None,
-                meta_cache: format_size(DEFAULT_META_CACHE),
+                meta_cache: None,
                 io: IoMode::default().to_string(),
                 threads: None,
                 nbd_socket: None,
@@ -87,7 +87,10 @@ fn daemon_config(args: DaemonArgs, client_socket: Option<PathBuf>) -> Result<Dae
         .map(parse_size)
         .transpose()
         .context("--pool-size")?;
-    let meta_cache = parse_size(&args.meta_cache).context("--meta-cache")?;
+    let meta_cache = match args.meta_cache.as_deref() {
+        Some(size) => parse_size(size).context("--meta-cache")?,
+        None => DEFAULT_META_CACHE,
+    };
     if meta_cache < MIN_META_CACHE {
         bail!(
             "--meta-cache: {} is too small; the pool needs at least {}",

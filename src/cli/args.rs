@@ -89,9 +89,9 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub pool_size: Option<String>,
     /// Memory for the pool's metadata: map cache, changes not yet
-    /// checkpointed, allocator bitmap, metadata store cache
-    #[arg(long, value_name = "SIZE", default_value = "64M")]
-    pub meta_cache: String,
+    /// checkpointed, allocator bitmap, metadata store cache [default: 64M]
+    #[arg(long, value_name = "SIZE")]
+    pub meta_cache: Option<String>,
     /// I/O backend: auto (io_uring if the kernel allows it), uring or sync
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub io: String,
