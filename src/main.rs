@@ -14,8 +14,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Context, Result};
-use ballast_engine::{parse_size, validate_name, IoMode};
+use anyhow::{anyhow, bail, Context, Result};
+use ballast_engine::{format_size, parse_size, validate_name, IoMode, DEFAULT_META_CACHE};
 use clap::Parser;
 
 use cli::args::{Cli, Command, DaemonArgs};
@@ -24,6 +24,8 @@ use daemon::{DaemonConfig, NbdListen};
 
 /// The NBD port registered with IANA, on loopback only.
 const DEFAULT_NBD_LISTEN: &str = "127.0.0.1:10809";
+/// Smallest metadata budget accepted: below it the node cache thrashes.
+const MIN_META_CACHE: u64 = 8 << 20;
 /// The Docker volume plugin name `ballast serve` uses (`docker volume create -d ballast`).
 const DEFAULT_DOCKER_PLUGIN: &str = "ballast";
 
@@ -49,6 +51,7 @@ fn run(cli: Cli) -> Result<()> {
                 root: None,
                 control_socket: None,
                 pool_size: None,
+                meta_cache: None,
                 io: IoMode::default().to_string(),
                 threads: None,
                 nbd_socket: None,
@@ -86,6 +89,17 @@ fn daemon_config(args: DaemonArgs, client_socket: Option<PathBuf>) -> Result<Dae
         .map(parse_size)
         .transpose()
         .context("--pool-size")?;
+    let meta_cache = match args.meta_cache.as_deref() {
+        Some(size) => parse_size(size).context("--meta-cache")?,
+        None => DEFAULT_META_CACHE,
+    };
+    if meta_cache < MIN_META_CACHE {
+        bail!(
+            "--meta-cache: {} is too small; the pool needs at least {}",
+            format_size(meta_cache),
+            format_size(MIN_META_CACHE)
+        );
+    }
     let io: IoMode = args.io.parse().map_err(|e: String| anyhow!("--io: {e}"))?;
     let nbd_listen = match args.nbd_listen.as_deref() {
         None => NbdListen::Default(DEFAULT_NBD_LISTEN.parse().expect("valid address")),
@@ -107,6 +121,7 @@ fn daemon_config(args: DaemonArgs, client_socket: Option<PathBuf>) -> Result<Dae
             .unwrap_or_else(|| paths::control_socket(&root)),
         root,
         pool_size,
+        meta_cache,
         io,
     })
 }

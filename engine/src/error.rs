@@ -1,5 +1,10 @@
 //! Typed engine errors and their mapping to errno values (NBD and the
 //! control API both report failures as errno-style codes).
+//!
+//! Every kind is stable (callers match on it); a failure of something
+//! beneath the engine keeps its cause as the error's source. An
+//! `io::Error` becomes an engine error in one place, [`Error::from_io`],
+//! where ENOSPC is always [`Error::NoSpace`].
 
 use std::io;
 
@@ -24,12 +29,24 @@ pub enum Error {
     ReadOnly(String),
     #[error("checksum mismatch in block at volume offset {offset} (pool block {pblock}): data is corrupt")]
     Checksum { offset: u64, pblock: u64 },
-    #[error("pool metadata: {0}")]
-    Metadata(String),
+    #[error("pool metadata is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("pool metadata store: {source}")]
+    MetaStore {
+        #[source]
+        source: sled::Error,
+    },
+    #[error("pool stopped accepting writes after a failure ({reason}); restart the daemon to recover from the last commit")]
+    Failed { reason: String },
     #[error("pool is closed")]
     Closed,
-    #[error("I/O error: {0}")]
-    Io(#[from] io::Error),
+    #[error("I/O error: {source}")]
+    Io {
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl Error {
@@ -44,22 +61,23 @@ impl Error {
             Error::InUse(_) => libc::EBUSY,
             Error::NoSpace(_) => libc::ENOSPC,
             Error::ReadOnly(_) => libc::EPERM,
-            Error::Checksum { .. } | Error::Metadata(_) => libc::EIO,
+            Error::Unsupported(_) => libc::ENOTSUP,
+            Error::Checksum { .. }
+            | Error::Corrupt(_)
+            | Error::MetaStore { .. }
+            | Error::Failed { .. } => libc::EIO,
             Error::Closed => libc::ESHUTDOWN,
-            Error::Io(e) => match e.raw_os_error() {
-                Some(code) => code,
-                None => libc::EIO,
-            },
+            Error::Io { source } => source.raw_os_error().unwrap_or(libc::EIO),
         }
     }
 
-    /// An I/O error on the data file; a full filesystem is
+    /// An I/O error beneath the engine; a full filesystem is
     /// [`Error::NoSpace`].
-    pub(crate) fn from_io(e: io::Error) -> Self {
+    pub fn from_io(e: io::Error) -> Self {
         if e.raw_os_error() == Some(libc::ENOSPC) {
             Error::NoSpace("the filesystem holding the pool is full".into())
         } else {
-            Error::Io(e)
+            Error::Io { source: e }
         }
     }
 
@@ -71,11 +89,18 @@ impl Error {
     }
 }
 
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::from_io(e)
+    }
+}
+
 impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
         match e {
-            sled::Error::Io(io) => Error::Io(io),
-            other => Error::Metadata(other.to_string()),
+            sled::Error::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => Error::from_io(io),
+            sled::Error::Corruption { .. } => Error::Corrupt(e.to_string()),
+            other => Error::MetaStore { source: other },
         }
     }
 }

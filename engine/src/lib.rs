@@ -1,42 +1,57 @@
 //! ballast-engine: a copy-on-write extent engine for block volumes.
 //!
-//! A [`Pool`] is one data file plus metadata in sled. It holds volumes; a
-//! volume is a chain of layers (the writable *head* and frozen snapshot
-//! layers beneath it). Data lives in 4 KiB blocks, each with a crc32 kept in
-//! its map entry and verified on every read.
+//! A [`Pool`] is one data file plus metadata in sled. It holds volumes and
+//! their snapshots. Data lives in 4 KiB blocks, each with a crc32 kept in
+//! its map and verified on every read. Every volume and snapshot has a
+//! complete map, a copy-on-write B-tree of extents that a snapshot shares
+//! with its volume (`tree`); the maps live in the metadata store and are
+//! read through a cache of fixed size, so memory and open time do not grow
+//! with the data written or the number of snapshots.
 //!
 //! # Invariants
 //!
 //! * **Redirect-on-write.** A write never overwrites a pool block that
-//!   committed metadata references; new data always goes to a freshly
-//!   allocated block and the map is switched in memory.
+//!   durable metadata references; new data always goes to a freshly
+//!   allocated block and the map changes in memory (the volume's overlay).
 //! * **Commit.** Map changes become durable at [`Pool::flush`] (NBD FLUSH /
-//!   FUA, control operations, and the daemon's timer): data file `fdatasync`
-//!   first, then one atomic sled batch, then sled's own flush. A crash
-//!   therefore always reopens the last committed state.
+//!   FUA, control operations, and the daemon's timer): one journal record
+//!   in the data file and one `fdatasync` (`commit`). A checkpoint later
+//!   merges them into the on-disk maps (`checkpoint`). A crash reopens the
+//!   last durable commit.
 //! * **Deferred free.** A block unreferenced by a map change is reused only
 //!   after the commit that unreferences it is durable *and* every read that
-//!   could still be looking at it has finished.
+//!   could still be looking at it has finished (`reclaim`).
 //! * **Checksums.** A read whose crc32 does not match fails with
 //!   [`Error::Checksum`] (EIO); it never returns the bad bytes.
 //! * **Write-behind.** A write is acknowledged once its data is handed to
 //!   the disk and its mapping installed. Reads of its blocks and every
-//!   commit wait for it, so a commit still syncs the data of every mapping
-//!   it makes durable; a write that fails afterwards is reported by the
-//!   next flush (see `write_behind`).
+//!   commit wait for it (`write_behind`).
+//! * **Fail safe.** A failed data sync, journal write or metadata write
+//!   stops the pool's writes with [`Error::Failed`]; it is never retried as
+//!   if nothing happened.
 //!
-//! The allocator is not persisted: at open it is rebuilt from the committed
-//! maps, so blocks written after the last commit are reclaimed by a crash.
+//! # Locks
+//!
+//! See `pool` for the order.
 
 mod alloc;
+mod catalog;
+mod checkpoint;
+mod codec;
+mod commit;
 mod error;
+mod extent;
 pub mod io;
-mod layer;
+mod journal;
 mod meta;
 mod name;
+mod overlay;
 mod pool;
 mod readahead;
 mod reclaim;
+mod recovery;
+mod space;
+mod tree;
 mod types;
 mod units;
 mod volume;
@@ -46,7 +61,11 @@ pub use error::{Error, Result};
 pub use io::IoMode;
 pub use name::{parse_snapshot_ref, validate_name, MAX_NAME_LEN};
 pub use pool::{Pool, MAX_VOLUME_SIZE};
-pub use types::{BlockState, Extent, PoolConfig, PoolStats, SnapshotInfo, VolumeInfo};
+pub use recovery::RESERVED_BYTES;
+pub use types::{
+    BlockState, Extent, MetaCacheStats, PoolConfig, PoolStats, SnapshotInfo, VolumeInfo,
+    DEFAULT_META_CACHE,
+};
 pub use units::{format_size, parse_size};
 pub use volume::{PooledBuf, Volume};
 

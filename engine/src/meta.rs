@@ -1,110 +1,110 @@
 //! Pool metadata in sled.
 //!
-//! One tree, keys by prefix:
+//! One tree, keys by prefix (integers big-endian, so keys sort by them):
 //!
-//! | key                          | value                                 |
-//! |------------------------------|---------------------------------------|
-//! | `S`                          | [`Superblock`] (JSON)                 |
-//! | `V` + volume name            | [`VolumeRecord`] (JSON)               |
-//! | `L` + layer id (BE u64)      | [`LayerRecord`] (JSON)                |
-//! | `M` + layer id + group (BE)  | the group's map entries, see [`encode_group`] |
+//! | key                               | value                                   |
+//! |-----------------------------------|-----------------------------------------|
+//! | `S`                               | [`Superblock`] (JSON)                   |
+//! | `A`                               | allocator summary: end, free per chunk  |
+//! | `B` chunk                         | a bitmap chunk of the allocator         |
+//! | `V` name                          | [`VolumeRecord`] (JSON)                 |
+//! | `X` uid                           | a [`VolumeRecord`] being deleted (JSON) |
+//! | `P` uid gen                       | [`SnapshotRecord`] (JSON)               |
+//! | `N` id                            | a map node (`crate::tree::node`)        |
+//! | `G` id                            | a node no tree references, to delete    |
+//! | `D` uid death pstart              | a dead data run: len, vstart, birth     |
+//! | `E` uid death id                  | a dead node: its birth                  |
 //!
-//! A layer's map is stored in groups of [`MAP_GROUP`] consecutive virtual
-//! blocks, one record per group that maps anything: a commit after a large
-//! write touches one key per 256 KiB rather than one per block, which keeps
-//! commits, opens and layer deletes cheap.
-//!
-//! Every [`Change`] is applied as one sled batch, which is atomic, and then
-//! flushed: a commit is either wholly durable or absent after a crash.
+//! Nothing here is read in full at open: the superblock, the summary and
+//! the volume records are; nodes, bitmap chunks, snapshots and dead lists
+//! are read when needed. A checkpoint writes its changes as one atomic
+//! batch (new nodes may go ahead of it in batches of their own: until the
+//! superblock that references them is written they are unreachable, and
+//! open deletes them) and then flushes sled.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{put_varint, seal, unseal, Reader};
 use crate::error::{Error, Result};
-use crate::layer::{Layer, Mapping};
+use crate::extent::Run;
+use crate::journal::{Death, Pos};
+use crate::tree::node::{Node, NodeRef};
 
 /// Bumped on any incompatible change to the keys or records above.
-pub(crate) const FORMAT_VERSION: u32 = 2;
-
-/// Virtual blocks per map record.
-pub(crate) const MAP_GROUP: u64 = 64;
-
-/// The map entries of one group: `(offset in the group, mapping)`, offsets
-/// strictly increasing and below [`MAP_GROUP`].
-pub(crate) type GroupEntries = Vec<(u8, Mapping)>;
+pub(crate) const FORMAT_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Superblock {
     pub version: u32,
-    /// Next id for layers and volume uids.
-    pub next_id: u64,
+    /// Identifies the data file this metadata belongs to.
+    pub pool_id: u64,
+    /// Next id for volume uids.
+    pub next_uid: u64,
+    /// Next id for map nodes; nodes at or above it are leftovers of a
+    /// checkpoint that never completed.
+    pub next_node: u64,
+    /// The current generation: the birth of everything written now.
+    pub gen: u64,
+    /// Where replay starts: the first journal record after this checkpoint.
+    pub journal: Pos,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct VolumeRecord {
-    /// Distinguishes a volume from a later one of the same name.
+    /// Distinguishes a volume from a later one of the same name; names its
+    /// snapshots and dead lists.
     pub uid: u64,
     pub name: String,
     pub size: u64,
     pub created: u64,
-    pub head: u64,
-    /// Oldest first; each snapshot's layer is the parent of the next one's
-    /// (the last one's child is `head`).
-    pub snapshots: Vec<SnapshotRecord>,
+    /// The head's map as of the last checkpoint.
+    pub root: Option<NodeRef>,
+    /// Generation of the newest snapshot (or of the origin snapshot of a
+    /// clone without snapshots of its own; 0 for neither): blocks and
+    /// nodes born at or before it are shared with a snapshot.
+    pub shared_upto: u64,
+    /// Data blocks born after `shared_upto` that the head maps: its share
+    /// of the volume's space (as of the last checkpoint; installs since
+    /// are counted in memory and replayed from the journal).
+    pub own_blocks: u64,
     pub origin: Option<Origin>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct SnapshotRecord {
-    pub name: String,
-    pub layer: u64,
-    pub created: u64,
-    pub size: u64,
+    /// Being deleted: hidden, and finished at the next open if a crash
+    /// interrupts it.
+    #[serde(default)]
+    pub deleting: bool,
+    /// While deleting: trees before this one (snapshots oldest first,
+    /// then the head) are freed ...
+    #[serde(default)]
+    pub delete_tree: u32,
+    /// ... and so are this tree's blocks below this one.
+    #[serde(default)]
+    pub delete_cursor: u64,
 }
 
 /// The snapshot a clone started from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Origin {
-    pub volume: String,
-    pub snapshot: String,
-    pub layer: u64,
+    pub uid: u64,
+    pub gen: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct LayerRecord {
-    pub parent: Option<u64>,
-}
-
-/// One commit's worth of metadata changes.
-#[derive(Debug, Default)]
-pub(crate) struct Change {
-    pub superblock: Option<Superblock>,
-    /// `None` deletes the volume record.
-    pub volumes: Vec<(String, Option<VolumeRecord>)>,
-    /// `None` deletes the layer record and every map entry of the layer.
-    pub layers: Vec<(u64, Option<LayerRecord>)>,
-    /// `(layer, group, entries)`: the group's whole map; empty deletes the
-    /// record.
-    pub maps: Vec<(u64, u64, GroupEntries)>,
-}
-
-impl Change {
-    pub fn is_empty(&self) -> bool {
-        self.superblock.is_none()
-            && self.volumes.is_empty()
-            && self.layers.is_empty()
-            && self.maps.is_empty()
-    }
-}
-
-/// Everything read back at open.
-pub(crate) struct Loaded {
-    pub superblock: Superblock,
-    pub volumes: Vec<VolumeRecord>,
-    pub layers: HashMap<u64, Layer>,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SnapshotRecord {
+    pub name: String,
+    /// Everything born at or before this generation is in the snapshot.
+    pub gen: u64,
+    pub root: Option<NodeRef>,
+    pub created: u64,
+    pub size: u64,
+    /// Volumes cloned from this snapshot.
+    pub clones: u32,
+    /// Blocks born after the previous snapshot and still in this one.
+    pub allocated_blocks: u64,
+    #[serde(default)]
+    pub deleting: bool,
 }
 
 /// How long `open` waits for sled's lock.
@@ -115,22 +115,27 @@ fn is_lock_error(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
-pub(crate) struct Meta {
-    db: sled::Db,
-}
-
-fn map_key(layer: u64, group: u64) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = b'M';
-    k[1..9].copy_from_slice(&layer.to_be_bytes());
-    k[9..].copy_from_slice(&group.to_be_bytes());
+fn key1(prefix: u8, a: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&a.to_be_bytes());
     k
 }
 
-fn layer_key(layer: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = b'L';
-    k[1..].copy_from_slice(&layer.to_be_bytes());
+fn key2(prefix: u8, a: u64, b: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = prefix;
+    k[1..9].copy_from_slice(&a.to_be_bytes());
+    k[9..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+fn key3(prefix: u8, a: u64, b: u64, c: u64) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[0] = prefix;
+    k[1..9].copy_from_slice(&a.to_be_bytes());
+    k[9..17].copy_from_slice(&b.to_be_bytes());
+    k[17..].copy_from_slice(&c.to_be_bytes());
     k
 }
 
@@ -141,82 +146,180 @@ fn volume_key(name: &str) -> Vec<u8> {
     k
 }
 
-const TAG_ZERO: u8 = 0;
-const TAG_DATA: u8 = 1;
-
-/// A group record: per entry, its offset in the group (u8) and a tag; a
-/// data entry's tag is followed by its pblock (LE u64) and crc (LE u32).
-fn encode_group(entries: &[(u8, Mapping)]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(entries.len() * 14);
-    for &(offset, m) in entries {
-        v.push(offset);
-        match m {
-            Mapping::Zero => v.push(TAG_ZERO),
-            Mapping::Data { pblock, crc } => {
-                v.push(TAG_DATA);
-                v.extend_from_slice(&pblock.to_le_bytes());
-                v.extend_from_slice(&crc.to_le_bytes());
-            }
-        }
-    }
-    v
-}
-
-fn decode_group(mut v: &[u8]) -> Result<GroupEntries> {
-    let malformed = |what: &str| Error::Metadata(format!("malformed map record: {what}"));
-    let mut entries = Vec::new();
-    while let [offset, tag, rest @ ..] = v {
-        if u64::from(*offset) >= MAP_GROUP
-            || entries.last().is_some_and(|&(prev, _)| prev >= *offset)
-        {
-            return Err(malformed("offsets out of order"));
-        }
-        let m = match *tag {
-            TAG_ZERO => {
-                v = rest;
-                Mapping::Zero
-            }
-            TAG_DATA if rest.len() >= 12 => {
-                let m = Mapping::Data {
-                    pblock: u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")),
-                    crc: u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")),
-                };
-                v = &rest[12..];
-                m
-            }
-            _ => return Err(malformed("bad entry")),
-        };
-        entries.push((*offset, m));
-    }
-    if !v.is_empty() {
-        return Err(malformed("truncated entry"));
-    }
-    Ok(entries)
-}
-
 fn be_u64(bytes: &[u8]) -> Result<u64> {
     bytes
         .try_into()
         .map(u64::from_be_bytes)
-        .map_err(|_| Error::Metadata("malformed key".into()))
+        .map_err(|_| Error::Corrupt("malformed metadata key".into()))
 }
 
 fn json<T: for<'de> Deserialize<'de>>(what: &str, v: &[u8]) -> Result<T> {
-    serde_json::from_slice(v).map_err(|e| Error::Metadata(format!("{what}: {e}")))
+    serde_json::from_slice(v).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("metadata records serialise")
+}
+
+/// A dead node: it left a volume's head in generation `death`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeadNode {
+    pub uid: u64,
+    pub death: u64,
+    pub node: NodeRef,
+}
+
+/// Changes for one atomic write of the metadata store, in order (a later
+/// change of a key wins).
+#[derive(Default)]
+pub(crate) struct Batch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Bytes queued, to bound batches of new nodes.
+    pub bytes: usize,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Appends `other`'s changes after this batch's.
+    pub fn append(&mut self, other: Batch) {
+        self.bytes += other.bytes;
+        self.ops.extend(other.ops);
+    }
+
+    fn put(&mut self, key: &[u8], value: Vec<u8>) {
+        self.bytes += key.len() + value.len();
+        self.ops.push((key.to_vec(), Some(value)));
+    }
+
+    fn del(&mut self, key: &[u8]) {
+        self.bytes += key.len();
+        self.ops.push((key.to_vec(), None));
+    }
+
+    pub fn superblock(&mut self, sb: &Superblock) {
+        self.put(b"S", to_json(sb));
+    }
+
+    pub fn summary(&mut self, end: u64, free: &[u32]) {
+        let mut v = Vec::with_capacity(8 + free.len() * 4);
+        v.extend_from_slice(&end.to_le_bytes());
+        for f in free {
+            v.extend_from_slice(&f.to_le_bytes());
+        }
+        self.put(b"A", seal(v));
+    }
+
+    pub fn chunk(&mut self, idx: u64, image: &[u64]) {
+        let mut v = Vec::with_capacity(image.len() * 8);
+        for w in image {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
+        self.put(&key1(b'B', idx), seal(v));
+    }
+
+    /// Writes a volume's record: by name, or by uid once it is being
+    /// deleted (its name is free for a new volume then).
+    pub fn volume(&mut self, rec: &VolumeRecord) {
+        if rec.deleting {
+            self.put(&key1(b'X', rec.uid), to_json(rec));
+        } else {
+            self.put(&volume_key(&rec.name), to_json(rec));
+        }
+    }
+
+    pub fn remove_deleting_volume(&mut self, uid: u64) {
+        self.del(&key1(b'X', uid));
+    }
+
+    pub fn remove_volume(&mut self, name: &str) {
+        self.del(&volume_key(name));
+    }
+
+    pub fn snapshot(&mut self, uid: u64, rec: &SnapshotRecord) {
+        self.put(&key2(b'P', uid, rec.gen), to_json(rec));
+    }
+
+    pub fn remove_snapshot(&mut self, uid: u64, gen: u64) {
+        self.del(&key2(b'P', uid, gen));
+    }
+
+    pub fn node(&mut self, id: u64, node: &Node) {
+        self.put(&key1(b'N', id), node.encode());
+    }
+
+    pub fn remove_node(&mut self, id: u64) {
+        self.del(&key1(b'N', id));
+        self.del(&key1(b'G', id));
+    }
+
+    /// Marks node `id` for deletion once no read can still reach it.
+    pub fn garbage(&mut self, id: u64) {
+        self.put(&key1(b'G', id), Vec::new());
+    }
+
+    pub fn death(&mut self, d: &Death) {
+        let mut v = Vec::with_capacity(16);
+        put_varint(&mut v, d.run.len);
+        put_varint(&mut v, d.vstart);
+        put_varint(&mut v, d.birth);
+        self.put(&key3(b'D', d.uid, d.death, d.run.start), v);
+    }
+
+    pub fn remove_death(&mut self, d: &Death) {
+        self.del(&key3(b'D', d.uid, d.death, d.run.start));
+    }
+
+    pub fn dead_node(&mut self, d: &DeadNode) {
+        let mut v = Vec::with_capacity(10);
+        put_varint(&mut v, d.node.birth);
+        self.put(&key3(b'E', d.uid, d.death, d.node.id), v);
+    }
+
+    pub fn remove_dead_node(&mut self, d: &DeadNode) {
+        self.del(&key3(b'E', d.uid, d.death, d.node.id));
+    }
+}
+
+/// What open reads up front.
+pub(crate) struct Loaded {
+    /// `None` for a new pool.
+    pub superblock: Option<Superblock>,
+    /// Allocator summary: the file's end as recorded and free blocks per
+    /// chunk.
+    pub summary: (u64, Vec<u32>),
+    pub volumes: Vec<VolumeRecord>,
+    /// Volumes whose deletion a crash interrupted.
+    pub deleting: Vec<VolumeRecord>,
+}
+
+pub(crate) struct Meta {
+    db: sled::Db,
 }
 
 impl Meta {
-    /// Opens the metadata database. sled's background threads may hold
-    /// its lock for a moment after a previous handle in this process was
-    /// dropped, so a held lock is retried briefly before it is reported as
-    /// another process using the pool.
-    pub fn open(path: &Path) -> Result<Meta> {
+    /// Opens the metadata database with a page cache of `cache` bytes.
+    /// sled's background threads may hold its lock for a moment after a
+    /// previous handle in this process was dropped, so a held lock is
+    /// retried briefly before it is reported as another process using the
+    /// pool.
+    pub fn open(path: &Path, cache: u64) -> Result<Meta> {
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             let opened = sled::Config::new()
                 .path(path)
                 .flush_every_ms(None)
-                .cache_capacity(64 << 20)
+                .cache_capacity(cache)
+                // Nodes are up to 8 KiB and sled keeps up to 16 per page:
+                // segments of 1 MiB keep such pages inline (sled writes
+                // pages larger than a quarter segment as separate files).
+                .segment_size(1 << 20)
                 .open();
             match opened {
                 Ok(db) => return Ok(Meta { db }),
@@ -237,138 +340,247 @@ impl Meta {
     pub fn load(&self) -> Result<Loaded> {
         let superblock = match self.db.get(b"S")? {
             Some(v) => {
-                let sb: Superblock = json("superblock", &v)?;
-                if sb.version != FORMAT_VERSION {
-                    return Err(Error::Metadata(format!(
-                        "pool format version {} is not supported (this build reads version {FORMAT_VERSION})",
-                        sb.version
+                #[derive(Deserialize)]
+                struct Version {
+                    version: u32,
+                }
+                let found: Version = json("superblock", &v)?;
+                if found.version != FORMAT_VERSION {
+                    return Err(Error::Unsupported(format!(
+                        "pool metadata is format version {} and this build reads version {FORMAT_VERSION}: \
+                         back its volumes up with the ballast that made it and restore them into a new pool",
+                        found.version
                     )));
                 }
-                sb
+                Some(json::<Superblock>("superblock", &v)?)
             }
-            None => Superblock {
-                version: FORMAT_VERSION,
-                next_id: 1,
-            },
+            None if !self.db.is_empty() => {
+                return Err(Error::Corrupt(
+                    "the metadata store has records but no superblock".into(),
+                ))
+            }
+            None => None,
+        };
+        let summary = match self.db.get(b"A")? {
+            Some(v) => {
+                let body = unseal(&v, "allocator summary")?;
+                let mut r = Reader::new(body, "allocator summary");
+                let end = r.u64_le()?;
+                let mut free = Vec::with_capacity(body.len() / 4);
+                while !r.is_empty() {
+                    free.push(r.u32_le()?);
+                }
+                (end, free)
+            }
+            None => (0, Vec::new()),
         };
         let mut volumes = Vec::new();
         for item in self.db.scan_prefix(b"V") {
             let (_, v) = item?;
             volumes.push(json::<VolumeRecord>("volume record", &v)?);
         }
-        let mut layers = HashMap::new();
-        for item in self.db.scan_prefix(b"L") {
-            let (k, v) = item?;
-            let rec: LayerRecord = json("layer record", &v)?;
-            layers.insert(be_u64(&k[1..])?, Layer::new(rec.parent));
-        }
-        for item in self.db.scan_prefix(b"M") {
-            let (k, v) = item?;
-            if k.len() != 17 {
-                return Err(Error::Metadata("malformed map key".into()));
-            }
-            let layer = be_u64(&k[1..9])?;
-            let first = be_u64(&k[9..])?
-                .checked_mul(MAP_GROUP)
-                .ok_or_else(|| Error::Metadata("malformed map key".into()))?;
-            let layer = layers
-                .get_mut(&layer)
-                .ok_or_else(|| Error::Metadata(format!("map entry for unknown layer {layer}")))?;
-            for (offset, m) in decode_group(&v)? {
-                layer.insert(first + u64::from(offset), m);
-            }
+        let mut deleting = Vec::new();
+        for item in self.db.scan_prefix(b"X") {
+            let (_, v) = item?;
+            deleting.push(json::<VolumeRecord>("volume record", &v)?);
         }
         Ok(Loaded {
             superblock,
+            summary,
             volumes,
-            layers,
+            deleting,
         })
     }
 
-    /// Applies `change` atomically and makes it durable. Blocking.
-    pub fn commit(&self, change: &Change) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        if let Some(sb) = &change.superblock {
-            batch.insert(
-                b"S".as_slice(),
-                serde_json::to_vec(sb).expect("serialisable"),
-            );
+    pub fn node(&self, id: u64) -> Result<Node> {
+        let v = self
+            .db
+            .get(key1(b'N', id))?
+            .ok_or_else(|| Error::Corrupt(format!("map node {id} is missing")))?;
+        Node::decode(&v)
+    }
+
+    /// A bitmap chunk, or `None` if it was never written.
+    pub fn chunk(&self, idx: u64) -> Result<Option<Vec<u64>>> {
+        let Some(v) = self.db.get(key1(b'B', idx))? else {
+            return Ok(None);
+        };
+        let body = unseal(&v, "allocator chunk")?;
+        if body.len() != (crate::alloc::CHUNK_BLOCKS / 8) as usize {
+            return Err(Error::Corrupt("allocator chunk: wrong size".into()));
         }
-        for (name, rec) in &change.volumes {
-            match rec {
-                Some(r) => batch.insert(
-                    volume_key(name),
-                    serde_json::to_vec(r).expect("serialisable"),
-                ),
-                None => batch.remove(volume_key(name)),
+        Ok(Some(
+            body.chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+                .collect(),
+        ))
+    }
+
+    /// Snapshots of volume `uid`, oldest first.
+    pub fn snapshots(&self, uid: u64) -> Result<Vec<SnapshotRecord>> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(key1(b'P', uid)) {
+            let (_, v) = item?;
+            out.push(json::<SnapshotRecord>("snapshot record", &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` dead data runs of volume `uid` that died in
+    /// generations `(after, upto]`, after `from` (a death and a pool block)
+    /// if given, in key order.
+    pub fn deaths(
+        &self,
+        uid: u64,
+        after: u64,
+        upto: u64,
+        from: Option<(u64, u64)>,
+        limit: usize,
+    ) -> Result<Vec<Death>> {
+        let mut out = Vec::new();
+        if after >= upto {
+            return Ok(out);
+        }
+        let start = match from {
+            Some((death, pstart)) => key3(b'D', uid, death, pstart),
+            None => key3(b'D', uid, after + 1, 0),
+        };
+        let end = key3(b'D', uid, upto, u64::MAX);
+        for item in self.db.range(start.as_slice()..=end.as_slice()) {
+            let (k, v) = item?;
+            if from.is_some() && k.as_ref() == start.as_slice() {
+                continue;
+            }
+            let mut r = Reader::new(&v, "dead run");
+            let len = r.varint()?;
+            let vstart = r.varint()?;
+            let birth = r.varint()?;
+            out.push(Death {
+                uid,
+                death: be_u64(&k[9..17])?,
+                vstart,
+                run: Run::new(be_u64(&k[17..])?, len),
+                birth,
+            });
+            if out.len() >= limit {
+                break;
             }
         }
-        for (layer, group, entries) in &change.maps {
-            let key = map_key(*layer, *group);
-            if entries.is_empty() {
-                batch.remove(key.as_slice());
-            } else {
-                batch.insert(key.as_slice(), encode_group(entries));
+        Ok(out)
+    }
+
+    /// Up to `limit` dead nodes of volume `uid` that died in generations
+    /// `(after, upto]`, after `from` (a death and a node id) if given.
+    pub fn dead_nodes(
+        &self,
+        uid: u64,
+        after: u64,
+        upto: u64,
+        from: Option<(u64, u64)>,
+        limit: usize,
+    ) -> Result<Vec<DeadNode>> {
+        let mut out = Vec::new();
+        if after >= upto {
+            return Ok(out);
+        }
+        let start = match from {
+            Some((death, id)) => key3(b'E', uid, death, id),
+            None => key3(b'E', uid, after + 1, 0),
+        };
+        let end = key3(b'E', uid, upto, u64::MAX);
+        for item in self.db.range(start.as_slice()..=end.as_slice()) {
+            let (k, v) = item?;
+            if from.is_some() && k.as_ref() == start.as_slice() {
+                continue;
+            }
+            let birth = Reader::new(&v, "dead node").varint()?;
+            out.push(DeadNode {
+                uid,
+                death: be_u64(&k[9..17])?,
+                node: NodeRef {
+                    id: be_u64(&k[17..])?,
+                    birth,
+                },
+            });
+            if out.len() >= limit {
+                break;
             }
         }
-        for (id, rec) in &change.layers {
-            match rec {
-                Some(r) => batch.insert(
-                    layer_key(*id).as_slice(),
-                    serde_json::to_vec(r).expect("serialisable"),
-                ),
-                None => {
-                    batch.remove(layer_key(*id).as_slice());
-                    let mut prefix = vec![b'M'];
-                    prefix.extend_from_slice(&id.to_be_bytes());
-                    for item in self.db.scan_prefix(prefix) {
-                        batch.remove(item?.0);
-                    }
+        Ok(out)
+    }
+
+    /// Queues the removal of up to `limit` dead entries and snapshot
+    /// records of volume `uid`; returns how many.
+    pub fn forget_volume_page(&self, uid: u64, limit: usize, batch: &mut Batch) -> Result<usize> {
+        let mut n = 0;
+        for prefix in [b'D', b'E', b'P'] {
+            for item in self.db.scan_prefix(key1(prefix, uid)) {
+                let (k, _) = item?;
+                batch.del(&k);
+                n += 1;
+                if n >= limit {
+                    return Ok(n);
                 }
             }
         }
-        self.db.apply_batch(batch)?;
+        Ok(n)
+    }
+
+    /// Nodes marked for deletion.
+    pub fn garbage(&self) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(b"G") {
+            let (k, _) = item?;
+            out.push(be_u64(&k[1..])?);
+        }
+        Ok(out)
+    }
+
+    /// Nodes at or above `first`: written by a checkpoint that never
+    /// completed.
+    pub fn orphans(&self, first: u64) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .range(key1(b'N', first).as_slice()..key1(b'N', u64::MAX).as_slice())
+        {
+            let (k, _) = item?;
+            out.push(be_u64(&k[1..])?);
+        }
+        Ok(out)
+    }
+
+    /// Writes `batch` atomically, without waiting for it to be durable.
+    pub fn apply(&self, batch: Batch) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for (k, v) in batch.ops {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        self.db.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// Makes everything applied so far durable.
+    pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn group_records_round_trip() {
-        let entries: GroupEntries = vec![
-            (0, Mapping::Zero),
-            (
-                1,
-                Mapping::Data {
-                    pblock: u64::MAX - 1,
-                    crc: 0xdead_beef,
-                },
-            ),
-            (63, Mapping::Data { pblock: 7, crc: 0 }),
-        ];
-        assert_eq!(decode_group(&encode_group(&entries)).unwrap(), entries);
-        assert_eq!(decode_group(&[]).unwrap(), Vec::new());
+    /// Keys held, by their one-letter prefix.
+    #[cfg(feature = "test-seams")]
+    pub fn key_counts(&self) -> std::collections::BTreeMap<char, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for (k, _) in self.db.iter().flatten() {
+            *out.entry(char::from(k[0])).or_default() += 1;
+        }
+        out
     }
 
-    #[test]
-    fn malformed_group_records_are_refused() {
-        let data = encode_group(&[(5, Mapping::Data { pblock: 1, crc: 2 })]);
-        let cases: [(&str, Vec<u8>); 5] = [
-            ("truncated data entry", data[..data.len() - 1].to_vec()),
-            ("lone offset", vec![3]),
-            ("unknown tag", vec![3, 9]),
-            ("offset past the group", vec![MAP_GROUP as u8, TAG_ZERO]),
-            ("offsets not increasing", vec![4, TAG_ZERO, 4, TAG_ZERO]),
-        ];
-        for (what, bytes) in cases {
-            assert!(
-                matches!(decode_group(&bytes), Err(Error::Metadata(_))),
-                "{what}"
-            );
-        }
+    /// Bytes sled's files take on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
     }
 }

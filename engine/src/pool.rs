@@ -1,35 +1,82 @@
 //! The pool: volumes, snapshots and clones over one data file, and the
-//! commit that makes their metadata durable.
+//! state every volume handle shares.
+//!
+//! # Locks
+//!
+//! Taken in this order, never the other way round:
+//!
+//! 1. `control` (async): one control operation or checkpoint at a time.
+//! 2. a volume's `install` lock (async, `crate::catalog`).
+//! 3. `commit` (async): one journal commit at a time; owns the ring.
+//! 4. `state`: the catalog, the generation, the journal's pending
+//!    operations. In-memory work only: no I/O and no metadata reads happen
+//!    under it.
+//! 5. `reclaim`, then leaf locks: the node cache's shards, the write-behind
+//!    flights, the buffer pool.
+//!
+//! `alloc` is taken on its own, never with another lock held; so is `grow`
+//! (one file growth at a time).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fs::{File, OpenOptions};
-use std::ops::Range;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures::future::join_all;
 use parking_lot::Mutex;
 
-use crate::alloc::{Allocator, Run};
+use crate::alloc::{Allocator, NeedChunk, Placement};
+use crate::catalog::{Catalog, VolumeState};
+use crate::checkpoint::Extra;
 use crate::error::{Error, Result};
+use crate::extent::Run;
 use crate::io::{Backend, BufPool};
-use crate::layer::{Layer, Layers, Mapping};
-use crate::meta::{
-    Change, LayerRecord, Meta, Origin, SnapshotRecord, Superblock, VolumeRecord, MAP_GROUP,
-};
+use crate::journal::{Death, Op, Ring};
+use crate::meta::{Batch, Meta, Origin, SnapshotRecord, Superblock, VolumeRecord};
 use crate::name::validate_name;
 use crate::reclaim::Reclaim;
+use crate::tree::cache::NodeCache;
+use crate::tree::node::Node;
+use crate::tree::NodeSource;
 use crate::write_behind::WriteBehind;
-use crate::{PoolConfig, PoolStats, SnapshotInfo, Volume, VolumeInfo, BLOCK_SIZE};
+use crate::{PoolStats, SnapshotInfo, Volume, VolumeInfo, BLOCK_SIZE};
 
 /// Stripes of the read-modify-write locks for partial-block writes.
 const RMW_STRIPES: usize = 64;
 /// Blocks awaiting deferred free (64 MiB) past which an early commit is
 /// asked for, however small the data file.
 const COMMIT_PRESSURE: u64 = 16 * 1024;
+/// Journal bytes pending past which an install commits first: bounds one
+/// record.
+pub(crate) const MAX_PENDING_BYTES: usize = 4 << 20;
+/// Data blocks mapped by pending operations (256 MiB) past which a commit
+/// is asked for: bounds what replay checks of the last record.
+const MAX_PENDING_DATA: u64 = 64 * 1024;
+
+/// How the metadata memory budget (`--meta-cache`) is shared out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    pub nodes: usize,
+    /// Overlays past this ask for a checkpoint ...
+    pub overlay_soft: usize,
+    /// ... and past this, writers run one themselves before they go on.
+    pub overlay_hard: usize,
+    pub alloc_chunks: usize,
+    pub sled: u64,
+}
+
+impl Budget {
+    pub fn new(total: u64) -> Self {
+        let total = total.max(4 << 20) as usize;
+        Budget {
+            nodes: total / 2,
+            overlay_soft: total / 4,
+            overlay_hard: total / 4 + total / 8,
+            alloc_chunks: (total / 16) / (8 << 10),
+            sled: (total / 16) as u64,
+        }
+    }
+}
 
 /// A storage pool: one data file and its metadata. Cheap to clone; every
 /// clone and every [`Volume`] handle shares the same state.
@@ -44,64 +91,90 @@ pub(crate) struct Inner {
     /// Recycled I/O buffers for the data path.
     pub bufs: Arc<BufPool>,
     /// The data file, for growing it (I/O goes through `io`).
-    file: File,
-    meta: Arc<Meta>,
+    pub(crate) file: File,
+    pub meta: Meta,
+    pub cache: NodeCache,
     pub state: Mutex<State>,
-    /// Serialises commits: each one must see every change acknowledged
-    /// before it started.
-    commit_lock: tokio::sync::Mutex<()>,
-    /// Notified when enough blocks await deferred free that a commit
-    /// should run before the next timer tick ([`Pool::commit_wanted`]).
-    commit_wanted: tokio::sync::Notify,
+    pub alloc: Mutex<Allocator>,
+    pub reclaim: Mutex<Reclaim>,
+    pub(crate) commit: tokio::sync::Mutex<Ring>,
+    pub(crate) control: tokio::sync::Mutex<()>,
+    pub(crate) grow: tokio::sync::Mutex<()>,
+    /// Notified when a commit or a checkpoint should run before the next
+    /// timer tick ([`Pool::maintenance_wanted`]).
+    pub(crate) wanted: tokio::sync::Notify,
+    /// A checkpoint was asked for (overlays or the journal filling up).
+    pub(crate) checkpoint_wanted: AtomicBool,
     /// Held across a partial-block read-modify-write so two writers to
     /// different bytes of one block cannot lose each other's bytes.
     rmw_locks: Vec<tokio::sync::Mutex<()>>,
-    max_size: Option<u64>,
+    pub budget: Budget,
+    budget_total: u64,
+    pub max_size: Option<u64>,
     closed: AtomicBool,
+    /// Why the pool stopped accepting writes, once it has.
+    failed: Mutex<Option<String>>,
+    /// Volume deletions a crash interrupted, to finish.
+    pub(crate) unfinished: Mutex<Vec<crate::space::Unfinished>>,
     /// Bytes read ahead for sequential streams.
     pub read_ahead: AtomicU64,
     /// Of those, bytes a read then used.
     pub read_ahead_used: AtomicU64,
     /// Writes acknowledged and still on their way to the disk.
     pub behind: Arc<WriteBehind>,
+    #[cfg(feature = "test-seams")]
+    pub faults: Option<Arc<crate::io::Faults>>,
 }
 
 pub(crate) struct State {
-    sb: Superblock,
-    pub volumes: BTreeMap<String, VolumeRecord>,
-    pub layers: Layers,
-    pub alloc: Allocator,
-    pub reclaim: Reclaim,
-    pub dirty: Dirty,
+    pub sb: Superblock,
+    pub catalog: Catalog,
+    /// Journal operations since the last commit began.
+    pub pending: Pending,
+    /// Effects of the records committed since the last checkpoint began,
+    /// for the next one to write.
+    pub committed: Committed,
 }
 
-/// What changed since the last commit began.
+/// Journal operations not yet in a record, and their effects.
 #[derive(Debug, Default)]
-pub(crate) struct Dirty {
-    superblock: bool,
-    volumes: BTreeSet<String>,
-    layers: BTreeSet<u64>,
-    dropped: BTreeSet<u64>,
-    /// `(layer, map group)` pairs whose map changed.
-    maps: HashSet<(u64, u64)>,
+pub(crate) struct Pending {
+    pub payload: Vec<u8>,
+    /// Allocations (`true`) and frees, in order, for the persisted bitmap.
+    pub changes: Vec<(Run, bool)>,
+    pub deaths: Vec<Death>,
+    /// Data blocks the operations map.
+    pub data_blocks: u64,
 }
 
-impl Dirty {
-    /// Notes that block `vblock` of `layer` changed its mapping.
-    pub fn mark_block(&mut self, layer: u64, vblock: u64) {
-        self.maps.insert((layer, vblock / MAP_GROUP));
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.payload.is_empty()
     }
 
-    /// Notes that every block of `vblocks` of `layer` changed its mapping.
-    pub fn mark_blocks(&mut self, layer: u64, vblocks: Range<u64>) {
-        if !vblocks.is_empty() {
-            let groups = vblocks.start / MAP_GROUP..=(vblocks.end - 1) / MAP_GROUP;
-            self.maps.extend(groups.map(|g| (layer, g)));
+    pub fn push(&mut self, op: &Op) {
+        op.encode(&mut self.payload);
+        match op {
+            Op::Map { pstart, crcs, .. } => {
+                self.changes
+                    .push((Run::new(*pstart, crcs.len() as u64), true));
+                self.data_blocks += crcs.len() as u64;
+            }
+            Op::Free { run, .. } => self.changes.push((*run, false)),
+            Op::Dead(d) => self.deaths.push(*d),
+            Op::Unmap { .. } => {}
         }
     }
 }
 
-fn now() -> u64 {
+/// What a checkpoint persists besides the maps.
+#[derive(Debug, Default)]
+pub(crate) struct Committed {
+    pub changes: Vec<(Run, bool)>,
+    pub deaths: Vec<Death>,
+}
+
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -125,25 +198,9 @@ fn check_size(size: u64) -> Result<()> {
     Ok(())
 }
 
-fn open_data_file(path: &Path) -> Result<File> {
-    let mut opts = OpenOptions::new();
-    opts.read(true).write(true).create(true).truncate(false);
-    match opts.clone().custom_flags(libc::O_DIRECT).open(path) {
-        Ok(f) => Ok(f),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            tracing::warn!(
-                "{} does not support O_DIRECT; using the page cache (flushes still fsync)",
-                path.display()
-            );
-            Ok(opts.open(path)?)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Extends the data file from `from` to `to` bytes, reserving the space
 /// where the filesystem supports it.
-fn grow(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+fn grow_file(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let len = (to - from) as libc::off_t;
     // SAFETY: fallocate on an open descriptor with a valid range.
@@ -158,164 +215,15 @@ fn grow(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     Err(e)
 }
 
-/// Coalesces sorted block numbers into runs.
-pub(crate) fn runs_of(sorted: impl IntoIterator<Item = u64>) -> Vec<Run> {
-    let mut runs: Vec<Run> = Vec::new();
-    for b in sorted {
-        match runs.last_mut() {
-            Some((s, l)) if *s + *l == b => *l += 1,
-            _ => runs.push((b, 1)),
-        }
-    }
-    runs
+/// Reads map nodes through the cache.
+pub(crate) struct Nodes<'a> {
+    pub cache: &'a NodeCache,
+    pub meta: &'a Meta,
 }
 
-impl State {
-    fn next_id(&mut self) -> u64 {
-        let id = self.sb.next_id;
-        self.sb.next_id += 1;
-        self.dirty.superblock = true;
-        id
-    }
-
-    pub fn volume(&self, name: &str) -> Result<&VolumeRecord> {
-        self.volumes
-            .get(name)
-            .ok_or_else(|| Error::not_found("volume", name))
-    }
-
-    fn volume_mut(&mut self, name: &str) -> Result<&mut VolumeRecord> {
-        self.dirty.volumes.insert(name.to_string());
-        self.volumes
-            .get_mut(name)
-            .ok_or_else(|| Error::not_found("volume", name))
-    }
-
-    fn new_layer(&mut self, parent: Option<u64>) -> u64 {
-        let id = self.next_id();
-        if let Some(p) = parent {
-            self.layers.get_mut(p).children += 1;
-        }
-        self.layers.0.insert(id, Layer::new(parent));
-        self.dirty.layers.insert(id);
-        id
-    }
-
-    /// Drops a layer and defers the free of its blocks.
-    fn drop_layer(&mut self, id: u64) {
-        let layer = self.layers.0.remove(&id).expect("dropping a known layer");
-        if let Some(p) = layer.parent {
-            self.layers.get_mut(p).children -= 1;
-        }
-        let mut blocks: Vec<u64> = layer
-            .map
-            .values()
-            .filter_map(|m| match m {
-                Mapping::Data { pblock, .. } => Some(*pblock),
-                Mapping::Zero => None,
-            })
-            .collect();
-        blocks.sort_unstable();
-        for run in runs_of(blocks) {
-            self.reclaim.free(run);
-        }
-        self.dirty.layers.remove(&id);
-        self.dirty.dropped.insert(id);
-    }
-
-    fn snapshot_info(&self, vol: &VolumeRecord, s: &SnapshotRecord) -> SnapshotInfo {
-        let layer = self.layers.get(s.layer);
-        SnapshotInfo {
-            volume: vol.name.clone(),
-            name: s.name.clone(),
-            size: s.size,
-            allocated: layer.data_blocks * BLOCK_SIZE,
-            created: s.created,
-            // Every snapshot layer has its own volume's next layer as a child.
-            clones: layer.children.saturating_sub(1),
-        }
-    }
-
-    fn volume_info(&self, vol: &VolumeRecord) -> VolumeInfo {
-        let own_blocks: u64 = std::iter::once(vol.head)
-            .chain(vol.snapshots.iter().map(|s| s.layer))
-            .map(|l| self.layers.get(l).data_blocks)
-            .sum();
-        VolumeInfo {
-            name: vol.name.clone(),
-            size: vol.size,
-            allocated: own_blocks * BLOCK_SIZE,
-            created: vol.created,
-            origin: vol
-                .origin
-                .as_ref()
-                .map(|o| format!("{}@{}", o.volume, o.snapshot)),
-            snapshots: vol
-                .snapshots
-                .iter()
-                .map(|s| self.snapshot_info(vol, s))
-                .collect(),
-        }
-    }
-
-    /// Collects the metadata changes since the last commit, with their
-    /// current values, and clears the dirty marks.
-    fn take_change(&mut self) -> Change {
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut change = Change::default();
-        if dirty.superblock {
-            change.superblock = Some(self.sb.clone());
-        }
-        for name in dirty.volumes {
-            let rec = self.volumes.get(&name).cloned();
-            change.volumes.push((name, rec));
-        }
-        for id in dirty.layers {
-            if let Some(l) = self.layers.0.get(&id) {
-                change
-                    .layers
-                    .push((id, Some(LayerRecord { parent: l.parent })));
-            }
-        }
-        for &(layer, group) in &dirty.maps {
-            if let Some(l) = self.layers.0.get(&layer) {
-                let first = group * MAP_GROUP;
-                let entries = l
-                    .map
-                    .range(first..first + MAP_GROUP)
-                    .map(|(&vb, &m)| ((vb - first) as u8, m))
-                    .collect();
-                change.maps.push((layer, group, entries));
-            }
-        }
-        for id in dirty.dropped {
-            change.layers.push((id, None));
-        }
-        change
-    }
-
-    /// Puts back the dirty marks of a change that failed to commit.
-    fn remark(&mut self, change: &Change) {
-        self.dirty.superblock |= change.superblock.is_some();
-        for (name, _) in &change.volumes {
-            self.dirty.volumes.insert(name.clone());
-        }
-        for (id, rec) in &change.layers {
-            match rec {
-                Some(_) => self.dirty.layers.insert(*id),
-                None => self.dirty.dropped.insert(*id),
-            };
-        }
-        for &(layer, group, _) in &change.maps {
-            self.dirty.maps.insert((layer, group));
-        }
-    }
-
-    fn snapshot<'a>(vol: &'a VolumeRecord, snap: &str) -> Result<&'a SnapshotRecord> {
-        vol.snapshots
-            .iter()
-            .find(|s| s.name == snap)
-            .ok_or_else(|| Error::not_found("snapshot", format!("{}@{snap}", vol.name)))
+impl NodeSource for Nodes<'_> {
+    fn node(&self, id: u64) -> Result<Arc<Node>> {
+        self.cache.get_or_load(id, || self.meta.node(id))
     }
 }
 
@@ -328,6 +236,45 @@ impl Inner {
         }
     }
 
+    /// Refuses changes once the pool has failed.
+    pub fn check_writable(&self) -> Result<()> {
+        self.check_open()?;
+        match &*self.failed.lock() {
+            Some(reason) => Err(Error::Failed {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops accepting writes: a data sync or a metadata write failed, and
+    /// after a failed `fdatasync` the kernel may have dropped the data it
+    /// was to write, so retrying as if nothing happened could acknowledge
+    /// writes that are gone. Returns the error to report.
+    pub fn fail(&self, what: &str, e: Error) -> Error {
+        let reason = format!("{what}: {e}");
+        let mut failed = self.failed.lock();
+        if failed.is_none() {
+            tracing::error!(
+                root = %self.root.display(),
+                "{reason}; the pool refuses writes from now on (restart to recover from the last commit)"
+            );
+            *failed = Some(reason.clone());
+        }
+        Error::Failed { reason }
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().clone()
+    }
+
+    pub fn nodes(&self) -> Nodes<'_> {
+        Nodes {
+            cache: &self.cache,
+            meta: &self.meta,
+        }
+    }
+
     pub fn rmw_lock(&self, uid: u64, vblock: u64) -> usize {
         (uid.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ vblock) as usize % RMW_STRIPES
     }
@@ -336,200 +283,134 @@ impl Inner {
         &self.rmw_locks[i]
     }
 
-    /// Asks for an early commit if frees pile up: blocks a commit would
-    /// release are at least [`COMMIT_PRESSURE`] blocks or an eighth of the
-    /// data file. Call after recording frees.
-    pub fn note_frees(&self, st: &mut State) {
-        let threshold = COMMIT_PRESSURE.max(st.alloc.end() / 8);
-        if st.reclaim.wants_commit(threshold) {
-            self.commit_wanted.notify_one();
+    /// Runs `f` on the allocator, loading the bitmap chunks it asks for
+    /// (outside the allocator's lock) until it has what it needs.
+    pub fn with_alloc<T>(
+        &self,
+        mut f: impl FnMut(&mut Allocator) -> Result<T, NeedChunk>,
+    ) -> Result<T> {
+        loop {
+            let need = {
+                let mut a = self.alloc.lock();
+                match f(&mut a) {
+                    Ok(t) => return Ok(t),
+                    Err(NeedChunk(idx)) => idx,
+                }
+            };
+            self.load_chunk(need)?;
         }
     }
 
-    /// Allocates `n` blocks, growing the data file if needed.
+    /// Brings bitmap chunk `idx` into the allocator.
+    pub fn load_chunk(&self, idx: u64) -> Result<()> {
+        let image = self.meta.chunk(idx)?;
+        let mut a = self.alloc.lock();
+        let image = image.unwrap_or_else(|| a.blank_image(idx));
+        a.load(idx, image);
+        Ok(())
+    }
+
+    /// Gives blocks nothing references back to the allocator.
+    pub fn release(&self, runs: &[Run]) {
+        for &run in runs {
+            if let Err(e) = self.with_alloc(|a| a.release(run)) {
+                // The chunk could not be read: the blocks stay busy (space
+                // is lost until the next open, never handed out twice).
+                tracing::error!("cannot release pool blocks {run:?}: {e}");
+            }
+        }
+    }
+
+    /// Allocates `n` blocks, growing the data file if needed; `None` when
+    /// the pool is full.
     ///
     /// Growth reserves the filesystem's space at once (`fallocate`) where
     /// the filesystem can, so a full filesystem is found here, before any
     /// write is acknowledged, and never by a write in flight (see
     /// [`crate::write_behind`]).
-    pub fn allocate(&self, st: &mut State, n: u64) -> Result<Option<Vec<Run>>> {
-        let old_end = st.alloc.end();
-        let Some((runs, grown)) = st.alloc.allocate(n) else {
-            return Ok(None);
-        };
-        if grown {
-            if let Err(e) = grow(
-                &self.file,
-                old_end * BLOCK_SIZE,
-                st.alloc.end() * BLOCK_SIZE,
-            ) {
-                st.alloc.release_runs(&runs);
-                st.alloc.shrink(old_end);
-                return Err(Error::from_io(e));
+    pub async fn allocate(&self, n: u64) -> Result<Option<Vec<Run>>> {
+        loop {
+            match self.with_alloc(|a| a.allocate(n))? {
+                Placement::Runs(runs) => return Ok(Some(runs)),
+                Placement::Full => return Ok(None),
+                Placement::Grow(to) => self.grow_to(to).await?,
             }
         }
-        Ok(Some(runs))
     }
 
-    /// Makes every change acknowledged so far durable.
-    ///
-    /// Order matters: the change set is captured first (under the state
-    /// lock), then the writes in flight at that moment are waited for, then
-    /// the data file is synced, then the metadata is written. Any mapping
-    /// in the change was installed after its data write completed or while
-    /// it was in flight (see [`crate::write_behind`]), so the sync covers
-    /// it.
-    pub async fn commit(&self) -> Result<()> {
-        let _serial = self.commit_lock.lock().await;
-        let (change, freed, writes) = {
-            let mut st = self.state.lock();
-            (
-                st.take_change(),
-                st.reclaim.begin_commit(),
-                self.behind.all(),
-            )
-        };
-        join_all(writes).await;
-        if change.is_empty() && freed.is_empty() {
+    async fn grow_to(&self, to: u64) -> Result<()> {
+        let _one = self.grow.lock().await;
+        let end = self.alloc.lock().end();
+        if end >= to {
             return Ok(());
         }
-        tracing::debug!(
-            map_groups = change.maps.len(),
-            volumes = change.volumes.len(),
-            layers = change.layers.len(),
-            freed = freed.len(),
-            "commit"
-        );
-        let started = std::time::Instant::now();
-        let (change, result) = self.write_change(change).await;
-        tracing::debug!(elapsed = ?started.elapsed(), "commit written");
-        let mut st = self.state.lock();
-        match result {
-            Ok(()) => {
-                let released = st.reclaim.commit_done(freed);
-                st.alloc.release_runs(&released);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!("commit failed: {e}");
-                st.remark(&change);
-                st.reclaim.commit_failed(freed);
-                Err(e)
-            }
+        grow_file(&self.file, end * BLOCK_SIZE, to * BLOCK_SIZE).map_err(Error::from_io)?;
+        self.alloc.lock().grown(to);
+        Ok(())
+    }
+
+    /// Asks for a commit or a checkpoint when pending work piles up. Call
+    /// with the state after changing it.
+    pub fn note_pressure(&self, st: &State) {
+        let frees = self.reclaim.lock().pending_blocks();
+        let file_blocks = self.alloc.try_lock().map_or(0, |a| a.end());
+        if st.catalog.overlay_bytes() > self.budget.overlay_soft {
+            self.checkpoint_wanted.store(true, Ordering::Release);
+            self.wanted.notify_one();
+        } else if frees >= COMMIT_PRESSURE.max(file_blocks / 8)
+            || st.pending.data_blocks >= MAX_PENDING_DATA
+            || st.pending.payload.len() >= MAX_PENDING_BYTES / 2
+        {
+            self.wanted.notify_one();
         }
     }
 
-    async fn write_change(&self, change: Change) -> (Change, Result<()>) {
-        if let Err(e) = self.io.sync_data().await {
-            return (change, Err(e.into()));
+    /// Blocks until there is room for more changes: commits when the
+    /// pending journal operations reach a record's bound, and checkpoints
+    /// when the overlays reach their hard budget. Call before an install,
+    /// holding no lock.
+    pub async fn make_room(&self) -> Result<()> {
+        let (pending, overlays) = {
+            let st = self.state.lock();
+            (st.pending.payload.len(), st.catalog.overlay_bytes())
+        };
+        if overlays > self.budget.overlay_hard {
+            self.checkpoint().await?;
+        } else if pending >= MAX_PENDING_BYTES {
+            self.commit().await?;
         }
-        let meta = self.meta.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("ballast-commit".into())
-            .spawn(move || {
-                let r = meta.commit(&change);
-                // Release the metadata before answering, so a close followed by
-                // a reopen never finds sled's lock still held by this thread.
-                drop(meta);
-                let _ = tx.send((change, r));
-            });
-        if let Err(e) = spawned {
-            return (Change::default(), Err(e.into()));
+        Ok(())
+    }
+
+    /// One control operation or checkpoint at a time: the guard. Deletions
+    /// a crash interrupted are finished first, so no operation ever sees a
+    /// snapshot half freed.
+    pub async fn control(&self) -> Result<tokio::sync::MutexGuard<'_, ()>> {
+        let guard = self.control.lock().await;
+        if !self.unfinished.lock().is_empty() {
+            self.finish_deletions_locked().await?;
         }
-        rx.await.unwrap_or_else(|_| {
-            (
-                Change::default(),
-                Err(Error::Metadata("commit thread died".into())),
-            )
-        })
+        Ok(guard)
+    }
+
+    /// Writes `batch` and makes it durable; a failure stops the pool's
+    /// writes.
+    pub fn write_meta(&self, batch: Batch) -> Result<()> {
+        #[cfg(feature = "test-seams")]
+        if self.faults.as_ref().is_some_and(|f| f.meta_fails()) {
+            return Err(self.fail(
+                "metadata write failed",
+                Error::from_io(std::io::Error::from_raw_os_error(libc::EIO)),
+            ));
+        }
+        self.meta
+            .apply(batch)
+            .and_then(|()| self.meta.flush())
+            .map_err(|e| self.fail("metadata write failed", e))
     }
 }
 
 impl Pool {
-    /// Opens (or creates) the pool under `config.root`. Blocking.
-    pub fn open(config: PoolConfig) -> Result<Pool> {
-        std::fs::create_dir_all(&config.root)?;
-        let meta = Meta::open(&config.root.join("meta"))?;
-        let loaded = meta.load()?;
-        let file = open_data_file(&config.root.join("pool.data"))?;
-        let file_blocks = file.metadata()?.len() / BLOCK_SIZE;
-
-        let mut layers = Layers(loaded.layers);
-        let parents: Vec<u64> = layers.0.values().filter_map(|l| l.parent).collect();
-        for p in parents {
-            layers
-                .0
-                .get_mut(&p)
-                .ok_or_else(|| Error::Metadata(format!("layer parent {p} is missing")))?
-                .children += 1;
-        }
-        let mut volumes = BTreeMap::new();
-        for v in loaded.volumes {
-            let known = |l: u64| layers.0.contains_key(&l);
-            if !known(v.head) || !v.snapshots.iter().all(|s| known(s.layer)) {
-                return Err(Error::Metadata(format!(
-                    "volume {:?} names a missing layer",
-                    v.name
-                )));
-            }
-            volumes.insert(v.name.clone(), v);
-        }
-        let mut used: Vec<u64> = layers
-            .0
-            .values()
-            .flat_map(|l| l.map.values())
-            .filter_map(|m| match m {
-                Mapping::Data { pblock, .. } => Some(*pblock),
-                Mapping::Zero => None,
-            })
-            .collect();
-        used.sort_unstable();
-        if used.windows(2).any(|w| w[0] == w[1]) {
-            return Err(Error::Metadata("a pool block is mapped twice".into()));
-        }
-        let cap = config
-            .max_size
-            .map_or(u64::MAX / BLOCK_SIZE, |m| m / BLOCK_SIZE);
-        let alloc = Allocator::new(&used, file_blocks, cap);
-
-        let io = Backend::start(file.try_clone()?, config.io, config.runtime.as_ref())?;
-        tracing::info!(
-            root = %config.root.display(),
-            volumes = volumes.len(),
-            io = %io.mode(),
-            "pool open"
-        );
-        let state = State {
-            sb: loaded.superblock,
-            volumes,
-            layers,
-            alloc,
-            reclaim: Reclaim::default(),
-            dirty: Dirty::default(),
-        };
-        Ok(Pool {
-            inner: Arc::new(Inner {
-                root: config.root,
-                io,
-                bufs: Arc::default(),
-                file,
-                meta: Arc::new(meta),
-                state: Mutex::new(state),
-                commit_lock: tokio::sync::Mutex::new(()),
-                commit_wanted: tokio::sync::Notify::new(),
-                rmw_locks: (0..RMW_STRIPES)
-                    .map(|_| tokio::sync::Mutex::new(()))
-                    .collect(),
-                max_size: config.max_size,
-                closed: AtomicBool::new(false),
-                read_ahead: AtomicU64::new(0),
-                read_ahead_used: AtomicU64::new(0),
-                behind: Arc::default(),
-            }),
-        })
-    }
-
     /// The directory the pool lives in.
     pub fn root(&self) -> &Path {
         &self.inner.root
@@ -539,7 +420,43 @@ impl Pool {
     pub async fn create_volume(&self, name: &str, size: u64) -> Result<VolumeInfo> {
         validate_name(name)?;
         check_size(size)?;
-        self.add_volume(name, |_| Ok((None, size))).await
+        let inner = &self.inner;
+        let _c = inner.control().await?;
+        inner.check_writable()?;
+        let (rec, sb) = {
+            let st = inner.state.lock();
+            if st.catalog.contains(name) {
+                return Err(Error::AlreadyExists {
+                    kind: "volume",
+                    name: name.into(),
+                });
+            }
+            let uid = st.sb.next_uid;
+            let rec = VolumeRecord {
+                uid,
+                name: name.into(),
+                size,
+                created: now(),
+                root: None,
+                shared_upto: 0,
+                own_blocks: 0,
+                origin: None,
+                deleting: false,
+                delete_tree: 0,
+                delete_cursor: 0,
+            };
+            let mut sb = st.sb.clone();
+            sb.next_uid += 1;
+            (rec, sb)
+        };
+        let mut batch = Batch::new();
+        batch.volume(&rec);
+        batch.superblock(&sb);
+        inner.write_meta(batch)?;
+        let mut st = inner.state.lock();
+        st.sb.next_uid = sb.next_uid;
+        st.catalog.insert(VolumeState::new(rec, Vec::new()));
+        Ok(st.volume_info(st.catalog.get(name)?))
     }
 
     /// Creates a writable volume whose initial contents are the snapshot
@@ -553,254 +470,267 @@ impl Pool {
         validate_name(name)?;
         validate_name(origin_volume)?;
         validate_name(origin_snapshot)?;
-        self.add_volume(name, |st| {
-            let snap = State::snapshot(st.volume(origin_volume)?, origin_snapshot)?;
-            let origin = Origin {
-                volume: origin_volume.into(),
-                snapshot: origin_snapshot.into(),
-                layer: snap.layer,
-            };
-            Ok((Some(origin), snap.size))
-        })
-        .await
-    }
-
-    /// Adds volume `name` with a new head layer, on top of the origin
-    /// snapshot's layer when `base` names one, and commits.
-    async fn add_volume(
-        &self,
-        name: &str,
-        base: impl FnOnce(&State) -> Result<(Option<Origin>, u64)>,
-    ) -> Result<VolumeInfo> {
-        self.inner.check_open()?;
-        let info = {
-            let mut st = self.inner.state.lock();
-            if st.volumes.contains_key(name) {
+        let inner = &self.inner;
+        let _c = inner.control().await?;
+        inner.check_writable()?;
+        let (rec, snap, origin_uid, sb) = {
+            let st = inner.state.lock();
+            if st.catalog.contains(name) {
                 return Err(Error::AlreadyExists {
                     kind: "volume",
                     name: name.into(),
                 });
             }
-            let (origin, size) = base(&st)?;
-            let uid = st.next_id();
-            let head = st.new_layer(origin.as_ref().map(|o| o.layer));
+            let origin = st.catalog.get(origin_volume)?;
+            let mut snap = origin.snapshot(origin_snapshot)?.clone();
+            snap.clones += 1;
             let rec = VolumeRecord {
-                uid,
+                uid: st.sb.next_uid,
                 name: name.into(),
-                size,
+                size: snap.size,
                 created: now(),
-                head,
-                snapshots: Vec::new(),
-                origin,
+                root: snap.root,
+                shared_upto: snap.gen,
+                own_blocks: 0,
+                origin: Some(Origin {
+                    uid: origin.rec.uid,
+                    gen: snap.gen,
+                }),
+                deleting: false,
+                delete_tree: 0,
+                delete_cursor: 0,
             };
-            let info = st.volume_info(&rec);
-            st.volumes.insert(name.into(), rec);
-            st.dirty.volumes.insert(name.into());
-            info
+            let mut sb = st.sb.clone();
+            sb.next_uid += 1;
+            (rec, snap, origin.rec.uid, sb)
         };
-        self.inner.commit().await?;
-        Ok(info)
+        let mut batch = Batch::new();
+        batch.volume(&rec);
+        batch.snapshot(origin_uid, &snap);
+        batch.superblock(&sb);
+        inner.write_meta(batch)?;
+        let mut st = inner.state.lock();
+        st.sb.next_uid = sb.next_uid;
+        if let Some(v) = st.catalog.by_uid_mut(origin_uid) {
+            if let Some(s) = v.snapshots.iter_mut().find(|s| s.gen == snap.gen) {
+                s.clones = snap.clones;
+            }
+        }
+        st.catalog.insert(VolumeState::new(rec, Vec::new()));
+        Ok(st.volume_info(st.catalog.get(name)?))
     }
 
     /// Deletes a volume and all its snapshots. Refused while a clone
-    /// depends on one of its snapshots.
+    /// depends on one of its snapshots. The volume disappears at once;
+    /// its space is reclaimed before this returns (and, if a crash
+    /// interrupts that, when the pool next opens).
     pub async fn delete_volume(&self, name: &str) -> Result<()> {
         validate_name(name)?;
-        self.inner.check_open()?;
-        {
-            let mut st = self.inner.state.lock();
-            let vol = st.volume(name)?.clone();
-            for s in &vol.snapshots {
-                let clones = st.layers.get(s.layer).children.saturating_sub(1);
-                if clones > 0 {
-                    return Err(Error::InUse(format!(
-                        "volume {name} cannot be deleted: snapshot {name}@{} has {clones} clone(s); delete them first",
-                        s.name
-                    )));
-                }
+        let inner = &self.inner;
+        let _c = inner.control().await?;
+        inner.check_writable()?;
+        let rec = {
+            let mut st = inner.state.lock();
+            let v = st.catalog.get(name)?;
+            if let Some(s) = v.snapshots.iter().find(|s| s.clones > 0) {
+                return Err(Error::InUse(format!(
+                    "volume {name} cannot be deleted: snapshot {name}@{} has {} clone(s); delete them first",
+                    s.name, s.clones
+                )));
             }
-            // Top down, so each layer has no children left when dropped.
-            st.drop_layer(vol.head);
-            for s in vol.snapshots.iter().rev() {
-                st.drop_layer(s.layer);
-            }
-            st.volumes.remove(name);
-            st.dirty.volumes.insert(name.into());
-        }
-        self.inner.commit().await
+            let v = st.catalog.get_mut(name)?;
+            v.rec.deleting = true;
+            v.rec.clone()
+        };
+        // The volume is hidden from now on. The checkpoint merges what its
+        // overlay holds and makes the mark durable, under its uid: the
+        // name is free again once it is.
+        let mut extra = Extra::default();
+        extra.records.push(rec);
+        extra.batch.remove_volume(name);
+        inner.checkpoint_locked(extra).await?;
+        let v = inner
+            .state
+            .lock()
+            .catalog
+            .remove(name)
+            .expect("marked above");
+        inner.reclaim_volume(v.rec, v.snapshots).await
     }
 
     /// Renames a volume. Clones keep pointing at their origin under its new
     /// name; open handles on the old name stop working. The rename is one
-    /// commit: after a crash the volume has either name, never both.
+    /// atomic metadata write: after a crash the volume has either name,
+    /// never both.
     pub async fn rename_volume(&self, name: &str, new_name: &str) -> Result<VolumeInfo> {
         validate_name(name)?;
         validate_name(new_name)?;
-        self.inner.check_open()?;
-        let info = {
-            let mut st = self.inner.state.lock();
-            st.volume(name)?;
-            if st.volumes.contains_key(new_name) {
+        let inner = &self.inner;
+        let _c = inner.control().await?;
+        inner.check_writable()?;
+        let rec = {
+            let st = inner.state.lock();
+            let v = st.catalog.get(name)?;
+            if st.catalog.contains(new_name) {
                 return Err(Error::AlreadyExists {
                     kind: "volume",
                     name: new_name.into(),
                 });
             }
-            let mut rec = st.volumes.remove(name).expect("checked above");
+            let mut rec = v.rec.clone();
             rec.name = new_name.into();
-            let info = st.volume_info(&rec);
-            st.volumes.insert(new_name.into(), rec);
-            st.dirty.volumes.insert(name.into());
-            st.dirty.volumes.insert(new_name.into());
-            let State { volumes, dirty, .. } = &mut *st;
-            for clone in volumes.values_mut() {
-                if let Some(origin) = clone.origin.as_mut().filter(|o| o.volume == name) {
-                    origin.volume = new_name.into();
-                    dirty.volumes.insert(clone.name.clone());
-                }
-            }
-            info
+            rec
         };
-        self.inner.commit().await?;
-        Ok(info)
+        let mut batch = Batch::new();
+        batch.remove_volume(name);
+        batch.volume(&rec);
+        inner.write_meta(batch)?;
+        let mut st = inner.state.lock();
+        let mut v = st.catalog.remove(name).expect("checked above");
+        v.rec.name = new_name.into();
+        st.catalog.insert(v);
+        Ok(st.volume_info(st.catalog.get(new_name)?))
     }
 
     /// Grows a volume to `size` bytes. Shrinking is refused.
     pub async fn grow_volume(&self, name: &str, size: u64) -> Result<VolumeInfo> {
         validate_name(name)?;
         check_size(size)?;
-        self.inner.check_open()?;
-        let info = {
-            let mut st = self.inner.state.lock();
-            let vol = st.volume_mut(name)?;
-            if size < vol.size {
+        let inner = &self.inner;
+        let _c = inner.control().await?;
+        inner.check_writable()?;
+        let rec = {
+            let st = inner.state.lock();
+            let v = st.catalog.get(name)?;
+            if size < v.rec.size {
                 return Err(Error::InvalidArgument(format!(
                     "volume {name} is {} bytes; shrinking to {size} is not supported",
-                    vol.size
+                    v.rec.size
                 )));
             }
-            vol.size = size;
-            let vol = vol.clone();
-            st.volume_info(&vol)
+            let mut rec = v.rec.clone();
+            rec.size = size;
+            rec
         };
-        self.inner.commit().await?;
-        Ok(info)
+        let mut batch = Batch::new();
+        batch.volume(&rec);
+        inner.write_meta(batch)?;
+        let mut st = inner.state.lock();
+        st.catalog.get_mut(name)?.rec.size = size;
+        Ok(st.volume_info(st.catalog.get(name)?))
     }
 
     /// Every volume, by name.
     pub fn volumes(&self) -> Vec<VolumeInfo> {
         let st = self.inner.state.lock();
-        st.volumes.values().map(|v| st.volume_info(v)).collect()
+        st.catalog.iter().map(|v| st.volume_info(v)).collect()
     }
 
     pub fn volume(&self, name: &str) -> Result<VolumeInfo> {
         let st = self.inner.state.lock();
-        Ok(st.volume_info(st.volume(name)?))
+        Ok(st.volume_info(st.catalog.get(name)?))
     }
 
     /// Freezes the volume's current contents as snapshot `name` (generated
-    /// when `None`). O(1): the head layer becomes the snapshot and a new
-    /// empty head is stacked on it.
+    /// when `None`). No data is copied: the snapshot shares the volume's
+    /// map, which the volume then changes copy-on-write.
     pub async fn create_snapshot(&self, volume: &str, name: Option<&str>) -> Result<SnapshotInfo> {
         validate_name(volume)?;
         if let Some(n) = name {
             validate_name(n)?;
         }
-        self.inner.check_open()?;
-        let info = {
-            let mut st = self.inner.state.lock();
-            let vol = st.volume(volume)?;
-            let name = match name {
-                Some(n) => {
-                    if vol.snapshots.iter().any(|s| s.name == n) {
-                        return Err(Error::AlreadyExists {
-                            kind: "snapshot",
-                            name: format!("{volume}@{n}"),
-                        });
-                    }
-                    n.to_string()
+        let inner = &self.inner;
+        let _c = inner.control().await?;
+        inner.check_writable()?;
+        let install = {
+            let st = inner.state.lock();
+            let v = st.catalog.get(volume)?;
+            if let Some(n) = name {
+                if v.snapshots.iter().any(|s| s.name == n) {
+                    return Err(Error::AlreadyExists {
+                        kind: "snapshot",
+                        name: format!("{volume}@{n}"),
+                    });
                 }
+            }
+            v.install.clone()
+        };
+        // Most of the volume's changes are merged while writes go on; then
+        // writes to it pause for a second, short checkpoint, so the
+        // snapshot holds exactly what was written before it.
+        inner.checkpoint_locked(Default::default()).await?;
+        let _writes = install.lock().await;
+        inner.checkpoint_locked(Default::default()).await?;
+        let (rec, snap, sb) = {
+            let st = inner.state.lock();
+            let v = st.catalog.get(volume)?;
+            let name = match name {
+                Some(n) => n.to_string(),
                 None => {
                     let base = format!("snap-{}", now());
                     let mut n = base.clone();
                     let mut i = 1;
-                    while vol.snapshots.iter().any(|s| s.name == n) {
+                    while v.snapshots.iter().any(|s| s.name == n) {
                         i += 1;
                         n = format!("{base}-{i}");
                     }
                     n
                 }
             };
-            let old_head = vol.head;
-            let size = vol.size;
-            let new_head = st.new_layer(Some(old_head));
-            let rec = SnapshotRecord {
+            let gen = st.sb.gen;
+            let snap = SnapshotRecord {
                 name,
-                layer: old_head,
+                gen,
+                root: v.rec.root,
                 created: now(),
-                size,
+                size: v.rec.size,
+                clones: 0,
+                allocated_blocks: v.rec.own_blocks,
+                deleting: false,
             };
-            let vol = st.volume_mut(volume)?;
-            vol.snapshots.push(rec.clone());
-            vol.head = new_head;
-            let vol = vol.clone();
-            st.snapshot_info(&vol, &rec)
+            let mut rec = v.rec.clone();
+            rec.shared_upto = gen;
+            rec.own_blocks = 0;
+            let mut sb = st.sb.clone();
+            sb.gen += 1;
+            (rec, snap, sb)
         };
-        self.inner.commit().await?;
-        Ok(info)
+        let mut batch = Batch::new();
+        batch.snapshot(rec.uid, &snap);
+        batch.volume(&rec);
+        batch.superblock(&sb);
+        inner.write_meta(batch)?;
+        let mut st = inner.state.lock();
+        st.sb.gen = sb.gen;
+        let v = st.catalog.get_mut(volume)?;
+        v.rec.shared_upto = rec.shared_upto;
+        v.rec.own_blocks = 0;
+        v.snapshots.push(snap.clone());
+        let v = st.catalog.get(volume)?;
+        Ok(st.snapshot_info(v, &snap))
     }
 
-    /// Deletes a snapshot by merging its layer into its only child. Blocks
-    /// the child already overwrote are freed. Refused while clones depend
-    /// on the snapshot.
+    /// Deletes a snapshot. Blocks only it still uses are freed. Refused
+    /// while clones depend on the snapshot.
     pub async fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<()> {
         validate_name(volume)?;
         validate_name(snapshot)?;
-        self.inner.check_open()?;
-        {
-            let mut st = self.inner.state.lock();
-            let vol = st.volume(volume)?;
-            let idx = vol
-                .snapshots
-                .iter()
-                .position(|s| s.name == snapshot)
-                .ok_or_else(|| Error::not_found("snapshot", format!("{volume}@{snapshot}")))?;
-            let layer_id = vol.snapshots[idx].layer;
-            let child_id = vol.snapshots.get(idx + 1).map_or(vol.head, |s| s.layer);
-            let clones = st.layers.get(layer_id).children.saturating_sub(1);
-            if clones > 0 {
+        let inner = &self.inner;
+        let _c = inner.control().await?;
+        inner.check_writable()?;
+        let (uid, snap, install) = {
+            let st = inner.state.lock();
+            let v = st.catalog.get(volume)?;
+            let snap = v.snapshot(snapshot)?.clone();
+            if snap.clones > 0 {
                 return Err(Error::InUse(format!(
-                    "snapshot {volume}@{snapshot} has {clones} clone(s); delete them first"
+                    "snapshot {volume}@{snapshot} has {} clone(s); delete them first",
+                    snap.clones
                 )));
             }
-            let layer = st
-                .layers
-                .0
-                .remove(&layer_id)
-                .expect("snapshot layer exists");
-            let mut overwritten = Vec::new();
-            let State { layers, dirty, .. } = &mut *st;
-            let child = layers.get_mut(child_id);
-            child.parent = layer.parent;
-            for (vb, m) in layer.map {
-                if child.map.contains_key(&vb) {
-                    if let Mapping::Data { pblock, .. } = m {
-                        overwritten.push(pblock);
-                    }
-                } else {
-                    child.insert(vb, m);
-                    dirty.mark_block(child_id, vb);
-                }
-            }
-            overwritten.sort_unstable();
-            for run in runs_of(overwritten) {
-                st.reclaim.free(run);
-            }
-            st.dirty.layers.insert(child_id);
-            st.dirty.dropped.insert(layer_id);
-            st.volume_mut(volume)?.snapshots.remove(idx);
-        }
-        self.inner.commit().await
+            (v.rec.uid, snap, v.install.clone())
+        };
+        inner.delete_snapshot_locked(uid, snap, &install).await
     }
 
     /// A volume's snapshots, oldest first.
@@ -808,44 +738,11 @@ impl Pool {
         Ok(self.volume(volume)?.snapshots)
     }
 
-    /// The byte ranges that differ between snapshot `from` (`None`: an
-    /// empty volume) and snapshot `to` of `volume`: the union of the layers
-    /// above `from` up to `to`. Nothing is read from the data file. Ranges
-    /// are block-aligned, sorted and coalesced; a range may hold zeros
-    /// (data that was trimmed counts as changed).
-    pub fn diff(&self, volume: &str, from: Option<&str>, to: &str) -> Result<Vec<Range<u64>>> {
-        let st = self.inner.state.lock();
-        let vol = st.volume(volume)?;
-        let to_layer = State::snapshot(vol, to)?.layer;
-        let from_layer = from
-            .map(|f| State::snapshot(vol, f).map(|s| s.layer))
-            .transpose()?;
-        let mut blocks = BTreeSet::new();
-        let mut reached = from_layer.is_none();
-        for (id, layer) in st.layers.chain(to_layer) {
-            if Some(id) == from_layer {
-                reached = true;
-                break;
-            }
-            blocks.extend(layer.map.keys().copied());
-        }
-        if !reached {
-            return Err(Error::InvalidArgument(format!(
-                "snapshot {volume}@{} is not older than {volume}@{to}",
-                from.unwrap_or_default()
-            )));
-        }
-        Ok(runs_of(blocks)
-            .into_iter()
-            .map(|(s, l)| s * BLOCK_SIZE..(s + l) * BLOCK_SIZE)
-            .collect())
-    }
-
     /// A read-write handle on a volume.
     pub fn open_volume(&self, name: &str) -> Result<Volume> {
         validate_name(name)?;
         self.inner.check_open()?;
-        let uid = self.inner.state.lock().volume(name)?.uid;
+        let uid = self.inner.state.lock().catalog.get(name)?.rec.uid;
         Ok(Volume::new(self.inner.clone(), name, uid, None))
     }
 
@@ -855,48 +752,186 @@ impl Pool {
         validate_name(snapshot)?;
         self.inner.check_open()?;
         let st = self.inner.state.lock();
-        let vol = st.volume(volume)?;
-        let layer = State::snapshot(vol, snapshot)?.layer;
+        let v = st.catalog.get(volume)?;
+        let gen = v.snapshot(snapshot)?.gen;
         Ok(Volume::new(
             self.inner.clone(),
             volume,
-            vol.uid,
-            Some((snapshot, layer)),
+            v.rec.uid,
+            Some((snapshot, gen)),
         ))
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable: one journal record and
+    /// one sync of the data file.
     pub async fn flush(&self) -> Result<()> {
         self.inner.check_open()?;
         self.inner.commit().await
     }
 
-    /// Completes when overwritten and trimmed blocks pile up faster than
-    /// the caller's commit schedule releases them; a commit then keeps the
-    /// data file from growing to hold them. Deferred free holds a block
-    /// until the commit that drops it, so between commits every write of a
-    /// mapped block takes fresh space.
-    pub async fn commit_wanted(&self) {
-        self.inner.commit_wanted.notified().await
+    /// Merges the changes since the last checkpoint into the on-disk maps
+    /// and trims the journal. Runs by itself when the overlays or the
+    /// journal fill up; the daemon also runs it on a timer.
+    pub async fn checkpoint(&self) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner.checkpoint().await
     }
 
-    pub fn stats(&self) -> PoolStats {
-        let st = self.inner.state.lock();
-        PoolStats {
-            used: st.alloc.used() * BLOCK_SIZE,
-            file_size: st.alloc.end() * BLOCK_SIZE,
-            max_size: self.inner.max_size,
-            io: self.inner.io.mode().to_string(),
-            read_ahead: self.inner.read_ahead.load(Ordering::Relaxed),
-            read_ahead_used: self.inner.read_ahead_used.load(Ordering::Relaxed),
+    /// Commits, and checkpoints if one was asked for: what a timer calls.
+    pub async fn maintain(&self) -> Result<()> {
+        self.inner.check_open()?;
+        if self.inner.checkpoint_wanted.swap(false, Ordering::AcqRel)
+            || self.inner.journal_filling().await
+        {
+            self.inner.checkpoint().await
+        } else {
+            self.inner.commit().await
         }
     }
 
-    /// Commits and refuses every later operation with [`Error::Closed`].
+    /// Completes when work piles up faster than the caller's timer
+    /// handles it: overwritten blocks waiting for a commit to be reused,
+    /// or changes waiting for a checkpoint. Run [`Pool::maintain`] then.
+    pub async fn maintenance_wanted(&self) {
+        self.inner.wanted.notified().await
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let inner = &self.inner;
+        let (used, file_size) = {
+            let a = inner.alloc.lock();
+            (a.used() * BLOCK_SIZE, a.end() * BLOCK_SIZE)
+        };
+        let overlays = inner.state.lock().catalog.overlay_bytes() as u64;
+        let (cached, hits, misses) = inner.cache.stats();
+        PoolStats {
+            used,
+            file_size,
+            max_size: inner.max_size,
+            io: inner.io.mode().to_string(),
+            read_ahead: inner.read_ahead.load(Ordering::Relaxed),
+            read_ahead_used: inner.read_ahead_used.load(Ordering::Relaxed),
+            failed: inner.failure(),
+            meta_cache: crate::types::MetaCacheStats {
+                budget: inner.budget_total(),
+                nodes: cached,
+                overlays,
+                hits,
+                misses,
+            },
+            metadata_size: inner.meta.size_on_disk(),
+        }
+    }
+
+    /// How many keys of each kind the metadata store holds (a test seam:
+    /// `N` map nodes, `D`/`E` dead runs and nodes, `P` snapshots, `V`/`X`
+    /// volumes, `G` nodes awaiting deletion, `B` bitmap chunks).
+    #[cfg(feature = "test-seams")]
+    pub fn metadata_keys(&self) -> std::collections::BTreeMap<char, usize> {
+        self.inner.meta.key_counts()
+    }
+
+    /// Commits, checkpoints, and refuses every later operation with
+    /// [`Error::Closed`].
     pub async fn close(&self) -> Result<()> {
-        self.inner.check_open()?;
-        let r = self.inner.commit().await;
-        self.inner.closed.store(true, Ordering::Release);
+        let inner = &self.inner;
+        inner.check_open()?;
+        let r = if inner.failure().is_some() {
+            Ok(())
+        } else {
+            inner.checkpoint().await
+        };
+        inner.closed.store(true, Ordering::Release);
         r
+    }
+}
+
+impl State {
+    pub fn snapshot_info(&self, v: &VolumeState, s: &SnapshotRecord) -> SnapshotInfo {
+        SnapshotInfo {
+            volume: v.rec.name.clone(),
+            name: s.name.clone(),
+            size: s.size,
+            allocated: s.allocated_blocks * BLOCK_SIZE,
+            created: s.created,
+            clones: s.clones,
+        }
+    }
+
+    pub fn volume_info(&self, v: &VolumeState) -> VolumeInfo {
+        let own: u64 =
+            v.rec.own_blocks + v.snapshots.iter().map(|s| s.allocated_blocks).sum::<u64>();
+        VolumeInfo {
+            name: v.rec.name.clone(),
+            size: v.rec.size,
+            allocated: own * BLOCK_SIZE,
+            created: v.rec.created,
+            origin: v
+                .rec
+                .origin
+                .as_ref()
+                .and_then(|o| self.catalog.describe(o.uid, o.gen)),
+            snapshots: v
+                .snapshots
+                .iter()
+                .map(|s| self.snapshot_info(v, s))
+                .collect(),
+        }
+    }
+}
+
+/// The pieces of [`Inner`] that open assembles.
+pub(crate) struct Parts {
+    pub root: PathBuf,
+    pub io: Backend,
+    pub file: File,
+    pub meta: Meta,
+    pub state: State,
+    pub alloc: Allocator,
+    pub ring: Ring,
+    pub budget: Budget,
+    pub budget_total: u64,
+    pub max_size: Option<u64>,
+    pub unfinished: Vec<crate::space::Unfinished>,
+    #[cfg(feature = "test-seams")]
+    pub faults: Option<Arc<crate::io::Faults>>,
+}
+
+impl Inner {
+    pub fn assemble(p: Parts) -> Inner {
+        Inner {
+            root: p.root,
+            io: p.io,
+            bufs: Arc::default(),
+            file: p.file,
+            meta: p.meta,
+            cache: NodeCache::new(p.budget.nodes),
+            state: Mutex::new(p.state),
+            alloc: Mutex::new(p.alloc),
+            reclaim: Mutex::default(),
+            commit: tokio::sync::Mutex::new(p.ring),
+            control: tokio::sync::Mutex::new(()),
+            grow: tokio::sync::Mutex::new(()),
+            wanted: tokio::sync::Notify::new(),
+            checkpoint_wanted: AtomicBool::new(false),
+            rmw_locks: (0..RMW_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            budget: p.budget,
+            budget_total: p.budget_total,
+            max_size: p.max_size,
+            closed: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            unfinished: Mutex::new(p.unfinished),
+            read_ahead: AtomicU64::new(0),
+            read_ahead_used: AtomicU64::new(0),
+            behind: Arc::default(),
+            #[cfg(feature = "test-seams")]
+            faults: p.faults,
+        }
+    }
+
+    pub fn budget_total(&self) -> u64 {
+        self.budget_total
     }
 }

@@ -1,8 +1,8 @@
-//! Deferred free of pool blocks.
+//! Deferred free of pool blocks and map nodes.
 //!
 //! A block that a map change stops referencing may still be
 //!
-//! 1. referenced by the last *committed* metadata (a crash would bring that
+//! 1. referenced by the last *durable* metadata (a crash would bring that
 //!    mapping back), and
 //! 2. under an in-flight read that resolved its mapping before the change.
 //!
@@ -10,10 +10,15 @@
 //! durable **and** every read that began in or before the epoch of the free
 //! has finished. Reads register in the current epoch; each commit starts a
 //! new epoch.
+//!
+//! Map nodes follow the same rule for the second reason: a checkpoint that
+//! replaces a node publishes the new roots, but a read that started before
+//! may still walk the old ones, so the old node is deleted from the
+//! metadata store only once every read from that epoch or before is done.
 
 use std::collections::BTreeMap;
 
-use crate::alloc::Run;
+use crate::extent::Run;
 
 #[derive(Debug, Default)]
 pub(crate) struct Reclaim {
@@ -26,8 +31,8 @@ pub(crate) struct Reclaim {
     committed: Vec<(u64, Run)>,
     /// Blocks in `pending`.
     pending_blocks: u64,
-    /// An early commit was asked for since the last one began.
-    asked: bool,
+    /// Nodes no published root reaches, by the epoch they were retired in.
+    nodes: Vec<(u64, u64)>,
 }
 
 impl Reclaim {
@@ -48,32 +53,25 @@ impl Reclaim {
     }
 
     pub fn free(&mut self, run: Run) {
-        self.pending_blocks += run.1;
+        self.pending_blocks += run.len;
         // Overwrites free runs block by block: extend the last run.
         match self.pending.last_mut() {
-            Some((epoch, (start, len))) if *epoch == self.epoch && *start + *len == run.0 => {
-                *len += run.1
+            Some((epoch, last)) if *epoch == self.epoch && last.end() == run.start => {
+                last.len += run.len
             }
             _ => self.pending.push((self.epoch, run)),
         }
     }
 
-    /// True once per commit cycle, when at least `threshold` blocks wait
-    /// for the next commit: until it runs, new writes take fresh space
-    /// instead of reusing them.
-    pub fn wants_commit(&mut self, threshold: u64) -> bool {
-        if self.asked || self.pending_blocks < threshold {
-            return false;
-        }
-        self.asked = true;
-        true
+    /// Blocks freed since the last commit began.
+    pub fn pending_blocks(&self) -> u64 {
+        self.pending_blocks
     }
 
     /// A commit is starting: frees so far belong to it. Returns its token.
     pub fn begin_commit(&mut self) -> Vec<(u64, Run)> {
         self.epoch += 1;
         self.pending_blocks = 0;
-        self.asked = false;
         std::mem::take(&mut self.pending)
     }
 
@@ -83,20 +81,51 @@ impl Reclaim {
         self.releasable()
     }
 
-    /// The commit that took `freed` failed: its frees wait for the next one.
-    pub fn commit_failed(&mut self, freed: Vec<(u64, Run)>) {
-        self.pending_blocks += freed.iter().map(|(_, r)| r.1).sum::<u64>();
-        self.pending.extend(freed);
+    /// Runs whose freeing is already durable (a checkpoint wrote it):
+    /// they wait only for the reads of this epoch and before. Returns runs
+    /// now free.
+    pub fn free_durable(&mut self, runs: &[Run]) -> Vec<Run> {
+        let epoch = self.epoch;
+        self.committed.extend(runs.iter().map(|&r| (epoch, r)));
+        self.epoch += 1;
+        self.releasable()
+    }
+
+    fn oldest_read(&self) -> u64 {
+        self.reads.keys().next().copied().unwrap_or(u64::MAX)
     }
 
     fn releasable(&mut self) -> Vec<Run> {
-        let oldest_read = self.reads.keys().next().copied().unwrap_or(u64::MAX);
-        let (ready, wait): (Vec<_>, Vec<_>) = self
-            .committed
-            .drain(..)
-            .partition(|&(e, _)| e < oldest_read);
+        let oldest = self.oldest_read();
+        if self.committed.iter().all(|&(e, _)| e >= oldest) {
+            return Vec::new();
+        }
+        let (ready, wait): (Vec<_>, Vec<_>) =
+            self.committed.drain(..).partition(|&(e, _)| e < oldest);
         self.committed = wait;
         ready.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Nodes a just-published checkpoint stopped using.
+    pub fn retire_nodes(&mut self, ids: impl IntoIterator<Item = u64>) {
+        let epoch = self.epoch;
+        self.nodes.extend(ids.into_iter().map(|id| (epoch, id)));
+        // Reads starting from now on see the new roots only.
+        self.epoch += 1;
+    }
+
+    /// Retired nodes no read can reach any more: they may be deleted.
+    pub fn take_dead_nodes(&mut self) -> Vec<u64> {
+        let oldest = self.oldest_read();
+        let (ready, wait): (Vec<_>, Vec<_>) = self.nodes.drain(..).partition(|&(e, _)| e < oldest);
+        self.nodes = wait;
+        ready.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Gives back nodes taken by [`Reclaim::take_dead_nodes`] whose
+    /// deletion did not happen (the checkpoint failed).
+    pub fn keep_dead_nodes(&mut self, ids: Vec<u64>) {
+        self.nodes.extend(ids.into_iter().map(|id| (0, id)));
     }
 }
 
@@ -108,7 +137,7 @@ mod tests {
     fn waits_for_commit_and_older_reads() {
         let mut r = Reclaim::default();
         let read = r.begin_read();
-        r.free((7, 1));
+        r.free(Run::new(7, 1));
         assert!(r.end_read(read).is_empty(), "not committed yet");
         let read = r.begin_read();
         let token = r.begin_commit();
@@ -116,55 +145,47 @@ mod tests {
             r.commit_done(token).is_empty(),
             "a read from the free's epoch is running"
         );
-        assert_eq!(r.end_read(read), vec![(7, 1)]);
+        assert_eq!(r.end_read(read), vec![Run::new(7, 1)]);
     }
 
     #[test]
     fn newer_reads_do_not_hold_older_frees() {
         let mut r = Reclaim::default();
-        r.free((1, 2));
+        r.free(Run::new(1, 2));
         let token = r.begin_commit();
         let read = r.begin_read();
-        assert_eq!(r.commit_done(token), vec![(1, 2)]);
+        assert_eq!(r.commit_done(token), vec![Run::new(1, 2)]);
         assert!(r.end_read(read).is_empty());
-    }
-
-    #[test]
-    fn asks_for_a_commit_once_per_cycle() {
-        let mut r = Reclaim::default();
-        r.free((0, 3));
-        assert!(!r.wants_commit(4));
-        r.free((10, 1));
-        assert!(r.wants_commit(4));
-        r.free((20, 8));
-        assert!(!r.wants_commit(4), "already asked this cycle");
-        let token = r.begin_commit();
-        assert!(!r.wants_commit(4), "nothing pending after the commit began");
-        r.commit_failed(token);
-        assert!(r.wants_commit(4), "a failed commit's frees count again");
     }
 
     #[test]
     fn adjacent_frees_of_one_epoch_coalesce() {
         let mut r = Reclaim::default();
         for b in 10..14 {
-            r.free((b, 1));
+            r.free(Run::new(b, 1));
         }
-        r.free((20, 2));
+        r.free(Run::new(20, 2));
         let token = r.begin_commit();
-        r.free((22, 1));
-        assert_eq!(r.commit_done(token), vec![(10, 4), (20, 2)]);
+        r.free(Run::new(22, 1));
+        assert_eq!(r.commit_done(token), vec![Run::new(10, 4), Run::new(20, 2)]);
         let token = r.begin_commit();
-        assert_eq!(r.commit_done(token), vec![(22, 1)]);
+        assert_eq!(r.commit_done(token), vec![Run::new(22, 1)]);
     }
 
     #[test]
-    fn failed_commit_keeps_frees() {
+    fn retired_nodes_wait_for_older_reads() {
         let mut r = Reclaim::default();
-        r.free((3, 1));
-        let token = r.begin_commit();
-        r.commit_failed(token);
-        let token = r.begin_commit();
-        assert_eq!(r.commit_done(token), vec![(3, 1)]);
+        let old = r.begin_read();
+        r.retire_nodes([5, 6]);
+        let new = r.begin_read();
+        assert!(
+            r.take_dead_nodes().is_empty(),
+            "an older read may walk them"
+        );
+        r.end_read(old);
+        assert_eq!(r.take_dead_nodes(), vec![5, 6]);
+        r.end_read(new);
+        r.keep_dead_nodes(vec![5]);
+        assert_eq!(r.take_dead_nodes(), vec![5]);
     }
 }

@@ -11,8 +11,10 @@ use crate::io::IoMode;
 pub struct PoolConfig {
     /// Directory holding `pool.data` and `meta/` (created if missing).
     pub root: PathBuf,
-    /// Cap on the data file size in bytes; writes that need more space fail
-    /// with [`crate::Error::NoSpace`]. `None` = limited by the filesystem.
+    /// Cap in bytes on the data file's space for volume data (the file also
+    /// holds a header and a 32 MiB journal); writes that need more space
+    /// fail with [`crate::Error::NoSpace`]. `None` = limited by the
+    /// filesystem.
     pub max_size: Option<u64>,
     /// I/O backend selection.
     pub io: IoMode,
@@ -22,7 +24,17 @@ pub struct PoolConfig {
     /// hand-off between threads. The pool may only do I/O while that
     /// runtime runs. `None` suits pools used from several runtimes or none.
     pub runtime: Option<tokio::runtime::Handle>,
+    /// Memory for metadata in bytes: the map node cache, the changes
+    /// since the last checkpoint, the allocator's bitmap and sled's own
+    /// cache share it.
+    pub meta_cache: u64,
+    /// Failures to inject (a test seam).
+    #[cfg(feature = "test-seams")]
+    pub faults: Option<std::sync::Arc<crate::io::Faults>>,
 }
+
+/// The default metadata memory budget (64 MiB).
+pub const DEFAULT_META_CACHE: u64 = 64 << 20;
 
 impl PoolConfig {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -31,6 +43,9 @@ impl PoolConfig {
             max_size: None,
             io: IoMode::Auto,
             runtime: None,
+            meta_cache: DEFAULT_META_CACHE,
+            #[cfg(feature = "test-seams")]
+            faults: None,
         }
     }
 }
@@ -41,8 +56,8 @@ pub struct VolumeInfo {
     pub name: String,
     /// Virtual size in bytes.
     pub size: u64,
-    /// Bytes of pool space held by this volume's own layers (head and
-    /// snapshots; a clone's origin is counted with the origin volume).
+    /// Bytes of pool space the volume and its snapshots hold (what a clone
+    /// shares with its origin is counted with the origin volume).
     pub allocated: u64,
     /// Creation time, seconds since the Unix epoch.
     pub created: u64,
@@ -59,7 +74,8 @@ pub struct SnapshotInfo {
     pub name: String,
     /// Volume size when the snapshot was taken.
     pub size: u64,
-    /// Bytes of pool space held by this snapshot's own layer.
+    /// Bytes of pool space written between the previous snapshot and this
+    /// one that this snapshot still holds.
     pub allocated: u64,
     /// Creation time, seconds since the Unix epoch.
     pub created: u64,
@@ -70,7 +86,7 @@ pub struct SnapshotInfo {
 /// Pool-wide space accounting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolStats {
-    /// Bytes of blocks referenced by any layer.
+    /// Bytes of blocks in use by any volume or snapshot.
     pub used: u64,
     /// Current size of the data file.
     pub file_size: u64,
@@ -84,6 +100,30 @@ pub struct PoolStats {
     /// Of those, bytes a read then used.
     #[serde(default)]
     pub read_ahead_used: u64,
+    /// Why the pool stopped accepting writes, if it has.
+    #[serde(default)]
+    pub failed: Option<String>,
+    /// The metadata cache.
+    #[serde(default)]
+    pub meta_cache: MetaCacheStats,
+    /// Bytes the metadata store takes on disk.
+    #[serde(default)]
+    pub metadata_size: u64,
+}
+
+/// What the metadata cache holds and how well it serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaCacheStats {
+    /// The budget, in bytes.
+    pub budget: u64,
+    /// Bytes of map nodes cached.
+    pub nodes: u64,
+    /// Bytes of map changes not yet checkpointed.
+    pub overlays: u64,
+    /// Node lookups served from the cache.
+    pub hits: u64,
+    /// Node lookups that read the metadata store.
+    pub misses: u64,
 }
 
 /// What a range of a volume holds, for allocation queries (NBD block status).
@@ -91,10 +131,8 @@ pub struct PoolStats {
 pub enum BlockState {
     /// Mapped to pool blocks.
     Data,
-    /// Explicitly zeroed (trim / write-zeroes over older data): reads as
-    /// zeros, holds no pool space.
-    Zero,
-    /// Never written anywhere in the chain: reads as zeros.
+    /// Unmapped (never written, trimmed or zeroed): reads as zeros and
+    /// holds no pool space.
     Hole,
 }
 

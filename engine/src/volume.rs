@@ -1,18 +1,25 @@
 //! Volume handles and the data path: read, write, trim, write-zeroes,
 //! allocation queries.
+//!
+//! A read resolves its range through the volume's overlays (changes since
+//! the last checkpoint) and then its tree, the same few lookups at any
+//! snapshot depth; a write goes to newly allocated blocks and then
+//! *installs* its mapping (see [`Volume::install`]), which is what frees or
+//! records as dead the blocks it replaces.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::future::join_all;
 
-use crate::alloc::Run;
 use crate::error::{Error, Result};
+use crate::extent::{cover, Data, Piece, Run};
 use crate::io::{AlignedBuf, BufPool};
-use crate::layer::Mapping;
+use crate::journal::{Death, Op};
 use crate::pool::{Inner, State};
 use crate::readahead::{Chunk, ReadAhead};
+use crate::tree;
+use crate::tree::node::NodeRef;
 use crate::{BlockState, Extent, BLOCK_SIZE};
 
 const BS: u64 = BLOCK_SIZE;
@@ -29,7 +36,7 @@ pub struct Volume {
     inner: Arc<Inner>,
     name: Arc<str>,
     uid: u64,
-    /// `(snapshot name, layer)` for a snapshot handle.
+    /// `(snapshot name, generation)` for a snapshot handle.
     snapshot: Option<(Arc<str>, u64)>,
     /// This handle's sequential stream (clones share it).
     ahead: Arc<parking_lot::Mutex<ReadAhead>>,
@@ -45,10 +52,27 @@ struct ReadGuard<'a> {
 
 impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
-        let mut st = self.inner.state.lock();
-        let freed = st.reclaim.end_read(self.epoch);
-        st.alloc.release_runs(&freed);
+        let freed = self.inner.reclaim.lock().end_read(self.epoch);
+        if !freed.is_empty() {
+            self.inner.release(&freed);
+        }
     }
+}
+
+/// A non-zero block of a write and where it goes.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    vblock: u64,
+    crc: u32,
+    pblock: u64,
+}
+
+/// What a range resolves through, captured under the state lock: the
+/// pieces the overlays hold, the gaps to look up in the tree at `root`.
+struct Resolution {
+    known: Vec<Piece>,
+    gaps: Vec<std::ops::Range<u64>>,
+    root: Option<NodeRef>,
 }
 
 /// True if a whole block is zeros (blocks are a multiple of 8 bytes).
@@ -68,7 +92,7 @@ impl Volume {
         Volume {
             name: name.into(),
             uid,
-            snapshot: snapshot.map(|(n, l)| (n.into(), l)),
+            snapshot: snapshot.map(|(n, g)| (n.into(), g)),
             ahead: Default::default(),
             reported: Arc::new(AtomicU64::new(inner.behind.failures())),
             inner,
@@ -96,23 +120,45 @@ impl Volume {
         }
     }
 
-    /// The layer reads start from and the size, checked against the
-    /// current metadata.
-    fn top(&self, st: &State) -> Result<(u64, u64)> {
-        let vol = st
-            .volumes
-            .get(&*self.name)
-            .filter(|v| v.uid == self.uid)
-            .ok_or_else(|| Error::not_found("volume", &*self.name))?;
+    /// The size of what this handle reads, and how `[first, last)`
+    /// resolves, checked against the current metadata.
+    fn view(&self, st: &State, first: u64, last: u64) -> Result<(u64, Resolution)> {
+        let v = st.catalog.handle(&self.name, self.uid)?;
         match &self.snapshot {
-            None => Ok((vol.head, vol.size)),
-            Some((name, layer)) => vol
-                .snapshots
-                .iter()
-                .find(|s| *s.name == **name && s.layer == *layer)
-                .map(|s| (s.layer, s.size))
-                .ok_or_else(|| Error::not_found("snapshot", self.display())),
+            None => {
+                let (known, gaps) = v.overlays(first, last);
+                Ok((
+                    v.rec.size,
+                    Resolution {
+                        known,
+                        gaps,
+                        root: v.rec.root,
+                    },
+                ))
+            }
+            Some((_, gen)) => {
+                let s = v
+                    .snapshots
+                    .iter()
+                    .find(|s| s.gen == *gen && !s.deleting)
+                    .ok_or_else(|| Error::not_found("snapshot", self.display()))?;
+                Ok((
+                    s.size,
+                    Resolution {
+                        known: Vec::new(),
+                        gaps: vec![std::ops::Range {
+                            start: first,
+                            end: last,
+                        }],
+                        root: s.root,
+                    },
+                ))
+            }
         }
+    }
+
+    fn size_of(&self, st: &State) -> Result<u64> {
+        Ok(self.view(st, 0, 0)?.0)
     }
 
     fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
@@ -122,16 +168,16 @@ impl Volume {
         }
     }
 
-    /// Refuses a write of `[offset, offset + len)` to a read-only handle
-    /// or past the end.
+    /// Refuses a write of `[offset, offset + len)` to a read-only handle,
+    /// a failed pool, or past the end.
     fn check_write(&self, offset: u64, len: u64) -> Result<()> {
         self.writable()?;
         let st = self.inner.state.lock();
-        Self::check_range(offset, len, self.top(&st)?.1)
+        Self::check_range(offset, len, self.size_of(&st)?)
     }
 
     fn writable(&self) -> Result<()> {
-        self.inner.check_open()?;
+        self.inner.check_writable()?;
         if self.read_only() {
             return Err(Error::ReadOnly(format!("snapshot {}", self.display())));
         }
@@ -141,16 +187,53 @@ impl Volume {
     /// The volume's (or snapshot's) size in bytes.
     pub fn size(&self) -> Result<u64> {
         self.inner.check_open()?;
-        Ok(self.top(&self.inner.state.lock())?.1)
+        self.size_of(&self.inner.state.lock())
+    }
+
+    /// Completes a resolution: the tree's pieces for its gaps, all of it
+    /// sorted and covering `[first, last)` exactly.
+    fn complete(&self, r: Resolution, first: u64, last: u64) -> Result<Vec<Piece>> {
+        let mut pieces = r.known;
+        let nodes = self.inner.nodes();
+        for g in r.gaps {
+            pieces.extend(tree::lookup(&nodes, r.root, g.start, g.end)?);
+        }
+        pieces.sort_unstable_by_key(|p| p.vstart);
+        Ok(cover(first, last, pieces))
+    }
+
+    /// Checks the range and resolves its blocks, registering a read with
+    /// the deferred-free machinery; `None` for an empty range.
+    fn resolve(&self, offset: u64, len: u64) -> Result<Option<(Vec<Piece>, ReadGuard<'_>)>> {
+        self.inner.check_open()?;
+        let first = offset / BS;
+        let last = (offset + len).div_ceil(BS);
+        let (resolution, guard) = {
+            let st = self.inner.state.lock();
+            let (size, resolution) = self.view(&st, first, last)?;
+            Self::check_range(offset, len, size)?;
+            if len == 0 {
+                return Ok(None);
+            }
+            let epoch = self.inner.reclaim.lock().begin_read();
+            (
+                resolution,
+                ReadGuard {
+                    inner: &self.inner,
+                    epoch,
+                },
+            )
+        };
+        Ok(Some((self.complete(resolution, first, last)?, guard)))
     }
 
     /// Reads `buf.len()` bytes at `offset`. Holes read as zeros without
     /// touching the disk; every data block's crc32 is verified.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let Some((mapped, _guard)) = self.resolve(offset, buf.len() as u64)? else {
+        let Some((pieces, _guard)) = self.resolve(offset, buf.len() as u64)? else {
             return Ok(());
         };
-        self.read_mapped(offset, buf, &mapped).await
+        self.read_mapped(offset, buf, &pieces).await
     }
 
     /// Reads `len` bytes at `offset` into a buffer of the engine's own, as
@@ -160,20 +243,20 @@ impl Volume {
     /// [`crate::readahead`]).
     pub async fn read_owned(&self, offset: u64, len: usize) -> Result<PooledBuf> {
         let bufs = &self.inner.bufs;
-        let Some((mapped, _guard)) = self.resolve(offset, len as u64)? else {
+        let Some((pieces, _guard)) = self.resolve(offset, len as u64)? else {
             return Ok(PooledBuf::new(bufs.clone(), AlignedBuf::new(0), 0, 0));
         };
         let first = offset / BS;
         let last = (offset + len as u64).div_ceil(BS);
         let ahead = self.read_ahead(offset, len as u64);
-        let runs = data_runs(&mapped);
+        let runs = data_runs(&pieces);
         if let [(vb, pb, crcs)] = runs.as_slice() {
             if *vb == first && crcs.len() as u64 == last - first {
                 let start = (offset - first * BS) as usize;
                 if let Some(data) = self.take_chunk(ahead, *pb, crcs).await {
                     return Ok(PooledBuf::new(bufs.clone(), data, start, len));
                 }
-                let run = (*pb, crcs.len() as u64);
+                let run = Run::new(*pb, crcs.len() as u64);
                 self.inner.behind.wait(std::iter::once(run)).await;
                 let (data, result) = self
                     .inner
@@ -187,7 +270,7 @@ impl Volume {
             }
         }
         let mut data = PooledBuf::new(bufs.clone(), bufs.get(len), 0, len);
-        self.read_mapped(offset, &mut data.buf, &mapped).await?;
+        self.read_mapped(offset, &mut data.buf, &pieces).await?;
         Ok(data)
     }
 
@@ -197,15 +280,20 @@ impl Volume {
     /// read ahead for exactly this range if no block has been released
     /// since that chunk was resolved (see [`crate::readahead`]).
     fn read_ahead(&self, offset: u64, len: u64) -> Option<Chunk> {
-        let st = self.inner.state.lock();
-        let (top, size) = self.top(&st).ok()?;
-        let mut ahead = self.ahead.lock();
-        let (hit, starts) = ahead.observe(offset, len, size, BS);
-        let hit = hit.filter(|c| c.releases == st.alloc.releases());
+        let releases = self.inner.alloc.lock().releases();
+        let size = self.size().ok()?;
+        let (hit, starts) = self.ahead.lock().observe(offset, len, size, BS);
+        let hit = hit.filter(|c| c.releases == releases);
         for start in starts {
             let blocks = start / BS..(start + len) / BS;
-            let mapped = st.layers.resolve_range(top, blocks.clone());
-            let Ok([(vb, pblock, crcs)]) = <[_; 1]>::try_from(data_runs(&mapped)) else {
+            let resolution = {
+                let st = self.inner.state.lock();
+                self.view(&st, blocks.start, blocks.end).ok()?.1
+            };
+            let Ok(pieces) = self.complete(resolution, blocks.start, blocks.end) else {
+                continue;
+            };
+            let Ok([(vb, pblock, crcs)]) = <[_; 1]>::try_from(data_runs(&pieces)) else {
                 continue;
             };
             if vb != blocks.start
@@ -219,12 +307,12 @@ impl Volume {
                 .io
                 .start_read(pblock * BS, self.inner.bufs.get(len as usize));
             self.inner.read_ahead.fetch_add(len, Ordering::Relaxed);
-            ahead.add(Chunk {
+            self.ahead.lock().add(Chunk {
                 offset: start,
                 len,
                 pblock,
                 crcs,
-                releases: st.alloc.releases(),
+                releases,
                 read,
             });
         }
@@ -256,47 +344,14 @@ impl Volume {
         Some(data)
     }
 
-    /// Checks the range and resolves its blocks, registering a read with
-    /// the deferred-free machinery; `None` for an empty range.
-    #[allow(clippy::type_complexity)]
-    fn resolve(
-        &self,
-        offset: u64,
-        len: u64,
-    ) -> Result<Option<(BTreeMap<u64, Mapping>, ReadGuard<'_>)>> {
-        self.inner.check_open()?;
-        let first = offset / BS;
-        let last = (offset + len).div_ceil(BS);
-        let mut st = self.inner.state.lock();
-        let (top, size) = self.top(&st)?;
-        Self::check_range(offset, len, size)?;
-        if len == 0 {
-            return Ok(None);
-        }
-        let mapped = st.layers.resolve_range(top, first..last);
-        let epoch = st.reclaim.begin_read();
-        Ok(Some((
-            mapped,
-            ReadGuard {
-                inner: &self.inner,
-                epoch,
-            },
-        )))
-    }
-
-    /// Fills `buf` from `offset` given the resolved `mapped` blocks.
-    async fn read_mapped(
-        &self,
-        offset: u64,
-        buf: &mut [u8],
-        mapped: &BTreeMap<u64, Mapping>,
-    ) -> Result<()> {
+    /// Fills `buf` from `offset` given the resolved `pieces`.
+    async fn read_mapped(&self, offset: u64, buf: &mut [u8], pieces: &[Piece]) -> Result<()> {
         let len = buf.len() as u64;
-        let first = offset / BS;
-        let last = (offset + len).div_ceil(BS);
-        let runs = data_runs(mapped);
+        let runs = data_runs(pieces);
         let (io, bufs) = (&self.inner.io, &self.inner.bufs);
-        let flights = runs.iter().map(|(_, p, crcs)| (*p, crcs.len() as u64));
+        let flights = runs
+            .iter()
+            .map(|(_, p, crcs)| Run::new(*p, crcs.len() as u64));
         self.inner.behind.wait(flights).await;
         let results = join_all(
             runs.iter()
@@ -304,11 +359,11 @@ impl Volume {
         )
         .await;
 
-        // Holes and zero blocks read as zeros; data blocks are copied below.
-        for vb in first..last {
-            if !matches!(mapped.get(&vb), Some(Mapping::Data { .. })) {
-                let from = offset.max(vb * BS);
-                let to = (offset + len).min((vb + 1) * BS);
+        // Holes read as zeros; data blocks are copied below.
+        for p in pieces.iter().filter(|p| p.data.is_none()) {
+            let from = offset.max(p.vstart * BS);
+            let to = (offset + len).min(p.end() * BS);
+            if from < to {
                 buf[(from - offset) as usize..(to - offset) as usize].fill(0);
             }
         }
@@ -420,7 +475,7 @@ impl Volume {
         let placed = place(&nonzero, &runs);
         let ios = if placed.len() as u64 == len / BS && runs.len() == 1 {
             vec![(
-                runs[0].0 * BS,
+                runs[0].start * BS,
                 std::mem::replace(&mut data.buf, AlignedBuf::new(0)),
             )]
         } else {
@@ -459,56 +514,51 @@ impl Volume {
     /// pool-contiguous blocks: the I/Os that write them.
     fn gather<'a>(
         &self,
-        placed: &[(u64, u32, u64)],
+        placed: &[Placed],
         block: impl Fn(u64) -> &'a [u8],
     ) -> Vec<(u64, AlignedBuf)> {
         let mut ios: Vec<(u64, AlignedBuf)> = Vec::new();
         let mut i = 0;
         while i < placed.len() {
             let mut j = i + 1;
-            while j < placed.len() && placed[j].2 == placed[j - 1].2 + 1 {
+            while j < placed.len() && placed[j].pblock == placed[j - 1].pblock + 1 {
                 j += 1;
             }
             let mut buf = self.inner.bufs.get((j - i) * BSU);
-            for (k, &(vb, _, _)) in placed[i..j].iter().enumerate() {
-                buf[k * BSU..(k + 1) * BSU].copy_from_slice(block(vb));
+            for (k, p) in placed[i..j].iter().enumerate() {
+                buf[k * BSU..(k + 1) * BSU].copy_from_slice(block(p.vblock));
             }
-            ios.push((placed[i].2 * BS, buf));
+            ios.push((placed[i].pblock * BS, buf));
             i = j;
         }
         ios
     }
 
     /// Writes `ios` (the data of the `placed` blocks, allocated as `runs`)
-    /// and maps `blocks` as [`Volume::install`] does. While the bounds on
+    /// and maps `blocks` (see [`Volume::install`]). While the bounds on
     /// writes in flight allow, the data goes to the disk behind the caller
-    /// (see [`crate::write_behind`]): the mappings are installed as the
-    /// writes start, and this returns without waiting for them. Otherwise
-    /// the data is written first.
+    /// (see [`crate::write_behind`]): the writes start, the mapping is
+    /// installed, and this returns without waiting for them. Otherwise the
+    /// data is written first.
     async fn store(
         &self,
         blocks: std::ops::Range<u64>,
-        placed: Vec<(u64, u32, u64)>,
+        placed: Vec<Placed>,
         runs: &[Run],
         ios: Vec<(u64, AlignedBuf)>,
     ) -> Result<()> {
+        let pieces = pieces_of(blocks.clone(), &placed);
         let flights: Vec<Run> = ios
             .iter()
-            .map(|(off, buf)| (off / BS, buf.len() as u64 / BS))
+            .map(|(off, buf)| Run::new(off / BS, buf.len() as u64 / BS))
             .collect();
-        let tickets = {
-            let mut st = self.inner.state.lock();
-            let head = self.write_head(&mut st, runs)?;
-            // Registered before the mappings appear (invariant 1).
-            let tickets = self.inner.behind.admit(&flights);
-            if tickets.is_some() {
-                self.map_blocks(&mut st, head, blocks.clone(), &placed);
-            }
-            tickets
-        };
-        let Some(tickets) = tickets else {
+        // Registered before the mappings appear (write-behind invariant 1).
+        let Some(tickets) = self.inner.behind.admit(&flights) else {
             self.submit_writes(ios, runs).await?;
-            return self.install(blocks, placed, runs);
+            return self
+                .install(blocks, pieces)
+                .await
+                .inspect_err(|_| self.inner.release(runs));
         };
         for ((offset, buf), ticket) in ios.into_iter().zip(tickets) {
             let (behind, bufs) = (self.inner.behind.clone(), self.inner.bufs.clone());
@@ -516,6 +566,13 @@ impl Volume {
                 bufs.put(buf);
                 behind.complete(ticket, result);
             });
+        }
+        if let Err(e) = self.install(blocks, pieces).await {
+            // Nothing maps the blocks; they go back once their writes are
+            // done (no reuse under a write, write-behind invariant 3).
+            self.inner.behind.wait(flights.into_iter()).await;
+            self.inner.release(runs);
+            return Err(e);
         }
         Ok(())
     }
@@ -531,60 +588,105 @@ impl Volume {
             failure = failure.or(r.err());
         }
         if let Some(e) = failure {
-            self.release_unused(runs);
+            self.inner.release(runs);
             return Err(Error::from_io(e));
         }
         Ok(())
     }
 
-    /// Maps `blocks` once their data is on disk: `placed` lists the
-    /// non-zero ones as `(vblock, crc, pblock)` in order, every other block
-    /// reads as zeros.
-    fn install(
-        &self,
-        blocks: std::ops::Range<u64>,
-        placed: Vec<(u64, u32, u64)>,
-        runs: &[Run],
-    ) -> Result<()> {
+    /// Maps `blocks` as `pieces` say (data, or holes for all-zero and
+    /// trimmed blocks), and deals with what they replace: blocks the head
+    /// alone held are freed (after the commit, see [`crate::reclaim`]);
+    /// blocks a snapshot still holds are recorded as dead (see
+    /// [`crate::space`]). The change goes into the volume's overlay and the
+    /// journal's pending operations under one hold of the state lock.
+    ///
+    /// The old mapping is looked up first, outside the state lock (the
+    /// tree may have to read nodes), under the volume's install lock, so no
+    /// other install of the volume can change it in between; a checkpoint
+    /// may move changes from the overlays into the tree meanwhile, which
+    /// does not change what the mapping is.
+    async fn install(&self, blocks: std::ops::Range<u64>, pieces: Vec<Piece>) -> Result<()> {
+        self.writable()?;
+        self.inner.make_room().await?;
+        let lock = self
+            .inner
+            .state
+            .lock()
+            .catalog
+            .handle(&self.name, self.uid)?
+            .install
+            .clone();
+        let _installing = lock.lock().await;
+        let resolution = {
+            let st = self.inner.state.lock();
+            self.view(&st, blocks.start, blocks.end)?.1
+        };
+        let old = self.complete(resolution, blocks.start, blocks.end)?;
+
         let mut st = self.inner.state.lock();
-        let head = self.write_head(&mut st, runs)?;
-        self.map_blocks(&mut st, head, blocks, &placed);
-        Ok(())
-    }
-
-    /// The layer a write maps its blocks into; if the volume is gone,
-    /// gives the write's `runs` back to the allocator (nothing maps them).
-    fn write_head(&self, st: &mut State, runs: &[Run]) -> Result<u64> {
-        self.top(st)
-            .map(|(head, _)| head)
-            .inspect_err(|_| st.alloc.release_runs(runs))
-    }
-
-    /// Maps `blocks` in layer `head`: the `placed` ones to their pool
-    /// blocks, the rest to zeros; blocks the old mappings held await
-    /// deferred free.
-    fn map_blocks(
-        &self,
-        st: &mut State,
-        head: u64,
-        blocks: std::ops::Range<u64>,
-        placed: &[(u64, u32, u64)],
-    ) {
-        let mut placed = placed.iter().peekable();
-        st.dirty.mark_blocks(head, blocks.clone());
-        for vb in blocks {
-            let old = match placed.next_if(|p| p.0 == vb) {
-                Some(&(_, crc, pblock)) => st
-                    .layers
-                    .get_mut(head)
-                    .insert(vb, Mapping::Data { pblock, crc }),
-                None => zero_block(st, head, vb),
-            };
-            if let Some(Mapping::Data { pblock, .. }) = old {
-                st.reclaim.free((pblock, 1));
+        self.inner.check_writable()?;
+        let State {
+            sb,
+            catalog,
+            pending,
+            ..
+        } = &mut *st;
+        let v = catalog.handle_mut(&self.name, self.uid)?;
+        let (uid, gen) = (self.uid, sb.gen);
+        {
+            let mut reclaim = self.inner.reclaim.lock();
+            for o in &old {
+                let Some(d) = &o.data else { continue };
+                let run = Run::new(d.pstart, o.len);
+                if d.birth > v.rec.shared_upto {
+                    reclaim.free(run);
+                    pending.push(&Op::Free { uid, run });
+                    v.own_delta -= o.len as i64;
+                } else {
+                    pending.push(&Op::Dead(Death {
+                        uid,
+                        death: gen,
+                        vstart: o.vstart,
+                        run,
+                        birth: d.birth,
+                    }));
+                }
             }
         }
-        self.inner.note_frees(st);
+        // Holes over nothing need no entry: the tree has nothing there
+        // either (every layer was looked up).
+        let has_data = |p: &Piece| {
+            old.iter()
+                .any(|o| o.data.is_some() && o.vstart < p.end() && p.vstart < o.end())
+        };
+        let mut changes: Vec<Piece> = Vec::with_capacity(pieces.len());
+        for mut p in pieces {
+            let over_data = has_data(&p);
+            match &mut p.data {
+                Some(d) => {
+                    d.birth = gen;
+                    pending.push(&Op::Map {
+                        uid,
+                        vstart: p.vstart,
+                        pstart: d.pstart,
+                        birth: gen,
+                        crcs: d.crcs.clone(),
+                    });
+                    v.own_delta += p.len as i64;
+                }
+                None if over_data => pending.push(&Op::Unmap {
+                    uid,
+                    vstart: p.vstart,
+                    len: p.len,
+                }),
+                None => continue,
+            }
+            changes.push(p);
+        }
+        v.active.set(&changes);
+        self.inner.note_pressure(&st);
+        Ok(())
     }
 
     /// Allocates `n` pool blocks; when the pool is full, commits once to
@@ -594,7 +696,7 @@ impl Volume {
             return Ok(Vec::new());
         }
         for attempt in 0..2 {
-            if let Some(runs) = self.inner.allocate(&mut self.inner.state.lock(), n)? {
+            if let Some(runs) = self.inner.allocate(n).await? {
                 return Ok(runs);
             }
             if attempt == 0 {
@@ -608,12 +710,6 @@ impl Volume {
         )))
     }
 
-    /// Returns blocks that were allocated but never mapped; no metadata
-    /// references them, so they need no deferred free.
-    fn release_unused(&self, runs: &[Run]) {
-        self.inner.state.lock().alloc.release_runs(runs);
-    }
-
     /// Makes everything written so far (on every volume) durable. Fails
     /// with an I/O error if a write acknowledged earlier failed on its way
     /// to the disk, once per handle for each such failure (see
@@ -624,11 +720,13 @@ impl Volume {
         let failures = self.inner.behind.failures();
         let reported = self.reported.fetch_max(failures, Ordering::Relaxed);
         if failures > reported {
-            return Err(Error::Io(std::io::Error::other(format!(
-                "{} write(s) acknowledged earlier did not reach the disk; \
-                 the blocks they wrote now read as I/O errors",
-                failures - reported
-            ))));
+            return Err(Error::Io {
+                source: std::io::Error::other(format!(
+                    "{} write(s) acknowledged earlier did not reach the disk; \
+                     the blocks they wrote now read as I/O errors",
+                    failures - reported
+                )),
+            });
         }
         Ok(())
     }
@@ -640,8 +738,8 @@ impl Volume {
     }
 
     /// Zeroes `[offset, offset+len)` without writing data blocks: whole
-    /// blocks become unmapped (or zero markers over older layers), partial
-    /// blocks at the edges are read-modify-written.
+    /// blocks become holes, partial blocks at the edges are
+    /// read-modify-written.
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         self.check_write(offset, len)?;
         if len == 0 {
@@ -665,63 +763,32 @@ impl Volume {
             )
             .await?;
         }
-        let mut st = self.inner.state.lock();
-        let (head, _) = self.top(&st)?;
         let range = whole_first..whole_last;
-        let parent = st.layers.get(head).parent;
-        let below = parent
-            .map(|p| st.layers.resolve_range(p, range.clone()))
-            .unwrap_or_default();
-        let own: Vec<u64> = st
-            .layers
-            .get(head)
-            .map
-            .range(range)
-            .map(|(&vb, _)| vb)
-            .collect();
-        let mut freed = Vec::new();
-        for vb in own {
-            if !matches!(below.get(&vb), Some(Mapping::Data { .. })) {
-                if let Some(Mapping::Data { pblock, .. }) = st.layers.get_mut(head).remove(vb) {
-                    freed.push(pblock);
-                }
-                st.dirty.mark_block(head, vb);
-            }
-        }
-        for (vb, m) in below {
-            if matches!(m, Mapping::Data { .. }) {
-                if let Some(Mapping::Data { pblock, .. }) =
-                    st.layers.get_mut(head).insert(vb, Mapping::Zero)
-                {
-                    freed.push(pblock);
-                }
-                st.dirty.mark_block(head, vb);
-            }
-        }
-        freed.sort_unstable();
-        for run in crate::pool::runs_of(freed) {
-            st.reclaim.free(run);
-        }
-        self.inner.note_frees(&mut st);
-        Ok(())
+        self.install(
+            range.clone(),
+            vec![Piece::hole(range.start, range.end - range.start)],
+        )
+        .await
     }
 
     /// What `[offset, offset+len)` holds, as consecutive extents covering
     /// exactly that range.
     pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        self.inner.check_open()?;
-        let st = self.inner.state.lock();
-        let (top, size) = self.top(&st)?;
-        Self::check_range(offset, len, size)?;
-        let end = offset + len;
-        let mapped = st.layers.resolve_range(top, offset / BS..end.div_ceil(BS));
-        drop(st);
+        let end = offset.saturating_add(len);
+        let Some((pieces, _guard)) = self.resolve(offset, len)? else {
+            return Ok(Vec::new());
+        };
         let mut out: Vec<Extent> = Vec::new();
-        let mut push = |from: u64, to: u64, state: BlockState| {
-            let (from, to) = (from.max(offset), to.min(end));
+        for p in &pieces {
+            let (from, to) = ((p.vstart * BS).max(offset), (p.end() * BS).min(end));
             if from >= to {
-                return;
+                continue;
             }
+            let state = if p.data.is_some() {
+                BlockState::Data
+            } else {
+                BlockState::Hole
+            };
             match out.last_mut() {
                 Some(e) if e.state == state && e.offset + e.len == from => e.len += to - from,
                 _ => out.push(Extent {
@@ -730,18 +797,7 @@ impl Volume {
                     state,
                 }),
             }
-        };
-        let mut pos = offset / BS * BS;
-        for (&vb, &m) in &mapped {
-            push(pos, vb * BS, BlockState::Hole);
-            let state = match m {
-                Mapping::Data { .. } => BlockState::Data,
-                Mapping::Zero => BlockState::Zero,
-            };
-            push(vb * BS, (vb + 1) * BS, state);
-            pos = (vb + 1) * BS;
         }
-        push(pos, end, BlockState::Hole);
         Ok(out)
     }
 }
@@ -808,15 +864,49 @@ fn checksums<'a>(blocks: std::ops::Range<u64>, block: impl Fn(u64) -> &'a [u8]) 
         .collect()
 }
 
-/// Pairs each non-zero block with its pool block from `runs`, in order:
-/// `(vblock, crc, pblock)`.
-fn place(nonzero: &[(u64, u32)], runs: &[Run]) -> Vec<(u64, u32, u64)> {
-    let pblocks = runs.iter().flat_map(|&(s, l)| s..s + l);
+/// Pairs each non-zero block with its pool block from `runs`, in order.
+fn place(nonzero: &[(u64, u32)], runs: &[Run]) -> Vec<Placed> {
+    let pblocks = runs.iter().flat_map(|r| r.start..r.end());
     nonzero
         .iter()
         .zip(pblocks)
-        .map(|(&(vb, crc), pb)| (vb, crc, pb))
+        .map(|(&(vblock, crc), pblock)| Placed {
+            vblock,
+            crc,
+            pblock,
+        })
         .collect()
+}
+
+/// The pieces a write of `blocks` maps: stretches of `placed` blocks
+/// contiguous in the volume and in the pool, and holes between them
+/// (all-zero blocks). Births are set when the pieces are installed.
+fn pieces_of(blocks: std::ops::Range<u64>, placed: &[Placed]) -> Vec<Piece> {
+    let mut data: Vec<Piece> = Vec::new();
+    for p in placed {
+        match data.last_mut() {
+            Some(last)
+                if last.end() == p.vblock
+                    && last
+                        .data
+                        .as_ref()
+                        .is_some_and(|d| d.pstart + last.len == p.pblock) =>
+            {
+                last.len += 1;
+                last.data.as_mut().expect("data piece").crcs.push(p.crc);
+            }
+            _ => data.push(Piece {
+                vstart: p.vblock,
+                len: 1,
+                data: Some(Data {
+                    pstart: p.pblock,
+                    birth: 0,
+                    crcs: vec![p.crc],
+                }),
+            }),
+        }
+    }
+    cover(blocks.start, blocks.end, data)
 }
 
 /// The index of the first block of `data` whose crc32 is not `crcs`'s.
@@ -828,19 +918,17 @@ fn first_mismatch(crcs: &[u32], data: &[u8]) -> Option<usize> {
 
 /// Runs of data blocks contiguous both in the volume and in the pool:
 /// `(vblock, pblock, crcs)`.
-fn data_runs(mapped: &BTreeMap<u64, Mapping>) -> Vec<(u64, u64, Vec<u32>)> {
+fn data_runs(pieces: &[Piece]) -> Vec<(u64, u64, Vec<u32>)> {
     let mut runs: Vec<(u64, u64, Vec<u32>)> = Vec::new();
-    for (&vb, &m) in mapped {
-        let Mapping::Data { pblock, crc } = m else {
-            continue;
-        };
+    for p in pieces {
+        let Some(d) = &p.data else { continue };
         match runs.last_mut() {
-            Some((v, p, crcs))
-                if *v + crcs.len() as u64 == vb && *p + crcs.len() as u64 == pblock =>
+            Some((v, pb, crcs))
+                if *v + crcs.len() as u64 == p.vstart && *pb + crcs.len() as u64 == d.pstart =>
             {
-                crcs.push(crc)
+                crcs.extend_from_slice(&d.crcs)
             }
-            _ => runs.push((vb, pblock, vec![crc])),
+            _ => runs.push((p.vstart, d.pstart, d.crcs.clone())),
         }
     }
     runs
@@ -856,19 +944,5 @@ fn copy_out(offset: u64, buf: &mut [u8], vb: u64, data: &[u8]) {
     if from < to {
         buf[(from - offset) as usize..(to - offset) as usize]
             .copy_from_slice(&data[(from - bstart) as usize..(to - bstart) as usize]);
-    }
-}
-
-/// Makes `vblock` of layer `head` read as zeros with no data: a zero marker
-/// when a lower layer holds data there, no entry otherwise. Returns the old
-/// entry.
-fn zero_block(st: &mut State, head: u64, vblock: u64) -> Option<Mapping> {
-    let parent = st.layers.get(head).parent;
-    let shadowed = parent.and_then(|p| st.layers.resolve(p, vblock));
-    let layer = st.layers.get_mut(head);
-    if matches!(shadowed, Some(Mapping::Data { .. })) {
-        layer.insert(vblock, Mapping::Zero)
-    } else {
-        layer.remove(vblock)
     }
 }

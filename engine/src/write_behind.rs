@@ -37,7 +37,7 @@ use futures::future::{join_all, FutureExt, Shared};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::alloc::Run;
+use crate::extent::Run;
 use crate::BLOCK_SIZE;
 
 /// Bytes of acknowledged writes that may be on their way to the disk.
@@ -78,14 +78,14 @@ impl WriteBehind {
     /// lock, just before installing their mappings (1).
     pub fn admit(&self, runs: &[Run]) -> Option<Vec<Ticket>> {
         let mut f = self.flights.lock();
-        let bytes: u64 = runs.iter().map(|r| r.1 * BLOCK_SIZE).sum();
+        let bytes: u64 = runs.iter().map(|r| r.len * BLOCK_SIZE).sum();
         if f.writes.len() + runs.len() > MAX_WRITES || f.bytes + bytes > MAX_BYTES {
             return None;
         }
         f.bytes += bytes;
         let tickets = runs
             .iter()
-            .map(|&(start, len)| {
+            .map(|&Run { start, len }| {
                 let (tx, rx) = oneshot::channel();
                 let old = f.writes.insert(start, (len, rx.shared()));
                 debug_assert!(old.is_none(), "two writes in flight to block {start}");
@@ -128,7 +128,7 @@ impl WriteBehind {
                 return;
             }
             let flights: &Flights = &f;
-            runs.flat_map(|(s, l)| Self::overlapping(flights, s, l))
+            runs.flat_map(|r| Self::overlapping(flights, r.start, r.len))
                 .cloned()
                 .collect()
         };
@@ -170,10 +170,10 @@ mod tests {
     #[test]
     fn runs_are_tracked_until_complete() {
         let wb = WriteBehind::default();
-        let mut tickets = wb.admit(&[(10, 4), (20, 1)]).unwrap();
+        let mut tickets = wb.admit(&[Run::new(10, 4), Run::new(20, 1)]).unwrap();
         assert!(wb.busy(13, 1) && wb.busy(0, 11) && wb.busy(20, 1));
         assert!(!wb.busy(14, 6) && !wb.busy(0, 10) && !wb.busy(21, 100));
-        let mut wait = Box::pin(wb.wait([(12, 10)].into_iter()));
+        let mut wait = Box::pin(wb.wait([Run::new(12, 10)].into_iter()));
         let mut all = wb.all();
         assert_eq!(all.len(), 2);
         assert!(wait.as_mut().now_or_never().is_none());
@@ -192,19 +192,22 @@ mod tests {
     fn writes_in_flight_are_bounded() {
         let wb = WriteBehind::default();
         let block_run = MAX_BYTES / BLOCK_SIZE / 2;
-        let t1 = wb.admit(&[(0, block_run)]).unwrap();
-        let t2 = wb.admit(&[(block_run, block_run)]).unwrap();
-        assert!(wb.admit(&[(2 * block_run, 1)]).is_none(), "bytes bound");
+        let t1 = wb.admit(&[Run::new(0, block_run)]).unwrap();
+        let t2 = wb.admit(&[Run::new(block_run, block_run)]).unwrap();
+        assert!(
+            wb.admit(&[Run::new(2 * block_run, 1)]).is_none(),
+            "bytes bound"
+        );
         for t in t1.into_iter().chain(t2) {
             wb.complete(t, Ok(()));
         }
-        let singles: Vec<Run> = (0..MAX_WRITES as u64).map(|i| (i * 2, 1)).collect();
+        let singles: Vec<Run> = (0..MAX_WRITES as u64).map(|i| Run::new(i * 2, 1)).collect();
         let tickets = wb.admit(&singles).unwrap();
-        assert!(wb.admit(&[(1, 1)]).is_none(), "count bound");
+        assert!(wb.admit(&[Run::new(1, 1)]).is_none(), "count bound");
         for t in tickets {
             wb.complete(t, Ok(()));
         }
-        assert!(wb.admit(&[(1, 1)]).is_some());
+        assert!(wb.admit(&[Run::new(1, 1)]).is_some());
     }
 
     /// A failure after the acknowledgement is reported by the next flush of
@@ -219,7 +222,7 @@ mod tests {
             pool.open_volume("v").unwrap(),
         );
         let behind = &pool.inner.behind;
-        let ticket = behind.admit(&[(1 << 30, 1)]).unwrap().remove(0);
+        let ticket = behind.admit(&[Run::new(1 << 30, 1)]).unwrap().remove(0);
         behind.complete(ticket, failed());
         let later = pool.open_volume("v").unwrap();
 

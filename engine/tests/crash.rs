@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ballast_engine::{IoMode, Pool, PoolConfig, BLOCK_SIZE};
+use ballast_engine::{Error, IoMode, Pool, PoolConfig, BLOCK_SIZE};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -27,6 +27,11 @@ enum Step {
     Write(u64, Vec<u8>),
     Trim(u64, u64),
     Flush,
+    /// Merge the changes into the on-disk maps and trim the journal.
+    Checkpoint,
+    Snapshot,
+    /// Delete the oldest snapshot.
+    DropSnapshot,
 }
 
 /// The child's deterministic script for `seed`.
@@ -45,11 +50,17 @@ fn script(seed: u64) -> impl Iterator<Item = Step> {
             let mut data = vec![0u8; len as usize];
             rng.fill(&mut data[..]);
             Step::Write(offset, data)
-        } else if roll < 95 {
+        } else if roll < 92 {
             let off = rng.gen_range(0..VOL_SIZE - 1);
             Step::Trim(off, rng.gen_range(1..=(64 * BS).min(VOL_SIZE - off)))
-        } else {
+        } else if roll < 96 {
             Step::Flush
+        } else if roll < 98 {
+            Step::Checkpoint
+        } else if roll < 99 {
+            Step::Snapshot
+        } else {
+            Step::DropSnapshot
         })
     })
 }
@@ -68,12 +79,11 @@ fn config(dir: &std::path::Path, round: u64) -> PoolConfig {
     // Room for this and every earlier round's volume, fully written, plus
     // one write.
     let cap = VOL_SIZE * (round + 1) + 64 * BS;
-    PoolConfig {
-        root: dir.to_path_buf(),
-        max_size: Some(cap),
-        io,
-        runtime,
-    }
+    let mut config = PoolConfig::new(dir);
+    config.max_size = Some(cap);
+    config.io = io;
+    config.runtime = runtime;
+    config
 }
 
 /// Runs inside the child process (started by `crash_recovery`).
@@ -88,19 +98,69 @@ fn crash_child() {
         .unwrap();
     rt.block_on(async {
         let pool = Pool::open(config(dir.as_ref(), round)).unwrap();
-        let vol = pool.open_volume(&format!("v{round}")).unwrap();
+        let name = format!("v{round}");
+        let vol = pool.open_volume(&name).unwrap();
         println!("READY");
         for (i, step) in script(round).enumerate() {
+            // Snapshots hold old blocks in a pool capped for the live data
+            // alone: when it fills up, they go, oldest first.
+            loop {
+                let done = match &step {
+                    Step::Write(off, data) => vol.write(*off, data).await,
+                    Step::Trim(off, len) => vol.trim(*off, *len).await,
+                    _ => Ok(()),
+                };
+                match done {
+                    Ok(()) => break,
+                    Err(Error::NoSpace(_)) => {
+                        let oldest = pool.snapshots(&name).unwrap().into_iter().next();
+                        let oldest = oldest.expect("the pool has room for the live data");
+                        pool.delete_snapshot(&name, &oldest.name).await.unwrap();
+                    }
+                    Err(e) => panic!("step {i}: {e}"),
+                }
+            }
             match step {
-                Step::Write(off, data) => vol.write(off, &data).await.unwrap(),
-                Step::Trim(off, len) => vol.trim(off, len).await.unwrap(),
+                Step::Write(..) | Step::Trim(..) => {}
                 Step::Flush => {
                     vol.flush().await.unwrap();
                     println!("FLUSHED {i}");
                 }
+                Step::Checkpoint => pool.checkpoint().await.unwrap(),
+                Step::Snapshot => {
+                    pool.create_snapshot(&name, Some(&format!("s{i}")))
+                        .await
+                        .unwrap();
+                }
+                Step::DropSnapshot => {
+                    if let Some(s) = pool.snapshots(&name).unwrap().first() {
+                        pool.delete_snapshot(&name, &s.name).await.unwrap();
+                    }
+                }
             }
         }
     });
+}
+
+/// The parts of a trim that become durable one by one, in the order the
+/// engine does them: a partial block at each edge is a write of zeros of
+/// its own, the whole blocks between are unmapped last. (A commit, such as
+/// the one a full pool makes, may fall between them.)
+fn trim_parts(off: u64, len: u64) -> Vec<(u64, u64)> {
+    let end = off + len;
+    let (first, last) = (off.div_ceil(BS) * BS, end / BS * BS);
+    if first >= last {
+        return vec![(off, len)];
+    }
+    let mut parts = Vec::new();
+    if off < first {
+        parts.push((off, first - off));
+    }
+    if end > last {
+        parts.push((last, end - last));
+    }
+    parts.push((first, last - first));
+    parts
 }
 
 /// Whether `got` is the volume state after some prefix of the script
@@ -114,8 +174,16 @@ fn is_prefix_state(round: u64, acked_flushes: usize, got: &[u8]) -> bool {
     for step in script(round).take(MAX_STEPS_PAST) {
         match step {
             Step::Write(off, d) => data[off as usize..off as usize + d.len()].copy_from_slice(&d),
-            Step::Trim(off, len) => data[off as usize..(off + len) as usize].fill(0),
+            Step::Trim(off, len) => {
+                for (o, l) in trim_parts(off, len) {
+                    data[o as usize..(o + l) as usize].fill(0);
+                    if flushes >= acked_flushes && got == data {
+                        return true;
+                    }
+                }
+            }
             Step::Flush => flushes += 1,
+            Step::Checkpoint | Step::Snapshot | Step::DropSnapshot => {}
         }
         if flushes >= acked_flushes && got == data {
             return true;
@@ -136,6 +204,13 @@ fn crash_recovery() {
     for round in 0..ROUNDS {
         rt.block_on(async {
             let pool = Pool::open(config(dir.path(), round)).unwrap();
+            // Earlier rounds' snapshots go, so each volume holds at most
+            // its own size and the cap below stays tight.
+            for v in pool.volumes() {
+                for s in v.snapshots {
+                    pool.delete_snapshot(&v.name, &s.name).await.unwrap();
+                }
+            }
             pool.create_volume(&format!("v{round}"), VOL_SIZE)
                 .await
                 .unwrap();
@@ -173,6 +248,10 @@ fn crash_recovery() {
         rx.recv_timeout(Duration::from_secs(30))
             .expect("child started");
         std::thread::sleep(Duration::from_millis(kill_rng.gen_range(10..400)));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "round {round}: the child stopped before it was killed (run crash_child to see why)"
+        );
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let last_acked = reader.join().unwrap();
@@ -203,6 +282,20 @@ fn crash_recovery() {
             pool.close().await.unwrap();
         });
     }
+    // Across every crash, nothing leaked: once every volume and snapshot
+    // is gone, so is every block and every map node.
+    rt.block_on(async {
+        let pool = Pool::open(config(dir.path(), ROUNDS)).unwrap();
+        for v in pool.volumes() {
+            pool.delete_volume(&v.name).await.unwrap();
+        }
+        pool.checkpoint().await.unwrap();
+        pool.checkpoint().await.unwrap();
+        assert_eq!(pool.stats().used, 0, "blocks leaked across crashes");
+        let keys = pool.metadata_keys();
+        assert_eq!(keys.get(&'N'), None, "map nodes leaked: {keys:?}");
+        pool.close().await.unwrap();
+    });
 }
 
 /// How many flushes the script has performed up to and including step `i`.

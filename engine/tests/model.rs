@@ -270,15 +270,12 @@ enum Backend {
 
 async fn run(ops: Vec<Op>, backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let config = PoolConfig {
-        root: dir.path().to_path_buf(),
-        max_size: None,
-        io: match backend {
-            Backend::Sync => IoMode::Sync,
-            Backend::UringThread | Backend::UringRuntime => IoMode::Uring,
-        },
-        runtime: matches!(backend, Backend::UringRuntime).then(tokio::runtime::Handle::current),
+    let mut config = PoolConfig::new(dir.path());
+    config.io = match backend {
+        Backend::Sync => IoMode::Sync,
+        Backend::UringThread | Backend::UringRuntime => IoMode::Uring,
     };
+    config.runtime = matches!(backend, Backend::UringRuntime).then(tokio::runtime::Handle::current);
     let mut pool = Pool::open(config.clone()).unwrap();
     let mut m = Model::default();
     for op in ops {

@@ -172,11 +172,11 @@ mod tests {
             (Error::NoSpace("full".into()), 28),
             (Error::Closed, 108),
             (
-                Error::Io(std::io::Error::from_raw_os_error(libc::EDQUOT)),
+                Error::from_io(std::io::Error::from_raw_os_error(libc::EDQUOT)),
                 28,
             ),
             (
-                Error::Io(std::io::Error::from_raw_os_error(libc::ENOENT)),
+                Error::from_io(std::io::Error::from_raw_os_error(libc::ENOENT)),
                 5,
             ),
         ];

@@ -389,7 +389,7 @@ pub fn encode_block_status(extents: &[Extent], len: u64, req_one: bool, extended
     for extent in extents.iter().filter(|e| e.len > 0) {
         let flags = match extent.state {
             BlockState::Data => 0,
-            BlockState::Zero | BlockState::Hole => STATE_HOLE | STATE_ZERO,
+            BlockState::Hole => STATE_HOLE | STATE_ZERO,
         };
         if let Some(last) = descriptors.last_mut() {
             if last.flags == flags {

@@ -48,10 +48,12 @@ impl From<EngineError> for ApiError {
             | EngineError::InUse(_)
             | EngineError::ReadOnly(_) => StatusCode::CONFLICT,
             EngineError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
-            EngineError::Closed => StatusCode::SERVICE_UNAVAILABLE,
-            EngineError::Checksum { .. } | EngineError::Metadata(_) | EngineError::Io(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            EngineError::Closed | EngineError::Failed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Checksum { .. }
+            | EngineError::Corrupt(_)
+            | EngineError::Unsupported(_)
+            | EngineError::MetaStore { .. }
+            | EngineError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
             status,
@@ -146,7 +148,7 @@ mod tests {
                 StatusCode::INSUFFICIENT_STORAGE,
             ),
             (
-                EngineError::Metadata("bad".into()),
+                EngineError::Corrupt("bad".into()),
                 StatusCode::INTERNAL_SERVER_ERROR,
             ),
         ];

@@ -88,6 +88,10 @@ pub struct DaemonArgs {
     /// Cap on the pool's data file, e.g. 100G [default: no cap]
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub pool_size: Option<String>,
+    /// Memory for the pool's metadata: map cache, changes not yet
+    /// checkpointed, allocator bitmap, metadata store cache [default: 64M]
+    #[arg(long, value_name = "SIZE")]
+    pub meta_cache: Option<String>,
     /// I/O backend: auto (io_uring if the kernel allows it), uring or sync
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub io: String,

@@ -58,14 +58,27 @@ pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
                 let max = stats
                     .max_size
                     .map_or_else(|| "unlimited".to_string(), format_size);
-                format!(
-                    "used:       {}\nfile size:  {}\nmax size:   {max}\nio:         {}\nread-ahead: {} read, {} used\n",
+                let cache = &stats.meta_cache;
+                let mut text = format!(
+                    "used:       {}\nfile size:  {}\nmax size:   {max}\nio:         {}\nread-ahead: {} read, {} used\nmetadata:   {} on disk; cache {} of {}, {} pending checkpoint, {} hits, {} misses\n",
                     format_size(stats.used),
                     format_size(stats.file_size),
                     stats.io,
                     format_size(stats.read_ahead),
                     format_size(stats.read_ahead_used),
-                )
+                    format_size(stats.metadata_size),
+                    format_size(cache.nodes),
+                    format_size(cache.budget),
+                    format_size(cache.overlays),
+                    cache.hits,
+                    cache.misses,
+                );
+                if let Some(reason) = &stats.failed {
+                    text.push_str(&format!(
+                        "FAILED:     {reason}\n            writes are refused; restart the daemon to recover from the last commit\n"
+                    ));
+                }
+                text
             }
         }
     };

@@ -11,6 +11,8 @@ pub struct DaemonConfig {
     pub root: PathBuf,
     pub control_socket: PathBuf,
     pub pool_size: Option<u64>,
+    /// The metadata memory budget in bytes.
+    pub meta_cache: u64,
     pub io: IoMode,
     pub nbd_socket: PathBuf,
     pub nbd_listen: NbdListen,

@@ -48,12 +48,11 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         .map(docker::bind)
         .transpose()?;
 
-    let pool_config = PoolConfig {
-        root: config.root.clone(),
-        max_size: config.pool_size,
-        io: config.io,
-        runtime: Some(tokio::runtime::Handle::current()),
-    };
+    let mut pool_config = PoolConfig::new(&config.root);
+    pool_config.max_size = config.pool_size;
+    pool_config.meta_cache = config.meta_cache;
+    pool_config.io = config.io;
+    pool_config.runtime = Some(tokio::runtime::Handle::current());
     let pool = tokio::task::spawn_blocking(move || Pool::open(pool_config))
         .await?
         .with_context(|| format!("cannot open the pool in {}", config.root.display()))?;

@@ -1,7 +1,7 @@
 //! The data file's I/O path: one async interface, two implementations.
 //!
-//! [`Backend::Uring`] drives an io_uring, reaped by a task on the caller's
-//! tokio runtime or by a thread of its own; [`Backend::Sync`] runs
+//! The io_uring driver runs a ring reaped by a task on the caller's
+//! tokio runtime or by a thread of its own; the sync driver runs
 //! `pread`/`pwrite` on a small thread pool, for hosts where `io_uring_setup`
 //! is refused (Docker's default seccomp profile, old kernels). Both take
 //! ownership of an [`AlignedBuf`] for the duration of the operation, so a
@@ -9,6 +9,8 @@
 //! writing into freed memory.
 
 mod aligned;
+#[cfg(feature = "test-seams")]
+mod faults;
 mod sync;
 mod uring;
 
@@ -20,6 +22,8 @@ use std::str::FromStr;
 use tokio::runtime::Handle;
 
 pub use aligned::{AlignedBuf, BufPool};
+#[cfg(feature = "test-seams")]
+pub use faults::Faults;
 
 /// Which I/O backend a pool uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,7 +62,13 @@ impl fmt::Display for IoMode {
 }
 
 /// A started I/O backend bound to one file.
-pub enum Backend {
+pub struct Backend {
+    driver: Driver,
+    #[cfg(feature = "test-seams")]
+    faults: Option<std::sync::Arc<Faults>>,
+}
+
+enum Driver {
     Uring(uring::UringIo),
     Sync(sync::SyncIo),
 }
@@ -68,29 +78,41 @@ impl Backend {
     /// on `runtime` if given (see [`uring`]), which must then run as long as
     /// the backend does I/O.
     pub fn start(file: File, mode: IoMode, runtime: Option<&Handle>) -> io::Result<Backend> {
-        match mode {
-            IoMode::Sync => Ok(Backend::Sync(sync::SyncIo::start(file)?)),
-            IoMode::Uring => Ok(Backend::Uring(uring::UringIo::start(file, runtime)?)),
+        let driver = match mode {
+            IoMode::Sync => Driver::Sync(sync::SyncIo::start(file)?),
+            IoMode::Uring => Driver::Uring(uring::UringIo::start(file, runtime)?),
             IoMode::Auto => {
                 let fallback = file.try_clone()?;
                 match uring::UringIo::start(file, runtime) {
-                    Ok(io) => Ok(Backend::Uring(io)),
+                    Ok(io) => Driver::Uring(io),
                     Err(e) => {
                         tracing::warn!(
                             "io_uring unavailable ({e}); using the pread/pwrite thread pool"
                         );
-                        Ok(Backend::Sync(sync::SyncIo::start(fallback)?))
+                        Driver::Sync(sync::SyncIo::start(fallback)?)
                     }
                 }
             }
-        }
+        };
+        Ok(Backend {
+            driver,
+            #[cfg(feature = "test-seams")]
+            faults: None,
+        })
+    }
+
+    /// Fails the operations `faults` plans to fail (a test seam).
+    #[cfg(feature = "test-seams")]
+    pub fn with_faults(mut self, faults: Option<std::sync::Arc<Faults>>) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// The backend in use, for logs and stats.
     pub fn mode(&self) -> IoMode {
-        match self {
-            Backend::Uring(_) => IoMode::Uring,
-            Backend::Sync(_) => IoMode::Sync,
+        match self.driver {
+            Driver::Uring(_) => IoMode::Uring,
+            Driver::Sync(_) => IoMode::Sync,
         }
     }
 
@@ -162,9 +184,16 @@ impl Backend {
     /// Hands `request` to the backend; gives it back if the backend has
     /// stopped.
     fn dispatch(&self, request: Request) -> Result<(), Request> {
-        match self {
-            Backend::Uring(u) => u.send(request),
-            Backend::Sync(s) => s.send(request),
+        #[cfg(feature = "test-seams")]
+        if let Some(f) = &self.faults {
+            if f.fails(request.op) {
+                request.finish(Err(io::Error::from_raw_os_error(libc::EIO)));
+                return Ok(());
+            }
+        }
+        match &self.driver {
+            Driver::Uring(u) => u.send(request),
+            Driver::Sync(s) => s.send(request),
         }
     }
 }

@@ -1,0 +1,53 @@
+//! A test seam: planned failures of data-file syncs and writes and of
+//! metadata writes, so the failure paths can be driven on purpose. Built
+//! only with the `test-seams` feature (the engine's own tests enable
+//! it); a pool without a plan never fails on purpose.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::Op;
+
+/// Counts of operations to fail from now on: each planned failure is used
+/// once, by the next operation of its kind.
+#[derive(Debug, Default)]
+pub struct Faults {
+    syncs: AtomicU32,
+    writes: AtomicU32,
+    meta: AtomicU32,
+}
+
+fn take(n: &AtomicU32) -> bool {
+    n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1))
+        .is_ok()
+}
+
+impl Faults {
+    /// The next `n` `fdatasync`s of the data file fail with EIO.
+    pub fn fail_syncs(&self, n: u32) {
+        self.syncs.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// The next `n` writes to the data file fail with EIO (data and
+    /// journal records alike), without reaching the file.
+    pub fn fail_writes(&self, n: u32) {
+        self.writes.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// The next `n` writes of the metadata store fail.
+    pub fn fail_meta(&self, n: u32) {
+        self.meta.fetch_add(n, Ordering::AcqRel);
+    }
+
+    pub(super) fn fails(&self, op: Op) -> bool {
+        match op {
+            Op::SyncData => take(&self.syncs),
+            Op::Write => take(&self.writes),
+            Op::Read => false,
+        }
+    }
+
+    /// Whether this metadata write is to fail.
+    pub fn meta_fails(&self) -> bool {
+        take(&self.meta)
+    }
+}

@@ -1,0 +1,194 @@
+//! Failure paths, driven by the engine's fault seam (`test-seams`): a data
+//! sync, a journal write or a metadata write that fails stops the pool's
+//! writes and is never retried as if nothing happened; a data write that
+//! fails after it was acknowledged is reported by the next flush and its
+//! blocks read as EIO, never as stale or wrong bytes. After each, a reopen
+//! finds a state at or after the last acknowledged flush.
+
+use std::sync::Arc;
+
+use ballast_engine::io::Faults;
+use ballast_engine::{Error, Pool, PoolConfig, BLOCK_SIZE};
+
+const BS: usize = BLOCK_SIZE as usize;
+
+fn block(seed: u8) -> Vec<u8> {
+    (0..BS).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect()
+}
+
+fn faulty(dir: &std::path::Path) -> (PoolConfig, Arc<Faults>) {
+    let faults = Arc::new(Faults::default());
+    let mut config = PoolConfig::new(dir);
+    config.faults = Some(faults.clone());
+    (config, faults)
+}
+
+async fn read_block(pool: &Pool, at: usize) -> ballast_engine::Result<Vec<u8>> {
+    let mut buf = vec![0u8; BS];
+    pool.open_volume("v")?
+        .read((at * BS) as u64, &mut buf)
+        .await?;
+    Ok(buf)
+}
+
+/// Every change after the failure is refused with the same error, and the
+/// pool says why.
+async fn assert_refuses_writes(pool: &Pool, cause: &str) {
+    let v = pool.open_volume("v").unwrap();
+    let err = v.write(0, &block(9)).await.unwrap_err();
+    assert!(matches!(err, Error::Failed { .. }), "{err:?}");
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(err.to_string().contains(cause), "{err}");
+    assert!(matches!(v.flush().await, Err(Error::Failed { .. })));
+    assert!(matches!(
+        v.trim(0, BS as u64).await,
+        Err(Error::Failed { .. })
+    ));
+    assert!(matches!(
+        pool.create_volume("w", 1 << 20).await,
+        Err(Error::Failed { .. })
+    ));
+    assert!(matches!(
+        pool.create_snapshot("v", None).await,
+        Err(Error::Failed { .. })
+    ));
+    let failed = pool.stats().failed.expect("stats show the failure");
+    assert!(failed.contains(cause), "{failed}");
+}
+
+#[tokio::test]
+async fn a_failed_data_sync_stops_writes_and_is_never_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, faults) = faulty(dir.path());
+    let pool = Pool::open(config).unwrap();
+    pool.create_volume("v", 1 << 20).await.unwrap();
+    let v = pool.open_volume("v").unwrap();
+    v.write(0, &block(1)).await.unwrap();
+    v.flush().await.unwrap();
+
+    v.write(0, &block(2)).await.unwrap();
+    v.write(BS as u64, &block(3)).await.unwrap();
+    faults.fail_syncs(1);
+    let err = v.flush().await.unwrap_err();
+    assert!(matches!(err, Error::Failed { .. }), "{err:?}");
+    assert!(err.to_string().contains("data file sync failed"), "{err}");
+    // The next sync would succeed: a retry would acknowledge writes the
+    // kernel may have dropped. The pool refuses instead.
+    assert_refuses_writes(&pool, "data file sync failed").await;
+    // Reads go on.
+    assert_eq!(read_block(&pool, 0).await.unwrap(), block(2));
+    pool.close().await.unwrap();
+    drop((v, pool));
+
+    // The unacknowledged writes may or may not have landed; what was
+    // acknowledged did, and every block reads back whole.
+    let pool = Pool::open(PoolConfig::new(dir.path())).unwrap();
+    let b0 = read_block(&pool, 0).await.unwrap();
+    let b1 = read_block(&pool, 1).await.unwrap();
+    assert!(
+        (b0 == block(1) && b1 == vec![0; BS]) || (b0 == block(2) && b1 == block(3)),
+        "a state at or after the last acknowledged flush"
+    );
+    assert!(pool.stats().failed.is_none(), "a reopen recovers");
+    pool.open_volume("v")
+        .unwrap()
+        .write(0, &block(4))
+        .await
+        .unwrap();
+    pool.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_journal_write_stops_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, faults) = faulty(dir.path());
+    let pool = Pool::open(config).unwrap();
+    pool.create_volume("v", 1 << 20).await.unwrap();
+    let v = pool.open_volume("v").unwrap();
+    v.write(0, &block(1)).await.unwrap();
+    v.flush().await.unwrap();
+    v.write(0, &block(2)).await.unwrap();
+    // The data write is under way already; the next write is the record.
+    faults.fail_writes(1);
+    let err = v.flush().await.unwrap_err();
+    assert!(err.to_string().contains("journal write failed"), "{err}");
+    assert_refuses_writes(&pool, "journal write failed").await;
+    pool.close().await.unwrap();
+    drop((v, pool));
+
+    let pool = Pool::open(PoolConfig::new(dir.path())).unwrap();
+    assert_eq!(
+        read_block(&pool, 0).await.unwrap(),
+        block(1),
+        "the record never reached the disk"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_metadata_write_stops_writes_and_the_journal_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, faults) = faulty(dir.path());
+    let pool = Pool::open(config).unwrap();
+    pool.create_volume("v", 1 << 20).await.unwrap();
+    let v = pool.open_volume("v").unwrap();
+    for i in 0..8u8 {
+        v.write(u64::from(i) * BS as u64, &block(i)).await.unwrap();
+    }
+    v.flush().await.unwrap();
+    // A snapshot checkpoints first; that metadata write fails.
+    faults.fail_meta(1);
+    let err = pool.create_snapshot("v", Some("s")).await.unwrap_err();
+    assert!(matches!(err, Error::Failed { .. }), "{err:?}");
+    assert_refuses_writes(&pool, "metadata write failed").await;
+    for i in 0..8u8 {
+        assert_eq!(read_block(&pool, i.into()).await.unwrap(), block(i));
+    }
+    pool.close().await.unwrap();
+    drop((v, pool));
+
+    // The checkpoint never happened; the journal still holds the writes.
+    let pool = Pool::open(PoolConfig::new(dir.path())).unwrap();
+    for i in 0..8u8 {
+        assert_eq!(read_block(&pool, i.into()).await.unwrap(), block(i));
+    }
+    assert!(pool.snapshots("v").unwrap().is_empty());
+    pool.create_snapshot("v", Some("s")).await.unwrap();
+    pool.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_write_that_fails_after_its_acknowledgement_reads_as_eio() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, faults) = faulty(dir.path());
+    let pool = Pool::open(config).unwrap();
+    pool.create_volume("v", 1 << 20).await.unwrap();
+    let v = pool.open_volume("v").unwrap();
+    v.write(0, &block(1)).await.unwrap();
+    v.flush().await.unwrap();
+
+    faults.fail_writes(1);
+    v.write(0, &block(2)).await.unwrap(); // acknowledged: write-behind
+    v.write(BS as u64, &block(3)).await.unwrap();
+    let err = v.flush().await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(err.to_string().contains("did not reach the disk"), "{err}");
+    // Never the stale block 1, never garbage: EIO.
+    let err = read_block(&pool, 0).await.unwrap_err();
+    assert!(matches!(err, Error::Checksum { .. }), "{err:?}");
+    assert_eq!(read_block(&pool, 1).await.unwrap(), block(3));
+    // Not a sync failure: the pool goes on, and the block can be rewritten.
+    assert!(pool.stats().failed.is_none());
+    v.flush().await.unwrap();
+    pool.close().await.unwrap();
+    drop((v, pool));
+
+    let pool = Pool::open(PoolConfig::new(dir.path())).unwrap();
+    assert!(matches!(
+        read_block(&pool, 0).await,
+        Err(Error::Checksum { .. })
+    ));
+    let v = pool.open_volume("v").unwrap();
+    v.write(0, &block(5)).await.unwrap();
+    v.flush().await.unwrap();
+    assert_eq!(read_block(&pool, 0).await.unwrap(), block(5));
+}
