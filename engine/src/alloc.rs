@@ -129,7 +129,7 @@ impl Allocator {
     /// are reserved. The metadata store's summary says `free[i]` blocks of
     /// chunk `i` are free below `recorded_end`; blocks from there to
     /// `file_end` (the file grew after the last checkpoint) are free.
-    pub fn new(
+    pub(crate) fn new(
         base: u64,
         recorded_end: u64,
         file_end: u64,
@@ -158,7 +158,7 @@ impl Allocator {
     }
 
     /// The bitmap image of a chunk never written: reserved blocks busy.
-    pub fn blank_image(&self, idx: u64) -> Vec<u64> {
+    pub(crate) fn blank_image(&self, idx: u64) -> Vec<u64> {
         let mut image = vec![0u64; WORDS];
         for b in (idx * CHUNK_BLOCKS)..self.base.min((idx + 1) * CHUNK_BLOCKS) {
             image[((b % CHUNK_BLOCKS) / 64) as usize] |= 1 << (b % 64);
@@ -167,7 +167,7 @@ impl Allocator {
     }
 
     /// Installs chunk `idx` as the metadata store holds it.
-    pub fn load(&mut self, idx: u64, image: Vec<u64>) {
+    pub(crate) fn load(&mut self, idx: u64, image: Vec<u64>) {
         if self.chunks.contains_key(&idx) {
             return;
         }
@@ -216,15 +216,15 @@ impl Allocator {
         Ok(c)
     }
 
-    pub fn used(&self) -> u64 {
+    pub(crate) fn used(&self) -> u64 {
         self.used
     }
 
-    pub fn end(&self) -> u64 {
+    pub(crate) fn end(&self) -> u64 {
         self.end
     }
 
-    pub fn releases(&self) -> u64 {
+    pub(crate) fn releases(&self) -> u64 {
         self.releases
     }
 
@@ -241,7 +241,7 @@ impl Allocator {
     /// at all. Overwrites free single blocks all over the file, so without
     /// the middle steps a large write after random ones would turn into
     /// hundreds of 4 KiB I/Os, and so would every later read of it.
-    pub fn allocate(&mut self, n: u64) -> Result<Placement, NeedChunk> {
+    pub(crate) fn allocate(&mut self, n: u64) -> Result<Placement, NeedChunk> {
         if n == 0 {
             return Ok(Placement::Runs(Vec::new()));
         }
@@ -463,7 +463,7 @@ impl Allocator {
     }
 
     /// Returns blocks to the free set.
-    pub fn release(&mut self, run: Run) -> Result<(), NeedChunk> {
+    pub(crate) fn release(&mut self, run: Run) -> Result<(), NeedChunk> {
         debug_assert!(run.start >= self.base && run.end() <= self.end);
         self.set(run, false)?;
         self.used -= run.len;
@@ -474,7 +474,7 @@ impl Allocator {
     /// Marks blocks busy that a journal record replayed at open allocated;
     /// false if one of them is not free (the journal and the bitmap
     /// disagree).
-    pub fn mark_busy(&mut self, run: Run) -> Result<bool, NeedChunk> {
+    pub(crate) fn mark_busy(&mut self, run: Run) -> Result<bool, NeedChunk> {
         if run.start < self.base || run.end() > self.end {
             return Ok(false);
         }
@@ -492,7 +492,7 @@ impl Allocator {
     }
 
     /// The data file now holds `end` blocks.
-    pub fn grown(&mut self, end: u64) {
+    pub(crate) fn grown(&mut self, end: u64) {
         if end <= self.end {
             return;
         }
@@ -515,7 +515,7 @@ impl Allocator {
     /// images, in order, and returns every changed chunk's new image and
     /// free count. The changed chunks stay in memory until
     /// [`Allocator::unpin`] says the images are written.
-    pub fn persist(
+    pub(crate) fn persist(
         &mut self,
         changes: &[(Run, bool)],
     ) -> Result<Vec<(u64, Vec<u64>, u32)>, NeedChunk> {
@@ -551,7 +551,7 @@ impl Allocator {
 
     /// The images [`Allocator::persist`] returned for `chunks` are in the
     /// metadata store.
-    pub fn unpin(&mut self, chunks: impl IntoIterator<Item = u64>) {
+    pub(crate) fn unpin(&mut self, chunks: impl IntoIterator<Item = u64>) {
         for idx in chunks {
             if let Some(c) = self.chunks.get_mut(&idx) {
                 c.pinned = false;
@@ -561,7 +561,7 @@ impl Allocator {
     }
 
     /// The persisted free count of every chunk, for the summary record.
-    pub fn summary(&self) -> &[u32] {
+    pub(crate) fn summary(&self) -> &[u32] {
         &self.persisted_free
     }
 }

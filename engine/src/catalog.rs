@@ -33,7 +33,7 @@ pub(crate) struct VolumeState {
 }
 
 impl VolumeState {
-    pub fn new(rec: VolumeRecord, snapshots: Vec<SnapshotRecord>) -> Self {
+    pub(crate) fn new(rec: VolumeRecord, snapshots: Vec<SnapshotRecord>) -> Self {
         VolumeState {
             rec,
             snapshots,
@@ -46,7 +46,7 @@ impl VolumeState {
 
     /// What the overlays say about `[from, to)`, and the gaps to look up
     /// in the tree at [`VolumeState::rec`]'s root.
-    pub fn overlays(&self, from: u64, to: u64) -> (Vec<Piece>, Vec<Range<u64>>) {
+    pub(crate) fn overlays(&self, from: u64, to: u64) -> (Vec<Piece>, Vec<Range<u64>>) {
         match &self.frozen {
             Some(f) => layered(&[&self.active, f], from, to),
             None => layered(&[&self.active], from, to),
@@ -54,7 +54,7 @@ impl VolumeState {
     }
 
     /// A visible snapshot, by name.
-    pub fn snapshot(&self, name: &str) -> Result<&SnapshotRecord> {
+    pub(crate) fn snapshot(&self, name: &str) -> Result<&SnapshotRecord> {
         self.snapshots
             .iter()
             .find(|s| s.name == name && !s.deleting)
@@ -63,7 +63,7 @@ impl VolumeState {
 
     /// The generation before snapshot `gen`: the previous snapshot's, or
     /// the origin's for a clone, or 0.
-    pub fn gen_before(&self, gen: u64) -> u64 {
+    pub(crate) fn gen_before(&self, gen: u64) -> u64 {
         self.snapshots
             .iter()
             .rev()
@@ -74,7 +74,7 @@ impl VolumeState {
     }
 
     /// Memory the overlays hold.
-    pub fn overlay_bytes(&self) -> usize {
+    pub(crate) fn overlay_bytes(&self) -> usize {
         self.active.bytes() + self.frozen.as_ref().map_or(0, |f| f.bytes())
     }
 }
@@ -87,31 +87,31 @@ pub(crate) struct Catalog {
 }
 
 impl Catalog {
-    pub fn insert(&mut self, v: VolumeState) {
+    pub(crate) fn insert(&mut self, v: VolumeState) {
         self.by_uid.insert(v.rec.uid, v.rec.name.clone());
         self.volumes.insert(v.rec.name.clone(), v);
     }
 
-    pub fn remove(&mut self, name: &str) -> Option<VolumeState> {
+    pub(crate) fn remove(&mut self, name: &str) -> Option<VolumeState> {
         let v = self.volumes.remove(name)?;
         self.by_uid.remove(&v.rec.uid);
         Some(v)
     }
 
     /// Whether a volume holds the name (a volume being deleted does too).
-    pub fn contains(&self, name: &str) -> bool {
+    pub(crate) fn contains(&self, name: &str) -> bool {
         self.volumes.contains_key(name)
     }
 
     /// A visible volume, by name (not one being deleted).
-    pub fn get(&self, name: &str) -> Result<&VolumeState> {
+    pub(crate) fn get(&self, name: &str) -> Result<&VolumeState> {
         self.volumes
             .get(name)
             .filter(|v| !v.rec.deleting)
             .ok_or_else(|| Error::not_found("volume", name))
     }
 
-    pub fn get_mut(&mut self, name: &str) -> Result<&mut VolumeState> {
+    pub(crate) fn get_mut(&mut self, name: &str) -> Result<&mut VolumeState> {
         self.volumes
             .get_mut(name)
             .filter(|v| !v.rec.deleting)
@@ -119,14 +119,14 @@ impl Catalog {
     }
 
     /// A visible volume by name and uid: what a handle names.
-    pub fn handle(&self, name: &str, uid: u64) -> Result<&VolumeState> {
+    pub(crate) fn handle(&self, name: &str, uid: u64) -> Result<&VolumeState> {
         self.get(name)
             .ok()
             .filter(|v| v.rec.uid == uid)
             .ok_or_else(|| Error::not_found("volume", name))
     }
 
-    pub fn handle_mut(&mut self, name: &str, uid: u64) -> Result<&mut VolumeState> {
+    pub(crate) fn handle_mut(&mut self, name: &str, uid: u64) -> Result<&mut VolumeState> {
         self.get_mut(name)
             .ok()
             .filter(|v| v.rec.uid == uid)
@@ -134,35 +134,35 @@ impl Catalog {
     }
 
     /// Any volume by uid, being deleted or not.
-    pub fn by_uid(&self, uid: u64) -> Option<&VolumeState> {
+    pub(crate) fn by_uid(&self, uid: u64) -> Option<&VolumeState> {
         self.volumes.get(self.by_uid.get(&uid)?)
     }
 
-    pub fn by_uid_mut(&mut self, uid: u64) -> Option<&mut VolumeState> {
+    pub(crate) fn by_uid_mut(&mut self, uid: u64) -> Option<&mut VolumeState> {
         let name = self.by_uid.get(&uid)?;
         self.volumes.get_mut(name)
     }
 
     /// Every visible volume.
-    pub fn iter(&self) -> impl Iterator<Item = &VolumeState> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &VolumeState> {
         self.volumes.values().filter(|v| !v.rec.deleting)
     }
 
     /// Every volume, being deleted or not.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut VolumeState> {
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut VolumeState> {
         self.volumes.values_mut()
     }
 
     /// The name of the volume with `uid` and of its snapshot `gen`, for
     /// showing a clone's origin.
-    pub fn describe(&self, uid: u64, gen: u64) -> Option<String> {
+    pub(crate) fn describe(&self, uid: u64, gen: u64) -> Option<String> {
         let v = self.by_uid(uid)?;
         let s = v.snapshots.iter().find(|s| s.gen == gen)?;
         Some(format!("{}@{}", v.rec.name, s.name))
     }
 
     /// Memory all overlays hold.
-    pub fn overlay_bytes(&self) -> usize {
+    pub(crate) fn overlay_bytes(&self) -> usize {
         self.volumes.values().map(|v| v.overlay_bytes()).sum()
     }
 }

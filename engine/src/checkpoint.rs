@@ -57,7 +57,7 @@ pub(crate) struct Extra {
 
 impl Inner {
     /// A checkpoint, taking the control lock.
-    pub async fn checkpoint(&self) -> Result<()> {
+    pub(crate) async fn checkpoint(&self) -> Result<()> {
         let _c = self.control().await?;
         self.checkpoint_locked(Extra::default()).await
     }

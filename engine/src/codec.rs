@@ -35,19 +35,19 @@ pub(crate) struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
+    pub(crate) fn new(buf: &'a [u8], what: &'static str) -> Self {
         Reader { buf, what }
     }
 
-    pub fn corrupt(&self, detail: &str) -> Error {
+    pub(crate) fn corrupt(&self, detail: &str) -> Error {
         Error::Corrupt(format!("{}: {detail}", self.what))
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
-    pub fn u8(&mut self) -> Result<u8> {
+    pub(crate) fn u8(&mut self) -> Result<u8> {
         let (&b, rest) = self
             .buf
             .split_first()
@@ -56,7 +56,7 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
-    pub fn varint(&mut self) -> Result<u64> {
+    pub(crate) fn varint(&mut self) -> Result<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.u8()?;
@@ -72,20 +72,20 @@ impl<'a> Reader<'a> {
         Err(self.corrupt("varint overflows 64 bits"))
     }
 
-    pub fn u32_le(&mut self) -> Result<u32> {
+    pub(crate) fn u32_le(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array()?))
     }
 
-    pub fn u64_le(&mut self) -> Result<u64> {
+    pub(crate) fn u64_le(&mut self) -> Result<u64> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    pub fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
         let bytes = self.bytes(N)?;
         Ok(bytes.try_into().expect("N bytes"))
     }
 
-    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.buf.len() < n {
             return Err(self.corrupt("truncated"));
         }

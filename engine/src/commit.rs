@@ -76,7 +76,7 @@ fn freeze(st: &mut State) -> Vec<Frozen> {
 
 impl Inner {
     /// Makes every change acknowledged so far durable.
-    pub async fn commit(&self) -> Result<()> {
+    pub(crate) async fn commit(&self) -> Result<()> {
         self.check_writable()?;
         loop {
             let mut ring = self.commit.lock().await;
@@ -91,7 +91,7 @@ impl Inner {
     }
 
     /// Whether the journal is filling up and wants a checkpoint.
-    pub async fn journal_filling(&self) -> bool {
+    pub(crate) async fn journal_filling(&self) -> bool {
         let ring = self.commit.lock().await;
         ring.used() > ring.capacity() / 4
     }

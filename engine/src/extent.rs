@@ -9,11 +9,11 @@ pub(crate) struct Run {
 }
 
 impl Run {
-    pub fn new(start: u64, len: u64) -> Self {
+    pub(crate) fn new(start: u64, len: u64) -> Self {
         Run { start, len }
     }
 
-    pub fn end(&self) -> u64 {
+    pub(crate) fn end(&self) -> u64 {
         self.start + self.len
     }
 }
@@ -37,7 +37,7 @@ pub(crate) struct Piece {
 }
 
 impl Piece {
-    pub fn hole(vstart: u64, len: u64) -> Self {
+    pub(crate) fn hole(vstart: u64, len: u64) -> Self {
         Piece {
             vstart,
             len,
@@ -45,12 +45,12 @@ impl Piece {
         }
     }
 
-    pub fn end(&self) -> u64 {
+    pub(crate) fn end(&self) -> u64 {
         self.vstart + self.len
     }
 
     /// The part of this piece inside `[from, to)`, if any.
-    pub fn clip(&self, from: u64, to: u64) -> Option<Piece> {
+    pub(crate) fn clip(&self, from: u64, to: u64) -> Option<Piece> {
         let (s, e) = (self.vstart.max(from), self.end().min(to));
         if s >= e {
             return None;

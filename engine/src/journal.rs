@@ -78,7 +78,7 @@ const TAG_FREE: u8 = 3;
 const TAG_DEAD: u8 = 4;
 
 impl Op {
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Op::Map {
                 uid,
@@ -117,7 +117,7 @@ impl Op {
     }
 
     /// Decodes a record's payload.
-    pub fn decode_all(payload: &[u8]) -> Result<Vec<Op>> {
+    pub(crate) fn decode_all(payload: &[u8]) -> Result<Vec<Op>> {
         let mut r = Reader::new(payload, "journal record");
         let mut ops = Vec::new();
         while !r.is_empty() {
@@ -193,7 +193,7 @@ pub(crate) struct Ring {
 
 impl Ring {
     /// A ring whose records from `tail` on have been replayed up to `head`.
-    pub fn new(start: u64, blocks: u64, tail: Pos, head: Pos) -> Self {
+    pub(crate) fn new(start: u64, blocks: u64, tail: Pos, head: Pos) -> Self {
         Ring {
             start,
             blocks,
@@ -202,12 +202,12 @@ impl Ring {
         }
     }
 
-    pub fn head(&self) -> Pos {
+    pub(crate) fn head(&self) -> Pos {
         self.head
     }
 
     /// Blocks in use from the tail to the head.
-    pub fn used(&self) -> u64 {
+    pub(crate) fn used(&self) -> u64 {
         if self.head.seq == self.tail.seq {
             0
         } else if self.head.block > self.tail.block {
@@ -217,7 +217,7 @@ impl Ring {
         }
     }
 
-    pub fn capacity(&self) -> u64 {
+    pub(crate) fn capacity(&self) -> u64 {
         self.blocks
     }
 
@@ -254,7 +254,7 @@ impl Ring {
 
     /// Whether a record of `payload_len` bytes fits with `reserve` blocks
     /// left over.
-    pub fn fits(&self, payload_len: usize, reserve: u64) -> bool {
+    pub(crate) fn fits(&self, payload_len: usize, reserve: u64) -> bool {
         self.place(Self::blocks_for(payload_len) + reserve)
             .is_some()
     }
@@ -263,7 +263,7 @@ impl Ring {
     /// its bytes (whole blocks), and moves the head past it; `None` if the
     /// ring has no room for it and `reserve` blocks more until the next
     /// checkpoint.
-    pub fn append(&mut self, payload: &[u8], reserve: u64) -> Option<(u64, Vec<u8>)> {
+    pub(crate) fn append(&mut self, payload: &[u8], reserve: u64) -> Option<(u64, Vec<u8>)> {
         let len = Self::blocks_for(payload.len());
         self.place(len + reserve)?;
         let at = self.place(len)?;
@@ -277,7 +277,7 @@ impl Ring {
     }
 
     /// A checkpoint covering everything before `tail` is durable.
-    pub fn trim(&mut self, tail: Pos) {
+    pub(crate) fn trim(&mut self, tail: Pos) {
         self.tail = tail;
     }
 }

@@ -179,16 +179,16 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Batch::default()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
 
     /// Appends `other`'s changes after this batch's.
-    pub fn append(&mut self, other: Batch) {
+    pub(crate) fn append(&mut self, other: Batch) {
         self.bytes += other.bytes;
         self.ops.extend(other.ops);
     }
@@ -203,11 +203,11 @@ impl Batch {
         self.ops.push((key.to_vec(), None));
     }
 
-    pub fn superblock(&mut self, sb: &Superblock) {
+    pub(crate) fn superblock(&mut self, sb: &Superblock) {
         self.put(b"S", to_json(sb));
     }
 
-    pub fn summary(&mut self, end: u64, free: &[u32]) {
+    pub(crate) fn summary(&mut self, end: u64, free: &[u32]) {
         let mut v = Vec::with_capacity(8 + free.len() * 4);
         v.extend_from_slice(&end.to_le_bytes());
         for f in free {
@@ -216,7 +216,7 @@ impl Batch {
         self.put(b"A", seal(v));
     }
 
-    pub fn chunk(&mut self, idx: u64, image: &[u64]) {
+    pub(crate) fn chunk(&mut self, idx: u64, image: &[u64]) {
         let mut v = Vec::with_capacity(image.len() * 8);
         for w in image {
             v.extend_from_slice(&w.to_le_bytes());
@@ -226,7 +226,7 @@ impl Batch {
 
     /// Writes a volume's record: by name, or by uid once it is being
     /// deleted (its name is free for a new volume then).
-    pub fn volume(&mut self, rec: &VolumeRecord) {
+    pub(crate) fn volume(&mut self, rec: &VolumeRecord) {
         if rec.deleting {
             self.put(&key1(b'X', rec.uid), to_json(rec));
         } else {
@@ -234,37 +234,37 @@ impl Batch {
         }
     }
 
-    pub fn remove_deleting_volume(&mut self, uid: u64) {
+    pub(crate) fn remove_deleting_volume(&mut self, uid: u64) {
         self.del(&key1(b'X', uid));
     }
 
-    pub fn remove_volume(&mut self, name: &str) {
+    pub(crate) fn remove_volume(&mut self, name: &str) {
         self.del(&volume_key(name));
     }
 
-    pub fn snapshot(&mut self, uid: u64, rec: &SnapshotRecord) {
+    pub(crate) fn snapshot(&mut self, uid: u64, rec: &SnapshotRecord) {
         self.put(&key2(b'P', uid, rec.gen), to_json(rec));
     }
 
-    pub fn remove_snapshot(&mut self, uid: u64, gen: u64) {
+    pub(crate) fn remove_snapshot(&mut self, uid: u64, gen: u64) {
         self.del(&key2(b'P', uid, gen));
     }
 
-    pub fn node(&mut self, id: u64, node: &Node) {
+    pub(crate) fn node(&mut self, id: u64, node: &Node) {
         self.put(&key1(b'N', id), node.encode());
     }
 
-    pub fn remove_node(&mut self, id: u64) {
+    pub(crate) fn remove_node(&mut self, id: u64) {
         self.del(&key1(b'N', id));
         self.del(&key1(b'G', id));
     }
 
     /// Marks node `id` for deletion once no read can still reach it.
-    pub fn garbage(&mut self, id: u64) {
+    pub(crate) fn garbage(&mut self, id: u64) {
         self.put(&key1(b'G', id), Vec::new());
     }
 
-    pub fn death(&mut self, d: &Death) {
+    pub(crate) fn death(&mut self, d: &Death) {
         let mut v = Vec::with_capacity(16);
         put_varint(&mut v, d.run.len);
         put_varint(&mut v, d.vstart);
@@ -272,17 +272,17 @@ impl Batch {
         self.put(&key3(b'D', d.uid, d.death, d.run.start), v);
     }
 
-    pub fn remove_death(&mut self, d: &Death) {
+    pub(crate) fn remove_death(&mut self, d: &Death) {
         self.del(&key3(b'D', d.uid, d.death, d.run.start));
     }
 
-    pub fn dead_node(&mut self, d: &DeadNode) {
+    pub(crate) fn dead_node(&mut self, d: &DeadNode) {
         let mut v = Vec::with_capacity(10);
         put_varint(&mut v, d.node.birth);
         self.put(&key3(b'E', d.uid, d.death, d.node.id), v);
     }
 
-    pub fn remove_dead_node(&mut self, d: &DeadNode) {
+    pub(crate) fn remove_dead_node(&mut self, d: &DeadNode) {
         self.del(&key3(b'E', d.uid, d.death, d.node.id));
     }
 }
@@ -309,7 +309,7 @@ impl Meta {
     /// previous handle in this process was dropped, so a held lock is
     /// retried briefly before it is reported as another process using the
     /// pool.
-    pub fn open(path: &Path, cache: u64) -> Result<Meta> {
+    pub(crate) fn open(path: &Path, cache: u64) -> Result<Meta> {
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             let opened = sled::Config::new()
@@ -337,7 +337,7 @@ impl Meta {
         }
     }
 
-    pub fn load(&self) -> Result<Loaded> {
+    pub(crate) fn load(&self) -> Result<Loaded> {
         let superblock = match self.db.get(b"S")? {
             Some(v) => {
                 #[derive(Deserialize)]
@@ -392,7 +392,7 @@ impl Meta {
         })
     }
 
-    pub fn node(&self, id: u64) -> Result<Node> {
+    pub(crate) fn node(&self, id: u64) -> Result<Node> {
         let v = self
             .db
             .get(key1(b'N', id))?
@@ -401,7 +401,7 @@ impl Meta {
     }
 
     /// A bitmap chunk, or `None` if it was never written.
-    pub fn chunk(&self, idx: u64) -> Result<Option<Vec<u64>>> {
+    pub(crate) fn chunk(&self, idx: u64) -> Result<Option<Vec<u64>>> {
         let Some(v) = self.db.get(key1(b'B', idx))? else {
             return Ok(None);
         };
@@ -417,7 +417,7 @@ impl Meta {
     }
 
     /// Snapshots of volume `uid`, oldest first.
-    pub fn snapshots(&self, uid: u64) -> Result<Vec<SnapshotRecord>> {
+    pub(crate) fn snapshots(&self, uid: u64) -> Result<Vec<SnapshotRecord>> {
         let mut out = Vec::new();
         for item in self.db.scan_prefix(key1(b'P', uid)) {
             let (_, v) = item?;
@@ -429,7 +429,7 @@ impl Meta {
     /// Up to `limit` dead data runs of volume `uid` that died in
     /// generations `(after, upto]`, after `from` (a death and a pool block)
     /// if given, in key order.
-    pub fn deaths(
+    pub(crate) fn deaths(
         &self,
         uid: u64,
         after: u64,
@@ -471,7 +471,7 @@ impl Meta {
 
     /// Up to `limit` dead nodes of volume `uid` that died in generations
     /// `(after, upto]`, after `from` (a death and a node id) if given.
-    pub fn dead_nodes(
+    pub(crate) fn dead_nodes(
         &self,
         uid: u64,
         after: u64,
@@ -511,7 +511,12 @@ impl Meta {
 
     /// Queues the removal of up to `limit` dead entries and snapshot
     /// records of volume `uid`; returns how many.
-    pub fn forget_volume_page(&self, uid: u64, limit: usize, batch: &mut Batch) -> Result<usize> {
+    pub(crate) fn forget_volume_page(
+        &self,
+        uid: u64,
+        limit: usize,
+        batch: &mut Batch,
+    ) -> Result<usize> {
         let mut n = 0;
         for prefix in [b'D', b'E', b'P'] {
             for item in self.db.scan_prefix(key1(prefix, uid)) {
@@ -527,7 +532,7 @@ impl Meta {
     }
 
     /// Nodes marked for deletion.
-    pub fn garbage(&self) -> Result<Vec<u64>> {
+    pub(crate) fn garbage(&self) -> Result<Vec<u64>> {
         let mut out = Vec::new();
         for item in self.db.scan_prefix(b"G") {
             let (k, _) = item?;
@@ -538,7 +543,7 @@ impl Meta {
 
     /// Nodes at or above `first`: written by a checkpoint that never
     /// completed.
-    pub fn orphans(&self, first: u64) -> Result<Vec<u64>> {
+    pub(crate) fn orphans(&self, first: u64) -> Result<Vec<u64>> {
         let mut out = Vec::new();
         for item in self
             .db
@@ -551,7 +556,7 @@ impl Meta {
     }
 
     /// Writes `batch` atomically, without waiting for it to be durable.
-    pub fn apply(&self, batch: Batch) -> Result<()> {
+    pub(crate) fn apply(&self, batch: Batch) -> Result<()> {
         let mut b = sled::Batch::default();
         for (k, v) in batch.ops {
             match v {
@@ -564,14 +569,14 @@ impl Meta {
     }
 
     /// Makes everything applied so far durable.
-    pub fn flush(&self) -> Result<()> {
+    pub(crate) fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
     }
 
     /// Keys held, by their one-letter prefix.
     #[cfg(feature = "test-seams")]
-    pub fn key_counts(&self) -> std::collections::BTreeMap<char, usize> {
+    pub(crate) fn key_counts(&self) -> std::collections::BTreeMap<char, usize> {
         let mut out = std::collections::BTreeMap::new();
         for (k, _) in self.db.iter().flatten() {
             *out.entry(char::from(k[0])).or_default() += 1;
@@ -580,7 +585,7 @@ impl Meta {
     }
 
     /// Bytes sled's files take on disk.
-    pub fn size_on_disk(&self) -> u64 {
+    pub(crate) fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
 }

@@ -34,17 +34,17 @@ fn entry_size(e: &Entry) -> usize {
 }
 
 impl Overlay {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
     /// Maps the blocks `pieces` cover (sorted, contiguous, data or holes),
     /// replacing whatever the overlay said about them.
-    pub fn set(&mut self, pieces: &[Piece]) {
+    pub(crate) fn set(&mut self, pieces: &[Piece]) {
         let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else {
             return;
         };
@@ -120,7 +120,7 @@ impl Overlay {
 
     /// What the overlay says about `[from, to)`: the pieces it maps (data
     /// or holes, clipped to the range) and the gaps it has nothing for.
-    pub fn get(&self, from: u64, to: u64) -> (Vec<Piece>, Vec<Range<u64>>) {
+    pub(crate) fn get(&self, from: u64, to: u64) -> (Vec<Piece>, Vec<Range<u64>>) {
         let mut pieces = Vec::new();
         let mut gaps = Vec::new();
         let mut at = from;
@@ -150,7 +150,7 @@ impl Overlay {
     }
 
     /// Every entry in order: the edits a checkpoint merges into the tree.
-    pub fn edits(&self) -> Vec<Piece> {
+    pub(crate) fn edits(&self) -> Vec<Piece> {
         self.entries
             .iter()
             .map(|(&s, e)| Piece {

@@ -66,7 +66,7 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    pub fn new(total: u64) -> Self {
+    pub(crate) fn new(total: u64) -> Self {
         let total = total.max(4 << 20) as usize;
         Budget {
             nodes: total / 2,
@@ -148,11 +148,11 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.payload.is_empty()
     }
 
-    pub fn push(&mut self, op: &Op) {
+    pub(crate) fn push(&mut self, op: &Op) {
         op.encode(&mut self.payload);
         match op {
             Op::Map { pstart, crcs, .. } => {
@@ -228,7 +228,7 @@ impl NodeSource for Nodes<'_> {
 }
 
 impl Inner {
-    pub fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             Err(Error::Closed)
         } else {
@@ -237,7 +237,7 @@ impl Inner {
     }
 
     /// Refuses changes once the pool has failed.
-    pub fn check_writable(&self) -> Result<()> {
+    pub(crate) fn check_writable(&self) -> Result<()> {
         self.check_open()?;
         match &*self.failed.lock() {
             Some(reason) => Err(Error::Failed {
@@ -251,7 +251,7 @@ impl Inner {
     /// after a failed `fdatasync` the kernel may have dropped the data it
     /// was to write, so retrying as if nothing happened could acknowledge
     /// writes that are gone. Returns the error to report.
-    pub fn fail(&self, what: &str, e: Error) -> Error {
+    pub(crate) fn fail(&self, what: &str, e: Error) -> Error {
         let reason = format!("{what}: {e}");
         let mut failed = self.failed.lock();
         if failed.is_none() {
@@ -264,28 +264,28 @@ impl Inner {
         Error::Failed { reason }
     }
 
-    pub fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<String> {
         self.failed.lock().clone()
     }
 
-    pub fn nodes(&self) -> Nodes<'_> {
+    pub(crate) fn nodes(&self) -> Nodes<'_> {
         Nodes {
             cache: &self.cache,
             meta: &self.meta,
         }
     }
 
-    pub fn rmw_lock(&self, uid: u64, vblock: u64) -> usize {
+    pub(crate) fn rmw_lock(&self, uid: u64, vblock: u64) -> usize {
         (uid.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ vblock) as usize % RMW_STRIPES
     }
 
-    pub fn rmw_stripe(&self, i: usize) -> &tokio::sync::Mutex<()> {
+    pub(crate) fn rmw_stripe(&self, i: usize) -> &tokio::sync::Mutex<()> {
         &self.rmw_locks[i]
     }
 
     /// Runs `f` on the allocator, loading the bitmap chunks it asks for
     /// (outside the allocator's lock) until it has what it needs.
-    pub fn with_alloc<T>(
+    pub(crate) fn with_alloc<T>(
         &self,
         mut f: impl FnMut(&mut Allocator) -> Result<T, NeedChunk>,
     ) -> Result<T> {
@@ -302,7 +302,7 @@ impl Inner {
     }
 
     /// Brings bitmap chunk `idx` into the allocator.
-    pub fn load_chunk(&self, idx: u64) -> Result<()> {
+    pub(crate) fn load_chunk(&self, idx: u64) -> Result<()> {
         let image = self.meta.chunk(idx)?;
         let mut a = self.alloc.lock();
         let image = image.unwrap_or_else(|| a.blank_image(idx));
@@ -311,7 +311,7 @@ impl Inner {
     }
 
     /// Gives blocks nothing references back to the allocator.
-    pub fn release(&self, runs: &[Run]) {
+    pub(crate) fn release(&self, runs: &[Run]) {
         for &run in runs {
             if let Err(e) = self.with_alloc(|a| a.release(run)) {
                 // The chunk could not be read: the blocks stay busy (space
@@ -328,7 +328,7 @@ impl Inner {
     /// the filesystem can, so a full filesystem is found here, before any
     /// write is acknowledged, and never by a write in flight (see
     /// [`crate::write_behind`]).
-    pub async fn allocate(&self, n: u64) -> Result<Option<Vec<Run>>> {
+    pub(crate) async fn allocate(&self, n: u64) -> Result<Option<Vec<Run>>> {
         loop {
             match self.with_alloc(|a| a.allocate(n))? {
                 Placement::Runs(runs) => return Ok(Some(runs)),
@@ -351,7 +351,7 @@ impl Inner {
 
     /// Asks for a commit or a checkpoint when pending work piles up. Call
     /// with the state after changing it.
-    pub fn note_pressure(&self, st: &State) {
+    pub(crate) fn note_pressure(&self, st: &State) {
         let frees = self.reclaim.lock().pending_blocks();
         let file_blocks = self.alloc.try_lock().map_or(0, |a| a.end());
         if st.catalog.overlay_bytes() > self.budget.overlay_soft {
@@ -369,7 +369,7 @@ impl Inner {
     /// pending journal operations reach a record's bound, and checkpoints
     /// when the overlays reach their hard budget. Call before an install,
     /// holding no lock.
-    pub async fn make_room(&self) -> Result<()> {
+    pub(crate) async fn make_room(&self) -> Result<()> {
         let (pending, overlays) = {
             let st = self.state.lock();
             (st.pending.payload.len(), st.catalog.overlay_bytes())
@@ -385,7 +385,7 @@ impl Inner {
     /// One control operation or checkpoint at a time: the guard. Deletions
     /// a crash interrupted are finished first, so no operation ever sees a
     /// snapshot half freed.
-    pub async fn control(&self) -> Result<tokio::sync::MutexGuard<'_, ()>> {
+    pub(crate) async fn control(&self) -> Result<tokio::sync::MutexGuard<'_, ()>> {
         let guard = self.control.lock().await;
         if !self.unfinished.lock().is_empty() {
             self.finish_deletions_locked().await?;
@@ -395,7 +395,7 @@ impl Inner {
 
     /// Writes `batch` and makes it durable; a failure stops the pool's
     /// writes.
-    pub fn write_meta(&self, batch: Batch) -> Result<()> {
+    pub(crate) fn write_meta(&self, batch: Batch) -> Result<()> {
         #[cfg(feature = "test-seams")]
         if self.faults.as_ref().is_some_and(|f| f.meta_fails()) {
             return Err(self.fail(
@@ -847,7 +847,7 @@ impl Pool {
 }
 
 impl State {
-    pub fn snapshot_info(&self, v: &VolumeState, s: &SnapshotRecord) -> SnapshotInfo {
+    pub(crate) fn snapshot_info(&self, v: &VolumeState, s: &SnapshotRecord) -> SnapshotInfo {
         SnapshotInfo {
             volume: v.rec.name.clone(),
             name: s.name.clone(),
@@ -858,7 +858,7 @@ impl State {
         }
     }
 
-    pub fn volume_info(&self, v: &VolumeState) -> VolumeInfo {
+    pub(crate) fn volume_info(&self, v: &VolumeState) -> VolumeInfo {
         let own: u64 =
             v.rec.own_blocks + v.snapshots.iter().map(|s| s.allocated_blocks).sum::<u64>();
         VolumeInfo {
@@ -898,7 +898,7 @@ pub(crate) struct Parts {
 }
 
 impl Inner {
-    pub fn assemble(p: Parts) -> Inner {
+    pub(crate) fn assemble(p: Parts) -> Inner {
         Inner {
             root: p.root,
             io: p.io,
@@ -931,7 +931,7 @@ impl Inner {
         }
     }
 
-    pub fn budget_total(&self) -> u64 {
+    pub(crate) fn budget_total(&self) -> u64 {
         self.budget_total
     }
 }

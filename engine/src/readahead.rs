@@ -71,7 +71,7 @@ impl ReadAhead {
     /// A client's requests in flight may reach here in any order, so a
     /// read belongs to the stream when it starts within [`SLACK`] reads of
     /// its lengths from the stream's furthest end, not only exactly there.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         offset: u64,
         len: u64,
@@ -113,7 +113,7 @@ impl ReadAhead {
         (hit, starts)
     }
 
-    pub fn add(&mut self, chunk: Chunk) {
+    pub(crate) fn add(&mut self, chunk: Chunk) {
         self.chunks.push_back(chunk);
     }
 }

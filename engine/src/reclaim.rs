@@ -36,13 +36,13 @@ pub(crate) struct Reclaim {
 }
 
 impl Reclaim {
-    pub fn begin_read(&mut self) -> u64 {
+    pub(crate) fn begin_read(&mut self) -> u64 {
         *self.reads.entry(self.epoch).or_default() += 1;
         self.epoch
     }
 
     /// Ends a read; returns runs that became free.
-    pub fn end_read(&mut self, epoch: u64) -> Vec<Run> {
+    pub(crate) fn end_read(&mut self, epoch: u64) -> Vec<Run> {
         if let Some(n) = self.reads.get_mut(&epoch) {
             *n -= 1;
             if *n == 0 {
@@ -52,7 +52,7 @@ impl Reclaim {
         self.releasable()
     }
 
-    pub fn free(&mut self, run: Run) {
+    pub(crate) fn free(&mut self, run: Run) {
         self.pending_blocks += run.len;
         // Overwrites free runs block by block: extend the last run.
         match self.pending.last_mut() {
@@ -64,19 +64,19 @@ impl Reclaim {
     }
 
     /// Blocks freed since the last commit began.
-    pub fn pending_blocks(&self) -> u64 {
+    pub(crate) fn pending_blocks(&self) -> u64 {
         self.pending_blocks
     }
 
     /// A commit is starting: frees so far belong to it. Returns its token.
-    pub fn begin_commit(&mut self) -> Vec<(u64, Run)> {
+    pub(crate) fn begin_commit(&mut self) -> Vec<(u64, Run)> {
         self.epoch += 1;
         self.pending_blocks = 0;
         std::mem::take(&mut self.pending)
     }
 
     /// The commit that took `freed` is durable; returns runs now free.
-    pub fn commit_done(&mut self, freed: Vec<(u64, Run)>) -> Vec<Run> {
+    pub(crate) fn commit_done(&mut self, freed: Vec<(u64, Run)>) -> Vec<Run> {
         self.committed.extend(freed);
         self.releasable()
     }
@@ -84,7 +84,7 @@ impl Reclaim {
     /// Runs whose freeing is already durable (a checkpoint wrote it):
     /// they wait only for the reads of this epoch and before. Returns runs
     /// now free.
-    pub fn free_durable(&mut self, runs: &[Run]) -> Vec<Run> {
+    pub(crate) fn free_durable(&mut self, runs: &[Run]) -> Vec<Run> {
         let epoch = self.epoch;
         self.committed.extend(runs.iter().map(|&r| (epoch, r)));
         self.epoch += 1;
@@ -107,7 +107,7 @@ impl Reclaim {
     }
 
     /// Nodes a just-published checkpoint stopped using.
-    pub fn retire_nodes(&mut self, ids: impl IntoIterator<Item = u64>) {
+    pub(crate) fn retire_nodes(&mut self, ids: impl IntoIterator<Item = u64>) {
         let epoch = self.epoch;
         self.nodes.extend(ids.into_iter().map(|id| (epoch, id)));
         // Reads starting from now on see the new roots only.
@@ -115,7 +115,7 @@ impl Reclaim {
     }
 
     /// Retired nodes no read can reach any more: they may be deleted.
-    pub fn take_dead_nodes(&mut self) -> Vec<u64> {
+    pub(crate) fn take_dead_nodes(&mut self) -> Vec<u64> {
         let oldest = self.oldest_read();
         let (ready, wait): (Vec<_>, Vec<_>) = self.nodes.drain(..).partition(|&(e, _)| e < oldest);
         self.nodes = wait;
@@ -124,7 +124,7 @@ impl Reclaim {
 
     /// Gives back nodes taken by [`Reclaim::take_dead_nodes`] whose
     /// deletion did not happen (the checkpoint failed).
-    pub fn keep_dead_nodes(&mut self, ids: Vec<u64>) {
+    pub(crate) fn keep_dead_nodes(&mut self, ids: Vec<u64>) {
         self.nodes.extend(ids.into_iter().map(|id| (0, id)));
     }
 }

@@ -76,7 +76,7 @@ impl WriteBehind {
     /// Registers writes of the pool block `runs` if they fit in the
     /// bounds (5); `None` leaves nothing registered. Call under the state
     /// lock, just before installing their mappings (1).
-    pub fn admit(&self, runs: &[Run]) -> Option<Vec<Ticket>> {
+    pub(crate) fn admit(&self, runs: &[Run]) -> Option<Vec<Ticket>> {
         let mut f = self.flights.lock();
         let bytes: u64 = runs.iter().map(|r| r.len * BLOCK_SIZE).sum();
         if f.writes.len() + runs.len() > MAX_WRITES || f.bytes + bytes > MAX_BYTES {
@@ -96,7 +96,7 @@ impl WriteBehind {
     }
 
     /// Ends the write `ticket` stands for and wakes whoever waits for it.
-    pub fn complete(&self, ticket: Ticket, result: io::Result<()>) {
+    pub(crate) fn complete(&self, ticket: Ticket, result: io::Result<()>) {
         if let Err(e) = result {
             self.failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
@@ -114,14 +114,14 @@ impl WriteBehind {
     }
 
     /// Whether any block of `[start, start + len)` is under write.
-    pub fn busy(&self, start: u64, len: u64) -> bool {
+    pub(crate) fn busy(&self, start: u64, len: u64) -> bool {
         let f = self.flights.lock();
         let busy = Self::overlapping(&f, start, len).next().is_some();
         busy
     }
 
     /// Waits for the writes in flight to any of the pool block `runs`.
-    pub async fn wait(&self, runs: impl Iterator<Item = Run>) {
+    pub(crate) async fn wait(&self, runs: impl Iterator<Item = Run>) {
         let waits: Vec<Done> = {
             let f = self.flights.lock();
             if f.writes.is_empty() {
@@ -136,13 +136,13 @@ impl WriteBehind {
     }
 
     /// Every write in flight now, to wait for before a commit's sync (2).
-    pub fn all(&self) -> Vec<Done> {
+    pub(crate) fn all(&self) -> Vec<Done> {
         let f = self.flights.lock();
         f.writes.values().map(|(_, d)| d.clone()).collect()
     }
 
     /// Writes that failed after being acknowledged, since the pool opened.
-    pub fn failures(&self) -> u64 {
+    pub(crate) fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
 

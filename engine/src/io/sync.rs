@@ -11,12 +11,12 @@ use super::{Op, Request};
 /// Worker threads; enough to keep a few requests in flight on a 2-core host.
 const WORKERS: usize = 4;
 
-pub struct SyncIo {
+pub(super) struct SyncIo {
     tx: crossbeam_channel::Sender<Request>,
 }
 
 impl SyncIo {
-    pub fn start(file: File) -> io::Result<SyncIo> {
+    pub(super) fn start(file: File) -> io::Result<SyncIo> {
         let file = Arc::new(file);
         let (tx, rx) = crossbeam_channel::unbounded::<Request>();
         for i in 0..WORKERS {

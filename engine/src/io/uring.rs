@@ -46,7 +46,7 @@ const MAX_IN_FLIGHT: usize = RING_ENTRIES as usize - 1;
 /// their index.
 const WAKE: u64 = u64::MAX;
 
-pub struct UringIo {
+pub(super) struct UringIo {
     driver: Driver,
 }
 
@@ -70,7 +70,7 @@ enum Driver {
 impl UringIo {
     /// Starts the ring on `file`: reaped by a task on `runtime` if given,
     /// otherwise by a thread of its own.
-    pub fn start(file: File, runtime: Option<&Handle>) -> io::Result<UringIo> {
+    pub(super) fn start(file: File, runtime: Option<&Handle>) -> io::Result<UringIo> {
         let ring = Ring::new(file)?;
         let driver = match runtime {
             Some(handle) => {

@@ -42,7 +42,7 @@ struct Slot {
 }
 
 impl NodeCache {
-    pub fn new(budget: usize) -> Self {
+    pub(crate) fn new(budget: usize) -> Self {
         NodeCache {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             budget_per_shard: (budget / SHARDS).max(1),
@@ -56,7 +56,11 @@ impl NodeCache {
     }
 
     /// The node `id`, from the cache or else from `load`.
-    pub fn get_or_load(&self, id: u64, load: impl FnOnce() -> Result<Node>) -> Result<Arc<Node>> {
+    pub(crate) fn get_or_load(
+        &self,
+        id: u64,
+        load: impl FnOnce() -> Result<Node>,
+    ) -> Result<Arc<Node>> {
         if let Some(slot) = self.shard(id).lock().slots.get_mut(&id) {
             slot.referenced = true;
             self.hits.fetch_add(1, Ordering::Relaxed);
@@ -69,7 +73,7 @@ impl NodeCache {
     }
 
     /// Caches a node just written (or read).
-    pub fn insert(&self, id: u64, node: Arc<Node>) {
+    pub(crate) fn insert(&self, id: u64, node: Arc<Node>) {
         let size = node.mem_size() + std::mem::size_of::<Slot>() + 32;
         let mut shard = self.shard(id).lock();
         if shard.slots.contains_key(&id) {
@@ -92,7 +96,7 @@ impl NodeCache {
     }
 
     /// Forgets a node that no longer exists.
-    pub fn remove(&self, id: u64) {
+    pub(crate) fn remove(&self, id: u64) {
         let mut shard = self.shard(id).lock();
         if let Some(slot) = shard.slots.remove(&id) {
             shard.bytes -= slot.size;
@@ -100,7 +104,7 @@ impl NodeCache {
     }
 
     /// Bytes held, and lookups that hit and missed since the start.
-    pub fn stats(&self) -> (u64, u64, u64) {
+    pub(crate) fn stats(&self) -> (u64, u64, u64) {
         let bytes = self.shards.iter().map(|s| s.lock().bytes as u64).sum();
         (
             bytes,

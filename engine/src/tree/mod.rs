@@ -448,7 +448,7 @@ pub(crate) mod tests {
     }
 
     impl Harness {
-        pub fn new() -> Self {
+        pub(crate) fn new() -> Self {
             Harness {
                 nodes: MemNodes::default(),
                 next_id: 1,
@@ -457,7 +457,7 @@ pub(crate) mod tests {
 
         /// Merges `edits` into `root`; returns the new root, the garbage
         /// and the dead.
-        pub fn merge(
+        pub(crate) fn merge(
             &mut self,
             root: Option<NodeRef>,
             edits: &[Piece],

@@ -60,11 +60,11 @@ pub(crate) struct ExtentRef<'a> {
 }
 
 impl ExtentRef<'_> {
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.crcs.len() as u64
     }
 
-    pub fn end(&self) -> u64 {
+    pub(crate) fn end(&self) -> u64 {
         self.vstart + self.len()
     }
 }
@@ -89,7 +89,7 @@ pub(crate) struct Leaf {
 }
 
 impl Leaf {
-    pub fn new(birth: u64) -> Self {
+    pub(crate) fn new(birth: u64) -> Self {
         Leaf {
             birth,
             heads: Vec::new(),
@@ -98,15 +98,15 @@ impl Leaf {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.heads.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.heads.is_empty()
     }
 
-    pub fn get(&self, i: usize) -> ExtentRef<'_> {
+    pub(crate) fn get(&self, i: usize) -> ExtentRef<'_> {
         let h = &self.heads[i];
         ExtentRef {
             vstart: h.vstart,
@@ -116,12 +116,12 @@ impl Leaf {
         }
     }
 
-    pub fn extents(&self) -> impl Iterator<Item = ExtentRef<'_>> + '_ {
+    pub(crate) fn extents(&self) -> impl Iterator<Item = ExtentRef<'_>> + '_ {
         (0..self.len()).map(|i| self.get(i))
     }
 
     /// Index of the first extent that ends after `vblock`.
-    pub fn first_ending_after(&self, vblock: u64) -> usize {
+    pub(crate) fn first_ending_after(&self, vblock: u64) -> usize {
         self.heads
             .partition_point(|h| h.vstart + u64::from(h.len) <= vblock)
     }
@@ -133,7 +133,7 @@ impl Leaf {
     }
 
     /// Encoded bytes an extent would add after the current last one.
-    pub fn cost(&self, e: &ExtentRef<'_>) -> usize {
+    pub(crate) fn cost(&self, e: &ExtentRef<'_>) -> usize {
         let (prev_end, prev_pend) = self.prev_ends();
         varint_len(e.vstart.saturating_sub(prev_end))
             + varint_len(e.len())
@@ -143,13 +143,13 @@ impl Leaf {
     }
 
     /// Encoded size of the whole leaf.
-    pub fn encoded_len(&self) -> usize {
+    pub(crate) fn encoded_len(&self) -> usize {
         NODE_OVERHEAD + self.bytes
     }
 
     /// Appends an extent; it must start at or after the last one's end,
     /// hold 1..=[`MAX_EXTENT`] blocks and be no younger than the leaf.
-    pub fn push(&mut self, e: ExtentRef<'_>) {
+    pub(crate) fn push(&mut self, e: ExtentRef<'_>) {
         debug_assert!(!e.crcs.is_empty() && e.len() <= MAX_EXTENT);
         debug_assert!(e.vstart >= self.prev_ends().0, "extents in order");
         debug_assert!(e.birth <= self.birth, "a leaf is no older than its extents");
@@ -165,7 +165,7 @@ impl Leaf {
     }
 
     /// Bytes this leaf takes in memory (for the cache's budget).
-    pub fn mem_size(&self) -> usize {
+    pub(crate) fn mem_size(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.heads.capacity() * std::mem::size_of::<Head>()
             + self.crcs.capacity() * 4
@@ -245,13 +245,13 @@ pub(crate) struct Branch {
 impl Branch {
     /// Index of the child covering `vblock` (the first child covers
     /// everything below the second one's key).
-    pub fn child_for(&self, vblock: u64) -> usize {
+    pub(crate) fn child_for(&self, vblock: u64) -> usize {
         self.children
             .partition_point(|c| c.key <= vblock)
             .saturating_sub(1)
     }
 
-    pub fn mem_size(&self) -> usize {
+    pub(crate) fn mem_size(&self) -> usize {
         std::mem::size_of::<Self>() + self.children.capacity() * std::mem::size_of::<Child>()
     }
 
@@ -318,7 +318,7 @@ pub(crate) enum Node {
 }
 
 impl Node {
-    pub fn birth(&self) -> u64 {
+    pub(crate) fn birth(&self) -> u64 {
         match self {
             Node::Leaf(l) => l.birth,
             Node::Branch(b) => b.birth,
@@ -326,28 +326,28 @@ impl Node {
     }
 
     #[cfg(test)]
-    pub fn level(&self) -> u8 {
+    pub(crate) fn level(&self) -> u8 {
         match self {
             Node::Leaf(_) => 0,
             Node::Branch(b) => b.level,
         }
     }
 
-    pub fn mem_size(&self) -> usize {
+    pub(crate) fn mem_size(&self) -> usize {
         match self {
             Node::Leaf(l) => l.mem_size(),
             Node::Branch(b) => b.mem_size(),
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         match self {
             Node::Leaf(l) => l.encode(),
             Node::Branch(b) => b.encode(),
         }
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Node> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Node> {
         let body = unseal(bytes, "map node")?;
         let mut r = Reader::new(body, "map node");
         let node = match r.u8()? {

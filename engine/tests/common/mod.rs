@@ -1,5 +1,7 @@
 //! Helpers shared by the engine's integration tests.
 
+#![allow(dead_code, unreachable_pub)]
+
 use std::path::Path;
 
 /// Flips the bits `mask` of byte `at` in the pool data file's copy of
