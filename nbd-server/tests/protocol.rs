@@ -43,7 +43,8 @@ fn list_info_and_meta_context_options() {
     c.option(OPT_LIST, b"x");
     assert_eq!(c.option_reply().1, REP_ERR_INVALID);
 
-    // Unknown options (and STARTTLS) are refused, their payload skipped.
+    // Unknown options are refused, their payload skipped; STARTTLS is
+    // refused by policy on a server without TLS.
     c.option(0x4242, &[7u8; 1000]);
     assert_eq!(
         c.option_reply(),
@@ -53,8 +54,8 @@ fn list_info_and_meta_context_options() {
             b"option not supported by this server".to_vec()
         )
     );
-    c.option(5, &[]);
-    assert_eq!(c.option_reply().1, REP_ERR_UNSUP);
+    c.option(OPT_STARTTLS, &[]);
+    assert_eq!(c.option_reply().1, REP_ERR_POLICY);
 
     // Meta contexts need structured replies first.
     let mut meta = Raw::name_payload("vol");

@@ -13,7 +13,6 @@ mod services;
 mod socket;
 
 use std::fs::DirBuilder;
-use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +23,7 @@ use ballast_engine::{format_size, IoMode, Pool, PoolConfig};
 use tracing::info;
 
 use crate::api::{self, ApiState};
+pub use nbd::{NbdConfig, TlsFiles};
 use services::Services;
 
 /// How often the commit timer makes recent writes durable.
@@ -36,21 +36,9 @@ pub struct DaemonConfig {
     pub control_socket: PathBuf,
     pub pool_size: Option<u64>,
     pub io: IoMode,
-    pub nbd_socket: PathBuf,
-    pub nbd_listen: NbdListen,
+    pub nbd: NbdConfig,
     /// Serve the Docker volume plugin under this name.
     pub docker_plugin: Option<String>,
-}
-
-/// Where the NBD server listens on TCP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NbdListen {
-    /// The default address: if it is taken (another daemon), serve NBD on
-    /// the unix socket only and say so.
-    Default(SocketAddr),
-    /// An address the user asked for: failing to bind it stops start-up.
-    Explicit(SocketAddr),
-    Off,
 }
 
 /// Runs the daemon until SIGINT/SIGTERM.
@@ -62,9 +50,14 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         .create(&config.root)
         .with_context(|| format!("cannot create root directory {}", config.root.display()))?;
     let _root_lock = lock::RootLock::acquire(&config.root)?;
-    let (listener, _socket_file) =
-        socket::bind(&config.control_socket, "control", "--control-socket").await?;
-    let nbd = nbd::bind(&config.nbd_socket, config.nbd_listen).await?;
+    let (listener, _socket_file) = socket::bind(
+        &config.control_socket,
+        "control",
+        "--control-socket",
+        socket::Access::Owner,
+    )
+    .await?;
+    let nbd = nbd::bind(&config.nbd, &config.root, config.docker_plugin.is_some()).await?;
     let docker_socket = config
         .docker_plugin
         .as_deref()
@@ -98,6 +91,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         let pool = pool.clone();
         move |shutdown| commit::run(pool, COMMIT_PERIOD, shutdown)
     });
+    let driver_socket = nbd.driver_socket();
     nbd.spawn(&mut services, pool.clone());
     if let Some(socket) = docker_socket {
         docker::spawn(
@@ -105,7 +99,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
             socket,
             pool.clone(),
             &config.root,
-            &config.nbd_socket,
+            &driver_socket,
         )?;
     }
     // Further services are
