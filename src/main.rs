@@ -98,7 +98,12 @@ fn daemon_config(args: DaemonArgs, client_socket: Option<PathBuf>) -> Result<Dae
     };
     let nbd = NbdConfig {
         socket: args.nbd_socket.unwrap_or_else(|| root.join("nbd.sock")),
-        group: args.nbd_group,
+        group: args
+            .nbd_group
+            .as_deref()
+            .map(daemon::group_id)
+            .transpose()
+            .context("--nbd-group")?,
         listen: nbd_listen,
         tls: args
             .tls

@@ -25,6 +25,7 @@ use tracing::info;
 use crate::api::{self, ApiState};
 pub use nbd::{NbdConfig, TlsFiles};
 use services::Services;
+pub use socket::group_id;
 
 /// How often the commit timer makes recent writes durable.
 const COMMIT_PERIOD: Duration = Duration::from_secs(5);
@@ -43,6 +44,7 @@ pub struct DaemonConfig {
 
 /// Runs the daemon until SIGINT/SIGTERM.
 pub async fn run(config: DaemonConfig) -> Result<()> {
+    let tls = nbd::load_tls(&config.nbd)?;
     let mut services = Services::new()?;
     DirBuilder::new()
         .recursive(true)
@@ -57,7 +59,13 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         socket::Access::Owner,
     )
     .await?;
-    let nbd = nbd::bind(&config.nbd, &config.root, config.docker_plugin.is_some()).await?;
+    let nbd = nbd::bind(
+        &config.nbd,
+        tls,
+        &config.root,
+        config.docker_plugin.is_some(),
+    )
+    .await?;
     let docker_socket = config
         .docker_plugin
         .as_deref()

@@ -29,7 +29,7 @@ const DRIVER_SOCKET: &str = "nbd-driver.sock";
 pub struct NbdConfig {
     pub socket: PathBuf,
     /// Members of this group may use the unix socket too (mode 0660).
-    pub group: Option<String>,
+    pub group: Option<libc::gid_t>,
     pub listen: Option<SocketAddr>,
     pub tls: TlsMode,
     pub tls_files: TlsFiles,
@@ -114,30 +114,39 @@ pub struct NbdListeners {
     endpoints: NbdEndpoints,
 }
 
-/// Loads the TLS credentials and binds the NBD sockets before the pool
-/// opens, so bad credentials or a taken address stop start-up early.
-/// `root` holds the Docker driver's socket if `docker` needs one.
-pub async fn bind(config: &NbdConfig, root: &Path, docker: bool) -> Result<NbdListeners> {
-    let tls = match config.check()? {
-        Some(tls_config) => {
-            for key in [&config.tls_files.key, &config.tls_files.psk]
-                .into_iter()
-                .flatten()
-            {
-                if socket::readable_by_others(key) {
-                    warn!(
-                        "{} can be read by other users: a key file should be mode 0600",
-                        key.display()
-                    );
-                }
-            }
-            Some(Arc::new(Tls::new(&tls_config).context("NBD TLS")?))
-        }
-        None => None,
+/// Reads the TLS credentials, if TLS is on: done first, so a bad key file
+/// stops start-up before anything is created or bound.
+pub fn load_tls(config: &NbdConfig) -> Result<Option<Arc<Tls>>> {
+    let Some(tls_config) = config.check()? else {
+        return Ok(None);
     };
-    let access = match &config.group {
+    let tls = Tls::new(&tls_config).context("NBD TLS")?;
+    for key in [&config.tls_files.key, &config.tls_files.psk]
+        .into_iter()
+        .flatten()
+    {
+        if socket::readable_by_others(key) {
+            warn!(
+                "{} can be read by other users: a key file should be mode 0600",
+                key.display()
+            );
+        }
+    }
+    Ok(Some(Arc::new(tls)))
+}
+
+/// Binds the NBD sockets before the pool opens, so a taken address stops
+/// start-up early. `root` holds the Docker driver's socket if `docker`
+/// needs one.
+pub async fn bind(
+    config: &NbdConfig,
+    tls: Option<Arc<Tls>>,
+    root: &Path,
+    docker: bool,
+) -> Result<NbdListeners> {
+    let access = match config.group {
         None => Access::Owner,
-        Some(group) => Access::Group(socket::group_id(group).context("--nbd-group")?),
+        Some(gid) => Access::Group(gid),
     };
     let (unix, unix_file) = socket::bind(&config.socket, "NBD", "--nbd-socket", access).await?;
     let tcp = match config.listen {
