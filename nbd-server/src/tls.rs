@@ -30,13 +30,22 @@ use openssl::ssl::{
     SslSessionCacheMode, SslVerifyMode, SslVersion,
 };
 use openssl::x509::{X509Name, X509NameRef};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, BufStream};
 use tokio_openssl::SslStream;
 
 use crate::allow::{AllowError, AllowList, AllowedExports};
 use crate::error::ConnectionError;
 use crate::export::ExportProvider;
 use crate::psk::{PskError, PskKeys};
+
+/// Ciphertext buffered between OpenSSL and the socket, each way. OpenSSL
+/// reads and writes one record (at most 16 KiB of data) at a time; without
+/// a buffer every record would be a system call, and a wake-up of the
+/// peer, of its own.
+const CIPHERTEXT_BUFFER: usize = 256 * 1024;
+
+/// A connection once TLS is running.
+pub(crate) type TlsStream<S> = SslStream<BufStream<S>>;
 
 /// Whether a listener serves TLS: `off`, `on` (offered: clients may stay
 /// in plain text, so a man in the middle can downgrade them) or `require`.
@@ -254,13 +263,14 @@ impl Tls {
     }
 
     /// Runs the server side of a TLS handshake on `stream`.
-    pub(crate) async fn accept<S>(&self, stream: S) -> Result<SslStream<S>, ConnectionError>
+    pub(crate) async fn accept<S>(&self, stream: S) -> Result<TlsStream<S>, ConnectionError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let setup = |e: ErrorStack| ConnectionError::TlsSetup(reasons(&e));
         let ssl = Ssl::new(&self.context).map_err(setup)?;
-        let mut stream = SslStream::new(ssl, stream).map_err(setup)?;
+        let buffered = BufStream::with_capacity(CIPHERTEXT_BUFFER, CIPHERTEXT_BUFFER, stream);
+        let mut stream = SslStream::new(ssl, buffered).map_err(setup)?;
         Pin::new(&mut stream)
             .accept()
             .await

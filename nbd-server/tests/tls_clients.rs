@@ -225,6 +225,28 @@ fn qemu_io_and_qemu_img_with_psk_and_x509_credentials() {
             "write -P 0x5c 4M 64k",
         ],
     );
+    // The other two pairings: a PSK over TCP, a certificate over the unix
+    // socket (which has no host name to check the certificate against, so
+    // qemu is told the name).
+    qemu_io(
+        &[
+            "--object",
+            &psk_object,
+            "--image-opts",
+            &qemu_image(&tcp, "tls0"),
+        ],
+        &["read -P 0x5c 4M 64k"],
+    );
+    let unix_named = format!("{unix},tls-hostname=localhost");
+    qemu_io(
+        &[
+            "--object",
+            &x509_object,
+            "--image-opts",
+            &qemu_image(&unix_named, "tls0"),
+        ],
+        &["read -P 0xab 0 1M"],
+    );
     let out = run(Command::new("qemu-img").args([
         "info",
         "--object",
