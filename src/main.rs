@@ -38,7 +38,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Daemon(args) => {
             let threads = args.threads;
-            run_daemon(daemon_config(args, cli.socket)?, threads)
+            run_daemon(daemon_config(*args, cli.socket)?, threads)
         }
         Command::Serve(args) => {
             let defaults = DaemonArgs {

@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
     /// Run the daemon on the default root with default settings
     Serve(ServeArgs),
     #[command(flatten)]
