@@ -47,23 +47,47 @@ fn tls() -> Arc<Tls> {
 
 /// Feeds `input` to one server connection and returns once it has ended.
 fn drive(exports: Arc<MemExports>, input: Vec<u8>) {
+    let provider: Arc<dyn ExportProvider> = exports;
+    converse(Server::new(provider), input, None);
+}
+
+/// Sends `first` to one connection of `server`; if `then` is given, waits
+/// for the server's ACK to STARTTLS (or the end of the connection) and
+/// sends `then`. Returns once the connection has ended.
+fn converse(server: Arc<Server>, first: Vec<u8>, then: Option<Vec<u8>>) {
     watch_panics();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let provider: Arc<dyn ExportProvider> = exports;
-        let server = Server::new(provider);
         let (client, conn) = tokio::io::duplex(1 << 16);
         let shutdown = CancellationToken::new();
         let serving = tokio::spawn(async move { server.serve_connection(conn, &shutdown).await });
         let (mut rd, mut wr) = tokio::io::split(client);
+        let (acked, on_ack) = tokio::sync::oneshot::channel::<()>();
         let drain = tokio::spawn(async move {
-            let mut sink = Vec::new();
-            let _ = rd.read_to_end(&mut sink).await;
+            let mut ack = OPTION_REPLY_MAGIC.to_be_bytes().to_vec();
+            ack.extend_from_slice(&OPT_STARTTLS.to_be_bytes());
+            ack.extend_from_slice(&REP_ACK.to_be_bytes());
+            ack.extend_from_slice(&0u32.to_be_bytes());
+            let (mut seen, mut acked, mut buf) = (Vec::new(), Some(acked), [0u8; 4096]);
+            // Dropping `acked` at the end of the stream wakes the waiter too.
+            while let Ok(n @ 1..) = rd.read(&mut buf).await {
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(ack.len()).any(|w| w == ack) {
+                    if let Some(acked) = acked.take() {
+                        let _ = acked.send(());
+                    }
+                }
+            }
         });
-        let _ = wr.write_all(&input).await;
+        let _ = wr.write_all(&first).await;
+        if let Some(then) = then {
+            let waited = tokio::time::timeout(Duration::from_secs(10), on_ack).await;
+            assert!(waited.is_ok(), "no answer to STARTTLS");
+            let _ = wr.write_all(&then).await;
+        }
         let _ = wr.shutdown().await;
         let ended = tokio::time::timeout(Duration::from_secs(10), serving).await;
         assert!(ended.is_ok(), "connection did not end after EOF");
@@ -207,55 +231,8 @@ proptest! {
             prefix.extend_from_slice(&option(o, &d));
         }
         prefix.extend_from_slice(&option(OPT_STARTTLS, &[]));
-        drive_starttls(exports.clone(), prefix, records.concat());
+        let provider: Arc<dyn ExportProvider> = exports.clone();
+        converse(Server::with_tls(provider, Limits::default(), tls()), prefix, Some(records.concat()));
         prop_assert!(exports.device("vol").contents() == before);
     }
-}
-
-/// Sends `prefix` to a server requiring TLS, waits for its ACK to
-/// STARTTLS (or the end of the connection), then sends `after` and
-/// returns once the connection has ended.
-fn drive_starttls(exports: Arc<MemExports>, prefix: Vec<u8>, after: Vec<u8>) {
-    watch_panics();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let provider: Arc<dyn ExportProvider> = exports;
-        let server = Server::with_tls(provider, Limits::default(), tls());
-        let (client, conn) = tokio::io::duplex(1 << 16);
-        let shutdown = CancellationToken::new();
-        let serving = tokio::spawn(async move { server.serve_connection(conn, &shutdown).await });
-        let (mut rd, mut wr) = tokio::io::split(client);
-        let _ = wr.write_all(&prefix).await;
-        let mut ack = OPTION_REPLY_MAGIC.to_be_bytes().to_vec();
-        ack.extend_from_slice(&OPT_STARTTLS.to_be_bytes());
-        ack.extend_from_slice(&REP_ACK.to_be_bytes());
-        ack.extend_from_slice(&0u32.to_be_bytes());
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        let waited = tokio::time::timeout(Duration::from_secs(10), async {
-            while !seen.windows(ack.len()).any(|w| w == ack) {
-                match rd.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                }
-            }
-        })
-        .await;
-        assert!(waited.is_ok(), "no answer to STARTTLS");
-        let _ = wr.write_all(&after).await;
-        let _ = wr.shutdown().await;
-        let drain = tokio::spawn(async move {
-            let mut sink = Vec::new();
-            let _ = rd.read_to_end(&mut sink).await;
-        });
-        let ended = tokio::time::timeout(Duration::from_secs(10), serving).await;
-        assert!(ended.is_ok(), "connection did not end after EOF");
-        assert!(ended.unwrap().is_ok(), "connection task panicked");
-        drop(wr);
-        let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
-    });
-    assert!(!PANICKED.load(Ordering::SeqCst), "a task panicked");
 }

@@ -120,6 +120,15 @@ fn cert_client(dir: &Path) -> Ssl {
         .unwrap()
 }
 
+/// A connection in transmission over TLS (alice's PSK), to show that
+/// other connections' failures leave it alone.
+fn serving(h: &Harness, creds: &Creds) -> Raw {
+    let mut c = greeted(h);
+    c.starttls(psk_client("alice", creds.key("alice"))).unwrap();
+    c.select_and_go("vol", false);
+    c
+}
+
 fn greeted(h: &Harness) -> Raw {
     let mut c = Raw::connect(&h.socket);
     c.greet(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES);
@@ -208,11 +217,7 @@ fn starttls_forgets_plain_text_options_and_haggling_starts_over() {
 fn starttls_twice_answers_invalid_and_closes_only_that_connection() {
     let creds = Creds::new();
     let h = harness(creds.psk_config(true));
-    let mut serving = greeted(&h);
-    serving
-        .starttls(psk_client("alice", creds.key("alice")))
-        .unwrap();
-    serving.select_and_go("vol", false);
+    let mut serving = serving(&h, &creds);
 
     let mut c = greeted(&h);
     c.starttls(psk_client("bob", creds.key("bob"))).unwrap();
@@ -232,11 +237,7 @@ fn starttls_twice_answers_invalid_and_closes_only_that_connection() {
 fn malformed_tls_records_close_only_that_connection() {
     let creds = Creds::new();
     let h = harness(creds.psk_config(true));
-    let mut serving = greeted(&h);
-    serving
-        .starttls(psk_client("alice", creds.key("alice")))
-        .unwrap();
-    serving.select_and_go("vol", false);
+    let mut serving = serving(&h, &creds);
 
     // Garbage where the ClientHello belongs.
     let mut c = greeted(&h);

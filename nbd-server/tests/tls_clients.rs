@@ -277,34 +277,26 @@ fn qemu_io_and_qemu_img_with_psk_and_x509_credentials() {
         .all(|&b| b == 0x5c));
 
     // qemu without credentials, or with a certificate from elsewhere.
-    let out = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "read 0 4k", &s.h.unix_uri("vol")])
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success() || stderr(&out).contains("failed"),
-        "{}",
-        stderr(&out)
-    );
     let stranger = format!(
         "tls-creds-x509,id=tls0,endpoint=client,dir={}",
         s.pki.stranger_dir.display()
     );
-    let out = Command::new("qemu-io")
-        .args([
-            "--object",
-            &stranger,
-            "--image-opts",
-            &qemu_image(&tcp, "tls0"),
-        ])
-        .args(["-c", "read 0 4k"])
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success() || stderr(&out).contains("failed"),
-        "{}",
-        stderr(&out)
-    );
+    let image = qemu_image(&tcp, "tls0");
+    for args in [
+        vec!["-f", "raw", &s.h.unix_uri("vol")],
+        vec!["--object", &stranger, "--image-opts", &image],
+    ] {
+        let out = Command::new("qemu-io")
+            .args(&args)
+            .args(["-c", "read 0 4k"])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success() || stderr(&out).contains("failed"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
 }
 
 /// fio's nbd engine takes a libnbd URI, and libnbd refuses the URI
