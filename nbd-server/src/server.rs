@@ -14,8 +14,7 @@ use tracing::Instrument;
 
 use crate::error::ConnectionError;
 use crate::export::ExportProvider;
-use crate::handshake::{self, Negotiated, Session, TlsStage};
-use crate::incoming::Incoming;
+use crate::handshake::{self, Negotiated, TlsStage};
 use crate::tls::Tls;
 use crate::transmission;
 use crate::transport::{AnyStream, Transport};
@@ -138,7 +137,9 @@ impl Server {
         };
         match negotiated {
             Negotiated::Closed => Ok(()),
-            Negotiated::Transmission(session) => transmit(reader, writer, session, shutdown).await,
+            Negotiated::Transmission(session) => {
+                transmission::serve(&mut reader, writer, session, shutdown).await
+            }
             Negotiated::StartTls(tls) => {
                 // Bytes the client sent before it saw the ACK came in plain
                 // text and cannot be part of the TLS session.
@@ -187,9 +188,11 @@ impl Server {
             .await?;
             Ok((reader, writer, negotiated))
         };
-        let (reader, mut writer, negotiated) = self.within(deadline, secure).await?;
+        let (mut reader, mut writer, negotiated) = self.within(deadline, secure).await?;
         match negotiated {
-            Negotiated::Transmission(session) => transmit(reader, writer, session, shutdown).await,
+            Negotiated::Transmission(session) => {
+                transmission::serve(&mut reader, writer, session, shutdown).await
+            }
             Negotiated::Closed => {
                 // close_notify, so the client sees a clean end of TLS.
                 let _ = writer.shutdown().await;
@@ -235,23 +238,6 @@ impl Server {
             .instrument(span),
         );
     }
-}
-
-/// The transmission phase of a negotiated connection.
-async fn transmit<R, W>(
-    mut reader: BufReader<R>,
-    writer: W,
-    session: Session,
-    shutdown: &CancellationToken,
-) -> Result<(), ConnectionError>
-where
-    R: Incoming,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    tracing::info!(export = %session.export.name, size = session.size, structured = session.structured, "client attached");
-    let result = transmission::serve(&mut reader, writer, session, shutdown).await;
-    tracing::info!("client detached");
-    result
 }
 
 impl Server {

@@ -85,6 +85,7 @@ where
     R: Incoming,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    tracing::info!(export = %session.export.name, size = session.size, structured = session.structured, "client attached");
     let dead = CancellationToken::new();
     let (writer, writing) = ReplyWriter::spawn(writer, dead.clone());
     let conn = Arc::new(Connection {
@@ -191,6 +192,7 @@ where
     } else {
         finish.await;
     }
+    tracing::info!("client detached");
     result
 }
 
