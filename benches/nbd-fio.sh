@@ -4,7 +4,9 @@
 #   ballast (the real daemon: `ballast daemon`, commit timer and all),
 #   nbdkit file cache=none,
 #   qemu-nbd raw (--cache=none --aio=io_uring), qemu-nbd qcow2, and fio
-#   io_uring O_DIRECT on a raw file as the ceiling (no NBD at all).
+#   io_uring O_DIRECT on a raw file as the ceiling (no NBD at all);
+# and over TLS 1.3 (NBD_OPT_STARTTLS, X.509): a second ballast daemon with
+#   --tls require, and nbdkit file cache=none with --tls=require.
 # Workloads: 4 KiB randread/randwrite at iodepth 32, 1 MiB sequential
 # read/write at iodepth 8, and the sequential read again after the writes
 # ("aged").
@@ -23,11 +25,24 @@
 # kernel's read-ahead and write-back. The table reports how much of its
 # file was resident after its sequential reads.
 #
-# Env: BENCH_DIR (default /var/tmp/ballast-nbd-bench, must not be tmpfs),
+# TLS: fio's nbd engine takes a libnbd URI, and libnbd refuses the URI
+# parameters that name files (tls-psk-file=, tls-certificates=) unless the
+# program allows them, which fio does not. libnbd still looks for
+# certificates in $HOME/.pki/libnbd/, except for root (/etc/pki/libnbd/,
+# which a benchmark must not touch), so the TLS runs' fio runs as `nobody`
+# with a HOME of the script's making, holding the CA that signed both
+# servers' certificate; the servers' sockets let `nobody` connect. Both
+# servers keep their TLS library's default cipher suite choice; the table
+# notes which suite each negotiated.
+#
+# Env: BENCH_DIR (default /var/tmp/ballast-nbd-bench, must not be tmpfs;
+#      needs about 9 GiB free, removed at the end but for results and logs),
 #      RUNTIME seconds per run (default 5), ROUNDS (default 3),
 #      SIZE (default 1G), PEER_CACHE (default 64M), BALLAST_THREADS (the
 #      daemon's --threads; default: the daemon's own default),
-#      CARGO_TARGET_DIR (where ballast is built).
+#      CARGO_TARGET_DIR (where ballast is built), BALLAST_BASE (another
+#      ballast binary, e.g. the last release: run as one more target,
+#      "ballast-base", to compare a change with what it changes, same run).
 set -euo pipefail
 
 RUNTIME=${RUNTIME:-5}
@@ -38,7 +53,7 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp/ballast-nbd-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
-for tool in fio nbdkit qemu-nbd qemu-img python3 fincore numfmt; do
+for tool in fio nbdkit nbdinfo qemu-nbd qemu-img python3 fincore numfmt openssl setpriv; do
     command -v "$tool" >/dev/null || { echo "nbd-fio: $tool is required (scripts/install-test-deps.sh)" >&2; exit 1; }
 done
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "nbd-fio: this fio has no nbd engine" >&2; exit 1; }
@@ -55,13 +70,15 @@ PIDS=()
 CGROUP=
 
 cleanup() {
-    for pid in "${PIDS[@]}"; do
+    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
     if [ -n "$CGROUP" ]; then
         rmdir "$CGROUP" 2>/dev/null || true
     fi
+    # The exports take several GiB; the results and logs stay.
+    rm -rf "$BENCH_DIR"/*-pool "$BENCH_DIR"/*.raw "$BENCH_DIR"/*.qcow2
 }
 trap cleanup EXIT
 
@@ -106,17 +123,58 @@ fill_nbd() {
     fio --name=fill --rw=write --bs=1M --iodepth=8 --size="$SIZE" --ioengine=nbd --uri="$1" >/dev/null
 }
 
-uri() { echo "nbd+unix:///$1?socket=$BENCH_DIR/$2.sock"; }
+# COMMAND as nobody, with the HOME that holds the TLS runs' CA.
+as_nobody() {
+    setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME="$BENCH_DIR/tls-home" "$@"
+}
 
-echo "starting ballast, nbdkit, qemu-nbd raw and qcow2..." >&2
-export BALLAST_SOCKET=$BENCH_DIR/pool/control.sock
-"$BALLAST" daemon --root "$BENCH_DIR/pool" --nbd-socket "$BENCH_DIR/ballast.sock" --nbd-listen off \
-    ${BALLAST_THREADS:+--threads "$BALLAST_THREADS"} >"$BENCH_DIR/daemon.log" 2>&1 &
-PIDS+=($!)
-wait_for_socket "$BENCH_DIR/ballast.sock"
-wait_for_socket "$BALLAST_SOCKET"
-"$BALLAST" create bench --size "$SIZE" >/dev/null
+uri() { echo "nbd+unix:///$1?socket=$BENCH_DIR/$2.sock"; }
+tls_uri() { echo "nbds+unix:///$1?socket=$BENCH_DIR/$2.sock"; }
+
+# A CA and a server certificate for both TLS servers, laid out as nbdkit's
+# --tls-certificates wants; the CA in the TLS runs' HOME for libnbd.
+make_certificates() {
+    local pki=$BENCH_DIR/pki home=$BENCH_DIR/tls-home
+    mkdir -p "$pki" "$home/.pki/libnbd"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj "/CN=nbd-fio bench CA" -keyout "$pki/ca-key.pem" -out "$pki/ca-cert.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+        -keyout "$pki/server-key.pem" -out "$pki/server.csr" 2>/dev/null
+    openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca-cert.pem" -CAkey "$pki/ca-key.pem" \
+        -CAcreateserial -days 2 -out "$pki/server-cert.pem" \
+        -extfile <(printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n') 2>/dev/null
+    cp "$pki/ca-cert.pem" "$home/.pki/libnbd/ca-cert.pem"
+    chmod 0755 "$BENCH_DIR" "$home" "$home/.pki" "$home/.pki/libnbd"
+    chmod 0644 "$home/.pki/libnbd/ca-cert.pem"
+}
+
+# start_ballast NAME BINARY ARGS...: a daemon with its own pool, serving
+# NBD on $BENCH_DIR/NAME.sock; prints its control socket.
+start_ballast() {
+    local name=$1 bin=$2
+    shift 2
+    "$bin" daemon --root "$BENCH_DIR/$name-pool" --control-socket "$BENCH_DIR/$name-control.sock" \
+        --nbd-socket "$BENCH_DIR/$name.sock" "$@" \
+        ${BALLAST_THREADS:+--threads "$BALLAST_THREADS"} >"$BENCH_DIR/$name.log" 2>&1 &
+    PIDS+=($!)
+    wait_for_socket "$BENCH_DIR/$name.sock"
+    wait_for_socket "$BENCH_DIR/$name-control.sock"
+    "$bin" --socket "$BENCH_DIR/$name-control.sock" create bench --size "$SIZE" >/dev/null
+}
+
+echo "starting ballast (plain and TLS), nbdkit (plain and TLS), qemu-nbd raw and qcow2..." >&2
+make_certificates
+start_ballast ballast "$BALLAST"
 fill_nbd "$(uri bench ballast)"
+start_ballast ballast-tls "$BALLAST" --tls require \
+    --tls-cert "$BENCH_DIR/pki/server-cert.pem" --tls-key "$BENCH_DIR/pki/server-key.pem" \
+    --nbd-group nogroup
+as_nobody fio --name=fill --rw=write --bs=1M --iodepth=8 --size="$SIZE" --ioengine=nbd \
+    --uri="$(tls_uri bench ballast-tls)" >/dev/null
+if [ -n "${BALLAST_BASE:-}" ]; then
+    start_ballast ballast-base "$BALLAST_BASE"
+    fill_nbd "$(uri bench ballast-base)"
+fi
 
 NBDKIT_RAW=$BENCH_DIR/nbdkit.raw
 fill_raw "$NBDKIT_RAW"
@@ -132,6 +190,23 @@ fi
 "${IN_CGROUP[@]}" nbdkit -f -U "$BENCH_DIR/nbdkit.sock" file file="$NBDKIT_RAW" cache=none &
 PIDS+=($!)
 wait_for_socket "$BENCH_DIR/nbdkit.sock"
+
+NBDKIT_TLS_RAW=$BENCH_DIR/nbdkit-tls.raw
+fill_raw "$NBDKIT_TLS_RAW"
+drop_cache "$NBDKIT_TLS_RAW"
+"${IN_CGROUP[@]}" nbdkit -f --tls=require --tls-certificates="$BENCH_DIR/pki" \
+    -U "$BENCH_DIR/nbdkit-tls.sock" file file="$NBDKIT_TLS_RAW" cache=none &
+PIDS+=($!)
+wait_for_socket "$BENCH_DIR/nbdkit-tls.sock"
+chmod 0666 "$BENCH_DIR/nbdkit-tls.sock"
+
+# The cipher suite each TLS server settles on with libnbd, from libnbd's
+# own report of the connection.
+tls_suite() {
+    as_nobody env LIBNBD_DEBUG=1 nbdinfo --size "$1" 2>&1 | grep -o 'using TLS: cipher [^ ]*' | head -1 | cut -d' ' -f4
+}
+BALLAST_SUITE=$(tls_suite "$(tls_uri bench ballast-tls)")
+NBDKIT_SUITE=$(tls_suite "$(tls_uri "" nbdkit-tls)")
 
 QEMU_RAW=$BENCH_DIR/qemu.raw
 fill_raw "$QEMU_RAW"
@@ -149,11 +224,16 @@ fill_nbd "$(uri "" qemu-qcow2)"
 CEILING_RAW=$BENCH_DIR/ceiling.raw
 fill_raw "$CEILING_RAW"
 
-TARGETS=(ballast nbdkit qemu-raw qemu-qcow2 ceiling)
+TARGETS=(ballast nbdkit qemu-raw qemu-qcow2 ceiling ballast-tls nbdkit-tls)
+if [ -n "${BALLAST_BASE:-}" ]; then
+    TARGETS+=(ballast-base)
+fi
 
 target_args() {
     case $1 in
-        ballast) echo "--ioengine=nbd --uri=$(uri bench ballast)" ;;
+        ballast | ballast-base) echo "--ioengine=nbd --uri=$(uri bench "$1")" ;;
+        ballast-tls) echo "--ioengine=nbd --uri=$(tls_uri bench ballast-tls)" ;;
+        nbdkit-tls) echo "--ioengine=nbd --uri=$(tls_uri "" nbdkit-tls)" ;;
         ceiling) echo "--ioengine=io_uring --direct=1 --filename=$CEILING_RAW" ;;
         *) echo "--ioengine=nbd --uri=$(uri "" "$1")" ;;
     esac
@@ -164,12 +244,16 @@ run() {
     local target=$1 load=$2 round=$3 out
     shift 3
     out=$BENCH_DIR/$target-$load-$round.json
+    local as=()
+    case $target in *-tls) as=(as_nobody) ;; esac
     # shellcheck disable=SC2046
-    fio --output-format=json --output="$out" --time_based --runtime="$RUNTIME" \
-        --ramp_time=1 --size="$SIZE" --numjobs=1 "$@" $(target_args "$target") >/dev/null
+    "${as[@]+"${as[@]}"}" fio --output-format=json --time_based --runtime="$RUNTIME" \
+        --ramp_time=1 --size="$SIZE" --numjobs=1 "$@" $(target_args "$target") >"$out"
     python3 - "$out" "$target" "$load" "$round" >>"$RESULTS" <<'PY'
 import json, sys
-job = json.load(open(sys.argv[1]))["jobs"][0]
+# fio's nbd engine prints a line of its own to stdout before the JSON.
+text = open(sys.argv[1]).read()
+job = json.loads(text[text.find("{"):])["jobs"][0]
 side = job["read"] if job["read"]["io_bytes"] > 0 else job["write"]
 print(f'{sys.argv[2]}\t{sys.argv[3]}\t{sys.argv[4]}\t{side["iops"]:.0f}\t{side["bw"] / 1024:.1f}')
 PY
@@ -204,28 +288,47 @@ if [ -n "$CGROUP" ]; then
 else
     CACHE_NOTE="nbdkit's page cache unbounded"
 fi
-python3 - "$RESULTS" "$RUNTIME" "$SIZE" "$ROUNDS" "$CACHE_NOTE" "$RESIDENT" <<'PY'
+TLS_NOTE="TLS 1.3 with X.509; ballast negotiated ${BALLAST_SUITE:-?}, nbdkit ${NBDKIT_SUITE:-?}"
+python3 - "$RESULTS" "$RUNTIME" "$SIZE" "$ROUNDS" "$CACHE_NOTE" "$RESIDENT" "$TLS_NOTE" <<'PY'
 import statistics, sys
-results, runtime, size, rounds, cache_note, resident = sys.argv[1:]
+results, runtime, size, rounds, cache_note, resident, tls_note = sys.argv[1:]
 runs = {}
 for line in open(results):
     target, load, rnd, iops, bw = line.split()
     value = float(iops) / 1000 if load.endswith("4k") else float(bw)
     runs.setdefault(load, {}).setdefault(target, {})[rnd] = value
 peers = ["nbdkit", "qemu-raw", "qemu-qcow2", "ceiling"]
+if "ballast-base" in runs["randread-4k"]:
+    peers.append("ballast-base")
 cols = ["ballast"] + peers
 print(f"fio nbd engine, unix socket, {size} fully written exports, "
       f"{runtime} s per run, median of {rounds} rounds")
 print(f"4k: kIOPS, 1m: MiB/s; ratio = median over rounds of ballast / peer")
-head = f"{'workload':<16}" + "".join(f"{c:>12}" for c in cols) + "".join(f"{'vs ' + p:>15}" for p in peers)
+head = f"{'workload':<16}" + "".join(f"{c:>13}" for c in cols) + "".join(f"{'vs ' + p:>16}" for p in peers)
 print(head)
 print("-" * len(head))
 for load in ["randread-4k", "randwrite-4k", "seqread-1m", "seqwrite-1m", "seqread-1m-aged"]:
     r = runs[load]
-    line = f"{load:<16}" + "".join(f"{statistics.median(r[c].values()):>12.1f}" for c in cols)
+    line = f"{load:<16}" + "".join(f"{statistics.median(r[c].values()):>13.1f}" for c in cols)
     for p in peers:
         ratios = [r["ballast"][k] / r[p][k] for k in r[p] if r[p][k]]
-        line += f"{statistics.median(ratios):>15.2f}" if ratios else f"{'-':>15}"
+        line += f"{statistics.median(ratios):>16.2f}" if ratios else f"{'-':>16}"
     print(line)
 print(f"{cache_note}; {int(resident) >> 20} MiB of its {size} file resident after its sequential reads")
+
+def ratio(r, a, b):
+    ratios = [r[a][k] / r[b][k] for k in r[b] if r[b][k] and k in r[a]]
+    return f"{statistics.median(ratios):>16.2f}" if ratios else f"{'-':>16}"
+
+print()
+print(f"over TLS: {tls_note}")
+cols = ["ballast", "ballast-tls", "nbdkit-tls"]
+head = f"{'workload':<16}" + "".join(f"{c:>13}" for c in cols) + f"{'tls vs nbdkit':>16}{'tls / plain':>16}"
+print(head)
+print("-" * len(head))
+for load in ["randread-4k", "randwrite-4k", "seqread-1m", "seqwrite-1m", "seqread-1m-aged"]:
+    r = runs[load]
+    line = f"{load:<16}" + "".join(f"{statistics.median(r[c].values()):>13.1f}" for c in cols)
+    line += ratio(r, "ballast-tls", "nbdkit-tls") + ratio(r, "ballast-tls", "ballast")
+    print(line)
 PY

@@ -20,10 +20,8 @@ use clap::Parser;
 
 use cli::args::{Cli, Command, DaemonArgs};
 use client::Client;
-use daemon::{DaemonConfig, NbdListen};
+use daemon::{DaemonConfig, NbdConfig, TlsFiles};
 
-/// The NBD port registered with IANA, on loopback only.
-const DEFAULT_NBD_LISTEN: &str = "127.0.0.1:10809";
 /// Smallest metadata budget accepted: below it the node cache thrashes.
 const MIN_META_CACHE: u64 = 8 << 20;
 /// The Docker volume plugin name `ballast serve` uses (`docker volume create -d ballast`).
@@ -44,7 +42,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Daemon(args) => {
             let threads = args.threads;
-            run_daemon(daemon_config(args, cli.socket)?, threads)
+            run_daemon(daemon_config(*args, cli.socket)?, threads)
         }
         Command::Serve(args) => {
             let defaults = DaemonArgs {
@@ -55,7 +53,14 @@ fn run(cli: Cli) -> Result<()> {
                 io: IoMode::default().to_string(),
                 threads: None,
                 nbd_socket: None,
+                nbd_group: None,
                 nbd_listen: None,
+                tls: "off".into(),
+                tls_cert: None,
+                tls_key: None,
+                tls_client_ca: None,
+                tls_psk: None,
+                tls_allow: None,
                 // Only root can mount, and bind in /run/docker/plugins.
                 // SAFETY: geteuid has no preconditions and cannot fail.
                 docker_plugin: (!args.no_docker_plugin && unsafe { libc::geteuid() } == 0)
@@ -102,19 +107,40 @@ fn daemon_config(args: DaemonArgs, client_socket: Option<PathBuf>) -> Result<Dae
     }
     let io: IoMode = args.io.parse().map_err(|e: String| anyhow!("--io: {e}"))?;
     let nbd_listen = match args.nbd_listen.as_deref() {
-        None => NbdListen::Default(DEFAULT_NBD_LISTEN.parse().expect("valid address")),
-        Some("off") => NbdListen::Off,
-        Some(addr) => NbdListen::Explicit(addr.parse().map_err(|_| {
+        None | Some("off") => None,
+        Some(addr) => Some(addr.parse().map_err(|_| {
             anyhow!("--nbd-listen: {addr:?} is not ADDR:PORT (e.g. 127.0.0.1:10809) or \"off\"")
         })?),
     };
+    let nbd = NbdConfig {
+        socket: args.nbd_socket.unwrap_or_else(|| root.join("nbd.sock")),
+        group: args
+            .nbd_group
+            .as_deref()
+            .map(daemon::group_id)
+            .transpose()
+            .context("--nbd-group")?,
+        listen: nbd_listen,
+        tls: args
+            .tls
+            .parse()
+            .map_err(|e: String| anyhow!("--tls: {e}"))?,
+        tls_files: TlsFiles {
+            cert: args.tls_cert,
+            key: args.tls_key,
+            client_ca: args.tls_client_ca,
+            psk: args.tls_psk,
+            allow: args.tls_allow,
+        },
+    };
+    // Flags that do not fit together stop the daemon before it starts.
+    nbd.check()?;
     if let Some(name) = &args.docker_plugin {
         validate_name(name).context("--docker-plugin")?;
     }
     Ok(DaemonConfig {
         docker_plugin: args.docker_plugin,
-        nbd_socket: args.nbd_socket.unwrap_or_else(|| root.join("nbd.sock")),
-        nbd_listen,
+        nbd,
         control_socket: args
             .control_socket
             .or(client_socket)

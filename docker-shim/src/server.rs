@@ -25,6 +25,7 @@ const SOCKET: BindOptions = BindOptions {
     name: "plugin",
     mode: 0o660,
     dir_mode: Some(0o755),
+    group: None,
 };
 /// How the plugin treats dockerd's calls: real bodies are a few hundred
 /// bytes; calls in flight at shutdown get a few seconds to finish.

@@ -20,4 +20,16 @@ pub enum ConnectionError {
     HandshakeTimeout(std::time::Duration),
     #[error("request payload of {0} bytes exceeds the 32 MiB maximum")]
     RequestTooLarge(u64),
+    #[error(
+        "client sent NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS, and this server requires TLS"
+    )]
+    TlsRequired,
+    #[error("client sent data after NBD_OPT_STARTTLS before the server acknowledged it")]
+    DataBeforeTls,
+    #[error("client sent NBD_OPT_STARTTLS inside TLS")]
+    StartTlsTwice,
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(String),
+    #[error("cannot start TLS: {0}")]
+    TlsSetup(String),
 }

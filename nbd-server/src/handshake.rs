@@ -1,5 +1,12 @@
 //! Fixed-newstyle handshake: option haggling up to NBD_OPT_GO or
-//! NBD_OPT_EXPORT_NAME.
+//! NBD_OPT_EXPORT_NAME, and NBD_OPT_STARTTLS as the NBD spec's "TLS
+//! support" section sets out: a server with TLS required answers every
+//! option but STARTTLS and ABORT with NBD_REP_ERR_TLS_REQD (FORCEDTLS); a
+//! server offering TLS serves plain clients too (SELECTIVETLS with no
+//! TLS-only export); a server without TLS refuses STARTTLS by policy
+//! (NOTLS). Once STARTTLS is acknowledged the caller runs the TLS
+//! handshake and haggling starts over inside TLS, with nothing of the
+//! plain-text options kept.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -8,6 +15,7 @@ use crate::error::ConnectionError;
 use crate::export::{Export, ExportProvider};
 use crate::proto::*;
 use crate::reply::option_reply;
+use crate::tls::Tls;
 use crate::wire::{self, InfoRequest, OPTION_HEADER_LEN};
 
 /// Largest option payload we read into memory; the largest legitimate one
@@ -16,7 +24,7 @@ use crate::wire::{self, InfoRequest, OPTION_HEADER_LEN};
 const MAX_OPTION_LEN: u32 = 64 * 1024;
 
 /// What the client and server agreed on for the transmission phase.
-pub struct Session {
+pub(crate) struct Session {
     pub export: Export,
     /// Export size as announced; requests are checked against it.
     pub size: u64,
@@ -28,14 +36,29 @@ pub struct Session {
     pub block_status: bool,
 }
 
-pub enum Negotiated {
+pub(crate) enum Negotiated<'t> {
     Transmission(Session),
+    /// NBD_OPT_STARTTLS was acknowledged: the TLS handshake comes next.
+    StartTls(&'t Tls),
     /// The client aborted, went away, or the server is shutting down.
     Closed,
 }
 
+/// Where a connection stands with TLS.
+#[derive(Clone, Copy)]
+pub(crate) enum TlsStage<'t> {
+    /// The server has no TLS: STARTTLS is refused by policy.
+    Unavailable,
+    /// TLS may be started; plain clients are served too.
+    Offered(&'t Tls),
+    /// Nothing but STARTTLS and ABORT is served before TLS.
+    Required(&'t Tls),
+    /// TLS is running.
+    Active,
+}
+
 /// Transmission flags for an export.
-pub fn transmission_flags(read_only: bool, structured: bool) -> u16 {
+pub(crate) fn transmission_flags(read_only: bool, structured: bool) -> u16 {
     let mut flags =
         FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_FUA | FLAG_CAN_MULTI_CONN | FLAG_SEND_CACHE;
     if read_only {
@@ -59,12 +82,14 @@ struct Handshake<'a, R, W> {
     meta_export: Option<String>,
 }
 
-pub async fn negotiate<R, W>(
+/// Sends the greeting and reads the client's flags; `None` if the client
+/// went away (or the server shut down) first. Returns whether the client
+/// asked for NBD_FLAG_C_NO_ZEROES.
+pub(crate) async fn greet<R, W>(
     r: &mut R,
     w: &mut W,
-    provider: &dyn ExportProvider,
     shutdown: &CancellationToken,
-) -> Result<Negotiated, ConnectionError>
+) -> Result<Option<bool>, ConnectionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -78,13 +103,28 @@ where
 
     let client_flags = match read_or_eof(r, shutdown, &mut [0u8; 4]).await? {
         Some(bytes) => u32::from_be_bytes(bytes),
-        None => return Ok(Negotiated::Closed),
+        None => return Ok(None),
     };
     if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
         return Err(ConnectionError::ClientFlags(client_flags));
     }
-    let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+    Ok(Some(client_flags & FLAG_C_NO_ZEROES != 0))
+}
 
+/// Option haggling, from the first option (or the first one inside TLS)
+/// to transmission, STARTTLS or the end of the connection.
+pub(crate) async fn negotiate<'t, R, W>(
+    r: &mut R,
+    w: &mut W,
+    provider: &dyn ExportProvider,
+    tls: TlsStage<'t>,
+    no_zeroes: bool,
+    shutdown: &CancellationToken,
+) -> Result<Negotiated<'t>, ConnectionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut hs = Handshake {
         r,
         w,
@@ -100,6 +140,20 @@ where
         let header = wire::decode_option_header(&header)?;
         let (option, length) = (header.option, header.length);
         tracing::trace!(option, length, "option");
+
+        if let TlsStage::Required(_) = tls {
+            match option {
+                OPT_STARTTLS | OPT_ABORT => {}
+                // It cannot be answered with an error: hard disconnect.
+                OPT_EXPORT_NAME => return Err(ConnectionError::TlsRequired),
+                _ => {
+                    discard(hs.r, length).await?;
+                    let msg = b"this server requires TLS: send NBD_OPT_STARTTLS first";
+                    hs.reply(option, REP_ERR_TLS_REQD, msg).await?;
+                    continue;
+                }
+            }
+        }
 
         if !is_known(option) {
             discard(hs.r, length).await?;
@@ -139,6 +193,27 @@ where
                 let _ = hs.reply(option, REP_ACK, &[]).await;
                 return Ok(Negotiated::Closed);
             }
+            OPT_STARTTLS => match tls {
+                TlsStage::Active => {
+                    // The client broke a MUST (never STARTTLS twice): answer
+                    // as the spec says, then hard disconnect.
+                    let msg = b"TLS is already running";
+                    hs.reply(option, REP_ERR_INVALID, msg).await?;
+                    return Err(ConnectionError::StartTlsTwice);
+                }
+                TlsStage::Unavailable => {
+                    let msg = b"TLS is not enabled on this server";
+                    hs.reply(option, REP_ERR_POLICY, msg).await?;
+                }
+                _ if !payload.is_empty() => {
+                    let msg = b"NBD_OPT_STARTTLS takes no data";
+                    hs.reply(option, REP_ERR_INVALID, msg).await?;
+                }
+                TlsStage::Offered(t) | TlsStage::Required(t) => {
+                    hs.reply(option, REP_ACK, &[]).await?;
+                    return Ok(Negotiated::StartTls(t));
+                }
+            },
             OPT_LIST => hs.list(&payload).await?,
             OPT_EXTENDED_HEADERS => {
                 if hs.extended {
@@ -198,6 +273,7 @@ fn is_known(option: u32) -> bool {
         OPT_EXPORT_NAME
             | OPT_ABORT
             | OPT_LIST
+            | OPT_STARTTLS
             | OPT_INFO
             | OPT_GO
             | OPT_STRUCTURED_REPLY
@@ -248,7 +324,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Handshake<'_, R, W> {
         &mut self,
         payload: &[u8],
         no_zeroes: bool,
-    ) -> Result<Negotiated, ConnectionError> {
+    ) -> Result<Negotiated<'static>, ConnectionError> {
         let name = wire::parse_string(payload)?;
         // NBD_OPT_EXPORT_NAME cannot fail politely: the spec mandates a hard
         // disconnect for an unknown export.

@@ -24,10 +24,10 @@ use tokio::io::AsyncRead;
 /// How long a payload read polls before it waits for readiness: long
 /// enough to cover a client's wake-up and next send, short enough that a
 /// client that stalls mid-payload costs little.
-pub const PAYLOAD_POLL: Duration = Duration::from_micros(50);
+pub(crate) const PAYLOAD_POLL: Duration = Duration::from_micros(50);
 
 /// The read side of a connection.
-pub trait Incoming: AsyncRead + Unpin {
+pub(crate) trait Incoming: AsyncRead + Unpin {
     /// Receives into `buf` what has arrived, polling for up to `limit`
     /// while nothing has: `Some(Ok(0))` at end of stream,
     /// `Some(Err(WouldBlock))` if nothing came within `limit`. `None` if

@@ -8,8 +8,13 @@
 //! order, over unix sockets and TCP.
 //!
 //! Extended headers (NBD_OPT_EXTENDED_HEADERS: 64-bit lengths, 32-byte
-//! request and reply headers) are supported. TLS is not: NBD_OPT_STARTTLS
-//! is refused, as the spec's NOTLS mode allows.
+//! request and reply headers) are supported.
+//!
+//! TLS 1.3 through NBD_OPT_STARTTLS ([`Tls`], with OpenSSL), offered or
+//! required, on any listener: X.509 certificates (client certificates
+//! verified against a CA if asked) or pre-shared keys from a `psktool`
+//! key file ([`PskKeys`]); an [`AllowList`] limits the exports each
+//! client identity may use. Without TLS, STARTTLS is refused by policy.
 //!
 //! Bad input never panics and never changes data: malformed options are
 //! answered with the spec's error replies; a malformed request, bad magic
@@ -32,25 +37,28 @@
 //! # }
 //! ```
 
-// The protocol modules' internal items are still `pub`; they become
-// `pub(crate)` once the TLS work (issue 19) in them has landed.
-#![allow(unreachable_pub)]
-
+mod allow;
 mod engine;
 mod error;
 mod export;
 mod handshake;
 mod incoming;
 pub mod proto;
+mod psk;
 mod reply;
 mod server;
+mod tls;
 mod transmission;
+mod transport;
 mod uri;
 pub mod wire;
 
+pub use allow::{AllowError, AllowList};
 pub use engine::EngineExports;
 pub use error::ConnectionError;
 pub use export::{BlockDevice, Export, ExportProvider, IoFuture, Payload, ReadBuf};
+pub use psk::{PskError, PskKeys};
 pub use server::{serve_tcp, serve_unix, Limits, Server};
+pub use tls::{subject, Tls, TlsConfig, TlsError, TlsMode};
 pub use tokio_util::sync::CancellationToken;
 pub use uri::{tcp_uri, unix_uri};

@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 use crate::export::ReadBuf;
 use crate::proto::*;
 
-pub const SIMPLE_REPLY_LEN: usize = 16;
-pub const CHUNK_HEADER_LEN: usize = 20;
-pub const EXTENDED_CHUNK_HEADER_LEN: usize = 32;
+pub(crate) const SIMPLE_REPLY_LEN: usize = 16;
+pub(crate) const CHUNK_HEADER_LEN: usize = 20;
+pub(crate) const EXTENDED_CHUNK_HEADER_LEN: usize = 32;
 
 /// An option reply: magic, option, reply type, length, data.
-pub fn option_reply(option: u32, reply_type: u32, data: &[u8]) -> Vec<u8> {
+pub(crate) fn option_reply(option: u32, reply_type: u32, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(20 + data.len());
     out.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
     out.extend_from_slice(&option.to_be_bytes());
@@ -28,7 +28,7 @@ pub fn option_reply(option: u32, reply_type: u32, data: &[u8]) -> Vec<u8> {
     out
 }
 
-pub fn simple_reply(handle: u64, error: u32) -> [u8; SIMPLE_REPLY_LEN] {
+pub(crate) fn simple_reply(handle: u64, error: u32) -> [u8; SIMPLE_REPLY_LEN] {
     let mut out = [0u8; SIMPLE_REPLY_LEN];
     out[..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
     out[4..8].copy_from_slice(&error.to_be_bytes());
@@ -39,13 +39,13 @@ pub fn simple_reply(handle: u64, error: u32) -> [u8; SIMPLE_REPLY_LEN] {
 /// A reply chunk header in the negotiated form: structured (20 bytes, 32-bit
 /// length) or extended (32 bytes, echoing the request offset, 64-bit
 /// length). Structured chunk payloads we send are far below 4 GiB.
-pub struct ChunkHeader {
+pub(crate) struct ChunkHeader {
     bytes: [u8; EXTENDED_CHUNK_HEADER_LEN],
     len: usize,
 }
 
 impl ChunkHeader {
-    pub fn new(
+    pub(crate) fn new(
         extended: bool,
         flags: u16,
         chunk_type: u16,
@@ -70,13 +70,13 @@ impl ChunkHeader {
         ChunkHeader { bytes, len }
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
 }
 
 /// A final NBD_REPLY_TYPE_ERROR chunk carrying a message for humans.
-pub fn error_chunk(
+pub(crate) fn error_chunk(
     extended: bool,
     handle: u64,
     offset: u64,
@@ -112,14 +112,14 @@ const MAX_BATCH: usize = 256;
 /// A reply waiting for the socket: `header`, then any read `data`, and
 /// what it holds until written (the request's share of the connection's
 /// in-flight budget).
-pub struct Outgoing {
+pub(crate) struct Outgoing {
     pub header: Vec<u8>,
     pub data: Option<ReadBuf>,
     pub hold: Option<OwnedSemaphorePermit>,
 }
 
 impl Outgoing {
-    pub fn new(header: Vec<u8>) -> Self {
+    pub(crate) fn new(header: Vec<u8>) -> Self {
         Outgoing {
             header,
             data: None,
@@ -133,7 +133,7 @@ impl Outgoing {
 /// writing: every reply queued by the time it runs goes out in one
 /// vectored write, so a burst of completions costs one system call rather
 /// than one each.
-pub struct ReplyWriter {
+pub(crate) struct ReplyWriter {
     queue: mpsc::UnboundedSender<Outgoing>,
 }
 
@@ -141,7 +141,7 @@ impl ReplyWriter {
     /// Starts the writer task on `writer`. When a write fails it cancels
     /// `dead`. Once every `ReplyWriter` is dropped, the task writes what is
     /// left, shuts the writer down and ends.
-    pub fn spawn<W>(writer: W, dead: CancellationToken) -> (ReplyWriter, JoinHandle<()>)
+    pub(crate) fn spawn<W>(writer: W, dead: CancellationToken) -> (ReplyWriter, JoinHandle<()>)
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
@@ -151,7 +151,7 @@ impl ReplyWriter {
     }
 
     /// Queues a reply; false if the connection can no longer be written.
-    pub fn send(&self, reply: Outgoing) -> bool {
+    pub(crate) fn send(&self, reply: Outgoing) -> bool {
         self.queue.send(reply).is_ok()
     }
 }

@@ -40,7 +40,7 @@ const MAX_STATUS_QUERY: u64 = u32::MAX as u64;
 
 /// A request refused or failed, with a message for the client's user.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
+pub(crate) struct Failure {
     pub errno: NbdErrno,
     pub message: String,
 }
@@ -76,7 +76,7 @@ struct Connection {
     dead: CancellationToken,
 }
 
-pub async fn serve<R, W>(
+pub(crate) async fn serve<R, W>(
     reader: &mut BufReader<R>,
     writer: W,
     session: Session,
@@ -86,6 +86,7 @@ where
     R: Incoming,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    tracing::info!(export = %session.export.name, size = session.size, structured = session.structured, "client attached");
     let dead = CancellationToken::new();
     let (writer, writing) = ReplyWriter::spawn(writer, dead.clone());
     let conn = Arc::new(Connection {
@@ -192,6 +193,7 @@ where
     } else {
         finish.await;
     }
+    tracing::info!("client detached");
     result
 }
 
@@ -265,7 +267,7 @@ async fn read_header<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io
 }
 
 /// Refuses requests the spec says to refuse, before touching the device.
-pub fn check(req: &RequestHeader, session: &Session) -> Result<(), Failure> {
+pub(crate) fn check(req: &RequestHeader, session: &Session) -> Result<(), Failure> {
     let allowed = match req.command {
         CMD_READ if session.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
         // With extended headers a write's length is its payload length
@@ -384,7 +386,12 @@ struct StatusDescriptor {
 /// The `base:allocation` chunk payload, descriptors with equal neighbours
 /// merged: context id then 32-bit (length, flags) pairs, or with extended
 /// headers context id, descriptor count, then 64-bit pairs.
-pub fn encode_block_status(extents: &[Extent], len: u64, req_one: bool, extended: bool) -> Vec<u8> {
+pub(crate) fn encode_block_status(
+    extents: &[Extent],
+    len: u64,
+    req_one: bool,
+    extended: bool,
+) -> Vec<u8> {
     let mut descriptors: Vec<StatusDescriptor> = Vec::new();
     for extent in extents.iter().filter(|e| e.len > 0) {
         let flags = match extent.state {

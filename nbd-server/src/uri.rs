@@ -1,24 +1,28 @@
-//! NBD URIs (the NBD URI specification's `nbd://` and `nbd+unix://` forms)
-//! for telling clients where an export is.
+//! NBD URIs (the NBD URI specification's `nbd://` and `nbd+unix://` forms,
+//! `nbds://` and `nbds+unix://` with TLS) for telling clients where an
+//! export is.
 
 use std::fmt::Write;
 use std::path::Path;
 
-/// `nbd://HOST:PORT/EXPORT`; IPv6 literals are bracketed.
-pub fn tcp_uri(host: &str, port: u16, export: &str) -> String {
+/// `nbd://HOST:PORT/EXPORT` (`nbds://` with TLS); IPv6 literals are
+/// bracketed.
+pub fn tcp_uri(host: &str, port: u16, export: &str, tls: bool) -> String {
     let host = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]")
     } else {
         host.to_string()
     };
-    format!("nbd://{host}:{port}/{}", encode(export, b"@"))
+    let scheme = if tls { "nbds" } else { "nbd" };
+    format!("{scheme}://{host}:{port}/{}", encode(export, b"@"))
 }
 
-/// `nbd+unix:///EXPORT?socket=PATH`.
-pub fn unix_uri(socket: &Path, export: &str) -> String {
+/// `nbd+unix:///EXPORT?socket=PATH` (`nbds+unix://` with TLS).
+pub fn unix_uri(socket: &Path, export: &str, tls: bool) -> String {
     let socket = socket.to_string_lossy();
+    let scheme = if tls { "nbds+unix" } else { "nbd+unix" };
     format!(
-        "nbd+unix:///{}?socket={}",
+        "{scheme}:///{}?socket={}",
         encode(export, b"@"),
         encode(&socket, b"/")
     )
@@ -45,17 +49,22 @@ mod tests {
     #[test]
     fn formats_tcp_and_unix_uris() {
         assert_eq!(
-            tcp_uri("127.0.0.1", 10809, "db@snap-1"),
+            tcp_uri("127.0.0.1", 10809, "db@snap-1", false),
             "nbd://127.0.0.1:10809/db@snap-1"
         );
-        assert_eq!(tcp_uri("::1", 10809, "v"), "nbd://[::1]:10809/v");
+        assert_eq!(tcp_uri("::1", 10809, "v", false), "nbd://[::1]:10809/v");
+        assert_eq!(tcp_uri("::1", 10809, "v", true), "nbds://[::1]:10809/v");
         assert_eq!(
-            unix_uri(Path::new("/run/ballast/nbd sock"), "vol"),
+            unix_uri(Path::new("/run/ballast/nbd sock"), "vol", false),
             "nbd+unix:///vol?socket=/run/ballast/nbd%20sock"
         );
         assert_eq!(
-            unix_uri(Path::new("/s&x=1"), "a b"),
+            unix_uri(Path::new("/s&x=1"), "a b", false),
             "nbd+unix:///a%20b?socket=/s%26x%3D1"
+        );
+        assert_eq!(
+            unix_uri(Path::new("/s"), "v", true),
+            "nbds+unix:///v?socket=/s"
         );
     }
 }

@@ -5,11 +5,11 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Once, OnceLock};
 use std::time::Duration;
 
 use ballast_nbd::proto::*;
-use ballast_nbd::{CancellationToken, ExportProvider, Server};
+use ballast_nbd::{CancellationToken, ExportProvider, Limits, Server, Tls, TlsConfig};
 use common::MemExports;
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,25 +27,67 @@ fn watch_panics() {
     });
 }
 
+/// A TLS configuration that requires TLS, with a PSK nobody here has.
+fn tls() -> Arc<Tls> {
+    static TLS: OnceLock<Arc<Tls>> = OnceLock::new();
+    TLS.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("ballast-fuzz-{}.psk", std::process::id()));
+        std::fs::write(&path, "alice:00112233445566778899aabbccddeeff\n").unwrap();
+        let config = TlsConfig {
+            required: true,
+            psk: Some(path.clone()),
+            ..Default::default()
+        };
+        let tls = Arc::new(Tls::new(&config).unwrap());
+        let _ = std::fs::remove_file(&path);
+        tls
+    })
+    .clone()
+}
+
 /// Feeds `input` to one server connection and returns once it has ended.
 fn drive(exports: Arc<MemExports>, input: Vec<u8>) {
+    let provider: Arc<dyn ExportProvider> = exports;
+    converse(Server::new(provider), input, None);
+}
+
+/// Sends `first` to one connection of `server`; if `then` is given, waits
+/// for the server's ACK to STARTTLS (or the end of the connection) and
+/// sends `then`. Returns once the connection has ended.
+fn converse(server: Arc<Server>, first: Vec<u8>, then: Option<Vec<u8>>) {
     watch_panics();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let provider: Arc<dyn ExportProvider> = exports;
-        let server = Server::new(provider);
         let (client, conn) = tokio::io::duplex(1 << 16);
         let shutdown = CancellationToken::new();
         let serving = tokio::spawn(async move { server.serve_connection(conn, &shutdown).await });
         let (mut rd, mut wr) = tokio::io::split(client);
+        let (acked, on_ack) = tokio::sync::oneshot::channel::<()>();
         let drain = tokio::spawn(async move {
-            let mut sink = Vec::new();
-            let _ = rd.read_to_end(&mut sink).await;
+            let mut ack = OPTION_REPLY_MAGIC.to_be_bytes().to_vec();
+            ack.extend_from_slice(&OPT_STARTTLS.to_be_bytes());
+            ack.extend_from_slice(&REP_ACK.to_be_bytes());
+            ack.extend_from_slice(&0u32.to_be_bytes());
+            let (mut seen, mut acked, mut buf) = (Vec::new(), Some(acked), [0u8; 4096]);
+            // Dropping `acked` at the end of the stream wakes the waiter too.
+            while let Ok(n @ 1..) = rd.read(&mut buf).await {
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(ack.len()).any(|w| w == ack) {
+                    if let Some(acked) = acked.take() {
+                        let _ = acked.send(());
+                    }
+                }
+            }
         });
-        let _ = wr.write_all(&input).await;
+        let _ = wr.write_all(&first).await;
+        if let Some(then) = then {
+            let waited = tokio::time::timeout(Duration::from_secs(10), on_ack).await;
+            assert!(waited.is_ok(), "no answer to STARTTLS");
+            let _ = wr.write_all(&then).await;
+        }
         let _ = wr.shutdown().await;
         let ended = tokio::time::timeout(Duration::from_secs(10), serving).await;
         assert!(ended.is_ok(), "connection did not end after EOF");
@@ -157,5 +199,40 @@ proptest! {
         }
         drive(exports.clone(), input);
         prop_assert!(exports.device("vol@s").contents() == snapshot, "a read-only export changed");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A server requiring TLS, fed well-formed options, then STARTTLS, and
+    /// once STARTTLS is acknowledged, bytes that are no TLS (or look like
+    /// TLS records but are not).
+    #[test]
+    fn tls_required_server_survives_anything(
+        options in proptest::collection::vec((0u32..12, proptest::collection::vec(any::<u8>(), 0..64)), 0..8),
+        records in proptest::collection::vec(
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..512),
+                (20u8..24, any::<u16>(), proptest::collection::vec(any::<u8>(), 0..512)).prop_map(|(kind, len, body)| {
+                    let mut r = vec![kind, 3, 3];
+                    r.extend_from_slice(&len.to_be_bytes());
+                    r.extend_from_slice(&body);
+                    r
+                }),
+            ],
+            0..4,
+        ),
+    ) {
+        let exports = exports();
+        let before = exports.device("vol").contents();
+        let mut prefix = (FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes().to_vec();
+        for (o, d) in options {
+            prefix.extend_from_slice(&option(o, &d));
+        }
+        prefix.extend_from_slice(&option(OPT_STARTTLS, &[]));
+        let provider: Arc<dyn ExportProvider> = exports.clone();
+        converse(Server::with_tls(provider, Limits::default(), tls()), prefix, Some(records.concat()));
+        prop_assert!(exports.device("vol").contents() == before);
     }
 }

@@ -46,6 +46,19 @@ pub struct NbdEndpoints {
     pub socket: std::path::PathBuf,
     /// The TCP listener, if NBD is served on TCP.
     pub tcp: Option<std::net::SocketAddr>,
+    /// TLS on both.
+    #[serde(default)]
+    pub tls: NbdTls,
+}
+
+/// TLS on the NBD endpoints: off, on (offered) or required.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NbdTls {
+    #[default]
+    Off,
+    On,
+    Require,
 }
 
 /// `ballast export --json`: the URIs of one export.
@@ -53,6 +66,9 @@ pub struct NbdEndpoints {
 pub struct ExportUris {
     pub export: String,
     pub read_only: bool,
+    /// TLS on the endpoints (the URIs are `nbds` ones unless off).
+    #[serde(default)]
+    pub tls: NbdTls,
     pub unix: String,
     pub tcp: Option<String>,
 }

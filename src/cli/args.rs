@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
     /// Run the daemon on the default root with default settings
     Serve(ServeArgs),
     #[command(flatten)]
@@ -101,9 +101,30 @@ pub struct DaemonArgs {
     /// NBD unix socket [default: ROOT/nbd.sock]
     #[arg(long, value_name = "PATH")]
     pub nbd_socket: Option<PathBuf>,
-    /// NBD TCP listener as ADDR:PORT, or "off" [default: 127.0.0.1:10809]
+    /// Let members of GROUP use the NBD unix socket too (mode 0660) [default: the daemon's user only, 0600]
+    #[arg(long, value_name = "GROUP")]
+    pub nbd_group: Option<String>,
+    /// Serve NBD on TCP too, at ADDR:PORT; off loopback it needs --tls require [default: unix socket only]
     #[arg(long, value_name = "ADDR:PORT")]
     pub nbd_listen: Option<String>,
+    /// TLS on the NBD sockets: off, on (offered; plain clients are served too) or require
+    #[arg(long, value_name = "MODE", default_value = "off")]
+    pub tls: String,
+    /// NBD TLS: the server's certificate chain (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// NBD TLS: the private key of --tls-cert (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// NBD TLS: require client certificates signed by this CA (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// NBD TLS: pre-shared keys, one USERNAME:HEXKEY a line (psktool's format)
+    #[arg(long, value_name = "FILE")]
+    pub tls_psk: Option<PathBuf>,
+    /// NBD TLS: which exports each client identity may use, lines "IDENTITY: EXPORT..." (needs --tls require)
+    #[arg(long, value_name = "FILE")]
+    pub tls_allow: Option<PathBuf>,
     /// Serve the Docker volume plugin as NAME (socket /run/docker/plugins/NAME.sock)
     #[arg(long, value_name = "NAME")]
     pub docker_plugin: Option<String>,

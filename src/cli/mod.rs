@@ -10,7 +10,7 @@ pub mod output;
 use anyhow::Result;
 use ballast_engine::{format_size, parse_size, parse_snapshot_ref, validate_name};
 
-use crate::api::types::{CreateVolume, ExportUris, SnapshotInfo, VolumeInfo};
+use crate::api::types::{CreateVolume, ExportUris, NbdTls, SnapshotInfo, VolumeInfo};
 use crate::client::Client;
 use args::{ClientCommand, CreateArgs, SnapshotCommand};
 use output::{emit, format_time, json, Table};
@@ -124,13 +124,15 @@ async fn export_uris(client: &Client, export: &str, as_json: bool) -> Result<Str
         }
     };
     let endpoints = client.nbd().await?;
+    let tls = endpoints.tls != NbdTls::Off;
     let uris = ExportUris {
         export: export.to_string(),
         read_only,
-        unix: ballast_nbd::unix_uri(&endpoints.socket, export),
+        tls: endpoints.tls,
+        unix: ballast_nbd::unix_uri(&endpoints.socket, export, tls),
         tcp: endpoints
             .tcp
-            .map(|a| ballast_nbd::tcp_uri(&a.ip().to_string(), a.port(), export)),
+            .map(|a| ballast_nbd::tcp_uri(&a.ip().to_string(), a.port(), export, tls)),
     };
     Ok(if as_json {
         json(&uris)

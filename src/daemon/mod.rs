@@ -24,14 +24,17 @@ use tracing::info;
 
 use crate::api::{self, state::ApiState};
 use crate::ops;
-pub use config::{DaemonConfig, NbdListen};
+pub use config::DaemonConfig;
+pub use nbd::{NbdConfig, TlsFiles};
 use services::Services;
+pub use socket::group_id;
 
 /// How often the commit timer makes recent writes durable.
 const COMMIT_PERIOD: Duration = Duration::from_secs(5);
 
 /// Runs the daemon until SIGINT/SIGTERM.
 pub async fn run(config: DaemonConfig) -> Result<()> {
+    let tls = nbd::load_tls(&config.nbd)?;
     let mut services = Services::new()?;
     DirBuilder::new()
         .recursive(true)
@@ -39,9 +42,20 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         .create(&config.root)
         .with_context(|| format!("cannot create root directory {}", config.root.display()))?;
     let _root_lock = lock::RootLock::acquire(&config.root)?;
-    let (listener, _socket_file) =
-        socket::bind(&config.control_socket, "control", "--control-socket").await?;
-    let nbd = nbd::bind(&config.nbd_socket, config.nbd_listen).await?;
+    let (listener, _socket_file) = socket::bind(
+        &config.control_socket,
+        "control",
+        "--control-socket",
+        socket::Access::Owner,
+    )
+    .await?;
+    let nbd = nbd::bind(
+        &config.nbd,
+        tls,
+        &config.root,
+        config.docker_plugin.is_some(),
+    )
+    .await?;
     let docker_socket = config
         .docker_plugin
         .as_deref()
@@ -74,6 +88,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         let pool = pool.clone();
         move |shutdown| commit::run(pool, COMMIT_PERIOD, shutdown)
     });
+    let driver_socket = nbd.driver_socket();
     nbd.spawn(&mut services, pool.clone());
     if let Some(socket) = docker_socket {
         docker::spawn(
@@ -81,7 +96,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
             socket,
             pool.clone(),
             &config.root,
-            &config.nbd_socket,
+            &driver_socket,
         )?;
     }
     // Further services are

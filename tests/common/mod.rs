@@ -4,6 +4,10 @@
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code, unreachable_pub)]
 
+/// Test certificates and PSK files, shared with the NBD server's tests.
+#[path = "../../nbd-server/tests/common/pki.rs"]
+pub mod pki;
+
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -1,7 +1,7 @@
 //! Binding a unix socket the way a daemon must: a socket file left by a dead
 //! process is replaced, a live one (something still accepts on it) and any
-//! other kind of file are never touched, and the socket gets its mode right
-//! after `bind`, before the listener is handed to anyone.
+//! other kind of file are never touched, and the socket file is created
+//! with its final mode: nobody outside it can connect, not even for a moment.
 
 use std::fs::{self, DirBuilder, Permissions};
 use std::io;
@@ -21,6 +21,9 @@ pub struct BindOptions {
     /// Permission bits of the parent directory if it has to be created;
     /// `None` leaves them to the process umask.
     pub dir_mode: Option<u32>,
+    /// The group the socket file is given (its owner stays the process's
+    /// user); `None` keeps the process's group.
+    pub group: Option<u32>,
 }
 
 /// Why a socket could not be bound. Each message names the path.
@@ -103,14 +106,36 @@ pub fn bind(path: &Path, options: &BindOptions) -> Result<(UnixListener, SocketF
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(BindError::io("inspect", path)(e)),
     }
-    let listener = UnixListener::bind(path).map_err(BindError::io("bind socket", path))?;
-    // From here on the file is ours: removed again if setting the mode fails.
+    let listener =
+        bind_with_mode(path, options.mode).map_err(BindError::io("bind socket", path))?;
+    // From here on the file is ours: removed again if the rest fails.
     let file = SocketFile {
         path: path.to_path_buf(),
     };
+    if let Some(gid) = options.group {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(BindError::io("change the group of", path))?;
+    }
+    // Exactly `mode`, whatever bits the umask took away.
     fs::set_permissions(path, Permissions::from_mode(options.mode))
         .map_err(BindError::io("set permissions on", path))?;
     Ok((listener, file))
+}
+
+/// Binds `path` with the socket file created at `mode` or narrower, by
+/// narrowing the umask around bind(2): a socket chmod-ed only after bind
+/// could be connected to, and its connection served, in between.
+///
+/// The umask is process-wide: daemons bind at start-up, before any service
+/// that creates files, and the umask is restored at once.
+fn bind_with_mode(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    let mask = !mode & 0o777;
+    // SAFETY: umask(2) only swaps the process's file mode creation mask.
+    let old = unsafe { libc::umask(mask as libc::mode_t) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above; restores the mask found.
+    unsafe { libc::umask(old) };
+    bound
 }
 
 /// Whether a process accepts connections on the socket at `path`. A full
@@ -119,5 +144,35 @@ fn is_live(path: &Path) -> bool {
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => true,
         Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The process's umask, read without changing it.
+    fn umask() -> u32 {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+        u32::from_str_radix(line.split_whitespace().nth(1).unwrap(), 8).unwrap()
+    }
+
+    #[test]
+    fn sockets_are_created_with_their_final_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = umask();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        for (name, mode) in [("owner.sock", 0o600), ("group.sock", 0o660)] {
+            let path = dir.path().join(name);
+            let _listener = bind_with_mode(&path, mode).unwrap();
+            let created = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(created, mode, "{name}");
+        }
+        assert_eq!(umask(), before);
     }
 }

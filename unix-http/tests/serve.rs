@@ -19,6 +19,7 @@ const OPTIONS: BindOptions = BindOptions {
     name: "test",
     mode: 0o600,
     dir_mode: Some(0o700),
+    group: None,
 };
 
 /// `/echo` answers the body's length; `/slow` waits for `release`, then

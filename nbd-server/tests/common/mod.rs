@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod memory;
+pub mod pki;
 pub mod raw;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use ballast_engine::{Pool, PoolConfig};
 use ballast_nbd::{
     serve_tcp, serve_unix, tcp_uri, unix_uri, CancellationToken, EngineExports, ExportProvider,
-    Limits, Server,
+    Limits, Server, Tls,
 };
 
 pub use memory::MemExports;
@@ -49,6 +50,19 @@ impl Harness {
         Self::start(
             dir,
             Server::with_limits(provider, limits),
+            Backend::Memory(exports),
+            new_runtime(),
+        )
+    }
+
+    /// A server over in-memory exports offering or requiring TLS.
+    pub fn memory_tls(tls: Arc<Tls>, limits: Limits) -> Harness {
+        let exports = Arc::new(MemExports::default());
+        let provider: Arc<dyn ExportProvider> = exports.clone();
+        let dir = tempfile::tempdir().unwrap();
+        Self::start(
+            dir,
+            Server::with_tls(provider, limits, tls),
             Backend::Memory(exports),
             new_runtime(),
         )
@@ -175,11 +189,37 @@ impl Harness {
     }
 
     pub fn unix_uri(&self, export: &str) -> String {
-        unix_uri(&self.socket, export)
+        unix_uri(&self.socket, export, false)
     }
 
     pub fn tcp_uri(&self, export: &str) -> String {
-        tcp_uri("127.0.0.1", self.port, export)
+        tcp_uri("127.0.0.1", self.port, export, false)
+    }
+
+    /// `nbds+unix://` for `export`, with `query` (e.g. `tls-psk-file=...`)
+    /// appended.
+    pub fn tls_unix_uri(&self, export: &str, query: &str) -> String {
+        format!("{}&{query}", unix_uri(&self.socket, export, true))
+    }
+
+    /// `nbds+unix://USER@/EXPORT?socket=...&tls-psk-file=PSK`: the user
+    /// in the URI is the PSK username.
+    pub fn psk_unix_uri(&self, user: &str, export: &str, psk: &Path) -> String {
+        let uri = unix_uri(&self.socket, export, true);
+        let uri = uri.replacen(":///", &format!("://{user}@/"), 1);
+        format!("{uri}&tls-psk-file={}", psk.display())
+    }
+
+    /// `nbds://localhost:PORT/EXPORT?QUERY` (localhost: the name the
+    /// test server certificate is for).
+    pub fn tls_tcp_uri(&self, export: &str, query: &str) -> String {
+        format!("{}?{query}", tcp_uri("localhost", self.port, export, true))
+    }
+
+    /// `nbds://USER@localhost:PORT/EXPORT?tls-psk-file=PSK`.
+    pub fn psk_tcp_uri(&self, user: &str, export: &str, psk: &Path) -> String {
+        let uri = tcp_uri(&format!("{user}@localhost"), self.port, export, true);
+        format!("{uri}?tls-psk-file={}", psk.display())
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

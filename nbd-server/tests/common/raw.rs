@@ -2,16 +2,68 @@
 //! malformed input, pipelining, extended headers.
 
 use std::io::{Read, Write};
+use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
 use ballast_nbd::proto::*;
+use openssl::ssl::{Ssl, SslStream};
 
 pub struct Raw {
-    pub s: UnixStream,
+    pub s: Conn,
     /// Extended headers negotiated: 32-byte requests and replies.
     pub extended: bool,
+}
+
+/// The client's end of the connection: plain, or TLS after STARTTLS.
+pub enum Conn {
+    Plain(UnixStream),
+    Tls(Box<SslStream<UnixStream>>),
+    /// Only while upgrading.
+    Upgrading,
+}
+
+impl Conn {
+    fn socket(&self) -> &UnixStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref(),
+            Conn::Upgrading => panic!("connection lost in a failed upgrade"),
+        }
+    }
+
+    pub fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
+        self.socket().shutdown(how)
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+            Conn::Upgrading => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+            Conn::Upgrading => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+            Conn::Upgrading => Ok(()),
+        }
+    }
 }
 
 pub struct Chunk {
@@ -39,7 +91,48 @@ impl Raw {
     pub fn connect(path: &Path) -> Raw {
         let s = UnixStream::connect(path).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Raw { s, extended: false }
+        Raw {
+            s: Conn::Plain(s),
+            extended: false,
+        }
+    }
+
+    /// Sends NBD_OPT_STARTTLS, expects its ACK, and runs the client side
+    /// of the TLS handshake with `ssl`.
+    pub fn starttls(&mut self, ssl: Ssl) -> Result<(), openssl::ssl::Error> {
+        self.option(OPT_STARTTLS, &[]);
+        assert_eq!(self.option_reply(), (OPT_STARTTLS, REP_ACK, vec![]));
+        self.upgrade(ssl)
+    }
+
+    /// The client side of a TLS handshake on the plain connection.
+    pub fn upgrade(&mut self, ssl: Ssl) -> Result<(), openssl::ssl::Error> {
+        let Conn::Plain(plain) = std::mem::replace(&mut self.s, Conn::Upgrading) else {
+            panic!("TLS is already running");
+        };
+        let tls = ssl.connect(plain).map_err(|e| match e {
+            openssl::ssl::HandshakeError::Failure(mid) => mid.into_error(),
+            openssl::ssl::HandshakeError::SetupFailure(stack) => stack.into(),
+            openssl::ssl::HandshakeError::WouldBlock(mid) => mid.into_error(),
+        })?;
+        self.s = Conn::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// Reads the option replies to NBD_OPT_LIST until its ACK: the names.
+    pub fn list(&mut self) -> Vec<String> {
+        self.option(OPT_LIST, &[]);
+        let mut names = Vec::new();
+        loop {
+            let (opt, kind, data) = self.option_reply();
+            assert_eq!(opt, OPT_LIST);
+            if kind == REP_ACK {
+                return names;
+            }
+            assert_eq!(kind, REP_SERVER, "{}", String::from_utf8_lossy(&data));
+            let len = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
+            names.push(String::from_utf8(data[4..4 + len].to_vec()).unwrap());
+        }
     }
 
     pub fn read_n(&mut self, n: usize) -> Vec<u8> {
@@ -109,7 +202,7 @@ impl Raw {
         self.select_and_go(name, meta)
     }
 
-    fn select_and_go(&mut self, name: &str, meta: bool) -> (u64, u16) {
+    pub fn select_and_go(&mut self, name: &str, meta: bool) -> (u64, u16) {
         if meta {
             let mut p = Self::name_payload(name);
             p.extend_from_slice(&1u32.to_be_bytes());
@@ -247,16 +340,24 @@ impl Raw {
         }
     }
 
-    /// True once the server has closed the connection (EOF or reset).
+    /// True once the server has closed the connection (EOF or reset),
+    /// after whatever it sent last (a TLS alert, say); false if it keeps
+    /// the connection open past the read timeout or sends more than a
+    /// little.
     pub fn closed(&mut self) -> bool {
-        let mut buf = [0u8; 1];
-        match self.s.read(&mut buf) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => !matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
+        let mut buf = [0u8; 4096];
+        for _ in 0..16 {
+            match self.s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    )
+                }
+            }
         }
+        false
     }
 }
