@@ -58,6 +58,8 @@ pub struct VolumeView {
     pub summary: VolumeSummary,
     /// Present while the volume is mounted.
     pub mountpoint: Option<PathBuf>,
+    /// How it is attached, while it is.
+    pub attachment: Option<Attachment>,
 }
 
 pub struct Driver<B, H> {
@@ -89,35 +91,61 @@ impl<B: Backend, H: Host> Driver<B, H> {
         })
     }
 
-    /// Start-up reconciliation. An attachment never outlives the daemon
-    /// that made it (its NBD connection died with that daemon), so every
-    /// recorded or leaked attachment is torn down, and volumes that Docker
-    /// still has mounted are attached and mounted afresh: containers started
+    /// Start-up reconciliation. Attachments an earlier daemon recorded are
+    /// taken over where the host can (a FUSE connection kept across the
+    /// restart: containers using the volume carry on); the others, and
+    /// whatever else it left behind, are torn down, and volumes Docker still
+    /// has mounted are attached and mounted afresh, so containers started
     /// from now on get a working filesystem.
     pub async fn recover(&self) {
-        let stale: Vec<Attachment> = {
+        let recorded: Vec<(String, Attachment, bool)> = {
             let state = self.state.lock().unwrap();
             state
                 .volumes
-                .values()
-                .filter_map(|v| v.attachment.clone())
+                .iter()
+                .filter_map(|(name, v)| {
+                    let a = v.attachment.clone()?;
+                    Some((name.clone(), a, !v.mount_ids.is_empty()))
+                })
                 .collect()
         };
-        self.host.clear_stale(&stale, &self.layout.dir).await;
+        let mut live = Vec::new();
+        let mut stale = Vec::new();
+        for (name, attachment, held) in recorded {
+            if self.host.resume(&name, &attachment).await {
+                live.push((name, attachment, held));
+            } else {
+                stale.push(attachment);
+            }
+        }
+        let kept: Vec<Attachment> = live.iter().map(|(_, a, _)| a.clone()).collect();
+        self.host.clear_stale(&stale, &kept, &self.layout.dir).await;
         let result = self.update(|state| {
-            for volume in state.volumes.values_mut() {
-                volume.attachment = None;
+            for (name, volume) in state.volumes.iter_mut() {
+                if !live.iter().any(|(n, _, _)| n == name) {
+                    volume.attachment = None;
+                }
             }
         });
         if let Err(e) = result {
             error!("{e}");
+        }
+        // A daemon killed between Docker's last Unmount and the detach.
+        for (name, attachment, held) in &live {
+            if !held {
+                let lock = self.lock(name);
+                let _guard = lock.lock().await;
+                if let Err(e) = self.detach(name, attachment).await {
+                    warn!(volume = %name, "cannot detach a volume no container uses: {e}");
+                }
+            }
         }
         let held: Vec<String> = {
             let state = self.state.lock().unwrap();
             state
                 .volumes
                 .iter()
-                .filter(|(_, v)| !v.mount_ids.is_empty())
+                .filter(|(_, v)| !v.mount_ids.is_empty() && v.attachment.is_none())
                 .map(|(name, _)| name.clone())
                 .collect()
         };
@@ -133,6 +161,12 @@ impl<B: Backend, H: Host> Driver<B, H> {
                 }
             }
         }
+    }
+
+    /// At daemon shutdown: the host stops serving attachments it can hand
+    /// to the next daemon; filesystems stay mounted for the containers.
+    pub async fn shutdown(&self) {
+        self.host.suspend().await;
     }
 
     pub async fn create(
@@ -271,9 +305,12 @@ impl<B: Backend, H: Host> Driver<B, H> {
     }
 
     fn view(&self, summary: VolumeSummary) -> VolumeView {
-        let mounted = self.with_volume(&summary.name, |v| v.attachment.is_some());
+        let attachment = self.with_volume(&summary.name, |v| v.attachment.clone());
         VolumeView {
-            mountpoint: mounted.then(|| mountpoint(&self.layout.target(&summary.name))),
+            mountpoint: attachment
+                .is_some()
+                .then(|| mountpoint(&self.layout.target(&summary.name))),
+            attachment,
             summary,
         }
     }
@@ -290,7 +327,7 @@ impl<B: Backend, H: Host> Driver<B, H> {
             }
             warn!(
                 volume = name,
-                "the volume's mount is dead (nbdfuse or NBD connection gone); mounting it again"
+                "the volume's mount is dead (its device is no longer served); mounting it again"
             );
             self.host.release(&attachment).await;
             self.update(|state| {

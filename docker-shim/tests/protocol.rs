@@ -123,8 +123,10 @@ struct FakeHost {
     backend: FakeBackend,
     calls: Arc<Mutex<Vec<String>>>,
     fail_mounts: Arc<Mutex<bool>>,
-    /// Attachments reported dead (nbdfuse gone, say).
+    /// Attachments reported dead (their server gone, say).
     dead: Arc<Mutex<bool>>,
+    /// Whether attachments recorded by an earlier daemon can be taken over.
+    resumable: bool,
 }
 
 impl FakeHost {
@@ -134,6 +136,7 @@ impl FakeHost {
             calls: Arc::default(),
             fail_mounts: Arc::default(),
             dead: Arc::default(),
+            resumable: false,
         }
     }
 
@@ -196,11 +199,20 @@ impl Host for FakeHost {
             .push(format!("release {}", attachment.target.display()));
     }
 
-    async fn clear_stale(&self, attachments: &[Attachment], _dir: &Path) {
+    async fn resume(&self, volume: &str, _attachment: &Attachment) -> bool {
+        self.calls.lock().unwrap().push(format!("resume {volume}"));
+        self.resumable
+    }
+
+    async fn clear_stale(&self, stale: &[Attachment], live: &[Attachment], _dir: &Path) {
         self.calls
             .lock()
             .unwrap()
-            .push(format!("clear_stale {}", attachments.len()));
+            .push(format!("clear_stale {} live={}", stale.len(), live.len()));
+    }
+
+    async fn suspend(&self) {
+        self.calls.lock().unwrap().push("suspend".into());
     }
 }
 
@@ -236,7 +248,15 @@ impl Fixture {
 
     /// A second driver on the same state directory, as after a restart.
     async fn restart(&mut self) {
+        self.restart_with(false).await
+    }
+
+    /// A restart after which the host can (or cannot) take over the
+    /// attachments the first driver recorded.
+    async fn restart_with(&mut self, resumable: bool) {
+        self.driver.shutdown().await;
         self.host = FakeHost::new(&self.backend);
+        self.host.resumable = resumable;
         let driver = Driver::open(
             self.backend.clone(),
             self.host.clone(),
@@ -569,19 +589,20 @@ async fn mount_counts_survive_a_restart() {
         .await;
 
     f.restart().await;
-    // The old attachment is torn down and the volume mounted afresh.
+    // The old attachment cannot be taken over: it is torn down and the
+    // volume mounted afresh.
     assert_eq!(
         f.host.calls(),
-        vec!["clear_stale 1", "mount v1 format=None"]
+        vec!["resume v1", "clear_stale 1 live=0", "mount v1 format=None"]
     );
     let got = f.call("/VolumeDriver.Get", json!({"Name": "v1"})).await;
     assert_ne!(got["Volume"]["Mountpoint"], "");
     f.call("/VolumeDriver.Unmount", json!({"Name": "v1", "ID": "a"}))
         .await;
-    assert_eq!(f.host.calls().len(), 2);
+    assert_eq!(f.host.calls().len(), 3);
     f.call("/VolumeDriver.Unmount", json!({"Name": "v1", "ID": "b"}))
         .await;
-    assert_eq!(f.host.calls().len(), 3);
+    assert_eq!(f.host.calls().len(), 4);
 
     // "idle" was never mounted: still formatted on its first mount.
     f.restart().await;
@@ -589,7 +610,51 @@ async fn mount_counts_survive_a_restart() {
         .await;
     assert_eq!(
         f.host.calls(),
-        vec!["clear_stale 0", "mount idle format=Some(Ext4)"]
+        vec!["clear_stale 0 live=0", "mount idle format=Some(Ext4)"]
+    );
+}
+
+#[tokio::test]
+async fn attachments_taken_over_after_a_restart_stay_mounted() {
+    let mut f = Fixture::new();
+    for name in ["held", "let-go"] {
+        f.call(
+            "/VolumeDriver.Create",
+            json!({"Name": name, "Opts": {"size": "1G"}}),
+        )
+        .await;
+        f.call("/VolumeDriver.Mount", json!({"Name": name, "ID": "a"}))
+            .await;
+    }
+    let got = f.call("/VolumeDriver.Get", json!({"Name": "held"})).await;
+    assert_eq!(got["Volume"]["Status"]["attached"], "kernel-nbd /dev/loop9");
+    // The daemon dies after Docker's last Unmount of "let-go" was
+    // counted but before the volume was detached.
+    let path = f.dir.0.join("docker/state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["volumes"]["let-go"]["mount_ids"] = json!([]);
+    std::fs::write(&path, state.to_string()).unwrap();
+
+    f.restart_with(true).await;
+    assert_eq!(
+        f.host.calls()[..3],
+        ["resume held", "resume let-go", "clear_stale 0 live=2"]
+    );
+    assert_eq!(
+        f.host.calls()[3..],
+        [format!("unmount {}", f.mount_target("let-go").display())],
+        "taken over, and detached as no container holds it; nothing remounted"
+    );
+    let got = f.call("/VolumeDriver.Get", json!({"Name": "held"})).await;
+    assert_ne!(got["Volume"]["Mountpoint"], "");
+    let got = f.call("/VolumeDriver.Get", json!({"Name": "let-go"})).await;
+    assert_eq!(got["Volume"]["Mountpoint"], "");
+    // The taken-over attachment is unmounted when its container goes.
+    f.call("/VolumeDriver.Unmount", json!({"Name": "held", "ID": "a"}))
+        .await;
+    assert_eq!(
+        f.host.calls().last().unwrap(),
+        &format!("unmount {}", f.mount_target("held").display())
     );
 }
 

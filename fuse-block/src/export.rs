@@ -79,7 +79,8 @@ pub struct FileExport<B: Backing> {
     device: Arc<Device>,
     negotiated: Negotiated,
     stop: CancellationToken,
-    task: JoinHandle<io::Result<()>>,
+    /// The serving task; taken by `suspend` and `unmount`.
+    task: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl<B: Backing> FileExport<B> {
@@ -184,7 +185,7 @@ impl<B: Backing> FileExport<B> {
             device,
             negotiated,
             stop,
-            task,
+            task: Some(task),
         }
     }
 
@@ -213,7 +214,7 @@ impl<B: Backing> FileExport<B> {
     /// Whether requests are still being served (false once the
     /// filesystem is unmounted or the connection aborted).
     pub fn is_serving(&self) -> bool {
-        !self.task.is_finished()
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     pub fn backing(&self) -> &B {
@@ -223,9 +224,12 @@ impl<B: Backing> FileExport<B> {
     /// Stops serving for a daemon restart: requests already read are
     /// answered, the rest wait in the kernel, and what was written is
     /// committed. The mount stays; a holder must keep the descriptors.
-    pub async fn suspend(self) {
+    pub async fn suspend(mut self) {
         self.stop.cancel();
-        match self.task.await {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        match task.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(dir = %self.dir.display(), "FUSE server failed: {e}"),
             Err(e) => warn!(dir = %self.dir.display(), "FUSE server task failed: {e}"),
@@ -238,7 +242,7 @@ impl<B: Backing> FileExport<B> {
     /// Unmounts (once whatever had the file open let go of it) and waits
     /// for the server to end. A mount still busy after a few seconds is
     /// detached lazily.
-    pub async fn unmount(self) -> io::Result<()> {
+    pub async fn unmount(mut self) -> io::Result<()> {
         let deadline = Instant::now() + BUSY_TIMEOUT;
         loop {
             match mount::unmount(&self.dir, false) {
@@ -255,10 +259,19 @@ impl<B: Backing> FileExport<B> {
             }
         }
         self.stop.cancel();
-        match self.task.await {
-            Ok(result) => result,
-            Err(e) => Err(io::Error::other(e)),
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or_else(|e| Err(io::Error::other(e))),
+            None => Ok(()),
         }
+    }
+}
+
+impl<B: Backing> Drop for FileExport<B> {
+    /// An export dropped without [`FileExport::suspend`] or
+    /// [`FileExport::unmount`] stops reading requests; the connection
+    /// waits for whoever else holds its descriptor.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

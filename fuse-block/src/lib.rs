@@ -21,11 +21,12 @@ mod abi;
 mod backing;
 mod dev;
 mod export;
+pub mod holder;
 mod mount;
 pub mod redo;
 mod session;
 
 pub use backing::Backing;
 pub use export::{ExportError, FileExport, Handoff, LOG_CAPACITY};
-pub use mount::{abort, connection, FSTYPE};
+pub use mount::{unmount, FSTYPE};
 pub use session::{FILE_NAME, MAX_IO};

@@ -1,5 +1,4 @@
-//! Mounting and unmounting the FUSE filesystem, and reaching its
-//! connection in `/sys/fs/fuse/connections`.
+//! Mounting and unmounting the FUSE filesystem.
 
 use std::ffi::CString;
 use std::io;
@@ -61,40 +60,4 @@ pub fn unmount(dir: &Path, lazy: bool) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// The FUSE connection mounted on `dir` (its device minor, the name of
-/// its directory in `/sys/fs/fuse/connections`), read from mountinfo so
-/// that a connection no one serves is never touched.
-pub fn connection(dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let dir = escape(dir.as_os_str().as_bytes());
-    text.lines().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        let fields: Vec<&str> = before.split(' ').collect();
-        let fstype = after.split(' ').next()?;
-        if fstype != FSTYPE || fields.get(4)?.as_bytes() != dir.as_slice() {
-            return None;
-        }
-        let (major, minor) = fields.get(2)?.split_once(':')?;
-        (major == "0").then(|| minor.parse().ok())?
-    })
-}
-
-/// A path as mountinfo shows it (octal escapes for blanks and `\\`).
-fn escape(path: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(path.len());
-    for &b in path {
-        match b {
-            b' ' | b'\t' | b'\n' | b'\\' => out.extend_from_slice(format!("\\{b:03o}").as_bytes()),
-            _ => out.push(b),
-        }
-    }
-    out
-}
-
-/// Aborts FUSE connection `id`: every request waiting on it, and every
-/// later one, fails with an I/O error.
-pub fn abort(id: u32) -> io::Result<()> {
-    std::fs::write(format!("/sys/fs/fuse/connections/{id}/abort"), "1")
 }

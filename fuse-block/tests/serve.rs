@@ -342,7 +342,6 @@ fn a_new_server_takes_over_and_replays_what_was_acknowledged() {
         log.try_clone_to_owned().unwrap(),
     );
     let handoff = export.handoff();
-    drop(export);
 
     let disk = open_direct(&file);
     let mut storage = Vec::new();
@@ -355,6 +354,7 @@ fn a_new_server_takes_over_and_replays_what_was_acknowledged() {
     buf.fill(2);
     disk.write_all_at(buf, 4096).unwrap();
     first.shutdown_background();
+    drop(export);
 
     let paused = std::thread::spawn(move || {
         let mut storage = Vec::new();

@@ -8,8 +8,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ballast_backupstore::NoProgress;
-use ballast_docker::{Backend, BackendError, Driver, Layout, LinuxHost, VolumeSummary, PLUGIN_DIR};
+use ballast_docker::{
+    AttachPath, Backend, BackendError, Driver, Layout, LinuxHost, VolumeSummary, PLUGIN_DIR,
+};
 use ballast_engine::{Error, Pool, VolumeInfo};
+use ballast_fuse::holder::Holder;
 use tokio::net::UnixListener;
 use tracing::info;
 
@@ -17,6 +20,8 @@ use super::services::Services;
 
 /// Driver state and mounts live in `ROOT/docker/`.
 const DOCKER_DIR: &str = "docker";
+/// The FUSE descriptor holder's socket, in `ROOT/docker/`.
+const HOLDER_SOCKET: &str = "fuse-holder.sock";
 
 /// The pool, as the driver sees it.
 pub struct PoolBackend {
@@ -117,27 +122,45 @@ pub fn bind(name: &str) -> Result<(UnixListener, PathBuf)> {
     Ok((listener, path))
 }
 
-/// Recovers earlier mounts, then serves Docker until shutdown.
+/// The holder that keeps FUSE connections open across restarts: this
+/// binary's hidden `fuse-holder` command.
+fn holder(dir: &Path) -> Result<Holder> {
+    let socket = dir.join(HOLDER_SOCKET);
+    let exe = std::env::current_exe().context("cannot find the ballast binary")?;
+    let command = vec![
+        exe.into_os_string(),
+        "fuse-holder".into(),
+        "--socket".into(),
+        socket.clone().into_os_string(),
+    ];
+    Ok(Holder::new(socket, command))
+}
+
+/// Recovers earlier mounts (taking over the FUSE connections an earlier
+/// daemon left), then serves Docker until shutdown, when it pauses the
+/// FUSE connections for the next daemon.
 pub fn spawn(
     services: &mut Services,
     (listener, path): (UnixListener, PathBuf),
     pool: Pool,
     root: &Path,
     nbd_socket: &Path,
+    attach: Option<AttachPath>,
 ) -> Result<()> {
     let dir = root.join(DOCKER_DIR);
     let backend = PoolBackend {
-        pool,
+        pool: pool.clone(),
         nbd_socket: nbd_socket.to_path_buf(),
     };
-    let host = LinuxHost::new(&dir);
+    let host = LinuxHost::new(&dir, pool, holder(&dir)?, attach);
     let driver = Driver::open(backend, host, Layout::new(dir))?;
     services.spawn("Docker plugin", move |shutdown| async move {
         let driver = Arc::new(driver);
         driver.recover().await;
         info!(socket = %path.display(), "serving the Docker volume plugin");
-        ballast_docker::serve(listener, driver, shutdown.cancelled_owned()).await;
+        ballast_docker::serve(listener, Arc::clone(&driver), shutdown.cancelled_owned()).await;
         let _ = fs::remove_file(&path);
+        driver.shutdown().await;
         Ok(())
     });
     Ok(())

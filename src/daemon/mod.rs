@@ -40,6 +40,8 @@ pub struct DaemonConfig {
     pub nbd_listen: NbdListen,
     /// Serve the Docker volume plugin under this name.
     pub docker_plugin: Option<String>,
+    /// How Docker volumes are attached; `None`: the best the host has.
+    pub docker_attach: Option<ballast_docker::AttachPath>,
 }
 
 /// Where the NBD server listens on TCP.
@@ -106,6 +108,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
             pool.clone(),
             &config.root,
             &config.nbd_socket,
+            config.docker_attach,
         )?;
     }
     // Further services are
