@@ -27,9 +27,10 @@
 # pgbench (scale PG_SCALE, PG_CLIENTS clients, PG_TIME s, after a fresh
 # initdb and `pgbench -i` each time): the server is this host's PostgreSQL,
 # run with its data directory inside the ballast volume's mountpoint (the
-# directory Docker bind-mounts into containers: the same filesystem, loop
-# device and FUSE file a containerised server would write to) while a
-# container holds the volume, and then inside the host directory.
+# directory Docker bind-mounts into containers, bind-mounted the same way
+# for the postgres user: the same filesystem, loop device and FUSE file a
+# containerised server would write to) while a container holds the volume,
+# and then inside the host directory.
 #
 # Env: BENCH_DIR (default /var/tmp/ballast-docker-bench; not tmpfs),
 #      RUNTIME seconds per fio run (default 8), ROUNDS (default 3),
@@ -72,9 +73,14 @@ DOCKER=(docker)
 DOCKERD_PID=
 DAEMON_PID=
 CONTAINER=
+PGVOL=$BENCH_DIR/pgvol
 
 cleanup() {
     set +e
+    if [ -n "$PG_BIN" ] && [ -f "$BENCH_DIR/pg.pid" ]; then
+        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$(cat "$BENCH_DIR/pg.pid")" -m immediate stop >/dev/null 2>&1
+    fi
+    mountpoint -q "$PGVOL" && umount "$PGVOL"
     [ -n "$CONTAINER" ] && "${DOCKER[@]}" rm -f "$CONTAINER" >/dev/null 2>&1
     if [ -n "$DAEMON_PID" ]; then
         "${DOCKER[@]}" volume rm -f bench >/dev/null 2>&1
@@ -182,6 +188,7 @@ kind = "read" if "read" in workload else "write"
 d = job[kind]
 print(f"fio\t{rnd}\t{target}\t{workload}\t{d['iops']:.1f}\t{d['bw'] / 1024:.1f}")
 PY
+            tail -1 "$RESULTS" >&2
         done
         echo "round $round: $w done" >&2
     done
@@ -190,7 +197,7 @@ done
 pgbench_run() { # target round
     local data
     case $1 in
-        ballast) data=$MOUNTPOINT/pgdata ;;
+        ballast) data=$PGVOL/pgdata ;;
         host) data=$BENCH_DIR/host/pgdata ;;
     esac
     rm -rf "$data"
@@ -201,6 +208,7 @@ pgbench_run() { # target round
     mkdir -p "$sockdir"
     chown postgres: "$sockdir"
     runuser -u postgres -- "$PG_BIN/initdb" -D "$data" --no-locale -E UTF8 -A trust >/dev/null
+    echo "$data" >"$BENCH_DIR/pg.pid"
     runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$data" -l "$BENCH_DIR/pg.log" -w \
         -o "-k $sockdir -c listen_addresses='' -c shared_buffers=128MB" start >/dev/null
     runuser -u postgres -- "$PG_BIN/pgbench" -h "$sockdir" -i -q -s "$PG_SCALE" postgres >/dev/null 2>&1
@@ -208,12 +216,15 @@ pgbench_run() { # target round
     tps=$(runuser -u postgres -- "$PG_BIN/pgbench" -h "$sockdir" -c "$PG_CLIENTS" -j 2 -T "$PG_TIME" postgres 2>/dev/null \
         | awk '/^tps/ {print $3; exit}')
     runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$data" -w -m fast stop >/dev/null
+    rm -f "$BENCH_DIR/pg.pid"
     rm -rf "$data"
     printf 'pgbench\t%s\t%s\tpgbench\t%s\t0\n' "$2" "$1" "$tps" >>"$RESULTS"
     echo "pgbench round $2 $1: $tps TPS" >&2
 }
 
 if [ -z "${SKIP_PGBENCH:-}" ]; then
+    mkdir -p "$PGVOL"
+    mount --bind "$MOUNTPOINT" "$PGVOL"
     for round in $(seq 1 "$PG_ROUNDS"); do
         if [ $((round % 2)) = 1 ]; then order="ballast host"; else order="host ballast"; fi
         for t in $order; do pgbench_run "$t" "$round"; done

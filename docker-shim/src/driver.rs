@@ -132,7 +132,7 @@ impl<B: Backend, H: Host> Driver<B, H> {
         }
         // A daemon killed between Docker's last Unmount and the detach.
         for (name, attachment, held) in &live {
-            if !held {
+            if !held && attachment.target.is_some() {
                 let lock = self.lock(name);
                 let _guard = lock.lock().await;
                 if let Err(e) = self.detach(name, attachment).await {
@@ -218,6 +218,12 @@ impl<B: Backend, H: Host> Driver<B, H> {
             return Err(DriverError::Mounted {
                 name: name.to_string(),
                 mounts,
+            });
+        }
+        if let Some(a) = attachment.as_ref().filter(|a| a.target.is_none()) {
+            return Err(DriverError::AttachedAlone {
+                name: name.to_string(),
+                device: a.device.display().to_string(),
             });
         }
         if let Some(attachment) = attachment {
@@ -308,10 +314,74 @@ impl<B: Backend, H: Host> Driver<B, H> {
         let attachment = self.with_volume(&summary.name, |v| v.attachment.clone());
         VolumeView {
             mountpoint: attachment
-                .is_some()
-                .then(|| mountpoint(&self.layout.target(&summary.name))),
+                .as_ref()
+                .and_then(|a| a.target.as_deref())
+                .map(mountpoint),
             attachment,
             summary,
+        }
+    }
+
+    /// How volume `name` is attached, if it is (for Docker or alone).
+    pub fn attachment(&self, name: &str) -> Option<Attachment> {
+        self.with_volume(name, |v| v.attachment.clone())
+    }
+
+    /// `ballast attach`: the volume as a block device on this host, by the
+    /// path Docker volumes take, not mounted. Attaching an attached volume
+    /// answers its device again.
+    pub async fn attach(&self, name: &str) -> Result<Attachment, DriverError> {
+        check_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().await;
+        let existing = self.with_volume(name, |v| v.attachment.clone());
+        if let Some(attachment) = existing {
+            if attachment.target.is_some() {
+                return Err(DriverError::MountedForDocker(name.to_string()));
+            }
+            if self.host.is_alive(&attachment) {
+                return Ok(attachment);
+            }
+            self.host.release(&attachment).await;
+        }
+        if self.backend.volume(name)?.is_none() {
+            return Err(DriverError::NotFound(name.to_string()));
+        }
+        let request = MountRequest {
+            volume: name.to_string(),
+            nbd_socket: self.backend.nbd_socket(),
+            target: self.layout.target(name),
+            format: None,
+        };
+        let attachment = self
+            .host
+            .attach(&request)
+            .await
+            .map_err(|source| DriverError::Host {
+                volume: name.to_string(),
+                source,
+            })?;
+        self.update(|state| {
+            state
+                .volumes
+                .entry(name.to_string())
+                .or_default()
+                .attachment = Some(attachment.clone());
+        })?;
+        info!(volume = name, device = %attachment.device.display(), "volume attached");
+        Ok(attachment)
+    }
+
+    /// `ballast detach`: undoes [`Driver::attach`]; a volume not attached
+    /// is fine.
+    pub async fn detach_alone(&self, name: &str) -> Result<(), DriverError> {
+        check_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().await;
+        match self.with_volume(name, |v| v.attachment.clone()) {
+            None => Ok(()),
+            Some(a) if a.target.is_some() => Err(DriverError::MountedForDocker(name.to_string())),
+            Some(a) => self.detach(name, &a).await,
         }
     }
 
@@ -322,6 +392,12 @@ impl<B: Backend, H: Host> Driver<B, H> {
         let (attachment, format_as) =
             self.with_volume(name, |v| (v.attachment.clone(), v.format_as));
         if let Some(attachment) = attachment {
+            if attachment.target.is_none() {
+                return Err(DriverError::AttachedAlone {
+                    name: name.to_string(),
+                    device: attachment.device.display().to_string(),
+                });
+            }
             if self.host.is_alive(&attachment) {
                 return Ok(target);
             }

@@ -271,15 +271,15 @@ async fn formats_xfs_when_asked() {
     let attachment = host.mount(&f.request(Some(FsType::Xfs))).await.unwrap();
     let mounted = mounts()
         .into_iter()
-        .find(|m| m.mount_point == attachment.target)
+        .find(|m| Some(&m.mount_point) == attachment.target.as_ref())
         .expect("mounted");
     assert_eq!(mounted.fstype, "xfs");
-    let file = attachment.target.join("data/x");
+    let file = attachment.target.as_ref().unwrap().join("data/x");
     blocking(move || std::fs::write(file, b"xfs").unwrap()).await;
     host.unmount(&attachment).await.unwrap();
     // Mounted again without a format request: still XFS, data intact.
     let attachment = host.mount(&f.request(None)).await.unwrap();
-    let file = attachment.target.join("data/x");
+    let file = attachment.target.as_ref().unwrap().join("data/x");
     assert_eq!(blocking(move || std::fs::read(file).unwrap()).await, b"xfs");
     host.unmount(&attachment).await.unwrap();
 }

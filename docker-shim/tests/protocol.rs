@@ -173,9 +173,21 @@ impl Host for FakeHost {
         }
         std::fs::create_dir_all(request.target.join("data")).unwrap();
         Ok(Attachment {
-            target: request.target.clone(),
+            target: Some(request.target.clone()),
             device: "/dev/loop9".into(),
             via: Via::KernelNbd { index: 9 },
+        })
+    }
+
+    async fn attach(&self, request: &MountRequest) -> Result<Attachment, HostError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("attach {}", request.volume));
+        Ok(Attachment {
+            target: None,
+            device: "/dev/nbd3".into(),
+            via: Via::KernelNbd { index: 3 },
         })
     }
 
@@ -183,7 +195,7 @@ impl Host for FakeHost {
         self.calls
             .lock()
             .unwrap()
-            .push(format!("unmount {}", attachment.target.display()));
+            .push(format!("unmount {}", shown(attachment)));
         Ok(())
     }
 
@@ -196,7 +208,7 @@ impl Host for FakeHost {
         self.calls
             .lock()
             .unwrap()
-            .push(format!("release {}", attachment.target.display()));
+            .push(format!("release {}", shown(attachment)));
     }
 
     async fn resume(&self, volume: &str, _attachment: &Attachment) -> bool {
@@ -214,6 +226,16 @@ impl Host for FakeHost {
     async fn suspend(&self) {
         self.calls.lock().unwrap().push("suspend".into());
     }
+}
+
+/// An attachment's mount point, or its device when it is not mounted.
+fn shown(attachment: &Attachment) -> String {
+    attachment
+        .target
+        .as_ref()
+        .unwrap_or(&attachment.device)
+        .display()
+        .to_string()
 }
 
 type TestDriver = Driver<FakeBackend, FakeHost>;
@@ -763,4 +785,55 @@ fn stop_signal() -> (
     (tx, async move {
         let _ = rx.await;
     })
+}
+
+#[tokio::test]
+async fn a_volume_attached_alone_and_a_docker_mount_exclude_each_other() {
+    let f = Fixture::new();
+    for name in ["alone", "docker"] {
+        f.call(
+            "/VolumeDriver.Create",
+            json!({"Name": name, "Opts": {"size": "1G"}}),
+        )
+        .await;
+    }
+    let attached = f.driver.attach("alone").await.unwrap();
+    assert_eq!(attached.target, None);
+    assert_eq!(attached.to_string(), "kernel-nbd /dev/nbd3");
+    assert_eq!(
+        f.driver.attach("alone").await.unwrap(),
+        attached,
+        "idempotent"
+    );
+    assert_eq!(f.host.calls(), ["attach alone"]);
+    let reply = f
+        .call("/VolumeDriver.Mount", json!({"Name": "alone", "ID": "a"}))
+        .await;
+    assert_eq!(
+        err(&reply),
+        "volume alone is attached as /dev/nbd3 with `ballast attach`; run `ballast detach alone` first"
+    );
+    let got = f.call("/VolumeDriver.Get", json!({"Name": "alone"})).await;
+    assert_eq!(got["Volume"]["Mountpoint"], "", "attached, not mounted");
+    assert_eq!(got["Volume"]["Status"]["attached"], "kernel-nbd /dev/nbd3");
+    let reply = f
+        .call("/VolumeDriver.Remove", json!({"Name": "alone"}))
+        .await;
+    assert!(err(&reply).contains("ballast detach alone"), "{reply}");
+
+    f.call("/VolumeDriver.Mount", json!({"Name": "docker", "ID": "a"}))
+        .await;
+    let e = f.driver.attach("docker").await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "volume docker is mounted for Docker; stop its containers before attaching it on its own"
+    );
+    assert!(f.driver.detach_alone("docker").await.is_err());
+
+    f.driver.detach_alone("alone").await.unwrap();
+    f.driver.detach_alone("alone").await.unwrap();
+    assert_eq!(f.host.calls().last().unwrap(), "unmount /dev/nbd3");
+    f.call("/VolumeDriver.Mount", json!({"Name": "alone", "ID": "b"}))
+        .await;
+    assert!(f.driver.attach("nope").await.is_err());
 }

@@ -1,7 +1,6 @@
 //! The parts of the FUSE kernel ABI (`include/uapi/linux/fuse.h`, protocol
-//! 7.45 on Linux 6.18) this server speaks: message headers, the argument
-//! structs of the operations a one-file filesystem needs, and the
-//! FUSE-over-io_uring entry layout.
+//! 7.45 on Linux 6.18) this server speaks: message headers and the argument
+//! structs of the operations a one-file filesystem needs.
 //!
 //! Everything is decoded from and encoded to bytes by hand, in the host's
 //! byte order (the kernel's), so a short or malformed message is an error
@@ -15,10 +14,6 @@ pub const KERNEL_MINOR_VERSION: u32 = 45;
 pub const MIN_MINOR_VERSION: u32 = 36;
 
 pub const ROOT_ID: u64 = 1;
-
-/// `unique` bit the kernel sets on a request it resends after
-/// `FUSE_NOTIFY_RESEND`; the reply carries the unique as received.
-pub const UNIQUE_RESEND: u64 = 1 << 63;
 
 pub mod opcode {
     pub const LOOKUP: u32 = 1;
@@ -51,8 +46,6 @@ pub mod init {
     pub const PARALLEL_DIROPS: u64 = 1 << 18;
     pub const MAX_PAGES: u64 = 1 << 22;
     pub const INIT_EXT: u64 = 1 << 30;
-    pub const HAS_RESEND: u64 = 1 << 39;
-    pub const OVER_IO_URING: u64 = 1 << 41;
 }
 
 /// OPEN reply flags.
@@ -80,8 +73,6 @@ pub const FALLOC_FL_ZERO_RANGE: u32 = 0x10;
 pub const IN_HEADER_LEN: usize = 40;
 pub const OUT_HEADER_LEN: usize = 16;
 pub const WRITE_IN_LEN: usize = 40;
-/// The smallest buffer the kernel accepts for a read of `/dev/fuse`.
-pub const MIN_READ_BUFFER: usize = 8192;
 
 /// A message the kernel sent that this server cannot parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,20 +95,12 @@ impl<'a> Fields<'a> {
         Ok(*head)
     }
 
-    pub fn u16(&mut self, what: &'static str) -> Result<u16, Malformed> {
-        self.take(what).map(u16::from_ne_bytes)
-    }
-
     pub fn u32(&mut self, what: &'static str) -> Result<u32, Malformed> {
         self.take(what).map(u32::from_ne_bytes)
     }
 
     pub fn u64(&mut self, what: &'static str) -> Result<u64, Malformed> {
         self.take(what).map(u64::from_ne_bytes)
-    }
-
-    pub fn rest(self) -> &'a [u8] {
-        self.bytes
     }
 }
 
@@ -337,31 +320,6 @@ pub fn dirent(b: &mut Body, ino: u64, off: u64, kind: u32, name: &[u8]) {
     b.zeros(pad);
 }
 
-/// FUSE-over-io_uring: one ring entry's header buffer
-/// (`struct fuse_uring_req_header`, iov[0] of a REGISTER).
-pub mod uring {
-    /// `in_out`: the `fuse_in_header` of a request, the `fuse_out_header`
-    /// of its reply.
-    pub const IN_OUT: usize = 0;
-    /// `op_in`: the operation's first argument (e.g. `fuse_write_in`).
-    pub const OP_IN: usize = 128;
-    pub const OP_IN_LEN: usize = 128;
-    /// `ring_ent_in_out`: flags, commit_id, payload_sz.
-    pub const ENT_IN_OUT: usize = 256;
-    pub const HEADER_LEN: usize = 288;
-
-    pub const CMD_REGISTER: u32 = 1;
-    pub const CMD_COMMIT_AND_FETCH: u32 = 2;
-
-    /// The 80-byte command area of the SQE (`struct fuse_uring_cmd_req`).
-    pub fn cmd_req(commit_id: u64, qid: u16) -> [u8; 80] {
-        let mut cmd = [0u8; 80];
-        cmd[8..16].copy_from_slice(&commit_id.to_ne_bytes());
-        cmd[16..18].copy_from_slice(&qid.to_ne_bytes());
-        cmd
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,9 +345,10 @@ mod tests {
             Malformed("init flags2"),
             "INIT_EXT announces flags2"
         );
-        init.extend_from_slice(&((init::OVER_IO_URING >> 32) as u32).to_ne_bytes());
+        // FUSE_OVER_IO_URING, bit 41: flags2 is bits 32-63.
+        init.extend_from_slice(&(1u32 << 9).to_ne_bytes());
         let parsed = InitIn::parse(&init).unwrap();
-        assert_eq!(parsed.flags, init::INIT_EXT | init::OVER_IO_URING);
+        assert_eq!(parsed.flags, init::INIT_EXT | 1 << 41);
     }
 
     #[test]
@@ -397,7 +356,7 @@ mod tests {
         let out = InitOut {
             minor: 45,
             max_readahead: 0,
-            flags: init::ASYNC_DIO | init::INIT_EXT | init::OVER_IO_URING,
+            flags: init::ASYNC_DIO | init::INIT_EXT | 1 << 41,
             max_background: 128,
             congestion_threshold: 96,
             max_write: 1 << 20,
@@ -409,10 +368,7 @@ mod tests {
             &out[12..16],
             &((init::ASYNC_DIO | init::INIT_EXT) as u32).to_ne_bytes()
         );
-        assert_eq!(
-            &out[32..36],
-            &((init::OVER_IO_URING >> 32) as u32).to_ne_bytes()
-        );
+        assert_eq!(&out[32..36], &(1u32 << 9).to_ne_bytes(), "flags2");
 
         let mut b = Body::default();
         Attr {
@@ -429,6 +385,5 @@ mod tests {
         let mut d = Body::default();
         dirent(&mut d, 2, 3, 8, b"disk");
         assert_eq!(d.0.len(), 32, "24-byte fuse_dirent + name padded to 8");
-        assert_eq!(uring::cmd_req(9, 1)[8], 9);
     }
 }

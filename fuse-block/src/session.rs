@@ -47,14 +47,6 @@ pub enum Reply<Buf> {
 }
 
 impl<Buf: AsRef<[u8]>> Reply<Buf> {
-    pub fn len(&self) -> usize {
-        match self {
-            Reply::None | Reply::Error(_) => 0,
-            Reply::Body(b) => b.len(),
-            Reply::Data(d) => d.as_ref().len(),
-        }
-    }
-
     pub fn error(&self) -> i32 {
         match self {
             Reply::Error(e) => -e,

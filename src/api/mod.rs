@@ -4,6 +4,7 @@
 //! client ([`crate::client`]). Every route lives under [`PREFIX`] so the API
 //! can change shape in a later version without breaking older clients.
 
+mod attach;
 pub mod backups;
 mod error;
 mod handlers;

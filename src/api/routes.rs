@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde::de::DeserializeOwned;
 
+use super::attach;
 use super::backups;
 use super::error::ApiError;
 use super::handlers::{self, Reply};
@@ -39,6 +40,8 @@ pub async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Reply, Ap
         (["volumes", name, "grow"], &Method::POST) => {
             handlers::grow_volume(state, name, json_body(req).await?).await
         }
+        (["volumes", name, "attach"], &Method::POST) => attach::attach(state, name).await,
+        (["volumes", name, "detach"], &Method::POST) => attach::detach(state, name).await,
         (["volumes", volume, "snapshots"], &Method::GET) => {
             handlers::list_snapshots(state, volume).await
         }
@@ -65,6 +68,8 @@ pub async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Reply, Ap
             | ["volumes"]
             | ["volumes", _]
             | ["volumes", _, "grow"]
+            | ["volumes", _, "attach"]
+            | ["volumes", _, "detach"]
             | ["volumes", _, "snapshots"]
             | ["volumes", _, "snapshots", _],
             _,

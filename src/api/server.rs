@@ -31,6 +31,9 @@ pub struct ApiState {
     pub nbd: super::types::NbdEndpoints,
     /// Running and recently finished backup jobs.
     pub jobs: super::jobs::Jobs,
+    /// Attaches volumes as block devices (`ballast attach`); the Docker
+    /// driver's host code, present when the daemon runs as root.
+    pub attach: Option<std::sync::Arc<crate::daemon::docker::DockerDriver>>,
 }
 
 /// Accepts connections until `shutdown` completes, then lets in-flight

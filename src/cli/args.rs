@@ -76,6 +76,18 @@ pub enum ClientCommand {
     Backup(BackupCommand),
     /// Show pool space and settings
     Pool(OutputArgs),
+    /// Attach a volume as a block device on this host, the way Docker volumes are (prints the device)
+    Attach {
+        /// Volume name
+        volume: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Detach a volume attached with `ballast attach`
+    Detach {
+        /// Volume name
+        volume: String,
+    },
     /// Print the NBD URIs of a volume (read-write) or snapshot (read-only)
     Export {
         /// VOL or VOL@SNAP

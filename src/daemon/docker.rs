@@ -1,6 +1,7 @@
 //! The Docker volume plugin service: the pool as a [`Backend`] for the
 //! ballast-docker driver, its socket in `/run/docker/plugins/`, start-up
-//! recovery of mounts left by an earlier daemon.
+//! recovery of mounts left by an earlier daemon; the same driver attaches
+//! volumes for `ballast attach`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -136,32 +137,66 @@ fn holder(dir: &Path) -> Result<Holder> {
     Ok(Holder::new(socket, command))
 }
 
-/// Recovers earlier mounts (taking over the FUSE connections an earlier
-/// daemon left), then serves Docker until shutdown, when it pauses the
-/// FUSE connections for the next daemon.
-pub fn spawn(
-    services: &mut Services,
-    (listener, path): (UnixListener, PathBuf),
+/// The Docker driver as the daemon runs it.
+pub type DockerDriver = Driver<PoolBackend, LinuxHost>;
+
+/// The driver and, when the Docker plugin is served, its socket.
+pub struct DockerService {
+    driver: Arc<DockerDriver>,
+    plugin: Option<(UnixListener, PathBuf)>,
+}
+
+/// The driver over `pool`, for the Docker plugin (`plugin`: its bound
+/// socket) and for `ballast attach`. `None` unless the daemon runs as root:
+/// only root can attach and mount.
+pub fn prepare(
+    plugin: Option<(UnixListener, PathBuf)>,
     pool: Pool,
     root: &Path,
     nbd_socket: &Path,
     attach: Option<AttachPath>,
-) -> Result<()> {
+) -> Result<Option<DockerService>> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
     let dir = root.join(DOCKER_DIR);
     let backend = PoolBackend {
         pool: pool.clone(),
         nbd_socket: nbd_socket.to_path_buf(),
     };
     let host = LinuxHost::new(&dir, pool, holder(&dir)?, attach);
-    let driver = Driver::open(backend, host, Layout::new(dir))?;
-    services.spawn("Docker plugin", move |shutdown| async move {
-        let driver = Arc::new(driver);
-        driver.recover().await;
-        info!(socket = %path.display(), "serving the Docker volume plugin");
-        ballast_docker::serve(listener, Arc::clone(&driver), shutdown.cancelled_owned()).await;
-        let _ = fs::remove_file(&path);
-        driver.shutdown().await;
-        Ok(())
-    });
-    Ok(())
+    let driver = Arc::new(Driver::open(backend, host, Layout::new(dir))?);
+    Ok(Some(DockerService { driver, plugin }))
+}
+
+impl DockerService {
+    pub fn driver(&self) -> Arc<DockerDriver> {
+        Arc::clone(&self.driver)
+    }
+
+    /// Recovers earlier attachments (taking over the FUSE connections an
+    /// earlier daemon left), serves the plugin (if any) until shutdown,
+    /// then pauses the FUSE connections for the next daemon.
+    pub fn spawn(self, services: &mut Services) {
+        let DockerService { driver, plugin } = self;
+        services.spawn("Docker volumes", move |shutdown| async move {
+            driver.recover().await;
+            match plugin {
+                Some((listener, path)) => {
+                    info!(socket = %path.display(), "serving the Docker volume plugin");
+                    ballast_docker::serve(
+                        listener,
+                        Arc::clone(&driver),
+                        shutdown.cancelled_owned(),
+                    )
+                    .await;
+                    let _ = fs::remove_file(&path);
+                }
+                None => shutdown.cancelled().await,
+            }
+            driver.shutdown().await;
+            Ok(())
+        });
+    }
 }

@@ -6,7 +6,7 @@
 //! SIGINT/SIGTERM every service stops, then the pool gets its final commit.
 
 mod commit;
-mod docker;
+pub mod docker;
 mod lock;
 mod nbd;
 mod services;
@@ -88,10 +88,18 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
 
     api::restore::clean_up_interrupted(&pool).await;
     let jobs = api::jobs::Jobs::default();
+    let docker = docker::prepare(
+        docker_socket,
+        pool.clone(),
+        &config.root,
+        &config.nbd_socket,
+        config.docker_attach,
+    )?;
     let state = Arc::new(ApiState {
         pool: pool.clone(),
         nbd: nbd.endpoints(),
         jobs: jobs.clone(),
+        attach: docker.as_ref().map(docker::DockerService::driver),
     });
     services.spawn("control API", move |shutdown| {
         api::server::serve(listener, state, shutdown.cancelled_owned())
@@ -101,15 +109,8 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         move |shutdown| commit::run(pool, COMMIT_PERIOD, shutdown)
     });
     nbd.spawn(&mut services, pool.clone());
-    if let Some(socket) = docker_socket {
-        docker::spawn(
-            &mut services,
-            socket,
-            pool.clone(),
-            &config.root,
-            &config.nbd_socket,
-            config.docker_attach,
-        )?;
+    if let Some(docker) = docker {
+        docker.spawn(&mut services);
     }
     // Further services are
     // spawned here the same way: `services.spawn(name, |token| future)`,

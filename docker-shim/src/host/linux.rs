@@ -46,7 +46,7 @@ impl LinuxHost {
     }
 
     /// Attaches volume `request.volume` as a block device.
-    pub async fn attach(&self, request: &MountRequest) -> Result<(PathBuf, Via), HostError> {
+    async fn attach_device(&self, request: &MountRequest) -> Result<(PathBuf, Via), HostError> {
         match self.path {
             AttachPath::KernelNbd => {
                 let socket = request.nbd_socket.clone();
@@ -63,8 +63,8 @@ impl LinuxHost {
         }
     }
 
-    /// Detaches a block device made by [`LinuxHost::attach`].
-    pub async fn detach(&self, device: &Path, via: &Via) -> Result<(), HostError> {
+    /// Detaches a block device made by [`LinuxHost::attach_device`].
+    async fn detach(&self, device: &Path, via: &Via) -> Result<(), HostError> {
         match via {
             Via::KernelNbd { index } => {
                 let index = *index;
@@ -129,8 +129,8 @@ impl LinuxHost {
                 // Cut the I/O path first, so nothing blocks on a dead
                 // connection.
                 self.fuse.release(dir).await;
-                if is_mount_point(&attachment.target) {
-                    lazy_unmount(&attachment.target).await;
+                if let Some(target) = attachment.target.as_deref().filter(|t| is_mount_point(t)) {
+                    lazy_unmount(target).await;
                 }
                 // Once its FUSE mount is gone the kernel shows the loop's
                 // backing file relative to the detached mount, as "/disk".
@@ -145,8 +145,8 @@ impl LinuxHost {
             Via::KernelNbd { index } => {
                 let index = *index;
                 let _ = tokio::task::spawn_blocking(move || kernel::detach(index)).await;
-                if is_mount_point(&attachment.target) {
-                    lazy_unmount(&attachment.target).await;
+                if let Some(target) = attachment.target.as_deref().filter(|t| is_mount_point(t)) {
+                    lazy_unmount(target).await;
                 }
             }
         }
@@ -158,8 +158,17 @@ impl Host for LinuxHost {
         installed(fstype.mkfs())
     }
 
+    async fn attach(&self, request: &MountRequest) -> Result<Attachment, HostError> {
+        let (device, via) = self.attach_device(request).await?;
+        Ok(Attachment {
+            target: None,
+            device,
+            via,
+        })
+    }
+
     async fn mount(&self, request: &MountRequest) -> Result<Attachment, HostError> {
-        let (device, via) = self.attach(request).await?;
+        let (device, via) = self.attach_device(request).await?;
         if let Err(e) = self.mount_filesystem(&device, request).await {
             if let Err(d) = self.detach(&device, &via).await {
                 warn!(volume = %request.volume, "cleaning up a failed mount: {d}");
@@ -167,25 +176,27 @@ impl Host for LinuxHost {
             return Err(e);
         }
         Ok(Attachment {
-            target: request.target.clone(),
+            target: Some(request.target.clone()),
             device,
             via,
         })
     }
 
     async fn unmount(&self, attachment: &Attachment) -> Result<(), HostError> {
-        let target = &attachment.target;
-        if is_mount_point(target) && command::run("umount", [target]).await.is_err() {
-            // Docker has let go; whatever still holds the mount (a shell
-            // cd'ed into it) must not keep the device attached forever.
-            warn!(target = %target.display(), "filesystem busy; unmounting lazily");
-            command::run("umount", ["-l".as_ref(), target.as_os_str()]).await?;
+        if let Some(target) = attachment.target.as_deref().filter(|t| is_mount_point(t)) {
+            if command::run("umount", [target]).await.is_err() {
+                // Docker has let go; whatever still holds the mount (a
+                // shell cd'ed into it) must not keep the device attached
+                // forever.
+                warn!(target = %target.display(), "filesystem busy; unmounting lazily");
+                command::run("umount", ["-l".as_ref(), target.as_os_str()]).await?;
+            }
         }
         self.detach(&attachment.device, &attachment.via).await
     }
 
     fn is_alive(&self, attachment: &Attachment) -> bool {
-        if !is_mount_point(&attachment.target) {
+        if !attachment.target.as_deref().map_or(true, is_mount_point) {
             return false;
         }
         match &attachment.via {
@@ -197,7 +208,7 @@ impl Host for LinuxHost {
     async fn resume(&self, volume: &str, attachment: &Attachment) -> bool {
         match &attachment.via {
             Via::Fuse { dir } => {
-                is_mount_point(&attachment.target)
+                attachment.target.as_deref().map_or(true, is_mount_point)
                     && self.fuse.resume(volume, &attachment.device, dir).await
             }
             // Its NBD connection died with the daemon that made it.
@@ -225,8 +236,9 @@ impl Host for LinuxHost {
         // devices, then the FUSE mounts (a loop's backing file is only
         // recognisable while its FUSE mount is attached under `dir`).
         let keep = |p: &Path| {
-            live.iter()
-                .any(|a| a.target == p || matches!(&a.via, Via::Fuse { dir } if dir == p))
+            live.iter().any(|a| {
+                a.target.as_deref() == Some(p) || matches!(&a.via, Via::Fuse { dir } if dir == p)
+            })
         };
         let (fuse_mounts, filesystems): (Vec<PathBuf>, Vec<PathBuf>) = mounts()
             .into_iter()

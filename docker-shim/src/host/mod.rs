@@ -106,12 +106,13 @@ pub struct MountRequest {
     pub format: Option<FsType>,
 }
 
-/// How a mounted volume is attached, recorded so that a restarted daemon
-/// can tear it down.
+/// How a volume is attached, recorded so that a restarted daemon can take
+/// it over or tear it down.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
-    /// Where the filesystem is mounted.
-    pub target: PathBuf,
+    /// Where the filesystem is mounted; `None` for a block device attached
+    /// on its own (`ballast attach`).
+    pub target: Option<PathBuf>,
     /// The block device holding it (`/dev/nbdN` or `/dev/loopN`).
     pub device: PathBuf,
     pub via: Via,
@@ -148,21 +149,28 @@ pub trait Host: Send + Sync + 'static {
     /// Whether filesystems of `fstype` can be created here.
     fn supports(&self, fstype: FsType) -> bool;
 
-    /// Attaches the export, formats it if asked and needed, mounts it on
+    /// Attaches the volume as a block device only (`request.target` and
+    /// `request.format` unused).
+    fn attach(
+        &self,
+        request: &MountRequest,
+    ) -> impl Future<Output = Result<Attachment, HostError>> + Send;
+
+    /// Attaches the volume, formats it if asked and needed, mounts it on
     /// `request.target` and creates `data/` in it.
     fn mount(
         &self,
         request: &MountRequest,
     ) -> impl Future<Output = Result<Attachment, HostError>> + Send;
 
-    /// Unmounts and detaches.
+    /// Unmounts (if mounted) and detaches.
     fn unmount(
         &self,
         attachment: &Attachment,
     ) -> impl Future<Output = Result<(), HostError>> + Send;
 
-    /// Whether the filesystem is still mounted and its device still
-    /// served by this daemon.
+    /// Whether the filesystem (if any) is still mounted and its device
+    /// still served by this daemon.
     fn is_alive(&self, attachment: &Attachment) -> bool;
 
     /// At start-up: takes over `attachment` of volume `volume`, recorded by
