@@ -209,7 +209,7 @@ pgbench_run() { # target round
     chown postgres: "$sockdir"
     runuser -u postgres -- "$PG_BIN/initdb" -D "$data" --no-locale -E UTF8 -A trust >/dev/null
     echo "$data" >"$BENCH_DIR/pg.pid"
-    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$data" -l "$BENCH_DIR/pg.log" -w \
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$data" -l "$sockdir/pg.log" -w \
         -o "-k $sockdir -c listen_addresses='' -c shared_buffers=128MB" start >/dev/null
     runuser -u postgres -- "$PG_BIN/pgbench" -h "$sockdir" -i -q -s "$PG_SCALE" postgres >/dev/null 2>&1
     local tps
