@@ -15,8 +15,8 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 
 use crate::api::types::{
-    CreateSnapshot, CreateVolume, ErrorBody, GrowVolume, JobRequest, JobStarted, JobStatus,
-    NbdEndpoints, PoolStats, SnapshotInfo, VolumeInfo,
+    Attached, CreateSnapshot, CreateVolume, ErrorBody, GrowVolume, JobRequest, JobStarted,
+    JobStatus, NbdEndpoints, PoolStats, SnapshotInfo, VolumeInfo,
 };
 use crate::api::PREFIX;
 
@@ -82,6 +82,20 @@ impl Client {
     pub async fn grow_volume(&self, name: &str, size: u64) -> Result<VolumeInfo> {
         let path = format!("/volumes/{name}/grow");
         self.call(Method::POST, &path, Some(&GrowVolume { size }))
+            .await
+    }
+
+    pub async fn attach(&self, name: &str) -> Result<Attached> {
+        self.call(
+            Method::POST,
+            &format!("/volumes/{name}/attach"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn detach(&self, name: &str) -> Result<()> {
+        self.call_empty(Method::POST, &format!("/volumes/{name}/detach"))
             .await
     }
 

@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod client;
 mod daemon;
+mod driver;
 mod ops;
 mod paths;
 
@@ -65,9 +66,12 @@ fn run(cli: Cli) -> Result<()> {
                 // SAFETY: geteuid has no preconditions and cannot fail.
                 docker_plugin: (!args.no_docker_plugin && unsafe { libc::geteuid() } == 0)
                     .then(|| DEFAULT_DOCKER_PLUGIN.to_string()),
+                docker_attach: None,
             };
             run_daemon(daemon_config(defaults, cli.socket)?, None)
         }
+        Command::FuseHolder { socket } => ballast_fuse::holder::run(&socket)
+            .with_context(|| format!("FUSE descriptor holder on {}", socket.display())),
         Command::Client(command) => {
             let socket = match cli.socket {
                 Some(socket) => socket,
@@ -138,8 +142,15 @@ fn daemon_config(args: DaemonArgs, client_socket: Option<PathBuf>) -> Result<Dae
     if let Some(name) = &args.docker_plugin {
         validate_name(name).context("--docker-plugin")?;
     }
+    let docker_attach = args
+        .docker_attach
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: String| anyhow!("--docker-attach: {e}"))?;
     Ok(DaemonConfig {
         docker_plugin: args.docker_plugin,
+        docker_attach,
         nbd,
         control_socket: args
             .control_socket

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use common::{ok, Daemon};
 
 /// Applets the test image links to busybox.
-const APPLETS: &[&str] = &["sh", "cat", "echo", "ls", "sleep", "sync", "mkdir"];
+const APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "ls", "sleep", "sync", "mkdir", "dd", "touch",
+];
 
 /// What the test needs on the host, as (what, found).
 fn prerequisites() -> Vec<(&'static str, bool)> {
@@ -29,15 +31,7 @@ fn prerequisites() -> Vec<(&'static str, bool)> {
         ("/dev/fuse", Path::new("/dev/fuse").exists()),
         ("static busybox", static_busybox().is_some()),
     ];
-    for tool in [
-        "docker",
-        "dockerd",
-        "nbdfuse",
-        "mkfs.ext4",
-        "losetup",
-        "blkid",
-        "tar",
-    ] {
+    for tool in ["docker", "dockerd", "mkfs.ext4", "losetup", "blkid", "tar"] {
         found.push((tool, on_path(tool)));
     }
     found
@@ -220,6 +214,7 @@ impl Drop for Docker {
 
 /// Everything one run needs; torn down in a safe order even on failure.
 struct Fixture {
+    _serial: std::sync::MutexGuard<'static, ()>,
     dir: PathBuf,
     plugin: String,
     image: String,
@@ -228,14 +223,19 @@ struct Fixture {
     docker: Option<Docker>,
 }
 
+/// The Docker tests run one at a time: each starts its own dockerd.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Fixture {
     fn new() -> Fixture {
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = std::env::temp_dir().join(format!("ballast-docker-e2e-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let docker = Docker::start(&dir);
         let image = docker.import_busybox(&dir);
         let mut fixture = Fixture {
+            _serial: serial,
             plugin: format!("ballast-test-{}", std::process::id()),
             dir,
             image,
@@ -328,7 +328,7 @@ impl Drop for Fixture {
             for name in &self.containers {
                 let _ = docker.run(&["rm", "-f", name]);
             }
-            for volume in ["v1", "c1", "cli-made"] {
+            for volume in ["v1", "c1", "cli-made", "busy"] {
                 let _ = docker.run(&["volume", "rm", "-f", volume]);
             }
             let _ = docker.run(&["rmi", &self.image]);
@@ -503,17 +503,43 @@ fn docker_uses_ballast_volumes() {
         "the first daemon still serves"
     );
 
+    let inspected: serde_json::Value =
+        serde_json::from_str(&docker(&f, &["volume", "inspect", "v1"])).unwrap();
+    let attached = inspected[0]["Status"]["attached"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(attached.starts_with("fuse /dev/loop"), "{inspected}");
+
     // kill -9 of the daemon while the holder has v1 mounted; after a
-    // restart Docker keeps working with the volume.
+    // restart Docker keeps working with the volume, and so does the
+    // container that held it all along.
     f.daemon().kill9();
     f.start_daemon();
     let after = f.run("v1", "cat /data/greeting /data/second");
     assert_eq!(after, "hello\nsecond\n", "{}", f.context());
+    assert_eq!(
+        docker(
+            &f,
+            &[
+                "exec",
+                &holder,
+                "sh",
+                "-c",
+                "cat /data/second && echo kept > /data/kept && sync"
+            ]
+        ),
+        "second\n",
+        "{}",
+        f.context()
+    );
     f.run("v1", "echo after-restart > /data/third && sync");
     docker(&f, &["rm", "-f", &holder]);
     f.containers.clear();
     assert_eq!(f.mountpoint("v1"), "", "the last container's exit unmounts");
-    assert_eq!(f.run("v1", "cat /data/third"), "after-restart\n");
+    assert_eq!(
+        f.run("v1", "cat /data/third /data/kept"),
+        "after-restart\nkept\n"
+    );
 
     // Bad input reaches the docker CLI as the driver's message.
     let stderr = f
@@ -610,4 +636,122 @@ fn daemon_refuses_a_bad_plugin_name() {
     );
     assert!(!Path::new("/run/docker/plugins/../evil.sock").exists());
     assert!(!dir.join("root").exists(), "nothing was created");
+}
+
+/// The acknowledged records in a container's log: the numbers N of its
+/// "acked N" lines, and whether it reported a failure.
+fn acked(logs: &str) -> (Vec<u64>, bool) {
+    let numbers = logs
+        .lines()
+        .filter_map(|l| l.strip_prefix("acked "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    (numbers, logs.contains("failed"))
+}
+
+#[test]
+fn running_containers_survive_daemon_restarts() {
+    if !runnable() {
+        return;
+    }
+    let mut f = Fixture::new();
+    let driver = f.plugin.clone();
+    f.docker()
+        .ok(&["volume", "create", "-d", &driver, "-o", "size=1G", "busy"]);
+    // A database's commit loop: append a record, fsync it, report it.
+    let script = "i=0; while [ ! -e /data/stop ]; do i=$((i+1)); \
+        echo \"record $i\" | dd of=/data/log oflag=append conv=notrunc,fsync 2>/dev/null \
+        || { echo \"failed at $i\"; exit 1; }; echo \"acked $i\"; done";
+    let name = format!("ballast-writer-{}", std::process::id());
+    f.docker().ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "-v",
+        "busy:/data",
+        &f.image,
+        "sh",
+        "-c",
+        script,
+    ]);
+    f.containers.push(name.clone());
+    let progress = |f: &Fixture, beyond: usize| -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = f.docker().run(&["logs", &name]);
+            let (numbers, failed) = acked(&String::from_utf8_lossy(&out.stdout));
+            assert!(!failed, "the writer saw an I/O error:\n{}", f.context());
+            if numbers.len() > beyond + 20 {
+                return numbers.len();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the writer stalled at {} records:\n{}",
+                numbers.len(),
+                f.context()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let running = |f: &Fixture| {
+        f.docker()
+            .ok(&["inspect", "--format", "{{.State.Running}}", &name])
+            .trim()
+            == "true"
+    };
+    let n = progress(&f, 0);
+
+    // kill -9: the writer's I/O waits for the next daemon.
+    f.daemon().kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(running(&f), "the writer died with the daemon");
+    let out = f.docker().run(&["logs", &name]);
+    let during = acked(&String::from_utf8_lossy(&out.stdout)).0.len();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = f.docker().run(&["logs", &name]);
+    assert_eq!(
+        acked(&String::from_utf8_lossy(&out.stdout)).0.len(),
+        during,
+        "nothing is acknowledged while no daemon runs"
+    );
+    f.start_daemon();
+    let n = progress(&f, n);
+
+    // A restart the way a service manager does it: SIGTERM, then start.
+    let status = f.daemon().terminate();
+    assert!(status.success(), "{}", f.context());
+    assert!(running(&f));
+    f.start_daemon();
+    progress(&f, n);
+
+    f.docker().ok(&["exec", &name, "touch", "/data/stop"]);
+    let code = f.docker().ok(&["wait", &name]);
+    let logs = f.docker().ok(&["logs", &name]);
+    assert_eq!(code.trim(), "0", "{logs}\n{}", f.context());
+    let (numbers, failed) = acked(&logs);
+    assert!(!failed);
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u64).collect::<Vec<_>>(),
+        "records acknowledged in order"
+    );
+    f.docker().ok(&["rm", &name]);
+    f.containers.clear();
+    assert_eq!(
+        f.mountpoint("busy"),
+        "",
+        "unmounted with its last container"
+    );
+
+    // Every acknowledged record is on the volume, read through a fresh
+    // attachment after one more kill -9 and restart.
+    f.daemon().kill9();
+    f.start_daemon();
+    let log = f.run("busy", "cat /data/log");
+    let expected: String = numbers.iter().map(|i| format!("record {i}\n")).collect();
+    assert_eq!(log, expected, "{}", f.context());
+    f.docker().ok(&["volume", "rm", "busy"]);
 }

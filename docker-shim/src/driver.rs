@@ -58,6 +58,8 @@ pub struct VolumeView {
     pub summary: VolumeSummary,
     /// Present while the volume is mounted.
     pub mountpoint: Option<PathBuf>,
+    /// How it is attached, while it is.
+    pub attachment: Option<Attachment>,
 }
 
 pub struct Driver<P, H> {
@@ -86,35 +88,61 @@ impl<P: VolumeProvider, H: Host> Driver<P, H> {
         })
     }
 
-    /// Start-up reconciliation. An attachment never outlives the daemon
-    /// that made it (its NBD connection died with that daemon), so every
-    /// recorded or leaked attachment is torn down, and volumes that Docker
-    /// still has mounted are attached and mounted afresh: containers started
+    /// Start-up reconciliation. Attachments an earlier daemon recorded are
+    /// taken over where the host can (a FUSE connection kept across the
+    /// restart: containers using the volume carry on); the others, and
+    /// whatever else it left behind, are torn down, and volumes Docker still
+    /// has mounted are attached and mounted afresh, so containers started
     /// from now on get a working filesystem.
     pub async fn recover(&self) {
-        let stale: Vec<Attachment> = {
+        let recorded: Vec<(String, Attachment, bool)> = {
             let state = self.state.lock().unwrap();
             state
                 .volumes
-                .values()
-                .filter_map(|v| v.attachment.clone())
+                .iter()
+                .filter_map(|(name, v)| {
+                    let a = v.attachment.clone()?;
+                    Some((name.clone(), a, !v.mount_ids.is_empty()))
+                })
                 .collect()
         };
-        self.host.clear_stale(&stale, &self.layout.dir).await;
+        let mut live = Vec::new();
+        let mut stale = Vec::new();
+        for (name, attachment, held) in recorded {
+            if self.host.resume(&name, &attachment).await {
+                live.push((name, attachment, held));
+            } else {
+                stale.push(attachment);
+            }
+        }
+        let kept: Vec<Attachment> = live.iter().map(|(_, a, _)| a.clone()).collect();
+        self.host.clear_stale(&stale, &kept, &self.layout.dir).await;
         let result = self.update(|state| {
-            for volume in state.volumes.values_mut() {
-                volume.attachment = None;
+            for (name, volume) in state.volumes.iter_mut() {
+                if !live.iter().any(|(n, _, _)| n == name) {
+                    volume.attachment = None;
+                }
             }
         });
         if let Err(e) = result {
             error!("{e}");
+        }
+        // A daemon killed between Docker's last Unmount and the detach.
+        for (name, attachment, held) in &live {
+            if !held && attachment.target.is_some() {
+                let lock = self.lock(name);
+                let _guard = lock.lock().await;
+                if let Err(e) = self.detach(name, attachment).await {
+                    warn!(volume = %name, "cannot detach a volume no container uses: {e}");
+                }
+            }
         }
         let held: Vec<String> = {
             let state = self.state.lock().unwrap();
             state
                 .volumes
                 .iter()
-                .filter(|(_, v)| !v.mount_ids.is_empty())
+                .filter(|(_, v)| !v.mount_ids.is_empty() && v.attachment.is_none())
                 .map(|(name, _)| name.clone())
                 .collect()
         };
@@ -130,6 +158,12 @@ impl<P: VolumeProvider, H: Host> Driver<P, H> {
                 }
             }
         }
+    }
+
+    /// At daemon shutdown: the host stops serving attachments it can hand
+    /// to the next daemon; filesystems stay mounted for the containers.
+    pub async fn shutdown(&self) {
+        self.host.suspend().await;
     }
 
     pub async fn create(
@@ -181,6 +215,12 @@ impl<P: VolumeProvider, H: Host> Driver<P, H> {
             return Err(DriverError::Mounted {
                 name: name.to_string(),
                 mounts,
+            });
+        }
+        if let Some(a) = attachment.as_ref().filter(|a| a.target.is_none()) {
+            return Err(DriverError::AttachedAlone {
+                name: name.to_string(),
+                device: a.device.display().to_string(),
             });
         }
         if let Some(attachment) = attachment {
@@ -268,10 +308,77 @@ impl<P: VolumeProvider, H: Host> Driver<P, H> {
     }
 
     fn view(&self, summary: VolumeSummary) -> VolumeView {
-        let mounted = self.with_volume(&summary.name, |v| v.attachment.is_some());
+        let attachment = self.with_volume(&summary.name, |v| v.attachment.clone());
         VolumeView {
-            mountpoint: mounted.then(|| mountpoint(&self.layout.target(&summary.name))),
+            mountpoint: attachment
+                .as_ref()
+                .and_then(|a| a.target.as_deref())
+                .map(mountpoint),
+            attachment,
             summary,
+        }
+    }
+
+    /// How volume `name` is attached, if it is (for Docker or alone).
+    pub fn attachment(&self, name: &str) -> Option<Attachment> {
+        self.with_volume(name, |v| v.attachment.clone())
+    }
+
+    /// `ballast attach`: the volume as a block device on this host, by the
+    /// path Docker volumes take, not mounted. Attaching an attached volume
+    /// answers its device again.
+    pub async fn attach(&self, name: &str) -> Result<Attachment, DriverError> {
+        check_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().await;
+        let existing = self.with_volume(name, |v| v.attachment.clone());
+        if let Some(attachment) = existing {
+            if attachment.target.is_some() {
+                return Err(DriverError::MountedForDocker(name.to_string()));
+            }
+            if self.host.is_alive(&attachment) {
+                return Ok(attachment);
+            }
+            self.host.release(&attachment).await;
+        }
+        if self.provider.volume(name)?.is_none() {
+            return Err(DriverError::NotFound(name.to_string()));
+        }
+        let request = MountRequest {
+            volume: name.to_string(),
+            nbd_socket: self.provider.nbd_socket(),
+            target: self.layout.target(name),
+            format: None,
+        };
+        let attachment = self
+            .host
+            .attach(&request)
+            .await
+            .map_err(|source| DriverError::Host {
+                volume: name.to_string(),
+                source,
+            })?;
+        self.update(|state| {
+            state
+                .volumes
+                .entry(name.to_string())
+                .or_default()
+                .attachment = Some(attachment.clone());
+        })?;
+        info!(volume = name, device = %attachment.device.display(), "volume attached");
+        Ok(attachment)
+    }
+
+    /// `ballast detach`: undoes [`Driver::attach`]; a volume not attached
+    /// is fine.
+    pub async fn detach_alone(&self, name: &str) -> Result<(), DriverError> {
+        check_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().await;
+        match self.with_volume(name, |v| v.attachment.clone()) {
+            None => Ok(()),
+            Some(a) if a.target.is_some() => Err(DriverError::MountedForDocker(name.to_string())),
+            Some(a) => self.detach(name, &a).await,
         }
     }
 
@@ -282,12 +389,18 @@ impl<P: VolumeProvider, H: Host> Driver<P, H> {
         let (attachment, format_as) =
             self.with_volume(name, |v| (v.attachment.clone(), v.format_as));
         if let Some(attachment) = attachment {
+            if attachment.target.is_none() {
+                return Err(DriverError::AttachedAlone {
+                    name: name.to_string(),
+                    device: attachment.device.display().to_string(),
+                });
+            }
             if self.host.is_alive(&attachment) {
                 return Ok(target);
             }
             warn!(
                 volume = name,
-                "the volume's mount is dead (nbdfuse or NBD connection gone); mounting it again"
+                "the volume's mount is dead (its device is no longer served); mounting it again"
             );
             self.host.release(&attachment).await;
             self.update(|state| {

@@ -18,6 +18,12 @@ pub enum DriverError {
     NotFound(String),
     #[error("volume {name} is mounted by {mounts} container(s); stop them before removing it")]
     Mounted { name: String, mounts: usize },
+    #[error("volume {name} is attached as {device} with `ballast attach`; run `ballast detach {name}` first")]
+    AttachedAlone { name: String, device: String },
+    #[error(
+        "volume {0} is mounted for Docker; stop its containers before attaching it on its own"
+    )]
+    MountedForDocker(String),
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error("volume {volume}: {source}")]

@@ -4,10 +4,11 @@
 //! The shim knows nothing of the engine's internals. The daemon hands it a
 //! [`VolumeProvider`] (create, clone, delete, list volumes; where a volume is
 //! exported over NBD) and the shim does the rest on the host: attach the
-//! export as a block device (kernel NBD over netlink, or `nbdfuse` plus a
-//! loop device), format it on first use, mount it, and count the mounts
-//! Docker asks for so the filesystem goes away only when the last container
-//! is done with it.
+//! volume as a block device (the daemon's own FUSE file plus a loop device,
+//! or kernel NBD over netlink), format it on first use, mount it, and count
+//! the mounts Docker asks for so the filesystem goes away only when the
+//! last container is done with it. FUSE attachments survive a daemon
+//! restart: the next daemon takes them over.
 
 mod driver;
 mod error;
@@ -20,7 +21,7 @@ mod state;
 
 pub use driver::{Driver, Layout};
 pub use error::DriverError;
-pub use host::{Attachment, FsType, Host, HostError, LinuxHost, MountRequest};
+pub use host::{AttachPath, Attachment, FsType, Host, HostError, LinuxHost, MountRequest};
 pub use options::{CreateOptions, Source, KNOWN_OPTIONS};
 pub use protocol::{handle, PluginReply};
 pub use provider::{ProviderError, VolumeProvider, VolumeSummary};

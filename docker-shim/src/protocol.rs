@@ -138,6 +138,9 @@ fn volume_json(v: &VolumeView) -> Value {
     if let Some(origin) = &v.summary.origin {
         status["origin"] = json!(origin);
     }
+    if let Some(attachment) = &v.attachment {
+        status["attached"] = json!(attachment.to_string());
+    }
     json!({
         "Name": v.summary.name,
         "Mountpoint": v.mountpoint.as_deref().map_or(String::new(), display),

@@ -1,17 +1,20 @@
-//! The real host path on this machine: nbdfuse + loop device (or kernel
-//! NBD where the module is loaded), mkfs, mount, unmount, and the clean-up
-//! after a daemon died with volumes mounted. nbdkit plays the NBD server.
+//! The real host path on this machine: a ballast pool served over the
+//! daemon's own FUSE server, a direct-I/O loop device, mkfs, mount,
+//! unmount; a new host taking over a running attachment, and the clean-up
+//! of one that cannot be taken over.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use ballast_docker::host::mountinfo::{is_mount_point, mounts};
 use ballast_docker::host::Via;
-use ballast_docker::{FsType, Host, LinuxHost, MountRequest};
+use ballast_docker::{AttachPath, FsType, Host, LinuxHost, MountRequest};
+use ballast_engine::{Pool, PoolConfig};
+use ballast_fuse::holder::Holder;
 
-/// Root, /dev/fuse, nbdfuse, nbdkit and mkfs.ext4; under CI=true a
-/// missing one fails the test instead of skipping it.
+/// Root, /dev/fuse, losetup and mkfs.ext4; under CI=true a missing one
+/// fails the test instead of skipping it.
 fn runnable() -> bool {
     let mut missing = Vec::new();
     // SAFETY: geteuid has no preconditions.
@@ -21,7 +24,7 @@ fn runnable() -> bool {
     if !Path::new("/dev/fuse").exists() {
         missing.push("/dev/fuse".into());
     }
-    for tool in ["nbdfuse", "nbdkit", "mkfs.ext4", "losetup", "blkid"] {
+    for tool in ["mkfs.ext4", "losetup", "blkid"] {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -42,61 +45,55 @@ fn runnable() -> bool {
     false
 }
 
-/// A temp dir with an nbdkit serving a sparse file; on drop everything
-/// under the dir is unmounted and detached and nbdkit is stopped.
+/// A pool with volume `v1`, and a descriptor holder running in this
+/// process; on drop everything under the dir is unmounted and detached.
 struct Fixture {
     dir: PathBuf,
-    socket: PathBuf,
-    nbdkit: Option<Child>,
+    pool: Pool,
+    holder: Holder,
+    holder_thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Fixture {
-    fn new(test: &str) -> Fixture {
-        let dir = std::env::temp_dir().join(format!("ballast-host-{test}-{}", std::process::id()));
+    async fn new(test: &str) -> Fixture {
+        let dir =
+            PathBuf::from("/var/tmp").join(format!("ballast-host-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let disk = std::fs::File::create(dir.join("disk.img")).unwrap();
-        disk.set_len(1 << 30).unwrap();
-        let mut f = Fixture {
-            socket: dir.join("nbd.sock"),
+        let mut config = PoolConfig::new(dir.join("pool"));
+        config.runtime = Some(tokio::runtime::Handle::current());
+        let pool = Pool::open(config).unwrap();
+        pool.create_volume("v1", 512 << 20).await.unwrap();
+        let socket = dir.join("holder.sock");
+        let holder_thread = std::thread::spawn({
+            let socket = socket.clone();
+            move || ballast_fuse::holder::run(&socket)
+        });
+        while !socket.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Fixture {
+            holder: Holder::new(socket, Vec::new()),
             dir,
-            nbdkit: None,
-        };
-        f.start_server();
-        f
-    }
-
-    fn start_server(&mut self) {
-        let _ = std::fs::remove_file(&self.socket);
-        let child = Command::new("nbdkit")
-            .args(["-f", "-U"])
-            .arg(&self.socket)
-            .arg("file")
-            .arg(self.dir.join("disk.img"))
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.nbdkit = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.socket.exists() {
-            assert!(Instant::now() < deadline, "nbdkit did not start");
-            std::thread::sleep(Duration::from_millis(20));
+            pool,
+            holder_thread: Some(holder_thread),
         }
     }
 
-    /// Kills the server, as a `kill -9` of the daemon would.
-    fn kill_server(&mut self) {
-        if let Some(mut child) = self.nbdkit.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    fn host(&self) -> LinuxHost {
+        LinuxHost::new(
+            &self.docker_dir(),
+            self.pool.clone(),
+            self.holder.clone(),
+            Some(AttachPath::Fuse),
+        )
     }
 
     fn request(&self, format: Option<FsType>) -> MountRequest {
         MountRequest {
             volume: "v1".into(),
-            nbd_socket: self.socket.clone(),
-            target: self.dir.join("docker/mounts/v1"),
+            nbd_socket: self.dir.join("unused-nbd.sock"),
+            target: self.docker_dir().join("mounts/v1"),
             format,
         }
     }
@@ -117,91 +114,144 @@ impl Drop for Fixture {
         for p in points {
             let _ = Command::new("umount").arg("-l").arg(&p).status();
         }
-        self.kill_server();
+        for device in loops_on(&self.dir) {
+            let _ = Command::new("losetup").arg("-d").arg(device).status();
+        }
+        // The holder exits once its socket is gone.
+        let _ = std::fs::remove_file(self.holder.socket());
+        if let Some(t) = self.holder_thread.take() {
+            let _ = t.join();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn loops_on(dir: &Path) -> usize {
+fn loops_on(dir: &Path) -> Vec<String> {
     let out = Command::new("losetup")
-        .args(["-n", "-O", "BACK-FILE", "-l"])
+        .args(["-n", "-O", "NAME,BACK-FILE", "-l"])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.trim().starts_with(dir.to_str().unwrap()))
-        .count()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (name, file) = (f.next()?, f.next()?);
+            file.starts_with(dir.to_str().unwrap())
+                .then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// File I/O on the volume never runs on an async worker: the FUSE server
+/// behind it runs on this runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn formats_mounts_unmounts_and_recovers_after_a_crash() {
+async fn formats_mounts_unmounts_and_takes_over_after_a_restart() {
     if !runnable() {
         return;
     }
-    let mut f = Fixture::new("crash");
-    let host = LinuxHost::new(&f.docker_dir());
+    let f = Fixture::new("restart").await;
+    let host = f.host();
     let target = f.request(None).target;
+    let data = target.join("data");
 
     // A blank device with no format allowed is refused, and nothing leaks.
     let e = host.mount(&f.request(None)).await.unwrap_err();
     assert!(e.to_string().contains("holds no filesystem"), "{e}");
     assert!(!is_mount_point(&target));
-    assert_eq!(loops_on(&f.dir), 0);
+    assert!(loops_on(&f.dir).is_empty());
 
     let attachment = host.mount(&f.request(Some(FsType::Ext4))).await.unwrap();
-    assert!(is_mount_point(&target));
-    let data = target.join("data");
-    std::fs::write(data.join("hello"), b"first mount").unwrap();
-    assert!(!data.join("lost+found").exists() && target.join("lost+found").exists());
+    assert!(matches!(attachment.via, Via::Fuse { .. }));
+    assert!(
+        attachment.to_string().starts_with("fuse /dev/loop"),
+        "{attachment}"
+    );
+    let dio = std::fs::read_to_string(format!(
+        "/sys/block/{}/loop/dio",
+        attachment.device.file_name().unwrap().to_str().unwrap()
+    ))
+    .unwrap();
+    assert_eq!(dio.trim(), "1", "the loop device does direct I/O");
+    blocking({
+        let data = data.clone();
+        move || {
+            std::fs::write(data.join("hello"), b"first mount").unwrap();
+            assert!(!data.join("lost+found").exists());
+        }
+    })
+    .await;
+    assert!(target.join("lost+found").exists());
     host.unmount(&attachment).await.unwrap();
     assert!(!is_mount_point(&target));
-    assert_eq!(loops_on(&f.dir), 0);
+    assert!(loops_on(&f.dir).is_empty());
+    assert!(f.holder.keys().unwrap().is_empty(), "the holder let go");
 
     // Already formatted: mounted as is, the file still there.
-    let mut attachment = host.mount(&f.request(Some(FsType::Ext4))).await.unwrap();
-    assert_eq!(std::fs::read(data.join("hello")).unwrap(), b"first mount");
-    std::fs::write(data.join("second"), b"synced").unwrap();
-    Command::new("sync").status().unwrap();
+    let attachment = host.mount(&f.request(Some(FsType::Ext4))).await.unwrap();
     assert!(host.is_alive(&attachment));
+    assert_eq!(
+        f.holder.keys().unwrap().len(),
+        1,
+        "the holder keeps the connection"
+    );
+    let file = data.join("hello");
+    let content = blocking(move || std::fs::read(file).unwrap()).await;
+    assert_eq!(content, b"first mount");
 
-    // nbdfuse dies under a running daemon: the mount is seen dead,
-    // released, and mounted again with the data intact.
-    if let Via::Fuse { pid, .. } = &attachment.via {
-        // SAFETY: kill(2) on the nbdfuse our host started.
-        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while host.is_alive(&attachment) {
-            assert!(
-                Instant::now() < deadline,
-                "a killed nbdfuse still looks alive"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        host.release(&attachment).await;
-        assert!(!is_mount_point(&target));
-        attachment = host.mount(&f.request(None)).await.unwrap();
-        assert_eq!(std::fs::read(data.join("second")).unwrap(), b"synced");
-    }
-
-    // The daemon dies: its NBD server goes, the mount stays behind, dead.
-    f.kill_server();
+    // The daemon stops (its host paused), another one starts and takes
+    // the attachment over: the filesystem never went away.
+    host.suspend().await;
     drop(host);
-    f.start_server();
-    let host = LinuxHost::new(&f.docker_dir());
-    host.clear_stale(std::slice::from_ref(&attachment), &f.docker_dir())
+    let host = f.host();
+    assert!(!host.is_alive(&attachment), "not served by this daemon yet");
+    assert!(host.resume("v1", &attachment).await);
+    assert!(host.is_alive(&attachment));
+    blocking({
+        let data = data.clone();
+        move || {
+            assert_eq!(std::fs::read(data.join("hello")).unwrap(), b"first mount");
+            let out = std::fs::File::create(data.join("after")).unwrap();
+            std::io::Write::write_all(&mut &out, b"taken over").unwrap();
+            out.sync_all().unwrap();
+        }
+    })
+    .await;
+
+    // A daemon that died without a word, and whose holder lost the
+    // connection: it cannot be taken over, and is cleared away.
+    drop(host);
+    f.holder.release(&attachment_dir(&attachment)).unwrap();
+    let host = f.host();
+    assert!(!host.resume("v1", &attachment).await);
+    host.clear_stale(std::slice::from_ref(&attachment), &[], &f.docker_dir())
         .await;
     assert!(!is_mount_point(&target));
     assert!(mounts().iter().all(|m| !m.mount_point.starts_with(&f.dir)));
-    let loop_name = attachment.device.file_name().unwrap().to_str().unwrap();
     assert!(
-        !Path::new(&format!("/sys/block/{loop_name}/loop/backing_file")).exists(),
-        "the crashed attachment's loop device is still attached"
+        loops_on(&f.dir).is_empty(),
+        "the stale loop device is detached"
     );
 
+    // What was fsynced before is there when mounted afresh.
     let attachment = host.mount(&f.request(None)).await.unwrap();
-    assert_eq!(std::fs::read(data.join("second")).unwrap(), b"synced");
+    let file = data.join("after");
+    assert_eq!(
+        blocking(move || std::fs::read(file).unwrap()).await,
+        b"taken over"
+    );
     host.unmount(&attachment).await.unwrap();
     assert!(mounts().iter().all(|m| !m.mount_point.starts_with(&f.dir)));
+}
+
+fn attachment_dir(attachment: &ballast_docker::Attachment) -> String {
+    match &attachment.via {
+        Via::Fuse { dir } => dir.display().to_string(),
+        Via::KernelNbd { .. } => unreachable!("a FUSE attachment"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,8 +259,8 @@ async fn formats_xfs_when_asked() {
     if !runnable() {
         return;
     }
-    let f = Fixture::new("xfs");
-    let host = LinuxHost::new(&f.docker_dir());
+    let f = Fixture::new("xfs").await;
+    let host = f.host();
     if !host.supports(FsType::Xfs) {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -221,16 +271,15 @@ async fn formats_xfs_when_asked() {
     let attachment = host.mount(&f.request(Some(FsType::Xfs))).await.unwrap();
     let mounted = mounts()
         .into_iter()
-        .find(|m| m.mount_point == attachment.target)
+        .find(|m| Some(&m.mount_point) == attachment.target.as_ref())
         .expect("mounted");
     assert_eq!(mounted.fstype, "xfs");
-    std::fs::write(attachment.target.join("data/x"), b"xfs").unwrap();
+    let file = attachment.target.as_ref().unwrap().join("data/x");
+    blocking(move || std::fs::write(file, b"xfs").unwrap()).await;
     host.unmount(&attachment).await.unwrap();
     // Mounted again without a format request: still XFS, data intact.
     let attachment = host.mount(&f.request(None)).await.unwrap();
-    assert_eq!(
-        std::fs::read(attachment.target.join("data/x")).unwrap(),
-        b"xfs"
-    );
+    let file = attachment.target.as_ref().unwrap().join("data/x");
+    assert_eq!(blocking(move || std::fs::read(file).unwrap()).await, b"xfs");
     host.unmount(&attachment).await.unwrap();
 }

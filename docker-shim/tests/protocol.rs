@@ -123,8 +123,10 @@ struct FakeHost {
     provider: FakeProvider,
     calls: Arc<Mutex<Vec<String>>>,
     fail_mounts: Arc<Mutex<bool>>,
-    /// Attachments reported dead (nbdfuse gone, say).
+    /// Attachments reported dead (their server gone, say).
     dead: Arc<Mutex<bool>>,
+    /// Whether attachments recorded by an earlier daemon can be taken over.
+    resumable: bool,
 }
 
 impl FakeHost {
@@ -134,6 +136,7 @@ impl FakeHost {
             calls: Arc::default(),
             fail_mounts: Arc::default(),
             dead: Arc::default(),
+            resumable: false,
         }
     }
 
@@ -170,9 +173,21 @@ impl Host for FakeHost {
         }
         std::fs::create_dir_all(request.target.join("data")).unwrap();
         Ok(Attachment {
-            target: request.target.clone(),
+            target: Some(request.target.clone()),
             device: "/dev/loop9".into(),
             via: Via::KernelNbd { index: 9 },
+        })
+    }
+
+    async fn attach(&self, request: &MountRequest) -> Result<Attachment, HostError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("attach {}", request.volume));
+        Ok(Attachment {
+            target: None,
+            device: "/dev/nbd3".into(),
+            via: Via::KernelNbd { index: 3 },
         })
     }
 
@@ -180,7 +195,7 @@ impl Host for FakeHost {
         self.calls
             .lock()
             .unwrap()
-            .push(format!("unmount {}", attachment.target.display()));
+            .push(format!("unmount {}", shown(attachment)));
         Ok(())
     }
 
@@ -193,15 +208,34 @@ impl Host for FakeHost {
         self.calls
             .lock()
             .unwrap()
-            .push(format!("release {}", attachment.target.display()));
+            .push(format!("release {}", shown(attachment)));
     }
 
-    async fn clear_stale(&self, attachments: &[Attachment], _dir: &Path) {
+    async fn resume(&self, volume: &str, _attachment: &Attachment) -> bool {
+        self.calls.lock().unwrap().push(format!("resume {volume}"));
+        self.resumable
+    }
+
+    async fn clear_stale(&self, stale: &[Attachment], live: &[Attachment], _dir: &Path) {
         self.calls
             .lock()
             .unwrap()
-            .push(format!("clear_stale {}", attachments.len()));
+            .push(format!("clear_stale {} live={}", stale.len(), live.len()));
     }
+
+    async fn suspend(&self) {
+        self.calls.lock().unwrap().push("suspend".into());
+    }
+}
+
+/// An attachment's mount point, or its device when it is not mounted.
+fn shown(attachment: &Attachment) -> String {
+    attachment
+        .target
+        .as_ref()
+        .unwrap_or(&attachment.device)
+        .display()
+        .to_string()
 }
 
 type TestDriver = Driver<FakeProvider, FakeHost>;
@@ -236,7 +270,15 @@ impl Fixture {
 
     /// A second driver on the same state directory, as after a restart.
     async fn restart(&mut self) {
+        self.restart_with(false).await
+    }
+
+    /// A restart after which the host can (or cannot) take over the
+    /// attachments the first driver recorded.
+    async fn restart_with(&mut self, resumable: bool) {
+        self.driver.shutdown().await;
         self.host = FakeHost::new(&self.provider);
+        self.host.resumable = resumable;
         let driver = Driver::open(
             self.provider.clone(),
             self.host.clone(),
@@ -569,19 +611,20 @@ async fn mount_counts_survive_a_restart() {
         .await;
 
     f.restart().await;
-    // The old attachment is torn down and the volume mounted afresh.
+    // The old attachment cannot be taken over: it is torn down and the
+    // volume mounted afresh.
     assert_eq!(
         f.host.calls(),
-        vec!["clear_stale 1", "mount v1 format=None"]
+        vec!["resume v1", "clear_stale 1 live=0", "mount v1 format=None"]
     );
     let got = f.call("/VolumeDriver.Get", json!({"Name": "v1"})).await;
     assert_ne!(got["Volume"]["Mountpoint"], "");
     f.call("/VolumeDriver.Unmount", json!({"Name": "v1", "ID": "a"}))
         .await;
-    assert_eq!(f.host.calls().len(), 2);
+    assert_eq!(f.host.calls().len(), 3);
     f.call("/VolumeDriver.Unmount", json!({"Name": "v1", "ID": "b"}))
         .await;
-    assert_eq!(f.host.calls().len(), 3);
+    assert_eq!(f.host.calls().len(), 4);
 
     // "idle" was never mounted: still formatted on its first mount.
     f.restart().await;
@@ -589,7 +632,51 @@ async fn mount_counts_survive_a_restart() {
         .await;
     assert_eq!(
         f.host.calls(),
-        vec!["clear_stale 0", "mount idle format=Some(Ext4)"]
+        vec!["clear_stale 0 live=0", "mount idle format=Some(Ext4)"]
+    );
+}
+
+#[tokio::test]
+async fn attachments_taken_over_after_a_restart_stay_mounted() {
+    let mut f = Fixture::new();
+    for name in ["held", "let-go"] {
+        f.call(
+            "/VolumeDriver.Create",
+            json!({"Name": name, "Opts": {"size": "1G"}}),
+        )
+        .await;
+        f.call("/VolumeDriver.Mount", json!({"Name": name, "ID": "a"}))
+            .await;
+    }
+    let got = f.call("/VolumeDriver.Get", json!({"Name": "held"})).await;
+    assert_eq!(got["Volume"]["Status"]["attached"], "kernel-nbd /dev/loop9");
+    // The daemon dies after Docker's last Unmount of "let-go" was
+    // counted but before the volume was detached.
+    let path = f.dir.0.join("docker/state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["volumes"]["let-go"]["mount_ids"] = json!([]);
+    std::fs::write(&path, state.to_string()).unwrap();
+
+    f.restart_with(true).await;
+    assert_eq!(
+        f.host.calls()[..3],
+        ["resume held", "resume let-go", "clear_stale 0 live=2"]
+    );
+    assert_eq!(
+        f.host.calls()[3..],
+        [format!("unmount {}", f.mount_target("let-go").display())],
+        "taken over, and detached as no container holds it; nothing remounted"
+    );
+    let got = f.call("/VolumeDriver.Get", json!({"Name": "held"})).await;
+    assert_ne!(got["Volume"]["Mountpoint"], "");
+    let got = f.call("/VolumeDriver.Get", json!({"Name": "let-go"})).await;
+    assert_eq!(got["Volume"]["Mountpoint"], "");
+    // The taken-over attachment is unmounted when its container goes.
+    f.call("/VolumeDriver.Unmount", json!({"Name": "held", "ID": "a"}))
+        .await;
+    assert_eq!(
+        f.host.calls().last().unwrap(),
+        &format!("unmount {}", f.mount_target("held").display())
     );
 }
 
@@ -698,4 +785,55 @@ fn stop_signal() -> (
     (tx, async move {
         let _ = rx.await;
     })
+}
+
+#[tokio::test]
+async fn a_volume_attached_alone_and_a_docker_mount_exclude_each_other() {
+    let f = Fixture::new();
+    for name in ["alone", "docker"] {
+        f.call(
+            "/VolumeDriver.Create",
+            json!({"Name": name, "Opts": {"size": "1G"}}),
+        )
+        .await;
+    }
+    let attached = f.driver.attach("alone").await.unwrap();
+    assert_eq!(attached.target, None);
+    assert_eq!(attached.to_string(), "kernel-nbd /dev/nbd3");
+    assert_eq!(
+        f.driver.attach("alone").await.unwrap(),
+        attached,
+        "idempotent"
+    );
+    assert_eq!(f.host.calls(), ["attach alone"]);
+    let reply = f
+        .call("/VolumeDriver.Mount", json!({"Name": "alone", "ID": "a"}))
+        .await;
+    assert_eq!(
+        err(&reply),
+        "volume alone is attached as /dev/nbd3 with `ballast attach`; run `ballast detach alone` first"
+    );
+    let got = f.call("/VolumeDriver.Get", json!({"Name": "alone"})).await;
+    assert_eq!(got["Volume"]["Mountpoint"], "", "attached, not mounted");
+    assert_eq!(got["Volume"]["Status"]["attached"], "kernel-nbd /dev/nbd3");
+    let reply = f
+        .call("/VolumeDriver.Remove", json!({"Name": "alone"}))
+        .await;
+    assert!(err(&reply).contains("ballast detach alone"), "{reply}");
+
+    f.call("/VolumeDriver.Mount", json!({"Name": "docker", "ID": "a"}))
+        .await;
+    let e = f.driver.attach("docker").await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "volume docker is mounted for Docker; stop its containers before attaching it on its own"
+    );
+    assert!(f.driver.detach_alone("docker").await.is_err());
+
+    f.driver.detach_alone("alone").await.unwrap();
+    f.driver.detach_alone("alone").await.unwrap();
+    assert_eq!(f.host.calls().last().unwrap(), "unmount /dev/nbd3");
+    f.call("/VolumeDriver.Mount", json!({"Name": "alone", "ID": "b"}))
+        .await;
+    assert!(f.driver.attach("nope").await.is_err());
 }

@@ -8,6 +8,7 @@
 //! also holds the reply type. Every route lives under [`PREFIX`] so the API
 //! can change shape in a later version without breaking older clients.
 
+mod attach;
 mod backups;
 mod error;
 mod jobs;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use hyper::{Method, Request};
 use serde::de::DeserializeOwned;
 
+use super::attach;
 use super::error::ApiError;
 use super::state::{Answer, ApiState};
 use super::{backups, jobs, volumes, PREFIX};
@@ -33,6 +34,8 @@ pub async fn route(state: &ApiState, req: Request<Bytes>) -> Answer {
         (["volumes", name, "grow"], &Method::POST) => {
             volumes::grow_volume(state, name, json_body(req.body())?).await
         }
+        (["volumes", name, "attach"], &Method::POST) => attach::attach(state, name).await,
+        (["volumes", name, "detach"], &Method::POST) => attach::detach(state, name).await,
         (["volumes", volume, "snapshots"], &Method::GET) => {
             volumes::list_snapshots(state, volume).await
         }
@@ -59,6 +62,8 @@ pub async fn route(state: &ApiState, req: Request<Bytes>) -> Answer {
             | ["volumes"]
             | ["volumes", _]
             | ["volumes", _, "grow"]
+            | ["volumes", _, "attach"]
+            | ["volumes", _, "detach"]
             | ["volumes", _, "snapshots"]
             | ["volumes", _, "snapshots", _],
             _,

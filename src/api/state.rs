@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::types::NbdEndpoints;
+use crate::driver::DockerDriver;
 use crate::ops::jobs::Jobs;
 
 /// Everything the handlers can reach. Services that add API routes add
@@ -17,6 +18,9 @@ pub struct ApiState {
     pub nbd: NbdEndpoints,
     /// Running and recently finished backup jobs.
     pub jobs: Jobs,
+    /// Attaches volumes as block devices (`ballast attach`): the Docker
+    /// driver, present when the daemon runs as root.
+    pub attach: Option<std::sync::Arc<DockerDriver>>,
 }
 
 /// A successful answer of the control API: status and JSON body (empty

@@ -61,6 +61,14 @@ pub enum NbdTls {
     Require,
 }
 
+/// `POST /v1/volumes/NAME/attach`: the volume's block device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attached {
+    pub device: std::path::PathBuf,
+    /// The attach path: `fuse` or `kernel-nbd`.
+    pub via: String,
+}
+
 /// `ballast export --json`: the URIs of one export.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportUris {

@@ -89,6 +89,14 @@ async fn clone_volume(
 }
 
 pub async fn delete_volume(state: &ApiState, name: &str) -> Answer {
+    if let Some(attached) = state.attach.as_ref().and_then(|d| d.attachment(name)) {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!(
+                "volume {name} is attached ({attached}); detach it (or stop its containers) first"
+            ),
+        });
+    }
     state.pool.delete_volume(name).await?;
     info!(volume = %name, "deleted volume");
     ApiReply::no_content()

@@ -29,6 +29,14 @@ pub enum Command {
     Daemon(Box<DaemonArgs>),
     /// Run the daemon on the default root with default settings
     Serve(ServeArgs),
+    /// Keep the daemon's FUSE connections open across its restarts
+    /// (started by the daemon itself)
+    #[command(hide = true)]
+    FuseHolder {
+        /// Socket the daemon reaches the holder on
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -68,6 +76,18 @@ pub enum ClientCommand {
     Backup(BackupCommand),
     /// Show pool space and settings
     Pool(OutputArgs),
+    /// Attach a volume as a block device on this host, the way Docker volumes are (prints the device)
+    Attach {
+        /// Volume name
+        volume: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Detach a volume attached with `ballast attach`
+    Detach {
+        /// Volume name
+        volume: String,
+    },
     /// Print the NBD URIs of a volume (read-write) or snapshot (read-only)
     Export {
         /// VOL or VOL@SNAP
@@ -128,6 +148,9 @@ pub struct DaemonArgs {
     /// Serve the Docker volume plugin as NAME (socket /run/docker/plugins/NAME.sock)
     #[arg(long, value_name = "NAME")]
     pub docker_plugin: Option<String>,
+    /// How Docker volumes become block devices: fuse or kernel-nbd [default: fuse where /dev/fuse exists]
+    #[arg(long, value_name = "PATH")]
+    pub docker_attach: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -47,6 +47,20 @@ pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
         }
         ClientCommand::Snapshot(command) => snapshot(client, command).await?,
         ClientCommand::Backup(command) => backup::run(client, command).await?,
+        ClientCommand::Attach { volume, output } => {
+            validate_name(&volume)?;
+            let attached = client.attach(&volume).await?;
+            if output.json {
+                json(&attached)
+            } else {
+                format!("{}\n", attached.device.display())
+            }
+        }
+        ClientCommand::Detach { volume } => {
+            validate_name(&volume)?;
+            client.detach(&volume).await?;
+            format!("{volume}\n")
+        }
         ClientCommand::Export { export, output } => {
             export_uris(client, &export, output.json).await?
         }

@@ -18,4 +18,6 @@ pub struct DaemonConfig {
     pub nbd: NbdConfig,
     /// Serve the Docker volume plugin under this name.
     pub docker_plugin: Option<String>,
+    /// How Docker volumes are attached; `None`: the best the host has.
+    pub docker_attach: Option<ballast_docker::AttachPath>,
 }

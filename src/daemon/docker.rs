@@ -1,105 +1,26 @@
-//! The Docker volume plugin service: the pool as a [`VolumeProvider`] for
-//! the ballast-docker driver, its socket in `/run/docker/plugins/`,
-//! start-up recovery of mounts left by an earlier daemon.
+//! The Docker volume service: the driver over the pool
+//! ([`crate::driver`]), the plugin socket in `/run/docker/plugins/`,
+//! start-up recovery of attachments left by an earlier daemon (taking
+//! their FUSE connections over), and the same driver for `ballast attach`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use ballast_backupstore::NoProgress;
-use ballast_docker::{
-    Driver, Layout, LinuxHost, ProviderError, VolumeProvider, VolumeSummary, PLUGIN_DIR,
-};
-use ballast_engine::{Error, Pool, VolumeInfo};
+use ballast_docker::{AttachPath, Driver, Layout, LinuxHost, PLUGIN_DIR};
+use ballast_engine::Pool;
+use ballast_fuse::holder::Holder;
 use ballast_unix_http::SocketFile;
 use tokio::net::UnixListener;
 use tracing::info;
 
 use super::services::Services;
-use crate::ops::error::OpError;
-use crate::ops::restore::restore_backup;
+use crate::driver::{DockerDriver, PoolProvider};
 
 /// Driver state and mounts live in `ROOT/docker/`.
 const DOCKER_DIR: &str = "docker";
-
-/// The pool, as the driver sees it.
-pub struct PoolProvider {
-    pool: Pool,
-    nbd_socket: PathBuf,
-}
-
-impl VolumeProvider for PoolProvider {
-    async fn create_volume(&self, name: &str, size: u64) -> Result<(), ProviderError> {
-        self.pool
-            .create_volume(name, size)
-            .await
-            .map(drop)
-            .map_err(ProviderError::Pool)
-    }
-
-    async fn clone_volume(
-        &self,
-        name: &str,
-        volume: &str,
-        snapshot: &str,
-    ) -> Result<(), ProviderError> {
-        self.pool
-            .clone_volume(name, volume, snapshot)
-            .await
-            .map(drop)
-            .map_err(ProviderError::Pool)
-    }
-
-    async fn restore_backup(&self, name: &str, url: &str) -> Result<(), ProviderError> {
-        restore_from_backup(&self.pool, name, url).await
-    }
-
-    async fn delete_volume(&self, name: &str) -> Result<(), ProviderError> {
-        self.pool
-            .delete_volume(name)
-            .await
-            .map_err(ProviderError::Pool)
-    }
-
-    fn volume(&self, name: &str) -> Result<Option<VolumeSummary>, ProviderError> {
-        match self.pool.volume(name) {
-            Ok(info) => Ok(Some(summary(info))),
-            Err(Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(ProviderError::Pool(e)),
-        }
-    }
-
-    fn volumes(&self) -> Result<Vec<VolumeSummary>, ProviderError> {
-        Ok(self.pool.volumes().into_iter().map(summary).collect())
-    }
-
-    fn nbd_socket(&self) -> PathBuf {
-        self.nbd_socket.clone()
-    }
-}
-
-/// `docker volume create -o backup=URL`: restores volume `name` from a
-/// backup, the same way `ballast create NAME --backup URL` does.
-async fn restore_from_backup(pool: &Pool, name: &str, url: &str) -> Result<(), ProviderError> {
-    let restore = async {
-        let backup = url.parse().map_err(OpError::Store)?;
-        restore_backup(pool, &backup, name, &NoProgress).await
-    };
-    restore
-        .await
-        .map(drop)
-        .map_err(|e| ProviderError::Restore(Box::new(e)))
-}
-
-fn summary(info: VolumeInfo) -> VolumeSummary {
-    VolumeSummary {
-        name: info.name,
-        size: info.size,
-        allocated: info.allocated,
-        created: info.created,
-        origin: info.origin,
-    }
-}
+/// The FUSE descriptor holder's socket, in `ROOT/docker/`.
+const HOLDER_SOCKET: &str = "fuse-holder.sock";
 
 /// The plugin socket for plugin `name`.
 pub fn socket_path(name: &str) -> PathBuf {
@@ -119,28 +40,81 @@ pub fn bind(name: &str) -> Result<(UnixListener, SocketFile)> {
     })
 }
 
-/// Recovers earlier mounts, then serves Docker until shutdown.
-pub fn spawn(
-    services: &mut Services,
-    (listener, socket_file): (UnixListener, SocketFile),
+/// Whether this daemon runs the driver: only root can attach and mount.
+pub fn driver_runs() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The holder that keeps FUSE connections open across restarts: this
+/// binary's hidden `fuse-holder` command.
+fn holder(dir: &Path) -> Result<Holder> {
+    let socket = dir.join(HOLDER_SOCKET);
+    let exe = std::env::current_exe().context("cannot find the ballast binary")?;
+    let command = vec![
+        exe.into_os_string(),
+        "fuse-holder".into(),
+        "--socket".into(),
+        socket.clone().into_os_string(),
+    ];
+    Ok(Holder::new(socket, command))
+}
+
+/// The driver and, when the Docker plugin is served, its socket.
+pub struct DockerService {
+    driver: Arc<DockerDriver>,
+    plugin: Option<(UnixListener, SocketFile)>,
+}
+
+/// The driver over `pool`, for the Docker plugin (`plugin`: its bound
+/// socket) and for `ballast attach`; `None` unless [`driver_runs`].
+pub fn prepare(
+    plugin: Option<(UnixListener, SocketFile)>,
     pool: Pool,
     root: &Path,
     nbd_socket: &Path,
-) -> Result<()> {
+    attach: Option<AttachPath>,
+) -> Result<Option<DockerService>> {
+    if !driver_runs() {
+        return Ok(None);
+    }
     let dir = root.join(DOCKER_DIR);
-    let backend = PoolProvider {
-        pool,
+    let provider = PoolProvider {
+        pool: pool.clone(),
         nbd_socket: nbd_socket.to_path_buf(),
     };
-    let host = LinuxHost::new(&dir);
-    let driver = Driver::open(backend, host, Layout::new(dir))?;
-    services.spawn("Docker plugin", move |shutdown| async move {
-        let driver = Arc::new(driver);
-        driver.recover().await;
-        info!(socket = %socket_file.path().display(), "serving the Docker volume plugin");
-        ballast_docker::serve(listener, driver, shutdown.cancelled_owned()).await;
-        drop(socket_file);
-        Ok(())
-    });
-    Ok(())
+    let host = LinuxHost::new(&dir, pool, holder(&dir)?, attach);
+    let driver = Arc::new(Driver::open(provider, host, Layout::new(dir))?);
+    Ok(Some(DockerService { driver, plugin }))
+}
+
+impl DockerService {
+    pub fn driver(&self) -> Arc<DockerDriver> {
+        Arc::clone(&self.driver)
+    }
+
+    /// Recovers earlier attachments (taking over the FUSE connections an
+    /// earlier daemon left), serves the plugin (if any) until shutdown,
+    /// then pauses the FUSE connections for the next daemon.
+    pub fn spawn(self, services: &mut Services) {
+        let DockerService { driver, plugin } = self;
+        services.spawn("Docker volumes", move |shutdown| async move {
+            driver.recover().await;
+            match plugin {
+                Some((listener, socket_file)) => {
+                    info!(socket = %socket_file.path().display(), "serving the Docker volume plugin");
+                    ballast_docker::serve(
+                        listener,
+                        Arc::clone(&driver),
+                        shutdown.cancelled_owned(),
+                    )
+                    .await;
+                    drop(socket_file);
+                }
+                None => shutdown.cancelled().await,
+            }
+            driver.shutdown().await;
+            Ok(())
+        });
+    }
 }

@@ -49,13 +49,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         socket::Access::Owner,
     )
     .await?;
-    let nbd = nbd::bind(
-        &config.nbd,
-        tls,
-        &config.root,
-        config.docker_plugin.is_some(),
-    )
-    .await?;
+    let nbd = nbd::bind(&config.nbd, tls, &config.root, docker::driver_runs()).await?;
     let docker_socket = config
         .docker_plugin
         .as_deref()
@@ -76,10 +70,18 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
 
     ops::restore::clean_up_interrupted(&pool).await;
     let jobs = ops::jobs::Jobs::default();
+    let docker = docker::prepare(
+        docker_socket,
+        pool.clone(),
+        &config.root,
+        &nbd.driver_socket(),
+        config.docker_attach,
+    )?;
     let state = Arc::new(ApiState {
         pool: pool.clone(),
         nbd: nbd.endpoints(),
         jobs: jobs.clone(),
+        attach: docker.as_ref().map(docker::DockerService::driver),
     });
     services.spawn("control API", move |shutdown| {
         api::server::serve(listener, state, shutdown.cancelled_owned())
@@ -88,16 +90,9 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         let pool = pool.clone();
         move |shutdown| commit::run(pool, COMMIT_PERIOD, shutdown)
     });
-    let driver_socket = nbd.driver_socket();
     nbd.spawn(&mut services, pool.clone());
-    if let Some(socket) = docker_socket {
-        docker::spawn(
-            &mut services,
-            socket,
-            pool.clone(),
-            &config.root,
-            &driver_socket,
-        )?;
+    if let Some(docker) = docker {
+        docker.spawn(&mut services);
     }
     // Further services are
     // spawned here the same way: `services.spawn(name, |token| future)`,

@@ -1,207 +1,232 @@
-//! Attaching through `nbdfuse` and a loop device, for hosts without the
-//! kernel NBD driver: nbdfuse (libnbd) exposes the export as the file
-//! `DIR/nbd` on a FUSE mount, and `losetup` makes a block device of it.
+//! Attaching through the daemon's own FUSE server: the volume is served as
+//! the file `DIR/disk` (ballast-fuse, no second process, no socket hop),
+//! and a direct-I/O loop device makes a block device of it.
+//!
+//! Each served file's `/dev/fuse` descriptor and redo log also go to the
+//! descriptor holder, so a restarted daemon finds the connection still
+//! mounted, takes it over and the containers on it carry on.
 
-use std::fmt::Write;
-use std::fs::{self, File};
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
-use tokio::process::{Child, Command};
-use tracing::warn;
+use ballast_engine::{Pool, Volume};
+use ballast_fuse::holder::Holder;
+use ballast_fuse::{FileExport, Handoff, FILE_NAME};
+use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+use tracing::{info, warn};
 
-use super::command::{self, not_runnable};
+use super::loopdev;
 use super::mountinfo::is_mount_point;
 use super::HostError;
 
-/// How long nbdfuse gets to connect and mount.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a FUSE mount may stay busy (the loop device letting go).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A running nbdfuse and the loop device on its file.
-pub struct Attached {
-    pub child: Child,
-    pub pid: u32,
-    pub device: PathBuf,
+/// What the holder keeps beside a connection's descriptors.
+#[derive(Debug, Serialize, Deserialize)]
+struct Kept {
+    volume: String,
+    handoff: Handoff,
 }
 
-/// `nbd+unix:///EXPORT?socket=PATH` (libnbd's URI form).
-pub fn unix_uri(socket: &Path, export: &str) -> String {
-    let mut uri = format!("nbd+unix:///{export}?socket=");
-    for &b in socket.as_os_str().as_encoded_bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            uri.push(b as char);
-        } else {
-            let _ = write!(uri, "%{b:02X}");
-        }
-    }
-    uri
+/// The daemon's FUSE exports for Docker volumes, under `ROOT/docker/fuse/`.
+pub struct FuseAttacher {
+    dir: PathBuf,
+    pool: Pool,
+    holder: Holder,
+    /// By FUSE mount directory.
+    exports: Mutex<HashMap<PathBuf, FileExport<Volume>>>,
 }
 
-/// Starts nbdfuse on `dir` for `uri` and attaches a loop device to its file.
-pub async fn attach(dir: &Path, uri: &str) -> Result<Attached, HostError> {
-    fs::create_dir_all(dir)
-        .map_err(|e| HostError(format!("cannot create {}: {e}", dir.display())))?;
-    let log_path = dir.with_extension("log");
-    let log = File::create(&log_path)
-        .map_err(|e| HostError(format!("cannot create {}: {e}", log_path.display())))?;
-    let mut child = Command::new("nbdfuse")
-        .arg(format!("{}/", dir.display()))
-        .arg(uri)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| not_runnable("nbdfuse", e))?;
-    let pid = child.id().unwrap_or_default();
-    let file = dir.join("nbd");
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = fs::read_to_string(&log_path).unwrap_or_default();
-            return Err(HostError(format!(
-                "nbdfuse exited ({status}): {}",
-                log.lines().last().unwrap_or("no message")
-            )));
-        }
-        if is_mount_point(dir) && file.is_file() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill().await;
-            let _ = command::run("umount", [dir]).await;
-            return Err(HostError(format!(
-                "nbdfuse did not mount {} within {START_TIMEOUT:?}",
-                dir.display()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    match loop_attach(&file).await {
-        Ok(device) => Ok(Attached { child, pid, device }),
-        Err(e) => {
-            release(dir, Some(child)).await;
-            Err(e)
+impl FuseAttacher {
+    pub fn new(dir: PathBuf, pool: Pool, holder: Holder) -> FuseAttacher {
+        FuseAttacher {
+            dir,
+            pool,
+            holder,
+            exports: Mutex::new(HashMap::new()),
         }
     }
-}
 
-/// A loop device on `file`, with direct I/O when the kernel allows it on
-/// FUSE (no double caching), else without.
-async fn loop_attach(file: &Path) -> Result<PathBuf, HostError> {
-    let direct = command::run(
-        "losetup",
-        [
-            "--find".as_ref(),
-            "--show".as_ref(),
-            "--direct-io=on".as_ref(),
-            file.as_os_str(),
-        ],
-    )
-    .await;
-    let out = match direct {
-        Ok(out) => out,
-        Err(e) => {
-            warn!("losetup with direct I/O failed ({e}); retrying without");
-            command::run(
-                "losetup",
-                ["--find".as_ref(), "--show".as_ref(), file.as_os_str()],
-            )
-            .await?
-        }
-    };
-    Ok(PathBuf::from(out.trim()))
-}
-
-/// Detaches loop `device` (deferred by the kernel while it is still open)
-/// and stops nbdfuse.
-pub async fn detach(device: &Path, dir: &Path, child: Option<Child>) -> Result<(), HostError> {
-    if let Err(e) = command::run("losetup", ["-d".as_ref(), device.as_os_str()]).await {
-        if loop_backing_file(device).is_some() {
-            return Err(e);
-        }
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
-    release(dir, child).await;
-    Ok(())
-}
 
-/// Unmounts the FUSE mount (which ends nbdfuse) and reaps `child`.
-async fn release(dir: &Path, child: Option<Child>) {
-    let deadline = Instant::now() + BUSY_TIMEOUT;
-    while is_mount_point(dir) {
-        if Instant::now() > deadline {
-            warn!(dir = %dir.display(), "FUSE mount still busy; detaching it lazily");
-            let _ = command::run("umount", ["-l".as_ref(), dir.as_os_str()]).await;
-            break;
-        }
-        if command::run("umount", [dir]).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    fn key(dir: &Path) -> String {
+        dir.display().to_string()
     }
-    if let Some(mut child) = child {
-        if tokio::time::timeout(BUSY_TIMEOUT, child.wait())
+
+    /// Serves `volume` and attaches a loop device to it: (device, FUSE dir).
+    pub async fn attach(&self, volume: &str) -> Result<(PathBuf, PathBuf), HostError> {
+        let dir = self.dir.join(volume);
+        let handle = self
+            .pool
+            .open_volume(volume)
+            .map_err(|e| HostError(format!("cannot open volume {volume}: {e}")))?;
+        let export = FileExport::mount(handle, &dir, volume)
             .await
-            .is_err()
-        {
-            warn!("nbdfuse did not exit after its unmount; killing it");
-            let _ = child.kill().await;
+            .map_err(|e| HostError(e.to_string()))?;
+        let device = match loopdev::attach(&export.file()).await {
+            Ok(device) => device,
+            Err(e) => {
+                let _ = export.unmount().await;
+                return Err(e);
+            }
+        };
+        let kept = Kept {
+            volume: volume.to_string(),
+            handoff: export.handoff(),
+        };
+        let meta = serde_json::to_string(&kept).expect("serialisable");
+        let holder = self.holder.clone();
+        let key = Self::key(&dir);
+        let fds: Vec<OwnedFd> = export
+            .fds()
+            .iter()
+            .map(|fd| fd.try_clone_to_owned())
+            .collect::<Result<_, _>>()
+            .map_err(|e| HostError(format!("cannot duplicate the FUSE descriptors: {e}")))?;
+        let kept = tokio::task::spawn_blocking(move || {
+            let borrowed: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+            holder.keep(&key, &meta, &borrowed)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = kept {
+            // Served all the same; only a restart would cut it off.
+            warn!(volume, "the FUSE descriptor holder is unavailable ({e}): this volume's containers will lose their I/O if the daemon restarts");
+        }
+        self.exports.lock().unwrap().insert(dir.clone(), export);
+        Ok((device, dir))
+    }
+
+    /// Detaches the loop device, unmounts the FUSE file, lets the holder
+    /// close its copies.
+    pub async fn detach(&self, device: &Path, dir: &Path) -> Result<(), HostError> {
+        loopdev::detach(device).await?;
+        let export = self.exports.lock().unwrap().remove(dir);
+        if let Some(export) = export {
+            export
+                .unmount()
+                .await
+                .map_err(|e| HostError(format!("cannot unmount {}: {e}", dir.display())))?;
+        } else if is_mount_point(dir) {
+            let _ = ballast_fuse::unmount(dir, true);
+        }
+        self.forget(dir).await;
+        Ok(())
+    }
+
+    async fn forget(&self, dir: &Path) {
+        let holder = self.holder.clone();
+        let key = Self::key(dir);
+        let released = tokio::task::spawn_blocking(move || holder.release(&key)).await;
+        if let Ok(Err(e)) = released {
+            warn!(dir = %dir.display(), "the FUSE descriptor holder did not release a connection: {e}");
         }
     }
-}
 
-/// The file behind loop `device`, if it is attached.
-pub fn loop_backing_file(device: &Path) -> Option<PathBuf> {
-    let name = device.file_name()?.to_str()?;
-    let text = fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).ok()?;
-    Some(PathBuf::from(text.trim_end_matches('\n')))
-}
-
-/// Loop devices whose backing file lies under `dir`.
-pub fn loops_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir("/sys/block") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| name.starts_with("loop"))
-        .map(|name| PathBuf::from("/dev").join(name))
-        .filter(|dev| loop_backing_file(dev).is_some_and(|f| f.starts_with(dir)))
-        .collect()
-}
-
-/// Whether process `pid` is an nbdfuse serving `dir` (guards against the
-/// PID having been reused since it was recorded).
-pub fn is_our_nbdfuse(pid: u32, dir: &Path) -> bool {
-    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    let dir_arg = format!("{}/", dir.display());
-    args.first().is_some_and(|a| a.ends_with(b"nbdfuse")) && args.contains(&dir_arg.as_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn builds_libnbd_unix_uris() {
-        assert_eq!(
-            unix_uri(Path::new("/var/lib/ballast/nbd.sock"), "db"),
-            "nbd+unix:///db?socket=/var/lib/ballast/nbd.sock"
-        );
-        assert_eq!(
-            unix_uri(Path::new("/tmp/a b&c"), "v"),
-            "nbd+unix:///v?socket=/tmp/a%20b%26c"
-        );
+    /// Whether this daemon serves `dir`.
+    pub fn is_alive(&self, dir: &Path) -> bool {
+        self.exports
+            .lock()
+            .unwrap()
+            .get(dir)
+            .is_some_and(FileExport::is_serving)
     }
 
-    #[test]
-    fn recognises_only_nbdfuse_processes() {
-        assert!(!is_our_nbdfuse(std::process::id(), Path::new("/x")));
-        assert!(!is_our_nbdfuse(u32::MAX, Path::new("/x")));
+    /// Takes over the connection on `dir` left by an earlier daemon, if the
+    /// holder still has it and `device` is still the loop on its file.
+    pub async fn resume(&self, volume: &str, device: &Path, dir: &Path) -> bool {
+        let holder = self.holder.clone();
+        let key = Self::key(dir);
+        let taken = match tokio::task::spawn_blocking(move || holder.take(&key)).await {
+            Ok(Ok(Some(taken))) => taken,
+            Ok(Ok(None)) => return false,
+            Ok(Err(e)) => {
+                warn!(dir = %dir.display(), "cannot ask the FUSE descriptor holder: {e}");
+                return false;
+            }
+            Err(_) => return false,
+        };
+        let kept: Kept = match serde_json::from_str(&taken.meta) {
+            Ok(kept) => kept,
+            Err(e) => {
+                warn!(dir = %dir.display(), "the holder's record is unreadable: {e}");
+                return false;
+            }
+        };
+        if kept.volume != volume
+            || kept.handoff.dir != dir
+            || loopdev::backing_file(device) != Some(dir.join(FILE_NAME))
+        {
+            warn!(volume, dir = %dir.display(), "the held FUSE connection does not match the recorded attachment");
+            return false;
+        }
+        let mut fds = taken.fds.into_iter();
+        let (Some(fuse), Some(log)) = (fds.next(), fds.next()) else {
+            return false;
+        };
+        let handle = match self.pool.open_volume(volume) {
+            Ok(handle) => handle,
+            Err(e) => {
+                warn!(volume, "cannot take over the FUSE connection: {e}");
+                return false;
+            }
+        };
+        match FileExport::take_over(handle, &kept.handoff, fuse, log).await {
+            Ok(export) => {
+                self.exports
+                    .lock()
+                    .unwrap()
+                    .insert(dir.to_path_buf(), export);
+                info!(volume, dir = %dir.display(), "resumed a volume's FUSE connection; its containers carry on");
+                true
+            }
+            Err(e) => {
+                warn!(volume, "cannot take over the FUSE connection: {e}");
+                false
+            }
+        }
+    }
+
+    /// Tears down the FUSE side of a dead attachment: the holder closes
+    /// its copies (the last descriptor going aborts the connection, so
+    /// whatever still uses the file gets I/O errors rather than hanging),
+    /// then the mount goes.
+    pub async fn release(&self, dir: &Path) {
+        // Dropping an export stops it serving.
+        drop(self.exports.lock().unwrap().remove(dir));
+        self.forget(dir).await;
+        if is_mount_point(dir) {
+            let _ = ballast_fuse::unmount(dir, true);
+        }
+    }
+
+    /// Lets go of connections the holder keeps that no recorded attachment
+    /// names (a daemon killed between mounting and recording).
+    pub async fn forget_unrecorded(&self, recorded: &[PathBuf]) {
+        let holder = self.holder.clone();
+        let keys = tokio::task::spawn_blocking(move || holder.keys())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        for key in keys {
+            let dir = PathBuf::from(&key);
+            if !recorded.contains(&dir) {
+                info!(dir = %dir.display(), "releasing an unrecorded FUSE connection");
+                self.release(&dir).await;
+            }
+        }
+    }
+
+    /// At daemon shutdown: every export stops serving and commits; the
+    /// connections stay mounted and held for the next daemon.
+    pub async fn suspend_all(&self) {
+        let exports: Vec<_> = self.exports.lock().unwrap().drain().collect();
+        for (dir, export) in exports {
+            export.suspend().await;
+            info!(dir = %dir.display(), "paused a volume's FUSE connection for the restart");
+        }
     }
 }

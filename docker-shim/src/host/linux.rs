@@ -1,69 +1,69 @@
-//! The real host: kernel NBD or nbdfuse + loop, mkfs, mount.
+//! The real host: the daemon's FUSE file + a loop device, or kernel NBD;
+//! mkfs, mount.
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use tokio::process::Child;
+use ballast_engine::Pool;
+use ballast_fuse::holder::Holder;
 use tracing::{info, warn};
 
 use super::command::{self, installed};
+use super::fuse::FuseAttacher;
 use super::mountinfo::{is_mount_point, mounts};
-use super::{fuse, kernel, Attachment, FsType, Host, HostError, MountRequest, Via};
+use super::{kernel, loopdev, AttachPath, Attachment, FsType, Host, HostError, MountRequest, Via};
 
-/// Attaches volumes on this machine. FUSE mounts live under `DIR/fuse/VOL`.
+/// Attaches volumes on this machine. FUSE files are served under
+/// `DIR/fuse/VOL`.
 pub struct LinuxHost {
-    fuse_dir: PathBuf,
-    kernel_nbd: bool,
-    /// nbdfuse processes started by this daemon, by PID, to be reaped.
-    children: Mutex<HashMap<u32, Child>>,
+    path: AttachPath,
+    fuse: FuseAttacher,
 }
 
 impl LinuxHost {
-    /// Uses kernel NBD when `/dev/nbd*` exists, nbdfuse otherwise.
-    pub fn new(dir: &Path) -> LinuxHost {
-        let kernel_nbd = kernel::available();
-        info!(
-            attach = if kernel_nbd {
-                "kernel NBD"
+    /// Attaches through `path`, or the best this host has: the daemon's own
+    /// FUSE server where `/dev/fuse` exists (it survives daemon restarts),
+    /// else kernel NBD where `/dev/nbd*` exists. `holder` keeps FUSE
+    /// connections across restarts.
+    pub fn new(dir: &Path, pool: Pool, holder: Holder, path: Option<AttachPath>) -> LinuxHost {
+        let path = path.unwrap_or_else(|| {
+            if !Path::new("/dev/fuse").exists() && kernel::available() {
+                AttachPath::KernelNbd
             } else {
-                "nbdfuse + loop"
-            },
-            "Docker volumes attach through"
-        );
+                AttachPath::Fuse
+            }
+        });
+        info!(attach = %path, "Docker volumes attach through");
         LinuxHost {
-            fuse_dir: dir.join("fuse"),
-            kernel_nbd,
-            children: Mutex::new(HashMap::new()),
+            path,
+            fuse: FuseAttacher::new(dir.join("fuse"), pool, holder),
         }
     }
 
-    async fn attach(&self, request: &MountRequest) -> Result<(PathBuf, Via), HostError> {
-        if self.kernel_nbd {
-            let socket = request.nbd_socket.clone();
-            let volume = request.volume.clone();
-            let index = tokio::task::spawn_blocking(move || kernel::attach(&socket, &volume))
-                .await
-                .map_err(|e| HostError(format!("kernel NBD attach failed: {e}")))??;
-            return Ok((kernel::device(index), Via::KernelNbd { index }));
-        }
-        let dir = self.fuse_dir.join(&request.volume);
-        let uri = fuse::unix_uri(&request.nbd_socket, &request.volume);
-        let attached = fuse::attach(&dir, &uri).await?;
-        self.children
-            .lock()
-            .unwrap()
-            .insert(attached.pid, attached.child);
-        Ok((
-            attached.device,
-            Via::Fuse {
-                pid: attached.pid,
-                dir,
-            },
-        ))
+    /// The attach path in use.
+    pub fn path(&self) -> AttachPath {
+        self.path
     }
 
+    /// Attaches volume `request.volume` as a block device.
+    async fn attach_device(&self, request: &MountRequest) -> Result<(PathBuf, Via), HostError> {
+        match self.path {
+            AttachPath::KernelNbd => {
+                let socket = request.nbd_socket.clone();
+                let volume = request.volume.clone();
+                let index = tokio::task::spawn_blocking(move || kernel::attach(&socket, &volume))
+                    .await
+                    .map_err(|e| HostError(format!("kernel NBD attach failed: {e}")))??;
+                Ok((kernel::device(index), Via::KernelNbd { index }))
+            }
+            AttachPath::Fuse => {
+                let (device, dir) = self.fuse.attach(&request.volume).await?;
+                Ok((device, Via::Fuse { dir }))
+            }
+        }
+    }
+
+    /// Detaches a block device made by [`LinuxHost::attach_device`].
     async fn detach(&self, device: &Path, via: &Via) -> Result<(), HostError> {
         match via {
             Via::KernelNbd { index } => {
@@ -72,10 +72,7 @@ impl LinuxHost {
                     .await
                     .map_err(|e| HostError(format!("kernel NBD detach failed: {e}")))?
             }
-            Via::Fuse { pid, dir } => {
-                let child = self.children.lock().unwrap().remove(pid);
-                fuse::detach(device, dir, child).await
-            }
+            Via::Fuse { dir } => self.fuse.detach(device, dir).await,
         }
     }
 
@@ -110,7 +107,7 @@ impl LinuxHost {
         args.push(target.display().to_string());
         command::run("mount", &args).await?;
         // Never touch the volume's filesystem from an async worker: its I/O
-        // is served by the NBD server, possibly on this very runtime.
+        // is served by this daemon, possibly on this very runtime.
         let data = target.join("data");
         let created = tokio::task::spawn_blocking({
             let data = data.clone();
@@ -124,6 +121,36 @@ impl LinuxHost {
         }
         Ok(())
     }
+
+    /// Tears down a dead attachment's device side.
+    async fn release_device(&self, attachment: &Attachment) {
+        match &attachment.via {
+            Via::Fuse { dir } => {
+                // Cut the I/O path first, so nothing blocks on a dead
+                // connection.
+                self.fuse.release(dir).await;
+                if let Some(target) = attachment.target.as_deref().filter(|t| is_mount_point(t)) {
+                    lazy_unmount(target).await;
+                }
+                // Once its FUSE mount is gone the kernel shows the loop's
+                // backing file relative to the detached mount, as "/disk".
+                let backing = loopdev::backing_file(&attachment.device);
+                let ours = Path::new("/").join(ballast_fuse::FILE_NAME);
+                if backing.is_some_and(|f| f.starts_with(dir) || f == ours) {
+                    if let Err(e) = loopdev::detach(&attachment.device).await {
+                        warn!(device = %attachment.device.display(), "cannot detach a stale loop device: {e}");
+                    }
+                }
+            }
+            Via::KernelNbd { index } => {
+                let index = *index;
+                let _ = tokio::task::spawn_blocking(move || kernel::detach(index)).await;
+                if let Some(target) = attachment.target.as_deref().filter(|t| is_mount_point(t)) {
+                    lazy_unmount(target).await;
+                }
+            }
+        }
+    }
 }
 
 impl Host for LinuxHost {
@@ -131,8 +158,17 @@ impl Host for LinuxHost {
         installed(fstype.mkfs())
     }
 
+    async fn attach(&self, request: &MountRequest) -> Result<Attachment, HostError> {
+        let (device, via) = self.attach_device(request).await?;
+        Ok(Attachment {
+            target: None,
+            device,
+            via,
+        })
+    }
+
     async fn mount(&self, request: &MountRequest) -> Result<Attachment, HostError> {
-        let (device, via) = self.attach(request).await?;
+        let (device, via) = self.attach_device(request).await?;
         if let Err(e) = self.mount_filesystem(&device, request).await {
             if let Err(d) = self.detach(&device, &via).await {
                 warn!(volume = %request.volume, "cleaning up a failed mount: {d}");
@@ -140,99 +176,84 @@ impl Host for LinuxHost {
             return Err(e);
         }
         Ok(Attachment {
-            target: request.target.clone(),
+            target: Some(request.target.clone()),
             device,
             via,
         })
     }
 
     async fn unmount(&self, attachment: &Attachment) -> Result<(), HostError> {
-        let target = &attachment.target;
-        if is_mount_point(target) && command::run("umount", [target]).await.is_err() {
-            // Docker has let go; whatever still holds the mount (a shell
-            // cd'ed into it) must not keep the device attached forever.
-            warn!(target = %target.display(), "filesystem busy; unmounting lazily");
-            command::run("umount", ["-l".as_ref(), target.as_os_str()]).await?;
+        if let Some(target) = attachment.target.as_deref().filter(|t| is_mount_point(t)) {
+            if command::run("umount", [target]).await.is_err() {
+                // Docker has let go; whatever still holds the mount (a
+                // shell cd'ed into it) must not keep the device attached
+                // forever.
+                warn!(target = %target.display(), "filesystem busy; unmounting lazily");
+                command::run("umount", ["-l".as_ref(), target.as_os_str()]).await?;
+            }
         }
         self.detach(&attachment.device, &attachment.via).await
     }
 
     fn is_alive(&self, attachment: &Attachment) -> bool {
-        if !is_mount_point(&attachment.target) {
+        if !attachment.target.as_deref().is_none_or(is_mount_point) {
             return false;
         }
         match &attachment.via {
-            // Only an nbdfuse started by this daemon can still be connected.
-            Via::Fuse { pid, dir } => {
-                let mut children = self.children.lock().unwrap();
-                children
-                    .get_mut(pid)
-                    .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
-                    && is_mount_point(dir)
-            }
+            Via::Fuse { dir } => self.fuse.is_alive(dir),
             Via::KernelNbd { index } => Path::new(&format!("/sys/block/nbd{index}/pid")).exists(),
         }
     }
 
-    async fn release(&self, attachment: &Attachment) {
-        // Cut the I/O path first, so nothing blocks on a dead connection.
+    async fn resume(&self, volume: &str, attachment: &Attachment) -> bool {
         match &attachment.via {
-            Via::Fuse { pid, dir } => {
-                let child = self.children.lock().unwrap().remove(pid);
-                if fuse::is_our_nbdfuse(*pid, dir) {
-                    // SAFETY: kill(2) on a PID just checked to be our nbdfuse.
-                    unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
-                    info!(pid, "stopped a disconnected nbdfuse");
-                }
-                if let Some(mut child) = child {
-                    let _ = child.wait().await;
-                }
+            Via::Fuse { dir } => {
+                attachment.target.as_deref().is_none_or(is_mount_point)
+                    && self.fuse.resume(volume, &attachment.device, dir).await
             }
-            Via::KernelNbd { index } => {
-                let index = *index;
-                let _ = tokio::task::spawn_blocking(move || kernel::detach(index)).await;
-            }
-        }
-        if is_mount_point(&attachment.target) {
-            lazy_unmount(&attachment.target).await;
-        }
-        if let Via::Fuse { dir, .. } = &attachment.via {
-            // Once its FUSE mount is gone the kernel shows the loop's backing
-            // file relative to the detached mount, as "/nbd".
-            let backing = fuse::loop_backing_file(&attachment.device);
-            if backing.is_some_and(|f| f.starts_with(dir) || f == Path::new("/nbd")) {
-                let device = attachment.device.as_os_str();
-                if let Err(e) = command::run("losetup", ["-d".as_ref(), device]).await {
-                    warn!(device = %attachment.device.display(), "cannot detach a stale loop device: {e}");
-                }
-            }
-            if is_mount_point(dir) {
-                lazy_unmount(dir).await;
-            }
+            // Its NBD connection died with the daemon that made it.
+            Via::KernelNbd { .. } => false,
         }
     }
 
-    async fn clear_stale(&self, attachments: &[Attachment], dir: &Path) {
-        for attachment in attachments {
-            self.release(attachment).await;
+    async fn release(&self, attachment: &Attachment) {
+        self.release_device(attachment).await;
+    }
+
+    async fn clear_stale(&self, stale: &[Attachment], live: &[Attachment], dir: &Path) {
+        for attachment in stale {
+            self.release_device(attachment).await;
         }
+        let live_dirs: Vec<PathBuf> = live
+            .iter()
+            .filter_map(|a| match &a.via {
+                Via::Fuse { dir } => Some(dir.clone()),
+                Via::KernelNbd { .. } => None,
+            })
+            .collect();
+        self.fuse.forget_unrecorded(&live_dirs).await;
         // Leftovers nobody recorded: filesystems first, then their loop
         // devices, then the FUSE mounts (a loop's backing file is only
         // recognisable while its FUSE mount is attached under `dir`).
+        let keep = |p: &Path| {
+            live.iter().any(|a| {
+                a.target.as_deref() == Some(p) || matches!(&a.via, Via::Fuse { dir } if dir == p)
+            })
+        };
         let (fuse_mounts, filesystems): (Vec<PathBuf>, Vec<PathBuf>) = mounts()
             .into_iter()
-            .filter(|m| m.mount_point.starts_with(dir))
+            .filter(|m| m.mount_point.starts_with(dir) && !keep(&m.mount_point))
             .map(|m| m.mount_point)
-            .partition(|p| p.starts_with(&self.fuse_dir));
+            .partition(|p| p.starts_with(self.fuse.dir()));
         for point in filesystems {
             lazy_unmount(&point).await;
         }
-        let mut loops = fuse::loops_under(dir);
-        loops.sort();
-        loops.dedup();
-        for device in loops {
-            match command::run("losetup", ["-d".as_ref(), device.as_os_str()]).await {
-                Ok(_) => info!(device = %device.display(), "detached a stale loop device"),
+        for device in loopdev::under(self.fuse.dir()) {
+            if live.iter().any(|a| a.device == device) {
+                continue;
+            }
+            match loopdev::detach(&device).await {
+                Ok(()) => info!(device = %device.display(), "detached a stale loop device"),
                 Err(e) => {
                     warn!(device = %device.display(), "cannot detach a stale loop device: {e}")
                 }
@@ -241,6 +262,10 @@ impl Host for LinuxHost {
         for point in fuse_mounts {
             lazy_unmount(&point).await;
         }
+    }
+
+    async fn suspend(&self) {
+        self.fuse.suspend_all().await;
     }
 }
 

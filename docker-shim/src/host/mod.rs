@@ -1,5 +1,6 @@
-//! The host side of a mount: turning an NBD export into a mounted
-//! filesystem and back.
+//! The host side of a mount: turning a volume into a block device (the
+//! daemon's FUSE file + a loop device, or kernel NBD), a mounted filesystem,
+//! and back.
 
 // The attach paths are being reworked (issue 16); their `pub` items become
 // `pub(super)` with that work.
@@ -10,6 +11,7 @@ mod fuse;
 #[allow(unreachable_pub)]
 mod kernel;
 mod linux;
+mod loopdev;
 pub mod mountinfo;
 pub mod nbd_handshake;
 pub mod netlink;
@@ -62,6 +64,39 @@ impl FromStr for FsType {
     }
 }
 
+/// How volumes become block devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachPath {
+    /// The daemon serves the volume as a file over FUSE (direct I/O, FUSE
+    /// connections that survive a daemon restart) and a loop device with
+    /// direct I/O makes a block device of it.
+    Fuse,
+    /// The kernel's NBD driver, connected to the daemon's NBD socket.
+    KernelNbd,
+}
+
+impl fmt::Display for AttachPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachPath::Fuse => "fuse",
+            AttachPath::KernelNbd => "kernel-nbd",
+        })
+    }
+}
+
+impl FromStr for AttachPath {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fuse" => Ok(AttachPath::Fuse),
+            "kernel-nbd" | "nbd" => Ok(AttachPath::KernelNbd),
+            _ => Err(format!("{s:?}: attach paths are fuse, kernel-nbd")),
+        }
+    }
+}
+
 /// What to mount where.
 #[derive(Debug, Clone)]
 pub struct MountRequest {
@@ -76,15 +111,27 @@ pub struct MountRequest {
     pub format: Option<FsType>,
 }
 
-/// How a mounted volume is attached, recorded so that a restarted daemon
-/// can tear it down.
+/// How a volume is attached, recorded so that a restarted daemon can take
+/// it over or tear it down.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
-    /// Where the filesystem is mounted.
-    pub target: PathBuf,
+    /// Where the filesystem is mounted; `None` for a block device attached
+    /// on its own (`ballast attach`).
+    pub target: Option<PathBuf>,
     /// The block device holding it (`/dev/nbdN` or `/dev/loopN`).
     pub device: PathBuf,
     pub via: Via,
+}
+
+impl fmt::Display for Attachment {
+    /// How the volume is attached, as `docker volume inspect` shows it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = match self.via {
+            Via::Fuse { .. } => AttachPath::Fuse,
+            Via::KernelNbd { .. } => AttachPath::KernelNbd,
+        };
+        write!(f, "{path} {}", self.device.display())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,9 +139,9 @@ pub struct Attachment {
 pub enum Via {
     /// Kernel NBD device number `index`, configured over netlink.
     KernelNbd { index: u32 },
-    /// `nbdfuse` (process `pid`) exposing the export as `dir/nbd`, which a
-    /// loop device turns into a block device.
-    Fuse { pid: u32, dir: PathBuf },
+    /// The daemon's FUSE mount on `dir` serving the volume as `dir/disk`,
+    /// under a loop device.
+    Fuse { dir: PathBuf },
 }
 
 /// A failed host operation; the message names the step and the cause.
@@ -107,33 +154,52 @@ pub trait Host: Send + Sync + 'static {
     /// Whether filesystems of `fstype` can be created here.
     fn supports(&self, fstype: FsType) -> bool;
 
-    /// Attaches the export, formats it if asked and needed, mounts it on
+    /// Attaches the volume as a block device only (`request.target` and
+    /// `request.format` unused).
+    fn attach(
+        &self,
+        request: &MountRequest,
+    ) -> impl Future<Output = Result<Attachment, HostError>> + Send;
+
+    /// Attaches the volume, formats it if asked and needed, mounts it on
     /// `request.target` and creates `data/` in it.
     fn mount(
         &self,
         request: &MountRequest,
     ) -> impl Future<Output = Result<Attachment, HostError>> + Send;
 
-    /// Unmounts and detaches.
+    /// Unmounts (if mounted) and detaches.
     fn unmount(
         &self,
         attachment: &Attachment,
     ) -> impl Future<Output = Result<(), HostError>> + Send;
 
-    /// Whether the filesystem is still mounted and its device still
-    /// connected to the NBD server.
+    /// Whether the filesystem (if any) is still mounted and its device
+    /// still served by this daemon.
     fn is_alive(&self, attachment: &Attachment) -> bool;
+
+    /// At start-up: takes over `attachment` of volume `volume`, recorded by
+    /// an earlier daemon, if its device is still there to serve (a FUSE
+    /// connection kept across the restart); the containers using it carry
+    /// on. False if it cannot be taken over.
+    fn resume(&self, volume: &str, attachment: &Attachment) -> impl Future<Output = bool> + Send;
 
     /// Tears down a dead attachment, best effort: whatever still holds its
     /// filesystem gets I/O errors from now on, nothing reaches the volume.
     fn release(&self, attachment: &Attachment) -> impl Future<Output = ()> + Send;
 
-    /// At start-up: tears down `attachments` recorded by an earlier daemon
-    /// and anything else it left under `dir` (mounts, FUSE mounts, loop
-    /// devices). Best effort; failures are logged.
+    /// At start-up: tears down the `stale` attachments an earlier daemon
+    /// recorded and anything else it left under `dir` (mounts, FUSE mounts,
+    /// loop devices) that is not one of the `live` ones. Best effort;
+    /// failures are logged.
     fn clear_stale(
         &self,
-        attachments: &[Attachment],
+        stale: &[Attachment],
+        live: &[Attachment],
         dir: &Path,
     ) -> impl Future<Output = ()> + Send;
+
+    /// At shutdown: stops serving the attachments, leaving them to the next
+    /// daemon where they can be taken over.
+    fn suspend(&self) -> impl Future<Output = ()> + Send;
 }
