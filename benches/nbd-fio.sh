@@ -7,9 +7,10 @@
 #   io_uring O_DIRECT on a raw file as the ceiling (no NBD at all);
 # and over TLS 1.3 (NBD_OPT_STARTTLS, X.509): a second ballast daemon with
 #   --tls require, and nbdkit file cache=none with --tls=require.
-# Workloads: 4 KiB randread/randwrite at iodepth 32, 1 MiB sequential
-# read/write at iodepth 8, and the sequential read again after the writes
-# ("aged").
+# Workloads: 4 KiB randread/randwrite at iodepth 32, 4 KiB random writes
+# each followed by a flush at iodepth 1 (`--fsync=1`: a database commit;
+# the ceiling's is an fdatasync of its file), 1 MiB sequential read/write
+# at iodepth 8, and the sequential read again after the writes ("aged").
 #
 # The disk's speed drifts by a factor of two within minutes on a shared
 # machine, so every server runs at once and each workload is run ROUNDS
@@ -280,6 +281,7 @@ workload randread-4k --name=randread --rw=randread --bs=4k --iodepth=32
 workload seqread-1m --name=seqread --rw=read --bs=1M --iodepth=8
 RESIDENT=$(fincore --bytes --noheadings --output RES "$NBDKIT_RAW")
 workload randwrite-4k --name=randwrite --rw=randwrite --bs=4k --iodepth=32
+workload fsync-4k --name=fsync --rw=randwrite --bs=4k --iodepth=1 --fsync=1
 workload seqwrite-1m --name=seqwrite --rw=write --bs=1M --iodepth=8
 workload seqread-1m-aged --name=seqread --rw=read --bs=1M --iodepth=8
 
@@ -307,7 +309,7 @@ print(f"4k: kIOPS, 1m: MiB/s; ratio = median over rounds of ballast / peer")
 head = f"{'workload':<16}" + "".join(f"{c:>13}" for c in cols) + "".join(f"{'vs ' + p:>16}" for p in peers)
 print(head)
 print("-" * len(head))
-for load in ["randread-4k", "randwrite-4k", "seqread-1m", "seqwrite-1m", "seqread-1m-aged"]:
+for load in ["randread-4k", "randwrite-4k", "fsync-4k", "seqread-1m", "seqwrite-1m", "seqread-1m-aged"]:
     r = runs[load]
     line = f"{load:<16}" + "".join(f"{statistics.median(r[c].values()):>13.1f}" for c in cols)
     for p in peers:
@@ -326,7 +328,7 @@ cols = ["ballast", "ballast-tls", "nbdkit-tls"]
 head = f"{'workload':<16}" + "".join(f"{c:>13}" for c in cols) + f"{'tls vs nbdkit':>16}{'tls / plain':>16}"
 print(head)
 print("-" * len(head))
-for load in ["randread-4k", "randwrite-4k", "seqread-1m", "seqwrite-1m", "seqread-1m-aged"]:
+for load in ["randread-4k", "randwrite-4k", "fsync-4k", "seqread-1m", "seqwrite-1m", "seqread-1m-aged"]:
     r = runs[load]
     line = f"{load:<16}" + "".join(f"{statistics.median(r[c].values()):>13.1f}" for c in cols)
     line += ratio(r, "ballast-tls", "nbdkit-tls") + ratio(r, "ballast-tls", "ballast")
