@@ -2,7 +2,7 @@
 //! state: its published root, the overlay of changes since the last
 //! checkpoint, and the overlay a running checkpoint is merging.
 //!
-//! Owned by the pool's state lock (see `crate::pool`); nothing here does
+//! Owned by the pool's state lock (see `crate::shared`); nothing here does
 //! I/O.
 
 use std::collections::{BTreeMap, HashMap};

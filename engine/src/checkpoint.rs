@@ -27,7 +27,7 @@
 //!    next open).
 //!
 //! A failure in steps 2-3 stops the pool's writes (see
-//! `crate::pool::Inner::fail`).
+//! `crate::shared::Inner::fail`).
 
 use std::sync::Arc;
 
@@ -35,7 +35,7 @@ use crate::commit::{Commit, Frozen};
 use crate::error::{Error, Result};
 use crate::extent::Run;
 use crate::meta::{Batch, DeadNode, VolumeRecord};
-use crate::pool::Inner;
+use crate::shared::Inner;
 use crate::tree::{self, node::Node, Merge};
 
 /// New nodes queued past this many bytes are written ahead of the batch.
@@ -87,7 +87,7 @@ impl Inner {
         &self,
         next: crate::journal::Pos,
         frozen: &[Frozen],
-        committed: crate::pool::Committed,
+        committed: crate::shared::Committed,
         extra: Extra,
     ) -> Result<()> {
         let mut sb = self.state.lock().sb.clone();

@@ -28,12 +28,12 @@ use crate::error::{Error, Result};
 use crate::journal::Pos;
 use crate::meta::VolumeRecord;
 use crate::overlay::Overlay;
-use crate::pool::{Inner, State};
+use crate::shared::{Inner, State};
 use crate::BLOCK_SIZE;
 
 /// Journal blocks a commit leaves free for the checkpoint that makes room
 /// (a record of at most `MAX_PENDING_BYTES` and one install past it).
-const RESERVE_BLOCKS: u64 = ((crate::pool::MAX_PENDING_BYTES as u64) + (1 << 20)) / BLOCK_SIZE;
+const RESERVE_BLOCKS: u64 = ((crate::shared::MAX_PENDING_BYTES as u64) + (1 << 20)) / BLOCK_SIZE;
 
 /// A volume's overlay frozen by a checkpoint's commit, with its record as
 /// of that moment.

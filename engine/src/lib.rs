@@ -32,7 +32,7 @@
 //!
 //! # Locks
 //!
-//! See `pool` for the order.
+//! See `shared` for the order.
 
 mod alloc;
 mod catalog;
@@ -50,6 +50,7 @@ mod pool;
 mod readahead;
 mod reclaim;
 mod recovery;
+mod shared;
 mod space;
 mod tree;
 mod types;

@@ -19,8 +19,8 @@ use crate::extent::{Data, Piece, Run};
 use crate::io::{AlignedBuf, Backend};
 use crate::journal::{self, Op, Pos, Record, Ring, RingReader};
 use crate::meta::{Batch, Meta, Superblock, FORMAT_VERSION};
-use crate::pool::{Budget, Committed, Inner, Parts, Pending, Pool, State};
-use crate::space::Unfinished;
+use crate::pool::Pool;
+use crate::shared::{Budget, Committed, Inner, Parts, Pending, State, Unfinished};
 use crate::{PoolConfig, BLOCK_SIZE};
 
 const BS: u64 = BLOCK_SIZE;

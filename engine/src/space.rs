@@ -42,7 +42,8 @@ use crate::checkpoint::Extra;
 use crate::error::{Error, Result};
 use crate::extent::Run;
 use crate::meta::{Batch, SnapshotRecord, VolumeRecord};
-use crate::pool::{Inner, Pool};
+use crate::pool::Pool;
+use crate::shared::{Inner, Unfinished};
 use crate::tree::node::{Node, NodeRef};
 use crate::tree::{self, NodeSource};
 use crate::BLOCK_SIZE;
@@ -268,12 +269,6 @@ impl Inner {
             }
         }
     }
-}
-
-/// A deletion a crash interrupted.
-pub(crate) enum Unfinished {
-    Volume(VolumeRecord, Vec<SnapshotRecord>),
-    Snapshot { uid: u64, gen: u64 },
 }
 
 /// The generation of the visible snapshot after `gen`, or `u64::MAX` for

@@ -160,7 +160,6 @@ impl WriteBehind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Pool, PoolConfig};
     use futures::FutureExt;
 
     fn failed() -> io::Result<()> {
@@ -208,32 +207,5 @@ mod tests {
             wb.complete(t, Ok(()));
         }
         assert!(wb.admit(&[Run::new(1, 1)]).is_some());
-    }
-
-    /// A failure after the acknowledgement is reported by the next flush of
-    /// every handle that was open when it happened, once each.
-    #[tokio::test]
-    async fn failures_are_reported_once_per_handle() {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = Pool::open(PoolConfig::new(dir.path())).unwrap();
-        pool.create_volume("v", 1 << 20).await.unwrap();
-        let (a, b) = (
-            pool.open_volume("v").unwrap(),
-            pool.open_volume("v").unwrap(),
-        );
-        let behind = &pool.inner.behind;
-        let ticket = behind.admit(&[Run::new(1 << 30, 1)]).unwrap().remove(0);
-        behind.complete(ticket, failed());
-        let later = pool.open_volume("v").unwrap();
-
-        let err = a.flush().await.unwrap_err();
-        assert_eq!(err.errno(), libc::EIO);
-        assert!(err.to_string().contains("did not reach the disk"), "{err}");
-        a.flush().await.unwrap();
-        a.clone().flush().await.unwrap();
-        assert!(b.flush().await.is_err(), "each handle hears of it");
-        b.flush().await.unwrap();
-        later.flush().await.unwrap();
-        pool.flush().await.unwrap();
     }
 }

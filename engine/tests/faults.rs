@@ -1,9 +1,10 @@
 //! Failure paths, driven by the engine's fault seam (`test-seams`): a data
 //! sync, a journal write or a metadata write that fails stops the pool's
 //! writes and is never retried as if nothing happened; a data write that
-//! fails after it was acknowledged is reported by the next flush and its
-//! blocks read as EIO, never as stale or wrong bytes. After each, a reopen
-//! finds a state at or after the last acknowledged flush.
+//! fails after it was acknowledged is reported by the next flush of each
+//! handle, once, and its blocks read as EIO, never as stale or wrong bytes.
+//! After each, a reopen finds a state at or after the last acknowledged
+//! flush.
 
 use std::sync::Arc;
 
@@ -191,4 +192,31 @@ async fn a_write_that_fails_after_its_acknowledgement_reads_as_eio() {
     v.write(0, &block(5)).await.unwrap();
     v.flush().await.unwrap();
     assert_eq!(read_block(&pool, 0).await.unwrap(), block(5));
+}
+
+/// A failure after the acknowledgement is reported by the next flush of
+/// every handle that was open when it happened, once each.
+#[tokio::test]
+async fn a_failure_after_the_acknowledgement_is_reported_once_per_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, faults) = faulty(dir.path());
+    let pool = Pool::open(config).unwrap();
+    pool.create_volume("v", 1 << 20).await.unwrap();
+    let (a, b) = (
+        pool.open_volume("v").unwrap(),
+        pool.open_volume("v").unwrap(),
+    );
+    faults.fail_writes(1);
+    a.write(0, &block(1)).await.unwrap(); // acknowledged: write-behind
+    let later = pool.open_volume("v").unwrap();
+
+    let err = a.flush().await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(err.to_string().contains("did not reach the disk"), "{err}");
+    a.flush().await.unwrap();
+    a.clone().flush().await.unwrap();
+    assert!(b.flush().await.is_err(), "each handle hears of it");
+    b.flush().await.unwrap();
+    later.flush().await.unwrap();
+    pool.flush().await.unwrap();
 }

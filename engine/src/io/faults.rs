@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::Op;
+use super::request::Op;
 
 /// Counts of operations to fail from now on: each planned failure is used
 /// once, by the next operation of its kind.

@@ -11,6 +11,7 @@
 mod aligned;
 #[cfg(feature = "test-seams")]
 mod faults;
+mod request;
 mod sync;
 mod uring;
 
@@ -20,6 +21,8 @@ use std::io;
 use std::str::FromStr;
 
 use tokio::runtime::Handle;
+
+use request::{stopped, Completion, Op, Reply, Request};
 
 pub use aligned::{AlignedBuf, BufPool};
 #[cfg(feature = "test-seams")]
@@ -198,10 +201,6 @@ impl Backend {
     }
 }
 
-fn stopped() -> io::Error {
-    io::Error::other("I/O backend has stopped")
-}
-
 /// An operation handed to the backend: its buffer and outcome, once it
 /// completes. Holds the buffer itself if the backend refused it.
 pub struct Pending(
@@ -218,67 +217,6 @@ impl Pending {
                 Err(_) => (AlignedBuf::new(0), Err(stopped())),
             },
             Err(buf) => (buf, Err(stopped())),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Read,
-    Write,
-    SyncData,
-}
-
-/// One operation travelling to a worker and back.
-struct Request {
-    op: Op,
-    offset: u64,
-    buf: AlignedBuf,
-    /// Bytes already transferred (short reads/writes are resumed).
-    done: usize,
-    reply: Reply,
-}
-
-impl Request {
-    fn finish(self, result: io::Result<()>) {
-        self.reply.send(self.buf, result);
-    }
-}
-
-/// Where a finished operation's buffer and outcome go.
-enum Reply {
-    /// To a [`Pending`]. If the caller has gone away, the buffer is dropped.
-    Channel(tokio::sync::oneshot::Sender<(AlignedBuf, io::Result<()>)>),
-    /// To a callback ([`Backend::write_then`]).
-    Call(Completion),
-}
-
-impl Reply {
-    fn send(self, buf: AlignedBuf, result: io::Result<()>) {
-        match self {
-            Reply::Channel(tx) => {
-                let _ = tx.send((buf, result));
-            }
-            Reply::Call(mut call) => {
-                if let Some(f) = call.0.take() {
-                    f(buf, result);
-                }
-            }
-        }
-    }
-}
-
-type Callback = Box<dyn FnOnce(AlignedBuf, io::Result<()>) + Send>;
-
-/// A [`Reply::Call`] callback. A request dropped unfinished (the backend
-/// stopped without answering it) still runs its callback, with an error,
-/// so whoever counts on the callback is never left waiting.
-struct Completion(Option<Callback>);
-
-impl Drop for Completion {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f(AlignedBuf::new(0), Err(stopped()));
         }
     }
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::thread;
 
-use super::{Op, Request};
+use super::request::{Op, Request};
 
 /// Worker threads; enough to keep a few requests in flight on a 2-core host.
 const WORKERS: usize = 4;

@@ -36,7 +36,8 @@ use tokio::io::Interest;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
-use super::{Op, Request};
+use super::aligned::AlignedBuf;
+use super::request::{stopped, Op, Request};
 
 const RING_ENTRIES: u32 = 256;
 /// Operations in the kernel at once; the rest wait in the backlog. One
@@ -396,7 +397,7 @@ impl Ring {
         loop {
             // Also what reaping put back (short transfers): nobody waits.
             for req in self.backlog.drain(..) {
-                req.finish(Err(super::stopped()));
+                req.finish(Err(stopped()));
             }
             if self.in_flight() == 0 || self.broken {
                 return;
@@ -417,7 +418,7 @@ impl Ring {
             let Request { reply, buf, .. } = req;
             std::mem::forget(buf);
             reply.send(
-                super::AlignedBuf::new(0),
+                AlignedBuf::new(0),
                 Err(io::Error::new(e.kind(), e.to_string())),
             );
         }
