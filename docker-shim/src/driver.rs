@@ -354,10 +354,7 @@ impl<P: VolumeProvider, H: Host> Driver<P, H> {
             .host
             .attach(&request)
             .await
-            .map_err(|source| DriverError::Host {
-                volume: name.to_string(),
-                source,
-            })?;
+            .map_err(DriverError::host(name))?;
         self.update(|state| {
             state
                 .volumes
@@ -425,10 +422,7 @@ impl<P: VolumeProvider, H: Host> Driver<P, H> {
             .host
             .mount(&request)
             .await
-            .map_err(|source| DriverError::Host {
-                volume: name.to_string(),
-                source,
-            })?;
+            .map_err(DriverError::host(name))?;
         self.update(|state| {
             let volume = state.volumes.entry(name.to_string()).or_default();
             volume.attachment = Some(attachment);
@@ -442,10 +436,7 @@ impl<P: VolumeProvider, H: Host> Driver<P, H> {
         self.host
             .unmount(attachment)
             .await
-            .map_err(|source| DriverError::Host {
-                volume: name.to_string(),
-                source,
-            })?;
+            .map_err(DriverError::host(name))?;
         self.update(|state| {
             if let Some(volume) = state.volumes.get_mut(name) {
                 volume.attachment = None;

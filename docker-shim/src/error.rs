@@ -47,6 +47,14 @@ pub enum DriverError {
 }
 
 impl DriverError {
+    /// A failure of the host's attach, mount or detach for `volume`.
+    pub(crate) fn host(volume: &str) -> impl FnOnce(HostError) -> DriverError + '_ {
+        move |source| DriverError::Host {
+            volume: volume.to_string(),
+            source,
+        }
+    }
+
     /// The one conversion of an I/O error on the driver's state: a full
     /// filesystem is [`DriverError::NoSpace`].
     pub(crate) fn state(path: &Path, source: io::Error) -> DriverError {

@@ -437,36 +437,19 @@ impl Meta {
         from: Option<(u64, u64)>,
         limit: usize,
     ) -> Result<Vec<Death>> {
-        let mut out = Vec::new();
-        if after >= upto {
-            return Ok(out);
-        }
-        let start = match from {
-            Some((death, pstart)) => key3(b'D', uid, death, pstart),
-            None => key3(b'D', uid, after + 1, 0),
-        };
-        let end = key3(b'D', uid, upto, u64::MAX);
-        for item in self.db.range(start.as_slice()..=end.as_slice()) {
-            let (k, v) = item?;
-            if from.is_some() && k.as_ref() == start.as_slice() {
-                continue;
-            }
-            let mut r = Reader::new(&v, "dead run");
+        self.dead_page(b'D', uid, (after, upto), from, limit, |death, pstart, v| {
+            let mut r = Reader::new(v, "dead run");
             let len = r.varint()?;
             let vstart = r.varint()?;
             let birth = r.varint()?;
-            out.push(Death {
+            Ok(Death {
                 uid,
-                death: be_u64(&k[9..17])?,
+                death,
                 vstart,
-                run: Run::new(be_u64(&k[17..])?, len),
+                run: Run::new(pstart, len),
                 birth,
-            });
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+            })
+        })
     }
 
     /// Up to `limit` dead nodes of volume `uid` that died in generations
@@ -479,29 +462,43 @@ impl Meta {
         from: Option<(u64, u64)>,
         limit: usize,
     ) -> Result<Vec<DeadNode>> {
+        self.dead_page(b'E', uid, (after, upto), from, limit, |death, id, v| {
+            let birth = Reader::new(v, "dead node").varint()?;
+            Ok(DeadNode {
+                uid,
+                death,
+                node: NodeRef { id, birth },
+            })
+        })
+    }
+
+    /// One page of a dead list (`D` or `E` keys: uid, death, then a pool
+    /// block or node id): the entries that died in `(after, upto]`, after
+    /// the key `from` if given, decoded by `decode(death, id, value)`.
+    fn dead_page<T>(
+        &self,
+        prefix: u8,
+        uid: u64,
+        (after, upto): (u64, u64),
+        from: Option<(u64, u64)>,
+        limit: usize,
+        decode: impl Fn(u64, u64, &[u8]) -> Result<T>,
+    ) -> Result<Vec<T>> {
         let mut out = Vec::new();
         if after >= upto {
             return Ok(out);
         }
         let start = match from {
-            Some((death, id)) => key3(b'E', uid, death, id),
-            None => key3(b'E', uid, after + 1, 0),
+            Some((death, id)) => key3(prefix, uid, death, id),
+            None => key3(prefix, uid, after + 1, 0),
         };
-        let end = key3(b'E', uid, upto, u64::MAX);
+        let end = key3(prefix, uid, upto, u64::MAX);
         for item in self.db.range(start.as_slice()..=end.as_slice()) {
             let (k, v) = item?;
             if from.is_some() && k.as_ref() == start.as_slice() {
                 continue;
             }
-            let birth = Reader::new(&v, "dead node").varint()?;
-            out.push(DeadNode {
-                uid,
-                death: be_u64(&k[9..17])?,
-                node: NodeRef {
-                    id: be_u64(&k[17..])?,
-                    birth,
-                },
-            });
+            out.push(decode(be_u64(&k[9..17])?, be_u64(&k[17..])?, &v)?);
             if out.len() >= limit {
                 break;
             }

@@ -24,6 +24,22 @@ fn faulty(dir: &std::path::Path) -> (PoolConfig, Arc<Faults>) {
     (config, faults)
 }
 
+/// A pool with a fault plan and its volume "v" (1 MiB), open.
+async fn faulty_volume(dir: &std::path::Path) -> (Pool, ballast_engine::Volume, Arc<Faults>) {
+    let (config, faults) = faulty(dir);
+    let pool = Pool::open(config).unwrap();
+    pool.create_volume("v", 1 << 20).await.unwrap();
+    let v = pool.open_volume("v").unwrap();
+    (pool, v, faults)
+}
+
+/// Closes `pool` (and its handle) and opens the pool again without faults.
+async fn reopen(pool: Pool, v: ballast_engine::Volume, dir: &std::path::Path) -> Pool {
+    pool.close().await.unwrap();
+    drop((v, pool));
+    Pool::open(PoolConfig::new(dir)).unwrap()
+}
+
 async fn read_block(pool: &Pool, at: usize) -> ballast_engine::Result<Vec<u8>> {
     let mut buf = vec![0u8; BS];
     pool.open_volume("v")?
@@ -60,10 +76,7 @@ async fn assert_refuses_writes(pool: &Pool, cause: &str) {
 #[tokio::test]
 async fn a_failed_data_sync_stops_writes_and_is_never_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, faults) = faulty(dir.path());
-    let pool = Pool::open(config).unwrap();
-    pool.create_volume("v", 1 << 20).await.unwrap();
-    let v = pool.open_volume("v").unwrap();
+    let (pool, v, faults) = faulty_volume(dir.path()).await;
     v.write(0, &block(1)).await.unwrap();
     v.flush().await.unwrap();
 
@@ -78,12 +91,9 @@ async fn a_failed_data_sync_stops_writes_and_is_never_retried() {
     assert_refuses_writes(&pool, "data file sync failed").await;
     // Reads go on.
     assert_eq!(read_block(&pool, 0).await.unwrap(), block(2));
-    pool.close().await.unwrap();
-    drop((v, pool));
-
     // The unacknowledged writes may or may not have landed; what was
     // acknowledged did, and every block reads back whole.
-    let pool = Pool::open(PoolConfig::new(dir.path())).unwrap();
+    let pool = reopen(pool, v, dir.path()).await;
     let b0 = read_block(&pool, 0).await.unwrap();
     let b1 = read_block(&pool, 1).await.unwrap();
     assert!(
@@ -102,10 +112,7 @@ async fn a_failed_data_sync_stops_writes_and_is_never_retried() {
 #[tokio::test]
 async fn a_failed_journal_write_stops_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, faults) = faulty(dir.path());
-    let pool = Pool::open(config).unwrap();
-    pool.create_volume("v", 1 << 20).await.unwrap();
-    let v = pool.open_volume("v").unwrap();
+    let (pool, v, faults) = faulty_volume(dir.path()).await;
     v.write(0, &block(1)).await.unwrap();
     v.flush().await.unwrap();
     v.write(0, &block(2)).await.unwrap();
@@ -114,10 +121,7 @@ async fn a_failed_journal_write_stops_writes() {
     let err = v.flush().await.unwrap_err();
     assert!(err.to_string().contains("journal write failed"), "{err}");
     assert_refuses_writes(&pool, "journal write failed").await;
-    pool.close().await.unwrap();
-    drop((v, pool));
-
-    let pool = Pool::open(PoolConfig::new(dir.path())).unwrap();
+    let pool = reopen(pool, v, dir.path()).await;
     assert_eq!(
         read_block(&pool, 0).await.unwrap(),
         block(1),
@@ -128,10 +132,7 @@ async fn a_failed_journal_write_stops_writes() {
 #[tokio::test]
 async fn a_failed_metadata_write_stops_writes_and_the_journal_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, faults) = faulty(dir.path());
-    let pool = Pool::open(config).unwrap();
-    pool.create_volume("v", 1 << 20).await.unwrap();
-    let v = pool.open_volume("v").unwrap();
+    let (pool, v, faults) = faulty_volume(dir.path()).await;
     for i in 0..8u8 {
         v.write(u64::from(i) * BS as u64, &block(i)).await.unwrap();
     }
@@ -144,11 +145,8 @@ async fn a_failed_metadata_write_stops_writes_and_the_journal_keeps_the_data() {
     for i in 0..8u8 {
         assert_eq!(read_block(&pool, i.into()).await.unwrap(), block(i));
     }
-    pool.close().await.unwrap();
-    drop((v, pool));
-
     // The checkpoint never happened; the journal still holds the writes.
-    let pool = Pool::open(PoolConfig::new(dir.path())).unwrap();
+    let pool = reopen(pool, v, dir.path()).await;
     for i in 0..8u8 {
         assert_eq!(read_block(&pool, i.into()).await.unwrap(), block(i));
     }
@@ -160,10 +158,7 @@ async fn a_failed_metadata_write_stops_writes_and_the_journal_keeps_the_data() {
 #[tokio::test]
 async fn a_write_that_fails_after_its_acknowledgement_reads_as_eio() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, faults) = faulty(dir.path());
-    let pool = Pool::open(config).unwrap();
-    pool.create_volume("v", 1 << 20).await.unwrap();
-    let v = pool.open_volume("v").unwrap();
+    let (pool, v, faults) = faulty_volume(dir.path()).await;
     v.write(0, &block(1)).await.unwrap();
     v.flush().await.unwrap();
 
@@ -180,10 +175,7 @@ async fn a_write_that_fails_after_its_acknowledgement_reads_as_eio() {
     // Not a sync failure: the pool goes on, and the block can be rewritten.
     assert!(pool.stats().failed.is_none());
     v.flush().await.unwrap();
-    pool.close().await.unwrap();
-    drop((v, pool));
-
-    let pool = Pool::open(PoolConfig::new(dir.path())).unwrap();
+    let pool = reopen(pool, v, dir.path()).await;
     assert!(matches!(
         read_block(&pool, 0).await,
         Err(Error::Checksum { .. })
@@ -199,13 +191,8 @@ async fn a_write_that_fails_after_its_acknowledgement_reads_as_eio() {
 #[tokio::test]
 async fn a_failure_after_the_acknowledgement_is_reported_once_per_handle() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, faults) = faulty(dir.path());
-    let pool = Pool::open(config).unwrap();
-    pool.create_volume("v", 1 << 20).await.unwrap();
-    let (a, b) = (
-        pool.open_volume("v").unwrap(),
-        pool.open_volume("v").unwrap(),
-    );
+    let (pool, a, faults) = faulty_volume(dir.path()).await;
+    let b = pool.open_volume("v").unwrap();
     faults.fail_writes(1);
     a.write(0, &block(1)).await.unwrap(); // acknowledged: write-behind
     let later = pool.open_volume("v").unwrap();
