@@ -2,7 +2,6 @@
 //! daemon's host, through the same driver code that attaches Docker
 //! volumes.
 
-use ballast_docker::DriverError;
 use hyper::StatusCode;
 
 use super::error::ApiError;
@@ -17,34 +16,15 @@ fn driver(state: &ApiState) -> Result<&DockerDriver, ApiError> {
     })
 }
 
-fn failed(e: DriverError) -> ApiError {
-    let status = match &e {
-        DriverError::InvalidName(_) | DriverError::InvalidOption(_) => StatusCode::BAD_REQUEST,
-        DriverError::NotFound(_) => StatusCode::NOT_FOUND,
-        DriverError::Mounted { .. }
-        | DriverError::AttachedAlone { .. }
-        | DriverError::MountedForDocker(_) => StatusCode::CONFLICT,
-        DriverError::Provider(_)
-        | DriverError::Host { .. }
-        | DriverError::State { .. }
-        | DriverError::NoSpace { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    ApiError {
-        status,
-        message: e.to_string(),
-    }
-}
-
 pub async fn attach(state: &ApiState, name: &str) -> Answer {
-    let attachment = driver(state)?.attach(name).await.map_err(failed)?;
-    let path = attachment.to_string();
+    let attachment = driver(state)?.attach(name).await?;
     ApiReply::ok(&Attached {
+        via: attachment.path().to_string(),
         device: attachment.device,
-        via: path.split(' ').next().unwrap_or_default().to_string(),
     })
 }
 
 pub async fn detach(state: &ApiState, name: &str) -> Answer {
-    driver(state)?.detach_alone(name).await.map_err(failed)?;
+    driver(state)?.detach_alone(name).await?;
     ApiReply::no_content()
 }

@@ -2,6 +2,7 @@
 
 use ballast_backupstore::objects::ObjectError;
 use ballast_backupstore::Error as StoreError;
+use ballast_docker::DriverError;
 use ballast_engine::Error as EngineError;
 use hyper::StatusCode;
 
@@ -54,6 +55,26 @@ impl From<EngineError> for ApiError {
             | EngineError::Unsupported(_)
             | EngineError::MetaStore { .. }
             | EngineError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<DriverError> for ApiError {
+    fn from(e: DriverError) -> Self {
+        let status = match &e {
+            DriverError::InvalidName(_) | DriverError::InvalidOption(_) => StatusCode::BAD_REQUEST,
+            DriverError::NotFound(_) => StatusCode::NOT_FOUND,
+            DriverError::Mounted { .. }
+            | DriverError::AttachedAlone { .. }
+            | DriverError::MountedForDocker(_) => StatusCode::CONFLICT,
+            DriverError::Provider(_)
+            | DriverError::Host { .. }
+            | DriverError::State { .. }
+            | DriverError::NoSpace { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
             status,

@@ -116,7 +116,8 @@ pub fn bind(path: &Path, options: &BindOptions) -> Result<(UnixListener, SocketF
         std::os::unix::fs::chown(path, None, Some(gid))
             .map_err(BindError::io("change the group of", path))?;
     }
-    // Exactly `mode`, whatever bits the umask took away.
+    // Exactly `mode` even where the umask did not apply: a directory with
+    // a default ACL sets a new file's mode from the ACL instead.
     fs::set_permissions(path, Permissions::from_mode(options.mode))
         .map_err(BindError::io("set permissions on", path))?;
     Ok((listener, file))

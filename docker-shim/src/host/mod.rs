@@ -123,14 +123,20 @@ pub struct Attachment {
     pub via: Via,
 }
 
+impl Attachment {
+    /// The attach path this attachment took.
+    pub fn path(&self) -> AttachPath {
+        match self.via {
+            Via::Fuse { .. } => AttachPath::Fuse,
+            Via::KernelNbd { .. } => AttachPath::KernelNbd,
+        }
+    }
+}
+
 impl fmt::Display for Attachment {
     /// How the volume is attached, as `docker volume inspect` shows it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = match self.via {
-            Via::Fuse { .. } => AttachPath::Fuse,
-            Via::KernelNbd { .. } => AttachPath::KernelNbd,
-        };
-        write!(f, "{path} {}", self.device.display())
+        write!(f, "{} {}", self.path(), self.device.display())
     }
 }
 
