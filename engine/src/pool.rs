@@ -421,6 +421,13 @@ impl Pool {
         }
     }
 
+    /// Frees the I/O buffers no request needed since the previous call;
+    /// returns the bytes freed. A timer calls it, so memory kept for
+    /// reuse follows the I/O in flight rather than its peak.
+    pub fn trim_idle_buffers(&self) -> usize {
+        self.inner.bufs.trim()
+    }
+
     /// Completes when work piles up faster than the caller's timer
     /// handles it: overwritten blocks waiting for a commit to be reused,
     /// or changes waiting for a checkpoint. Run [`Pool::maintain`] then.
