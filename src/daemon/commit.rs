@@ -17,6 +17,9 @@ pub async fn run(pool: Pool, period: Duration, shutdown: CancellationToken) -> a
     let mut ticks = interval(period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticks.tick().await; // the first tick completes at once
+                        // What opening the pool used and let go (the journal's replay) goes
+                        // back at once, not a period later.
+    release_idle_memory(&pool);
     let mut reported = false;
     loop {
         let tick = tokio::select! {
