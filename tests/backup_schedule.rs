@@ -266,3 +266,53 @@ fn a_failing_destination_is_retried_and_reported_while_other_schedules_go_on() {
     assert_eq!(a["consecutive_failures"], 0, "{a}");
     assert_eq!(backups(socket, &bad).len(), 1);
 }
+
+#[test]
+fn a_run_cut_short_by_kill_9_leaves_only_restorable_backups_and_runs_again() {
+    let dir = TempDir::create();
+    let mut daemon = start_with_env(&dir, &[]);
+    let dest = format!("file://{}", dir.join("store").display());
+    ok(&daemon.socket, &["create", "db", "--size", "128M"]);
+    let data = dir.join("data.img");
+    let contents = image(128, 0, 11);
+    std::fs::write(&data, &contents).unwrap();
+    write_image(&unix_uri(&daemon, "db"), &data);
+    ok(
+        &daemon.socket,
+        &[
+            "backup", "schedule", "set", "db", "--dest", &dest, "--every", "1h",
+        ],
+    );
+    // Kill the daemon while the first (full) run uploads.
+    wait_for("the run to start", Duration::from_secs(10), || {
+        !schedule_of(&daemon.socket, "db")["running_since"].is_null()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.kill9();
+    let restarted = start_with_env(&dir, &[]);
+    let socket = restarted.socket.clone();
+    // Whatever the crash left listed restores; the interrupted run runs
+    // again at once (its record still said running).
+    wait_for("the run again", Duration::from_secs(60), || {
+        schedule_of(&socket, "db")["successes"] == 1
+    });
+    assert!(
+        restarted.log().contains("did not finish; running it again"),
+        "the kill came mid-run: {}",
+        restarted.log()
+    );
+    let list = backups(&socket, &dest);
+    assert!(!list.is_empty());
+    let verify = ok(&socket, &["backup", "verify", "--dest", &dest]);
+    assert!(
+        verify.contains(&format!("verified {} backups", list.len())),
+        "{verify}"
+    );
+    let newest = list.last().unwrap()["url"].as_str().unwrap().to_string();
+    ok(&socket, &["create", "back", "--backup", &newest]);
+    let restored = read_export(&unix_uri(&restarted, "back"), &dir, "back.img");
+    backup_common::assert_same(&restored, &contents, "the backup after the crash");
+    // The interrupted run's snapshot went with the next success.
+    let snaps = snapshot_names(&socket, "db");
+    assert_eq!(snaps.len(), 1, "one backup snapshot: {snaps:?}");
+}
