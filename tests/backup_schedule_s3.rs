@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backup_common::{image, start_with_env, unix_uri, write_image};
@@ -77,10 +78,13 @@ impl Drop for Moto {
 }
 
 /// A TCP proxy to `port` that passes what clients send at about
-/// `bytes_per_sec` (what the server sends back goes at full speed).
+/// `bytes_per_sec` over all connections together (what the server sends
+/// back goes at full speed).
 fn throttling_proxy(port: u16, bytes_per_sec: usize) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let proxy_port = listener.local_addr().unwrap().port();
+    // When the shared link is next free.
+    let link = Arc::new(Mutex::new(Instant::now()));
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
             let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else {
@@ -88,13 +92,23 @@ fn throttling_proxy(port: u16, bytes_per_sec: usize) -> u16 {
             };
             let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
             let (mut s_in, mut c_out) = (server, client);
+            let link = link.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 16 << 10];
                 while let Ok(n) = c_in.read(&mut buf) {
-                    if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                    if n == 0 {
                         break;
                     }
-                    std::thread::sleep(Duration::from_secs_f64(n as f64 / bytes_per_sec as f64));
+                    let done = {
+                        let mut free = link.lock().unwrap();
+                        let start = (*free).max(Instant::now());
+                        *free = start + Duration::from_secs_f64(n as f64 / bytes_per_sec as f64);
+                        *free
+                    };
+                    std::thread::sleep(done.saturating_duration_since(Instant::now()));
+                    if s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
                 }
                 let _ = s_out.shutdown(Shutdown::Write);
             });

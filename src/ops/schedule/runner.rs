@@ -188,25 +188,32 @@ impl Scheduler {
         let mut entries = self.shared.entries.lock().await;
         for (key, s) in entries.iter_mut() {
             let every = s.schedule.every;
+            // Each change is saved before it takes effect: a schedule
+            // whose record cannot be written does not run (and is tried
+            // again at the next tick).
             if s.running_since.is_none() && t >= s.next_run {
-                s.running_since = Some(t);
-                s.runs += 1;
-                s.slot = next_slot(s.slot, every, t);
-                s.next_run = s.slot;
-                record::save(&self.shared.pool, s).await?;
+                let mut next = s.clone();
+                next.running_since = Some(t);
+                next.runs += 1;
+                next.slot = next_slot(s.slot, every, t);
+                next.next_run = next.slot;
+                record::save(&self.shared.pool, &next).await?;
+                *s = next;
                 let this = self.clone();
                 let (key, schedule, token) = (key.clone(), s.schedule.clone(), shutdown.clone());
-                tokio::spawn(async move { this.run_one(key, schedule, token).await });
+                tokio::spawn(async move { this.run_one(key, schedule, t, token).await });
             } else if s.running_since.is_some() && t >= s.slot {
-                s.skipped += 1;
-                s.last_skip = Some(t);
-                s.slot = slot_after(s.slot, every, t);
-                s.next_run = s.slot;
+                let mut next = s.clone();
+                next.skipped += 1;
+                next.last_skip = Some(t);
+                next.slot = slot_after(s.slot, every, t);
+                next.next_run = next.slot;
+                record::save(&self.shared.pool, &next).await?;
+                *s = next;
                 warn!(
                     volume = %s.schedule.volume, dest = %s.schedule.dest,
                     "scheduled backup skipped: the previous run is still going"
                 );
-                record::save(&self.shared.pool, s).await?;
             }
         }
         Ok(())
@@ -214,7 +221,13 @@ impl Scheduler {
 
     /// One run: backup (as a job), prune, gc when due; then its outcome
     /// recorded.
-    async fn run_one(&self, key: Key, schedule: Schedule, shutdown: CancellationToken) {
+    async fn run_one(
+        &self,
+        key: Key,
+        schedule: Schedule,
+        started_at: u64,
+        shutdown: CancellationToken,
+    ) {
         let started = Instant::now();
         let result = self.execute(&schedule, &shutdown).await;
         let duration_ms = started.elapsed().as_millis() as u64;
@@ -225,8 +238,12 @@ impl Scheduler {
         }
         let t = now();
         let mut entries = self.shared.entries.lock().await;
-        let Some(s) = entries.get_mut(&key) else {
-            return; // removed meanwhile
+        // Removed meanwhile (and perhaps set again, with a run of its own).
+        let Some(s) = entries
+            .get_mut(&key)
+            .filter(|s| s.running_since == Some(started_at))
+        else {
+            return;
         };
         s.running_since = None;
         s.last_duration_ms = Some(duration_ms);
