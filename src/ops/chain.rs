@@ -34,7 +34,7 @@ fn key(volume: &str, dest: &str) -> String {
     format!("{PREFIX}{volume}/{dest}")
 }
 
-async fn load(pool: &Pool, key: &str) -> Result<Record, OpError> {
+fn load(pool: &Pool, key: &str) -> Result<Record, OpError> {
     Ok(match pool.record(key)? {
         // A record we cannot read names nothing we may delete.
         Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -77,7 +77,7 @@ pub async fn backup_volume(
     pool.volume(volume)?;
     let key = key(volume, &store.url().to_string());
     let snapshot = new_name();
-    let mut record = load(pool, &key).await?;
+    let mut record = load(pool, &key)?;
     record.snapshots.push(snapshot.clone());
     save(pool, &key, &record).await?;
     match store
