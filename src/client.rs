@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 
 use crate::api::types::{
     Attached, CreateSnapshot, CreateVolume, ErrorBody, GrowVolume, JobRequest, JobStarted,
-    JobStatus, NbdEndpoints, PoolStats, SnapshotInfo, VolumeInfo,
+    JobStatus, NbdEndpoints, PoolStats, ScheduleStatus, SetSchedule, SnapshotInfo, VolumeInfo,
 };
 use crate::api::PREFIX;
 
@@ -160,6 +160,19 @@ impl Client {
 
     pub async fn delete_backup(&self, backup: &str) -> Result<()> {
         let path = with_query("/backups", &[("backup", backup)]);
+        self.call_empty(Method::DELETE, &path).await
+    }
+
+    pub async fn schedules(&self) -> Result<Vec<ScheduleStatus>> {
+        self.call(Method::GET, "/schedules", None::<&()>).await
+    }
+
+    pub async fn set_schedule(&self, req: &SetSchedule) -> Result<ScheduleStatus> {
+        self.call(Method::PUT, "/schedules", Some(req)).await
+    }
+
+    pub async fn remove_schedule(&self, volume: &str, dest: &str) -> Result<()> {
+        let path = with_query("/schedules", &[("volume", volume), ("dest", dest)]);
         self.call_empty(Method::DELETE, &path).await
     }
 

@@ -48,6 +48,14 @@ fn new_backup_id() -> String {
     format!("{stamp}-{:08x}", rand::random::<u32>())
 }
 
+/// What a backup reads: a snapshot that exists, or one it takes first
+/// (under a chosen name, or a generated one).
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Existing(&'a str),
+    New(Option<&'a str>),
+}
+
 /// The state of one backup run shared by its chunk tasks.
 struct Run<'a> {
     store: &'a BackupStore,
@@ -140,6 +148,44 @@ impl BackupStore {
         snapshot: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<BackupInfo> {
+        match snapshot {
+            Some(s) => {
+                self.backup_from(pool, volume, Source::Existing(s), progress)
+                    .await
+            }
+            None => {
+                self.backup_from(pool, volume, Source::New(None), progress)
+                    .await
+            }
+        }
+    }
+
+    /// Backs up a new snapshot of `volume` taken now under the name
+    /// `snapshot` (which the caller may have recorded first, to find it
+    /// again whatever happens); removed again if the backup fails.
+    pub async fn backup_new_snapshot(
+        &self,
+        pool: &Pool,
+        volume: &str,
+        snapshot: &str,
+        progress: &dyn Progress,
+    ) -> Result<BackupInfo> {
+        ballast_engine::validate_name(snapshot)?;
+        self.backup_from(pool, volume, Source::New(Some(snapshot)), progress)
+            .await
+    }
+
+    async fn backup_from(
+        &self,
+        pool: &Pool,
+        volume: &str,
+        source: Source<'_>,
+        progress: &dyn Progress,
+    ) -> Result<BackupInfo> {
+        let (snapshot, new_name) = match source {
+            Source::Existing(s) => (Some(s), None),
+            Source::New(name) => (None, name),
+        };
         ballast_engine::validate_name(volume)?;
         let volume_info = pool.volume(volume)?;
         if let Some(s) = snapshot {
@@ -162,7 +208,7 @@ impl BackupStore {
         .await?;
         let (snap, created_snapshot) = match snapshot {
             Some(s) => (s.to_string(), false),
-            None => match pool.create_snapshot(volume, None).await {
+            None => match pool.create_snapshot(volume, new_name).await {
                 Ok(info) => (info.name, true),
                 Err(e) => {
                     lock.release().await?;

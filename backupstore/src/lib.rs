@@ -18,6 +18,7 @@
 //! backup delete BACKUP_URL             open(&b.dest).delete(&b.volume, &b.id)
 //! backup verify BACKUP_URL | --dest U  store.verify(VerifyScope::Backup{..} | VerifyScope::All, &p) -> VerifyReport
 //! backup gc --dest URL                 store.gc(&GcOptions::default(), &p) -> GcReport
+//! backup prune --dest URL --keep-...   store.prune(V, &KeepOptions{..}, dry_run) -> PruneReport
 //! create VOL --backup BACKUP_URL       open(&b.dest).restore(&pool, &b.volume, &b.id, VOL, &p) -> VolumeInfo
 //! ```
 
@@ -30,6 +31,7 @@ mod lock;
 mod manifest;
 pub mod objects;
 mod progress;
+mod prune;
 mod restore;
 mod store;
 mod url;
@@ -41,6 +43,7 @@ pub use manifest::{Manifest, StoreConfig, DEFAULT_CHUNK_SIZE};
 pub use progress::{
     for_terminal, NoProgress, Progress, ProgressCounter, ProgressSnapshot, TerminalProgress,
 };
+pub use prune::{Decision, KeepOptions, PruneReport, PrunedBackup, Rule};
 pub use store::{BackupInfo, BackupStore, StoreOptions};
 pub use url::{BackupUrl, StoreUrl};
 pub use verify::{DamagedBackup, VerifyReport, VerifyScope};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::manifest::{
@@ -45,7 +45,7 @@ impl Default for StoreOptions {
 }
 
 /// A backup as `create`, `list` and `inspect` report it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupInfo {
     /// The backup URL (destination + `backup=` + `volume=`).
     pub url: String,

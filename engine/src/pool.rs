@@ -470,6 +470,32 @@ impl Pool {
         self.inner.meta.key_counts()
     }
 
+    /// Every volume's I/O counters since the pool was opened, by name.
+    pub fn io_stats(&self) -> Vec<crate::VolumeIo> {
+        let volumes: Vec<(String, u64)> = {
+            let st = self.inner.state.lock();
+            st.catalog
+                .iter()
+                .map(|v| (v.rec.name.clone(), v.rec.uid))
+                .collect()
+        };
+        let stats = self.inner.io_stats.lock();
+        volumes
+            .into_iter()
+            .map(|(volume, uid)| {
+                let (read, write) = stats
+                    .get(&uid)
+                    .map(|s| s.snapshot())
+                    .unwrap_or_else(|| crate::iostats::IoStats::default().snapshot());
+                crate::VolumeIo {
+                    volume,
+                    read,
+                    write,
+                }
+            })
+            .collect()
+    }
+
     /// Commits, checkpoints, and refuses every later operation with
     /// [`Error::Closed`].
     pub async fn close(&self) -> Result<()> {

@@ -35,6 +35,7 @@ use crate::catalog::{Catalog, VolumeState};
 use crate::error::{Error, Result};
 use crate::extent::Run;
 use crate::io::{Backend, BufPool};
+use crate::iostats::IoStats;
 use crate::journal::{Death, Op, Ring};
 use crate::meta::{Batch, Meta, SnapshotRecord, Superblock, VolumeRecord};
 use crate::reclaim::Reclaim;
@@ -120,6 +121,8 @@ pub(crate) struct Inner {
     pub read_ahead_used: AtomicU64,
     /// Writes acknowledged and still on their way to the disk.
     pub behind: Arc<WriteBehind>,
+    /// Each volume's I/O counters, by uid (`iostats.rs`).
+    pub io_stats: Mutex<std::collections::HashMap<u64, Arc<IoStats>>>,
     #[cfg(feature = "test-seams")]
     pub faults: Option<Arc<crate::io::Faults>>,
 }
@@ -470,6 +473,7 @@ impl Inner {
             read_ahead: AtomicU64::new(0),
             read_ahead_used: AtomicU64::new(0),
             behind: Arc::default(),
+            io_stats: Mutex::default(),
             #[cfg(feature = "test-seams")]
             faults: p.faults,
         }

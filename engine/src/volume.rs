@@ -9,12 +9,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::future::join_all;
 
 use crate::error::{Error, Result};
 use crate::extent::{cover, Data, Piece, Run};
 use crate::io::{AlignedBuf, BufPool};
+use crate::iostats::IoStats;
 use crate::journal::{Death, Op};
 use crate::readahead::{Chunk, ReadAhead};
 use crate::shared::{Inner, State};
@@ -42,6 +44,8 @@ pub struct Volume {
     ahead: Arc<parking_lot::Mutex<ReadAhead>>,
     /// Failed write-behinds this handle has reported (clones share it).
     reported: Arc<AtomicU64>,
+    /// The volume's I/O counters; `None` for a snapshot handle.
+    stats: Option<Arc<IoStats>>,
 }
 
 /// Registers a read with the deferred-free machinery for its lifetime.
@@ -89,7 +93,11 @@ impl Volume {
         uid: u64,
         snapshot: Option<(&str, u64)>,
     ) -> Self {
+        let stats = snapshot
+            .is_none()
+            .then(|| inner.io_stats.lock().entry(uid).or_default().clone());
         Volume {
+            stats,
             name: name.into(),
             uid,
             snapshot: snapshot.map(|(n, g)| (n.into(), g)),
@@ -230,6 +238,16 @@ impl Volume {
     /// Reads `buf.len()` bytes at `offset`. Holes read as zeros without
     /// touching the disk; every data block's crc32 is verified.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let started = Instant::now();
+        let len = buf.len() as u64;
+        let r = self.read_uncounted(offset, buf).await;
+        if let (Some(s), Ok(())) = (&self.stats, &r) {
+            s.read.record(len, started.elapsed());
+        }
+        r
+    }
+
+    async fn read_uncounted(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let Some((pieces, _guard)) = self.resolve(offset, buf.len() as u64)? else {
             return Ok(());
         };
@@ -242,6 +260,15 @@ impl Volume {
     /// sequential stream of such reads is read ahead (see
     /// [`crate::readahead`]).
     pub async fn read_owned(&self, offset: u64, len: usize) -> Result<PooledBuf> {
+        let started = Instant::now();
+        let r = self.read_owned_uncounted(offset, len).await;
+        if let (Some(s), Ok(_)) = (&self.stats, &r) {
+            s.read.record(len as u64, started.elapsed());
+        }
+        r
+    }
+
+    async fn read_owned_uncounted(&self, offset: u64, len: usize) -> Result<PooledBuf> {
         let bufs = &self.inner.bufs;
         let Some((pieces, _guard)) = self.resolve(offset, len as u64)? else {
             return Ok(PooledBuf::new(bufs.clone(), AlignedBuf::new(0), 0, 0));
@@ -397,6 +424,15 @@ impl Volume {
     /// Writes `data` at `offset`. New data always goes to new pool blocks
     /// (redirect-on-write); all-zero blocks take no space.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let started = Instant::now();
+        let r = self.write_uncounted(offset, data).await;
+        if let (Some(s), Ok(())) = (&self.stats, &r) {
+            s.write.record(data.len() as u64, started.elapsed());
+        }
+        r
+    }
+
+    async fn write_uncounted(&self, offset: u64, data: &[u8]) -> Result<()> {
         let len = data.len() as u64;
         self.check_write(offset, len)?;
         if len == 0 {
@@ -458,11 +494,22 @@ impl Volume {
     /// Writes `data` at `offset`, as [`Volume::write`] does. A block-aligned
     /// write of non-zero blocks that gets one run of pool blocks goes to
     /// the disk straight from `data`, with no copy.
-    pub async fn write_owned(&self, offset: u64, mut data: PooledBuf) -> Result<()> {
+    pub async fn write_owned(&self, offset: u64, data: PooledBuf) -> Result<()> {
         let len = data.len() as u64;
         if len == 0 || !offset.is_multiple_of(BS) || !len.is_multiple_of(BS) || !data.is_whole() {
             return self.write(offset, &data).await;
         }
+        let started = Instant::now();
+        let r = self.write_owned_uncounted(offset, data).await;
+        if let (Some(s), Ok(())) = (&self.stats, &r) {
+            s.write.record(len, started.elapsed());
+        }
+        r
+    }
+
+    /// [`Volume::write_owned`] of whole blocks.
+    async fn write_owned_uncounted(&self, offset: u64, mut data: PooledBuf) -> Result<()> {
+        let len = data.len() as u64;
         self.check_write(offset, len)?;
         let blocks = offset / BS..(offset + len) / BS;
         let first = blocks.start;

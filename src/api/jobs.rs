@@ -63,6 +63,11 @@ fn no_job(id: u64) -> ApiError {
     }
 }
 
+/// Why a prune without keep options is refused (it would keep only the
+/// newest backup of each volume, which nobody asks for by leaving options out).
+const NO_KEEP_OPTION: &str =
+    "prune needs at least one keep option above 0 (--keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly)";
+
 /// The operation a request asks for, its URLs parsed and names checked.
 fn check(pool: &Pool, req: JobRequest) -> Result<Operation, ApiError> {
     Ok(match req {
@@ -110,6 +115,26 @@ fn check(pool: &Pool, req: JobRequest) -> Result<Operation, ApiError> {
             Operation::Gc {
                 dest: dest.parse()?,
                 options,
+            }
+        }
+        JobRequest::Prune {
+            dest,
+            volume,
+            keep,
+            dry_run,
+        } => {
+            let dest = dest.parse()?;
+            if let Some(volume) = &volume {
+                validate_name(volume)?;
+            }
+            if keep.is_empty() {
+                return Err(ApiError::bad_request(NO_KEEP_OPTION));
+            }
+            Operation::Prune {
+                dest,
+                volume,
+                keep,
+                dry_run,
             }
         }
     })

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::types::NbdEndpoints;
 use crate::driver::DockerDriver;
 use crate::ops::jobs::Jobs;
+use crate::ops::schedule::Scheduler;
 
 /// Everything the handlers can reach. Services that add API routes add
 /// their handles here.
@@ -18,6 +19,8 @@ pub struct ApiState {
     pub nbd: NbdEndpoints,
     /// Running and recently finished backup jobs.
     pub jobs: Jobs,
+    /// The backup schedules and their runs.
+    pub schedules: Scheduler,
     /// Attaches volumes as block devices (`ballast attach`): the Docker
     /// driver, present when the daemon runs as root.
     pub attach: Option<std::sync::Arc<DockerDriver>>,
@@ -29,6 +32,8 @@ pub struct ApiState {
 pub struct ApiReply {
     pub status: StatusCode,
     pub body: Vec<u8>,
+    /// `None`: JSON.
+    pub content_type: Option<&'static str>,
 }
 
 impl ApiReply {
@@ -37,7 +42,11 @@ impl ApiReply {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: format!("cannot encode response: {e}"),
         })?;
-        Ok(ApiReply { status, body })
+        Ok(ApiReply {
+            status,
+            body,
+            content_type: None,
+        })
     }
 
     /// 200 with `value` as its body.
@@ -49,6 +58,7 @@ impl ApiReply {
         Ok(ApiReply {
             status: StatusCode::NO_CONTENT,
             body: Vec::new(),
+            content_type: None,
         })
     }
 }

@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::ops::jobs::{JobState, JobStatus};
+pub use crate::ops::schedule::ScheduleStatus;
+pub use ballast_backupstore::KeepOptions;
 pub use ballast_engine::{PoolStats, SnapshotInfo, VolumeInfo};
 
 /// `POST /v1/volumes`.
@@ -115,6 +117,16 @@ pub enum JobRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grace_secs: Option<u64>,
     },
+    /// Delete the backups `keep` does not keep (of `volume`, or of every
+    /// volume); with `dry_run`, only report what would go.
+    Prune {
+        dest: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        volume: Option<String>,
+        keep: KeepOptions,
+        #[serde(default)]
+        dry_run: bool,
+    },
 }
 
 impl JobRequest {
@@ -124,8 +136,21 @@ impl JobRequest {
             JobRequest::Restore { .. } => "restore",
             JobRequest::Verify { .. } => "verify",
             JobRequest::Gc { .. } => "gc",
+            JobRequest::Prune { .. } => "prune",
         }
     }
+}
+
+/// `PUT /v1/schedules`: back up `volume` to `dest` every `every_secs`,
+/// then prune its backups there with `keep` (nothing if empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetSchedule {
+    pub volume: String,
+    pub dest: String,
+    pub every_secs: u64,
+    #[serde(default)]
+    pub keep: KeepOptions,
 }
 
 /// Answer to `POST /v1/jobs`.

@@ -151,6 +151,15 @@ pub struct DaemonArgs {
     /// How Docker volumes become block devices: fuse or kernel-nbd [default: fuse where /dev/fuse exists]
     #[arg(long, value_name = "PATH")]
     pub docker_attach: Option<String>,
+    /// Serve GET /metrics (Prometheus text format) on TCP at ADDR:PORT too; off loopback it needs --metrics-allow-remote [default: on the control socket only]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
+    /// Allow --metrics-listen on an address other than loopback (the page names every volume and destination)
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+    /// Scheduled backups that may run (upload) at once
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub backup_concurrency: u16,
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +238,89 @@ pub enum BackupCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Delete the backups the keep options do not keep (Proxmox Backup Server's semantics; the newest backup of a volume always stays)
+    Prune {
+        /// Backup destination URL
+        #[arg(long, value_name = "URL")]
+        dest: String,
+        /// Only backups of this volume [default: every volume, each on its own]
+        #[arg(long, value_name = "VOL")]
+        volume: Option<String>,
+        #[command(flatten)]
+        keep: KeepArgs,
+        /// Only show what would be deleted, and why each kept backup is kept
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Back up volumes on a schedule, kept in the pool (set, list, remove)
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+}
+
+/// `ballast backup schedule ...`.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Back up VOL to --dest every --every, then prune its backups there with the keep options (first run at once)
+    Set {
+        /// Volume name
+        volume: String,
+        /// Backup destination URL
+        #[arg(long, value_name = "URL")]
+        dest: String,
+        /// Interval, e.g. 1h, 30m, 1d
+        #[arg(long, value_name = "DURATION")]
+        every: String,
+        #[command(flatten)]
+        keep: KeepArgs,
+    },
+    /// Show every schedule: next run, last success, last failure and its error
+    List(OutputArgs),
+    /// Stop backing up VOL to --dest on a schedule (its backups stay)
+    Remove {
+        /// Volume name
+        volume: String,
+        /// Backup destination URL
+        #[arg(long, value_name = "URL")]
+        dest: String,
+    },
+}
+
+impl KeepArgs {
+    pub fn options(self) -> ballast_backupstore::KeepOptions {
+        ballast_backupstore::KeepOptions {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+        }
+    }
+}
+
+/// Retention, applied in this order; periods are the daemon's local time.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct KeepArgs {
+    /// Keep the N newest backups
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the last N hours that have one
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest backup of each of the last N days that have one
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the last N ISO weeks that have one
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the last N months that have one
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest backup of each of the last N years that have one
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

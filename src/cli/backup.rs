@@ -14,7 +14,8 @@ use serde_json::Value;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::args::BackupCommand;
-use super::output::{emit, format_time, json, Table};
+use super::output::{emit, format_local_time, format_time, json, Table};
+use super::schedule;
 use crate::api::types::{JobRequest, JobState};
 use crate::client::Client;
 
@@ -127,7 +128,70 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
                 )
             }
         }
+        BackupCommand::Schedule(command) => schedule::run(client, command).await?,
+        BackupCommand::Prune {
+            dest,
+            volume,
+            keep,
+            dry_run,
+            output,
+        } => {
+            if let Some(volume) = &volume {
+                validate_name(volume)?;
+            }
+            let request = JobRequest::Prune {
+                dest,
+                volume,
+                keep: keep.options(),
+                dry_run,
+            };
+            let report = run_job(client, &request, !output.json).await?;
+            if output.json {
+                json(&report)
+            } else {
+                prune_summary(&report)?
+            }
+        }
     })
+}
+
+/// `ballast backup prune`'s report: what went (or would go) and why each
+/// kept backup stays.
+fn prune_summary(report: &Value) -> Result<String> {
+    let dry_run = report["dry_run"].as_bool().unwrap_or(false);
+    let mut table = Table::new(&["ACTION", "VOLUME", "CREATED", "REASON", "ID"]);
+    for b in report["backups"].as_array().into_iter().flatten() {
+        let keep = b["keep"].as_bool().unwrap_or(true);
+        let action = match (keep, dry_run) {
+            (true, _) => "keep",
+            (false, true) => "would remove",
+            (false, false) => "removed",
+        };
+        let reason = match (b["rule"].as_str(), b["period"].as_str()) {
+            (Some(rule), Some(period)) => format!("{rule} {period}"),
+            (Some(rule), None) => rule.to_string(),
+            _ => "-".to_string(),
+        };
+        table.row(vec![
+            action.to_string(),
+            field(b, "volume")?.to_string(),
+            format_local_time(number(b, "created")?),
+            reason,
+            field(b, "id")?.to_string(),
+        ]);
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    Ok(format!(
+        "{}{verb} {} backups, kept {}{}\n",
+        table.render(),
+        number(report, "removed")?,
+        number(report, "kept")?,
+        if dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        },
+    ))
 }
 
 /// `ballast create VOL --backup URL`: restores into a new volume.

@@ -6,6 +6,7 @@
 pub mod args;
 mod backup;
 pub mod output;
+mod schedule;
 
 use anyhow::Result;
 use ballast_engine::{format_size, parse_size, parse_snapshot_ref, validate_name};

@@ -20,4 +20,8 @@ pub struct DaemonConfig {
     pub docker_plugin: Option<String>,
     /// How Docker volumes are attached; `None`: the best the host has.
     pub docker_attach: Option<ballast_docker::AttachPath>,
+    /// Scheduled backups that may upload at once.
+    pub backup_concurrency: usize,
+    /// Serve `GET /metrics` on TCP here too.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }

@@ -6,7 +6,9 @@
 //! Nothing here knows HTTP: failures are [`error::OpError`]s, and the
 //! callers decide what each becomes on their protocol.
 
+pub mod chain;
 pub mod error;
 pub mod jobs;
 pub mod operation;
 pub mod restore;
+pub mod schedule;

@@ -7,14 +7,15 @@
 use std::sync::Arc;
 
 use ballast_backupstore::{
-    BackupStore, BackupUrl, GcOptions, Progress, ProgressCounter, StoreOptions, StoreUrl,
-    VerifyScope,
+    BackupStore, BackupUrl, GcOptions, KeepOptions, Progress, ProgressCounter, StoreOptions,
+    StoreUrl, VerifyScope,
 };
 use ballast_engine::Pool;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::chain;
 use super::error::OpError;
 use super::jobs::Outcome;
 use super::restore::Restore;
@@ -36,6 +37,13 @@ pub enum Operation {
     VerifyAll { dest: StoreUrl },
     /// Remove chunks no backup references.
     Gc { dest: StoreUrl, options: GcOptions },
+    /// Delete the backups `keep` does not keep.
+    Prune {
+        dest: StoreUrl,
+        volume: Option<String>,
+        keep: KeepOptions,
+        dry_run: bool,
+    },
 }
 
 impl Operation {
@@ -46,6 +54,7 @@ impl Operation {
             Operation::Restore { .. } => "restore",
             Operation::VerifyBackup { .. } | Operation::VerifyAll { .. } => "verify",
             Operation::Gc { .. } => "gc",
+            Operation::Prune { .. } => "prune",
         }
     }
 }
@@ -93,10 +102,15 @@ async fn execute(
             volume,
             snapshot,
         } => {
-            let info = open(&dest)
-                .await?
-                .backup(pool, &volume, snapshot.as_deref(), progress)
-                .await?;
+            let store = open(&dest).await?;
+            let info = match snapshot {
+                Some(snapshot) => {
+                    store
+                        .backup(pool, &volume, Some(&snapshot), progress)
+                        .await?
+                }
+                None => chain::backup_volume(pool, &store, &volume, progress).await?,
+            };
             info!(backup = %info.url, "backup complete");
             to_json(&info)
         }
@@ -120,6 +134,17 @@ async fn execute(
         Operation::Gc { dest, options } => {
             to_json(&open(&dest).await?.gc(&options, progress).await?)
         }
+        Operation::Prune {
+            dest,
+            volume,
+            keep,
+            dry_run,
+        } => to_json(
+            &open(&dest)
+                .await?
+                .prune(volume.as_deref(), &keep, dry_run)
+                .await?,
+        ),
     };
     Ok(value)
 }
