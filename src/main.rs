@@ -67,6 +67,7 @@ fn run(cli: Cli) -> Result<()> {
                 docker_plugin: (!args.no_docker_plugin && unsafe { libc::geteuid() } == 0)
                     .then(|| DEFAULT_DOCKER_PLUGIN.to_string()),
                 docker_attach: None,
+                backup_key_dir: None,
             };
             run_daemon(daemon_config(defaults, cli.socket)?, None)
         }
@@ -148,7 +149,13 @@ fn daemon_config(args: DaemonArgs, client_socket: Option<PathBuf>) -> Result<Dae
         .map(str::parse)
         .transpose()
         .map_err(|e: String| anyhow!("--docker-attach: {e}"))?;
+    if let Some(dir) = &args.backup_key_dir {
+        if !dir.is_dir() {
+            bail!("--backup-key-dir: {} is not a directory", dir.display());
+        }
+    }
     Ok(DaemonConfig {
+        backup_key_dir: args.backup_key_dir,
         docker_plugin: args.docker_plugin,
         docker_attach,
         nbd,

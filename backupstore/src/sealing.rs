@@ -12,7 +12,6 @@ use zeroize::Zeroizing;
 
 use crate::frame::{self, FrameError, Kind, Seal};
 use crate::key::{BackupKey, CHUNK_ID_CONTEXT, CHUNK_SEAL_CONTEXT, MANIFEST_SEAL_CONTEXT};
-use crate::manifest::Digest;
 
 /// The subkeys of one backup key.
 pub(crate) struct Keys {
@@ -51,8 +50,8 @@ impl Sealing {
         }))
     }
 
-    /// The id (content address) of a chunk of data.
-    pub(crate) fn chunk_id(&self, raw: &[u8]) -> Digest {
+    /// The id (content address, `manifest::Digest`) of a chunk of data.
+    pub(crate) fn chunk_id(&self, raw: &[u8]) -> [u8; 32] {
         match self {
             Sealing::Plain => *blake3::hash(raw).as_bytes(),
             Sealing::Sealed(k) => *blake3::keyed_hash(&k.chunk_id, raw).as_bytes(),

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::types::NbdEndpoints;
 use crate::driver::DockerDriver;
 use crate::ops::jobs::Jobs;
+use crate::ops::keys::BackupKeys;
 
 /// Everything the handlers can reach. Services that add API routes add
 /// their handles here.
@@ -18,6 +19,8 @@ pub struct ApiState {
     pub nbd: NbdEndpoints,
     /// Running and recently finished backup jobs.
     pub jobs: Jobs,
+    /// The backup keys requests may name (`--backup-key-dir`).
+    pub keys: BackupKeys,
     /// Attaches volumes as block devices (`ballast attach`): the Docker
     /// driver, present when the daemon runs as root.
     pub attach: Option<std::sync::Arc<DockerDriver>>,

@@ -151,6 +151,9 @@ pub struct DaemonArgs {
     /// How Docker volumes become block devices: fuse or kernel-nbd [default: fuse where /dev/fuse exists]
     #[arg(long, value_name = "PATH")]
     pub docker_attach: Option<String>,
+    /// Backup keys (`ballast backup key create`) that requests name with --key / backup_key= [default: none]
+    #[arg(long, value_name = "DIR")]
+    pub backup_key_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +176,18 @@ pub struct CreateArgs {
     /// Restore this backup (as `ballast backup create` or `list` prints it)
     #[arg(long, value_name = "BACKUP_URL", conflicts_with_all = ["from_snapshot", "size"])]
     pub backup: Option<String>,
+    /// The backup key of an encrypted destination (a name in the daemon's --backup-key-dir)
+    #[arg(long, value_name = "NAME", requires = "backup")]
+    pub key: Option<String>,
+}
+
+/// `--key NAME` of the backup commands.
+#[derive(Debug, Args)]
+pub struct KeyArg {
+    /// The backup key of an encrypted destination: a name in the daemon's
+    /// --backup-key-dir (a new destination backed up with a key is encrypted under it)
+    #[arg(long, value_name = "NAME")]
+    pub key: Option<String>,
 }
 
 /// `ballast backup ...`. Destinations are file:///DIR, vfs:///DIR or
@@ -187,6 +202,8 @@ pub enum BackupCommand {
         #[arg(long, value_name = "URL")]
         dest: String,
         #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// List the backups in a destination
@@ -198,11 +215,15 @@ pub enum BackupCommand {
         #[arg(long, value_name = "VOL")]
         volume: Option<String>,
         #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// Show one backup
     Inspect {
         backup: String,
+        #[command(flatten)]
+        key: KeyArg,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -216,6 +237,8 @@ pub enum BackupCommand {
         #[arg(long, value_name = "URL")]
         dest: Option<String>,
         #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// Remove chunks no backup references
@@ -226,6 +249,34 @@ pub enum BackupCommand {
         /// Keep unreferenced chunks younger than this (e.g. 0s, 30m) [default: 1h]
         #[arg(long, value_name = "DURATION")]
         grace: Option<String>,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Backup keys for encrypted destinations
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// `ballast backup key ...`: runs here, without the daemon.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write a new backup key file (mode 0600); prints its fingerprint
+    Create {
+        /// The new key file (never replaced); put it in the daemon's --backup-key-dir
+        #[arg(long, value_name = "PATH")]
+        file: PathBuf,
+        /// Derive the key from a passphrase (scrypt), read from the terminal,
+        /// $BALLAST_BACKUP_PASSPHRASE or --passphrase-file
+        #[arg(long)]
+        passphrase: bool,
+        /// Read the passphrase from this file (its first line)
+        #[arg(long, value_name = "PATH", requires = "passphrase")]
+        passphrase_file: Option<PathBuf>,
+        /// Derive the same key again: the salt a key file or ballast-store.json records
+        #[arg(long, value_name = "HEX", requires = "passphrase")]
+        salt: Option<String>,
         #[command(flatten)]
         output: OutputArgs,
     },

@@ -20,4 +20,6 @@ pub struct DaemonConfig {
     pub docker_plugin: Option<String>,
     /// How Docker volumes are attached; `None`: the best the host has.
     pub docker_attach: Option<ballast_docker::AttachPath>,
+    /// Where backup keys are looked up by name.
+    pub backup_key_dir: Option<PathBuf>,
 }

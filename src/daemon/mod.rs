@@ -70,17 +70,20 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
 
     ops::restore::clean_up_interrupted(&pool).await;
     let jobs = ops::jobs::Jobs::default();
+    let keys = ops::keys::BackupKeys::new(config.backup_key_dir.clone());
     let docker = docker::prepare(
         docker_socket,
         pool.clone(),
         &config.root,
         &nbd.driver_socket(),
         config.docker_attach,
+        keys.clone(),
     )?;
     let state = Arc::new(ApiState {
         pool: pool.clone(),
         nbd: nbd.endpoints(),
         jobs: jobs.clone(),
+        keys,
         attach: docker.as_ref().map(docker::DockerService::driver),
     });
     services.spawn("control API", move |shutdown| {
