@@ -145,16 +145,28 @@ impl Client {
     }
 
     /// The backups in `dest` (of `volume` only, if given), as the backup
-    /// store reports them.
-    pub async fn backups(&self, dest: &str, volume: Option<&str>) -> Result<serde_json::Value> {
+    /// store reports them; `key` names the backup key of an encrypted store.
+    pub async fn backups(
+        &self,
+        dest: &str,
+        volume: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<serde_json::Value> {
         let mut query = vec![("dest", dest)];
         query.extend(volume.map(|v| ("volume", v)));
+        query.extend(key.map(|k| ("key", k)));
         self.call(Method::GET, &with_query("/backups", &query), None::<&()>)
             .await
     }
 
-    pub async fn inspect_backup(&self, backup: &str) -> Result<serde_json::Value> {
-        let path = with_query("/backups/inspect", &[("backup", backup)]);
+    pub async fn inspect_backup(
+        &self,
+        backup: &str,
+        key: Option<&str>,
+    ) -> Result<serde_json::Value> {
+        let mut query = vec![("backup", backup)];
+        query.extend(key.map(|k| ("key", k)));
+        let path = with_query("/backups/inspect", &query);
         self.call(Method::GET, &path, None::<&()>).await
     }
 

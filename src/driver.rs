@@ -10,6 +10,7 @@ use ballast_docker::{Driver, LinuxHost, ProviderError, VolumeProvider, VolumeSum
 use ballast_engine::{Error, Pool, VolumeInfo};
 
 use crate::ops::error::OpError;
+use crate::ops::keys::BackupKeys;
 use crate::ops::restore::restore_backup;
 
 /// The Docker driver as the daemon runs it.
@@ -19,6 +20,8 @@ pub type DockerDriver = Driver<PoolProvider, LinuxHost>;
 pub struct PoolProvider {
     pub pool: Pool,
     pub nbd_socket: PathBuf,
+    /// The keys `backup_key=` names.
+    pub keys: BackupKeys,
 }
 
 impl VolumeProvider for PoolProvider {
@@ -43,8 +46,13 @@ impl VolumeProvider for PoolProvider {
             .map_err(ProviderError::Pool)
     }
 
-    async fn restore_backup(&self, name: &str, url: &str) -> Result<(), ProviderError> {
-        restore_from_backup(&self.pool, name, url).await
+    async fn restore_backup(
+        &self,
+        name: &str,
+        url: &str,
+        key: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        restore_from_backup(&self.pool, &self.keys, name, url, key).await
     }
 
     async fn delete_volume(&self, name: &str) -> Result<(), ProviderError> {
@@ -71,12 +79,20 @@ impl VolumeProvider for PoolProvider {
     }
 }
 
-/// `docker volume create -o backup=URL`: restores volume `name` from a
-/// backup, the same way `ballast create NAME --backup URL` does.
-async fn restore_from_backup(pool: &Pool, name: &str, url: &str) -> Result<(), ProviderError> {
+/// `docker volume create -o backup=URL [-o backup_key=NAME]`: restores
+/// volume `name` from a backup, the same way `ballast create NAME --backup
+/// URL [--key NAME]` does.
+async fn restore_from_backup(
+    pool: &Pool,
+    keys: &BackupKeys,
+    name: &str,
+    url: &str,
+    key: Option<&str>,
+) -> Result<(), ProviderError> {
     let restore = async {
         let backup = url.parse().map_err(OpError::Store)?;
-        restore_backup(pool, &backup, name, &NoProgress).await
+        let key = keys.load(key)?;
+        restore_backup(pool, &backup, name, key, &NoProgress).await
     };
     restore
         .await

@@ -70,6 +70,7 @@ fn run(cli: Cli) -> Result<()> {
                 backup_concurrency: 2,
                 metrics_listen: None,
                 metrics_allow_remote: false,
+                backup_key_dir: None,
             };
             run_daemon(daemon_config(defaults, cli.socket)?, None)
         }
@@ -165,8 +166,14 @@ fn daemon_config(args: DaemonArgs, client_socket: Option<PathBuf>) -> Result<Dae
             bail!("--metrics-listen {addr} is not a loopback address: the metrics name every volume and destination; add --metrics-allow-remote to serve them there");
         }
     }
+    if let Some(dir) = &args.backup_key_dir {
+        if !dir.is_dir() {
+            bail!("--backup-key-dir: {} is not a directory", dir.display());
+        }
+    }
     Ok(DaemonConfig {
         metrics_listen,
+        backup_key_dir: args.backup_key_dir,
         docker_plugin: args.docker_plugin,
         docker_attach,
         backup_concurrency: args.backup_concurrency.into(),

@@ -32,9 +32,10 @@ fn manifest_path(store: &Path, volume: &str, id: &str) -> PathBuf {
 /// Gives backup `id` the creation time `created`.
 fn set_created(store: &Path, volume: &str, id: &str, created: u64) {
     let path = manifest_path(store, volume, id);
-    let mut m = Manifest::decode(&std::fs::read(&path).unwrap()).unwrap();
+    let key = format!("backups/{volume}/{id}.manifest");
+    let mut m = Manifest::decode_plain(&key, &std::fs::read(&path).unwrap()).unwrap();
     m.created = created;
-    std::fs::write(&path, m.encode()).unwrap();
+    std::fs::write(&path, m.encode_plain()).unwrap();
 }
 
 fn listed_ids(socket: &Path, dest: &str) -> Vec<String> {

@@ -556,7 +556,9 @@ fn docker_uses_ballast_volumes() {
         "bad2",
     ]);
     assert!(
-        stderr.contains("unknown option(s) colour; known options: size, fstype, snapshot, backup"),
+        stderr.contains(
+            "unknown option(s) colour; known options: size, fstype, snapshot, backup, backup_key"
+        ),
         "{stderr}"
     );
     let long = "n".repeat(65);

@@ -18,10 +18,11 @@ use ballast_engine::{BlockState, Pool, SnapshotInfo, Volume};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
-use crate::frame::{self, Kind};
+use crate::frame::Kind;
 use crate::lock::{Lock, LockKind, DEFAULT_STALE};
 use crate::manifest::{chunk_key, digest_hex, manifest_key, Digest, Manifest};
 use crate::progress::Progress;
+use crate::sealing::Sealing;
 use crate::store::{BackupInfo, BackupStore};
 
 /// What became of one chunk.
@@ -59,6 +60,7 @@ enum Source<'a> {
 /// The state of one backup run shared by its chunk tasks.
 struct Run<'a> {
     store: &'a BackupStore,
+    sealing: Sealing,
     vol: Volume,
     size: u64,
     chunk_size: u64,
@@ -87,8 +89,9 @@ impl Run<'_> {
         }
         let mut buf = vec![0u8; len];
         self.vol.read(offset, &mut buf).await?;
+        let sealing = self.sealing.clone();
         let (buf, digest) = blocking(move || {
-            let d = (!is_zero(&buf)).then(|| *blake3::hash(&buf).as_bytes());
+            let d = (!is_zero(&buf)).then(|| sealing.chunk_id(&buf));
             (buf, d)
         })
         .await?;
@@ -106,7 +109,9 @@ impl Run<'_> {
             return Ok(Outcome::Reused(digest));
         }
         let level = self.store.opts.compression_level;
-        let framed = blocking(move || frame::encode(Kind::Chunk, &buf, level)).await?;
+        let (sealing, object_key) = (self.sealing.clone(), key.clone());
+        let framed =
+            blocking(move || sealing.encode(Kind::Chunk, &object_key, &buf, level)).await?;
         let stored = framed.len() as u64;
         self.store.objects.put(&key, framed).await?;
         Ok(Outcome::New { digest, stored })
@@ -198,7 +203,8 @@ impl BackupStore {
                 .into());
             }
         }
-        let config = self.init().await?;
+        // Refuses a wrong or missing key before anything is written.
+        let (config, sealing) = self.init().await?;
         let lock = Lock::acquire(
             self.objects.clone(),
             LockKind::Backup,
@@ -217,7 +223,7 @@ impl BackupStore {
             },
         };
         let result = self
-            .backup_snapshot(pool, volume, &snap, config.chunk_size, progress)
+            .backup_snapshot(pool, volume, &snap, config.chunk_size, sealing, progress)
             .await;
         if let Err(e) = lock.release().await {
             tracing::warn!("releasing backup lock: {e}");
@@ -236,6 +242,7 @@ impl BackupStore {
         volume: &str,
         snap: &str,
         chunk_size: u32,
+        sealing: Sealing,
         progress: &dyn Progress,
     ) -> Result<BackupInfo> {
         let volume_info = pool.volume(volume)?;
@@ -306,6 +313,7 @@ impl BackupStore {
         );
         let run = Run {
             store: self,
+            sealing: sealing.clone(),
             vol,
             size,
             chunk_size: cs,
@@ -361,7 +369,7 @@ impl BackupStore {
         m.reused_bytes = data_bytes - m.new_bytes;
         // The manifest goes last: only now does the backup exist.
         self.objects
-            .put(&manifest_key(volume, &id), m.encode())
+            .put(&manifest_key(volume, &id), m.encode(&sealing))
             .await?;
         tracing::info!(
             "backup {id} of {volume}@{snap}: {} new bytes in {} chunks, {} reused",

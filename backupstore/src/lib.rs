@@ -5,7 +5,9 @@
 //! `file:///path` (alias `vfs:///path`) or `s3://bucket/prefix`. Volumes are
 //! cut into fixed chunks (a store-wide power of two, 1 MiB by default),
 //! content-addressed by BLAKE3, zstd-compressed and framed; all-zero chunks
-//! are not stored. A backup is a manifest listing every chunk's digest,
+//! are not stored. A store initialised with a [`BackupKey`] is encrypted:
+//! chunk ids are a keyed BLAKE3 and every chunk and manifest is sealed with
+//! XChaCha20-Poly1305 (`sealing.rs`, `frame.rs`). A backup is a manifest listing every chunk's digest,
 //! written after all its chunks, so it is visible only when complete. Dedup
 //! is global across all volumes in a store. See `manifest.rs` for the layout.
 //!
@@ -27,19 +29,22 @@ mod clock;
 mod error;
 mod frame;
 mod gc;
+mod key;
 mod lock;
 mod manifest;
 pub mod objects;
 mod progress;
 mod prune;
 mod restore;
+mod sealing;
 mod store;
 mod url;
 mod verify;
 
 pub use error::{Error, Result};
 pub use gc::{GcOptions, GcReport};
-pub use manifest::{Manifest, StoreConfig, DEFAULT_CHUNK_SIZE};
+pub use key::{key_path, BackupKey, KdfParams};
+pub use manifest::{Encryption, Manifest, StoreConfig, DEFAULT_CHUNK_SIZE};
 pub use progress::{
     for_terminal, NoProgress, Progress, ProgressCounter, ProgressSnapshot, TerminalProgress,
 };

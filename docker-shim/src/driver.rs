@@ -197,7 +197,11 @@ impl<P: VolumeProvider, H: Host> Driver<P, H> {
             Source::Snapshot { volume, snapshot } => {
                 self.provider.clone_volume(name, volume, snapshot).await?
             }
-            Source::Backup { url } => self.provider.restore_backup(name, url).await?,
+            Source::Backup { url, key } => {
+                self.provider
+                    .restore_backup(name, url, key.as_deref())
+                    .await?
+            }
         }
         info!(volume = name, source = ?options.source, "volume created for Docker");
         Ok(())

@@ -8,7 +8,7 @@ use crate::error::DriverError;
 use crate::host::FsType;
 
 /// Every option the driver accepts.
-pub const KNOWN_OPTIONS: &[&str] = &["size", "fstype", "snapshot", "backup"];
+pub const KNOWN_OPTIONS: &[&str] = &["size", "fstype", "snapshot", "backup", "backup_key"];
 
 /// Size of a new volume when `size` is not given.
 const DEFAULT_SIZE: u64 = 10 << 30;
@@ -20,8 +20,9 @@ pub enum Source {
     Empty { size: u64 },
     /// A clone of `volume@snapshot` (already holds a filesystem).
     Snapshot { volume: String, snapshot: String },
-    /// A restore of the backup at this URL.
-    Backup { url: String },
+    /// A restore of the backup at this URL, with the named backup key (in
+    /// the daemon's key directory) for an encrypted destination.
+    Backup { url: String, key: Option<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,11 +72,20 @@ impl CreateOptions {
                     snapshot: snapshot.to_string(),
                 }
             }
-            (None, Some(url)) => Source::Backup { url: url.clone() },
+            (None, Some(url)) => Source::Backup {
+                url: url.clone(),
+                key: opts.get("backup_key").cloned(),
+            },
             (None, None) => Source::Empty {
                 size: size.unwrap_or(DEFAULT_SIZE),
             },
         };
+        if let Some(key) = opts.get("backup_key") {
+            if !matches!(source, Source::Backup { .. }) {
+                return Err(invalid("backup_key goes with backup".into()));
+            }
+            validate_name(key).map_err(|e| invalid(format!("backup_key={key}: {e}")))?;
+        }
         if size.is_some() && !matches!(source, Source::Empty { .. }) {
             return Err(invalid(
                 "size cannot be combined with snapshot or backup: the volume takes the size of its source"
@@ -131,9 +141,21 @@ mod tests {
         assert_eq!(
             parse(&[("backup", "s3://bucket/db")]).unwrap().source,
             Source::Backup {
-                url: "s3://bucket/db".into()
+                url: "s3://bucket/db".into(),
+                key: None
             }
         );
+        assert_eq!(
+            parse(&[("backup", "s3://bucket/db"), ("backup_key", "prod")])
+                .unwrap()
+                .source,
+            Source::Backup {
+                url: "s3://bucket/db".into(),
+                key: Some("prod".into())
+            }
+        );
+        assert!(parse(&[("backup_key", "prod")]).is_err());
+        assert!(parse(&[("backup", "s3://b/d"), ("backup_key", "../k")]).is_err());
     }
 
     #[test]
@@ -141,7 +163,7 @@ mod tests {
         let e = parse(&[("sizee", "1G"), ("colour", "red")]).unwrap_err();
         assert_eq!(
             e,
-            "unknown option(s) colour, sizee; known options: size, fstype, snapshot, backup"
+            "unknown option(s) colour, sizee; known options: size, fstype, snapshot, backup, backup_key"
         );
     }
 

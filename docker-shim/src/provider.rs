@@ -45,11 +45,13 @@ pub trait VolumeProvider: Send + Sync + 'static {
         origin_snapshot: &str,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
-    /// Creates `name` from the backup at `url`.
+    /// Creates `name` from the backup at `url`, opened with the backup key
+    /// named `key` if the destination is encrypted.
     fn restore_backup(
         &self,
         name: &str,
         url: &str,
+        key: Option<&str>,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
     fn delete_volume(&self, name: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;

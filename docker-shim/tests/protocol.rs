@@ -88,7 +88,12 @@ impl VolumeProvider for FakeProvider {
         Ok(())
     }
 
-    async fn restore_backup(&self, name: &str, url: &str) -> Result<(), ProviderError> {
+    async fn restore_backup(
+        &self,
+        name: &str,
+        url: &str,
+        _key: Option<&str>,
+    ) -> Result<(), ProviderError> {
         self.calls
             .lock()
             .unwrap()
@@ -365,7 +370,7 @@ async fn create_rejects_bad_options_and_names_without_creating() {
         .await;
     assert_eq!(
         err(&reply),
-        "unknown option(s) sise; known options: size, fstype, snapshot, backup"
+        "unknown option(s) sise; known options: size, fstype, snapshot, backup, backup_key"
     );
     let reply = f
         .call(

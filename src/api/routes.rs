@@ -56,9 +56,9 @@ pub async fn route(state: &ApiState, req: Request<Bytes>) -> Answer {
         (["volumes", volume, "snapshots", snapshot], &Method::DELETE) => {
             volumes::delete_snapshot(state, volume, snapshot).await
         }
-        (["backups"], &Method::GET) => backups::list_backups(&query).await,
+        (["backups"], &Method::GET) => backups::list_backups(state, &query).await,
         (["backups"], &Method::DELETE) => backups::delete_backup(&query).await,
-        (["backups", "inspect"], &Method::GET) => backups::inspect_backup(&query).await,
+        (["backups", "inspect"], &Method::GET) => backups::inspect_backup(state, &query).await,
         (["jobs"], &Method::POST) => jobs::start_job(state, json_body(req.body())?).await,
         (["jobs", id], &Method::GET) => jobs::job_status(state, id, &query).await,
         (["jobs", id], &Method::DELETE) => jobs::cancel_job(state, id).await,

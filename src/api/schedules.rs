@@ -35,7 +35,10 @@ pub async fn set_schedule(state: &ApiState, req: SetSchedule) -> Answer {
         dest: dest.to_string(),
         every: req.every_secs,
         keep: req.keep,
+        key: req.key,
     };
+    // A key that cannot be read is refused now, not at the first run.
+    state.keys.load(schedule.key.as_deref())?;
     let status = state.schedules.set(schedule).await?;
     info!(volume = %status.schedule.volume, dest = %status.schedule.dest, every = status.schedule.every, "backup schedule set");
     ApiReply::ok(&status)

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::types::NbdEndpoints;
 use crate::driver::DockerDriver;
 use crate::ops::jobs::Jobs;
+use crate::ops::keys::BackupKeys;
 use crate::ops::schedule::Scheduler;
 
 /// Everything the handlers can reach. Services that add API routes add
@@ -21,6 +22,8 @@ pub struct ApiState {
     pub jobs: Jobs,
     /// The backup schedules and their runs.
     pub schedules: Scheduler,
+    /// The backup keys requests may name (`--backup-key-dir`).
+    pub keys: BackupKeys,
     /// Attaches volumes as block devices (`ballast attach`): the Docker
     /// driver, present when the daemon runs as root.
     pub attach: Option<std::sync::Arc<DockerDriver>>,

@@ -100,15 +100,26 @@ pub enum JobRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         snapshot: Option<String>,
         dest: String,
+        /// The name of the backup key (in the daemon's key directory) of
+        /// an encrypted destination; in every request below too.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// Restore `backup` into the new volume `volume`.
-    Restore { backup: String, volume: String },
+    Restore {
+        backup: String,
+        volume: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
     /// Re-read every chunk of one backup, or of every backup in `dest`.
     Verify {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         backup: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         dest: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// Remove chunks no backup references, keeping those younger than
     /// `grace_secs` (default: the store's one hour).
@@ -116,6 +127,8 @@ pub enum JobRequest {
         dest: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grace_secs: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// Delete the backups `keep` does not keep (of `volume`, or of every
     /// volume); with `dry_run`, only report what would go.
@@ -126,6 +139,8 @@ pub enum JobRequest {
         keep: KeepOptions,
         #[serde(default)]
         dry_run: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
 }
 
@@ -151,6 +166,10 @@ pub struct SetSchedule {
     pub every_secs: u64,
     #[serde(default)]
     pub keep: KeepOptions,
+    /// The backup key (by name, in the daemon's key directory) of an
+    /// encrypted destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// Answer to `POST /v1/jobs`.

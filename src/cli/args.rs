@@ -160,6 +160,9 @@ pub struct DaemonArgs {
     /// Scheduled backups that may run (upload) at once
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     pub backup_concurrency: u16,
+    /// Backup keys (`ballast backup key create`) that requests name with --key / backup_key= [default: none]
+    #[arg(long, value_name = "DIR")]
+    pub backup_key_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +185,18 @@ pub struct CreateArgs {
     /// Restore this backup (as `ballast backup create` or `list` prints it)
     #[arg(long, value_name = "BACKUP_URL", conflicts_with_all = ["from_snapshot", "size"])]
     pub backup: Option<String>,
+    /// The backup key of an encrypted destination (a name in the daemon's --backup-key-dir)
+    #[arg(long, value_name = "NAME", requires = "backup")]
+    pub key: Option<String>,
+}
+
+/// `--key NAME` of the backup commands.
+#[derive(Debug, Args)]
+pub struct KeyArg {
+    /// The backup key of an encrypted destination: a name in the daemon's
+    /// --backup-key-dir (a new destination backed up with a key is encrypted under it)
+    #[arg(long, value_name = "NAME")]
+    pub key: Option<String>,
 }
 
 /// `ballast backup ...`. Destinations are file:///DIR, vfs:///DIR or
@@ -196,6 +211,8 @@ pub enum BackupCommand {
         #[arg(long, value_name = "URL")]
         dest: String,
         #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// List the backups in a destination
@@ -207,11 +224,15 @@ pub enum BackupCommand {
         #[arg(long, value_name = "VOL")]
         volume: Option<String>,
         #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// Show one backup
     Inspect {
         backup: String,
+        #[command(flatten)]
+        key: KeyArg,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -225,6 +246,8 @@ pub enum BackupCommand {
         #[arg(long, value_name = "URL")]
         dest: Option<String>,
         #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// Remove chunks no backup references
@@ -235,6 +258,8 @@ pub enum BackupCommand {
         /// Keep unreferenced chunks younger than this (e.g. 0s, 30m) [default: 1h]
         #[arg(long, value_name = "DURATION")]
         grace: Option<String>,
+        #[command(flatten)]
+        key: KeyArg,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -252,11 +277,39 @@ pub enum BackupCommand {
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// Back up volumes on a schedule, kept in the pool (set, list, remove)
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Backup keys for encrypted destinations
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// `ballast backup key ...`: runs here, without the daemon.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write a new backup key file (mode 0600); prints its fingerprint
+    Create {
+        /// The new key file (never replaced); put it in the daemon's --backup-key-dir
+        #[arg(long, value_name = "PATH")]
+        file: PathBuf,
+        /// Derive the key from a passphrase (scrypt), read from the terminal,
+        /// $BALLAST_BACKUP_PASSPHRASE or --passphrase-file
+        #[arg(long)]
+        passphrase: bool,
+        /// Read the passphrase from this file (its first line)
+        #[arg(long, value_name = "PATH", requires = "passphrase")]
+        passphrase_file: Option<PathBuf>,
+        /// Derive the same key again: the salt a key file or ballast-store.json records
+        #[arg(long, value_name = "HEX", requires = "passphrase")]
+        salt: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 /// `ballast backup schedule ...`.
@@ -274,6 +327,8 @@ pub enum ScheduleCommand {
         every: String,
         #[command(flatten)]
         keep: KeepArgs,
+        #[command(flatten)]
+        key: KeyArg,
     },
     /// Show every schedule: next run, last success, last failure and its error
     List(OutputArgs),

@@ -13,7 +13,7 @@ use ballast_engine::{format_size, parse_snapshot_ref, validate_name};
 use serde_json::Value;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::args::BackupCommand;
+use super::args::{BackupCommand, KeyArg};
 use super::output::{emit, format_local_time, format_time, json, Table};
 use super::schedule;
 use crate::api::types::{JobRequest, JobState};
@@ -27,6 +27,7 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
         BackupCommand::Create {
             source,
             dest,
+            key,
             output,
         } => {
             let (volume, snapshot) = match source.split_once('@') {
@@ -43,6 +44,7 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
                 volume,
                 snapshot,
                 dest,
+                key: key_name(key)?,
             };
             let info = run_job(client, &request, !output.json).await?;
             if output.json {
@@ -54,26 +56,37 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
         BackupCommand::List {
             dest,
             volume,
+            key,
             output,
         } => {
             if let Some(volume) = &volume {
                 validate_name(volume)?;
             }
-            let backups = client.backups(&dest, volume.as_deref()).await?;
+            let key = key_name(key)?;
+            let backups = client
+                .backups(&dest, volume.as_deref(), key.as_deref())
+                .await?;
             if output.json {
                 json(&backups)
             } else {
                 backup_table(&backups)?
             }
         }
-        BackupCommand::Inspect { backup, output } => {
-            let info = client.inspect_backup(&backup).await?;
+        BackupCommand::Inspect {
+            backup,
+            key,
+            output,
+        } => {
+            let info = client
+                .inspect_backup(&backup, key_name(key)?.as_deref())
+                .await?;
             if output.json {
                 json(&info)
             } else {
                 backup_details(&info)?
             }
         }
+        BackupCommand::Key(command) => super::key::run(command)?,
         BackupCommand::Delete { backup } => {
             client.delete_backup(&backup).await?;
             format!("{backup}\n")
@@ -81,10 +94,15 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
         BackupCommand::Verify {
             backup,
             dest,
+            key,
             output,
         } => {
-            let report =
-                run_job(client, &JobRequest::Verify { backup, dest }, !output.json).await?;
+            let request = JobRequest::Verify {
+                backup,
+                dest,
+                key: key_name(key)?,
+            };
+            let report = run_job(client, &request, !output.json).await?;
             let text = if output.json {
                 json(&report)
             } else {
@@ -103,6 +121,7 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
         BackupCommand::Gc {
             dest,
             grace,
+            key,
             output,
         } => {
             let grace_secs = grace
@@ -113,8 +132,12 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
                         .with_context(|| format!("--grace {g:?} (e.g. 0s, 30m, 1h)"))
                 })
                 .transpose()?;
-            let report =
-                run_job(client, &JobRequest::Gc { dest, grace_secs }, !output.json).await?;
+            let request = JobRequest::Gc {
+                dest,
+                grace_secs,
+                key: key_name(key)?,
+            };
+            let report = run_job(client, &request, !output.json).await?;
             if output.json {
                 json(&report)
             } else {
@@ -134,6 +157,7 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
             volume,
             keep,
             dry_run,
+            key,
             output,
         } => {
             if let Some(volume) = &volume {
@@ -144,6 +168,7 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
                 volume,
                 keep: keep.options(),
                 dry_run,
+                key: key_name(key)?,
             };
             let report = run_job(client, &request, !output.json).await?;
             if output.json {
@@ -194,14 +219,35 @@ fn prune_summary(report: &Value) -> Result<String> {
     ))
 }
 
-/// `ballast create VOL --backup URL`: restores into a new volume.
-pub async fn restore(client: &Client, backup: &str, volume: &str) -> Result<String> {
+/// `ballast create VOL --backup URL [--key NAME]`: restores into a new volume.
+pub async fn restore(
+    client: &Client,
+    backup: &str,
+    volume: &str,
+    key: Option<String>,
+) -> Result<String> {
     let request = JobRequest::Restore {
         backup: backup.to_string(),
         volume: volume.to_string(),
+        key: key_name(KeyArg { key })?,
     };
     let info = run_job(client, &request, true).await?;
     Ok(format!("{}\n", field(&info, "name")?))
+}
+
+/// The key name of `--key`, checked before the daemon sees it. A path is
+/// refused with a hint: the daemon reads keys only from its key directory.
+pub(super) fn key_name(arg: KeyArg) -> Result<Option<String>> {
+    let Some(name) = arg.key else {
+        return Ok(None);
+    };
+    if name.contains('/') {
+        bail!(
+            "--key {name:?}: give the name of a key in the daemon's --backup-key-dir, not a path"
+        );
+    }
+    validate_name(&name).with_context(|| format!("--key {name:?}"))?;
+    Ok(Some(name))
 }
 
 /// Starts a job and polls it to the end; returns its result. Ctrl-C

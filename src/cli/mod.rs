@@ -5,6 +5,7 @@
 
 pub mod args;
 mod backup;
+mod key;
 pub mod output;
 mod schedule;
 
@@ -103,7 +104,7 @@ pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
 async fn create(client: &Client, args: CreateArgs) -> Result<String> {
     validate_name(&args.volume)?;
     if let Some(url) = &args.backup {
-        return backup::restore(client, url, &args.volume).await;
+        return backup::restore(client, url, &args.volume, args.key).await;
     }
     let size = args.size.as_deref().map(parse_size).transpose()?;
     if let Some(origin) = &args.from_snapshot {

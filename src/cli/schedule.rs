@@ -18,6 +18,7 @@ pub async fn run(client: &Client, command: ScheduleCommand) -> Result<String> {
             dest,
             every,
             keep,
+            key,
         } => {
             validate_name(&volume)?;
             let every_secs = humantime::parse_duration(&every)
@@ -28,6 +29,7 @@ pub async fn run(client: &Client, command: ScheduleCommand) -> Result<String> {
                 dest,
                 every_secs,
                 keep: keep.options(),
+                key: super::backup::key_name(key)?,
             };
             let status = client.set_schedule(&request).await?;
             format!(

@@ -24,4 +24,6 @@ pub struct DaemonConfig {
     pub backup_concurrency: usize,
     /// Serve `GET /metrics` on TCP here too.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where backup keys are looked up by name.
+    pub backup_key_dir: Option<PathBuf>,
 }

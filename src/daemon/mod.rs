@@ -75,22 +75,29 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
 
     ops::restore::clean_up_interrupted(&pool).await;
     let jobs = ops::jobs::Jobs::default();
+    let keys = ops::keys::BackupKeys::new(config.backup_key_dir.clone());
     let docker = docker::prepare(
         docker_socket,
         pool.clone(),
         &config.root,
         &nbd.driver_socket(),
         config.docker_attach,
+        keys.clone(),
     )?;
-    let schedules =
-        ops::schedule::Scheduler::load(pool.clone(), jobs.clone(), config.backup_concurrency)
-            .await
-            .context("cannot load the backup schedules")?;
+    let schedules = ops::schedule::Scheduler::load(
+        pool.clone(),
+        jobs.clone(),
+        keys.clone(),
+        config.backup_concurrency,
+    )
+    .await
+    .context("cannot load the backup schedules")?;
     let state = Arc::new(ApiState {
         pool: pool.clone(),
         nbd: nbd.endpoints(),
         jobs: jobs.clone(),
         schedules: schedules.clone(),
+        keys,
         attach: docker.as_ref().map(docker::DockerService::driver),
     });
     if let Some(listener) = metrics_listener {

@@ -7,8 +7,7 @@
 use std::sync::Arc;
 
 use ballast_backupstore::{
-    BackupStore, BackupUrl, GcOptions, KeepOptions, Progress, ProgressCounter, StoreOptions,
-    StoreUrl, VerifyScope,
+    BackupUrl, GcOptions, KeepOptions, Progress, ProgressCounter, StoreUrl, VerifyScope,
 };
 use ballast_engine::Pool;
 use serde::Serialize;
@@ -18,9 +17,10 @@ use tracing::info;
 use super::chain;
 use super::error::OpError;
 use super::jobs::Outcome;
+use super::keys::{open, Key};
 use super::restore::Restore;
 
-/// A long operation whose URLs are parsed and names checked.
+/// A long operation whose URLs are parsed, names checked and key read.
 #[derive(Debug, Clone)]
 pub enum Operation {
     /// Back up `volume@snapshot`, or a snapshot taken now.
@@ -28,21 +28,31 @@ pub enum Operation {
         dest: StoreUrl,
         volume: String,
         snapshot: Option<String>,
+        key: Key,
     },
     /// Restore `backup` into the new volume `volume`.
-    Restore { backup: BackupUrl, volume: String },
+    Restore {
+        backup: BackupUrl,
+        volume: String,
+        key: Key,
+    },
     /// Re-read every chunk of one backup.
-    VerifyBackup { backup: BackupUrl },
+    VerifyBackup { backup: BackupUrl, key: Key },
     /// Re-read every chunk of every backup in `dest`.
-    VerifyAll { dest: StoreUrl },
+    VerifyAll { dest: StoreUrl, key: Key },
     /// Remove chunks no backup references.
-    Gc { dest: StoreUrl, options: GcOptions },
+    Gc {
+        dest: StoreUrl,
+        options: GcOptions,
+        key: Key,
+    },
     /// Delete the backups `keep` does not keep.
     Prune {
         dest: StoreUrl,
         volume: Option<String>,
         keep: KeepOptions,
         dry_run: bool,
+        key: Key,
     },
 }
 
@@ -101,8 +111,9 @@ async fn execute(
             dest,
             volume,
             snapshot,
+            key,
         } => {
-            let store = open(&dest).await?;
+            let store = open(&dest, key).await?;
             let info = match snapshot {
                 Some(snapshot) => {
                     store
@@ -114,43 +125,49 @@ async fn execute(
             info!(backup = %info.url, "backup complete");
             to_json(&info)
         }
-        Operation::Restore { backup, volume } => {
+        Operation::Restore {
+            backup,
+            volume,
+            key,
+        } => {
             let restore = restore.expect("restore jobs are journalled before they run");
-            to_json(&restore.run(pool, &backup, &volume, progress).await?)
+            to_json(&restore.run(pool, &backup, &volume, key, progress).await?)
         }
-        Operation::VerifyBackup { backup } => {
+        Operation::VerifyBackup { backup, key } => {
             let scope = VerifyScope::Backup {
                 volume: &backup.volume,
                 id: &backup.id,
             };
-            to_json(&open(&backup.dest).await?.verify(scope, progress).await?)
+            to_json(
+                &open(&backup.dest, key)
+                    .await?
+                    .verify(scope, progress)
+                    .await?,
+            )
         }
-        Operation::VerifyAll { dest } => to_json(
-            &open(&dest)
+        Operation::VerifyAll { dest, key } => to_json(
+            &open(&dest, key)
                 .await?
                 .verify(VerifyScope::All, progress)
                 .await?,
         ),
-        Operation::Gc { dest, options } => {
-            to_json(&open(&dest).await?.gc(&options, progress).await?)
+        Operation::Gc { dest, options, key } => {
+            to_json(&open(&dest, key).await?.gc(&options, progress).await?)
         }
         Operation::Prune {
             dest,
             volume,
             keep,
             dry_run,
+            key,
         } => to_json(
-            &open(&dest)
+            &open(&dest, key)
                 .await?
                 .prune(volume.as_deref(), &keep, dry_run)
                 .await?,
         ),
     };
     Ok(value)
-}
-
-async fn open(dest: &StoreUrl) -> Result<BackupStore, ballast_backupstore::Error> {
-    BackupStore::open(dest, StoreOptions::default()).await
 }
 
 fn to_json(value: &impl Serialize) -> serde_json::Value {

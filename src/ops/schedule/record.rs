@@ -22,6 +22,10 @@ pub struct Schedule {
     pub every: u64,
     #[serde(default)]
     pub keep: KeepOptions,
+    /// The backup key of an encrypted destination, by name in the
+    /// daemon's key directory (read at every run; never the key itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// The last successful run.

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ballast_backupstore::{BackupInfo, BackupStore, GcOptions, NoProgress, StoreOptions, StoreUrl};
+use ballast_backupstore::{BackupInfo, BackupStore, GcOptions, NoProgress, StoreUrl};
 use ballast_engine::Pool;
 use tokio::sync::{oneshot, Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use super::record::{self, LastFailure, LastSuccess, Schedule, ScheduleStatus};
 use crate::ops::error::OpError;
 use crate::ops::jobs::{Jobs, Outcome};
+use crate::ops::keys::{self, BackupKeys};
 use crate::ops::operation::{self, Operation};
 
 /// How often the loop looks for due runs.
@@ -46,6 +47,8 @@ pub struct Scheduler {
 struct Shared {
     pool: Pool,
     jobs: Jobs,
+    /// Where each run reads its schedule's backup key.
+    keys: BackupKeys,
     /// Bounds the scheduled runs that upload at once.
     uploads: Semaphore,
     entries: Mutex<BTreeMap<Key, ScheduleStatus>>,
@@ -87,7 +90,12 @@ fn retry_delay(every: u64, failures: u32) -> u64 {
 impl Scheduler {
     /// Loads the schedules from the pool. A run a crash cut short is due
     /// at once.
-    pub async fn load(pool: Pool, jobs: Jobs, concurrency: usize) -> Result<Scheduler, OpError> {
+    pub async fn load(
+        pool: Pool,
+        jobs: Jobs,
+        keys: BackupKeys,
+        concurrency: usize,
+    ) -> Result<Scheduler, OpError> {
         let mut entries = BTreeMap::new();
         let t = now();
         for mut s in record::load_all(&pool)? {
@@ -106,6 +114,7 @@ impl Scheduler {
             shared: Arc::new(Shared {
                 pool,
                 jobs,
+                keys,
                 uploads: Semaphore::new(concurrency.max(1)),
                 entries: Mutex::new(entries),
             }),
@@ -292,10 +301,15 @@ impl Scheduler {
             .dest
             .parse()
             .map_err(|e: ballast_backupstore::Error| e.to_string())?;
-        let info = self.backup_job(&dest, &schedule.volume).await?;
-        let store = BackupStore::open(&dest, StoreOptions::default())
-            .await
+        let key = self
+            .shared
+            .keys
+            .load(schedule.key.as_deref())
             .map_err(|e| e.to_string())?;
+        let info = self
+            .backup_job(&dest, &schedule.volume, key.clone())
+            .await?;
+        let store = keys::open(&dest, key).await.map_err(|e| e.to_string())?;
         let mut afterwards = None;
         let mut pruned = 0;
         if !schedule.keep.is_empty() {
@@ -319,12 +333,18 @@ impl Scheduler {
 
     /// The backup as a daemon job (listed in `/v1/jobs`, cancelled at
     /// shutdown); its report once it ended.
-    async fn backup_job(&self, dest: &StoreUrl, volume: &str) -> Result<BackupInfo, String> {
+    async fn backup_job(
+        &self,
+        dest: &StoreUrl,
+        volume: &str,
+        key: keys::Key,
+    ) -> Result<BackupInfo, String> {
         let (tx, rx) = oneshot::channel();
         let operation = Operation::Backup {
             dest: dest.clone(),
             volume: volume.to_string(),
             snapshot: None,
+            key,
         };
         let pool = self.shared.pool.clone();
         self.shared
