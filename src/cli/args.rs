@@ -199,6 +199,25 @@ pub struct KeyArg {
     pub key: Option<String>,
 }
 
+impl KeyArg {
+    /// The key name, checked before the daemon sees it. A path is refused
+    /// with a hint: the daemon reads keys only from its key directory.
+    pub fn checked_name(self) -> anyhow::Result<Option<String>> {
+        let Some(name) = self.key else {
+            return Ok(None);
+        };
+        if name.contains('/') {
+            anyhow::bail!(
+                "--key {name:?}: give the name of a key in the daemon's --backup-key-dir, not a path"
+            );
+        }
+        anyhow::Context::with_context(ballast_engine::validate_name(&name), || {
+            format!("--key {name:?}")
+        })?;
+        Ok(Some(name))
+    }
+}
+
 /// `ballast backup ...`. Destinations are file:///DIR, vfs:///DIR or
 /// s3://BUCKET/PREFIX[?region=R&endpoint=URL]; the daemon does the work.
 #[derive(Debug, Subcommand)]

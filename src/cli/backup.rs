@@ -44,7 +44,7 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
                 volume,
                 snapshot,
                 dest,
-                key: key_name(key)?,
+                key: key.checked_name()?,
             };
             let info = run_job(client, &request, !output.json).await?;
             if output.json {
@@ -62,7 +62,7 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
             if let Some(volume) = &volume {
                 validate_name(volume)?;
             }
-            let key = key_name(key)?;
+            let key = key.checked_name()?;
             let backups = client
                 .backups(&dest, volume.as_deref(), key.as_deref())
                 .await?;
@@ -78,7 +78,7 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
             output,
         } => {
             let info = client
-                .inspect_backup(&backup, key_name(key)?.as_deref())
+                .inspect_backup(&backup, key.checked_name()?.as_deref())
                 .await?;
             if output.json {
                 json(&info)
@@ -100,7 +100,7 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
             let request = JobRequest::Verify {
                 backup,
                 dest,
-                key: key_name(key)?,
+                key: key.checked_name()?,
             };
             let report = run_job(client, &request, !output.json).await?;
             let text = if output.json {
@@ -135,7 +135,7 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
             let request = JobRequest::Gc {
                 dest,
                 grace_secs,
-                key: key_name(key)?,
+                key: key.checked_name()?,
             };
             let report = run_job(client, &request, !output.json).await?;
             if output.json {
@@ -168,7 +168,7 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
                 volume,
                 keep: keep.options(),
                 dry_run,
-                key: key_name(key)?,
+                key: key.checked_name()?,
             };
             let report = run_job(client, &request, !output.json).await?;
             if output.json {
@@ -229,25 +229,10 @@ pub async fn restore(
     let request = JobRequest::Restore {
         backup: backup.to_string(),
         volume: volume.to_string(),
-        key: key_name(KeyArg { key })?,
+        key: KeyArg { key }.checked_name()?,
     };
     let info = run_job(client, &request, true).await?;
     Ok(format!("{}\n", field(&info, "name")?))
-}
-
-/// The key name of `--key`, checked before the daemon sees it. A path is
-/// refused with a hint: the daemon reads keys only from its key directory.
-pub(super) fn key_name(arg: KeyArg) -> Result<Option<String>> {
-    let Some(name) = arg.key else {
-        return Ok(None);
-    };
-    if name.contains('/') {
-        bail!(
-            "--key {name:?}: give the name of a key in the daemon's --backup-key-dir, not a path"
-        );
-    }
-    validate_name(&name).with_context(|| format!("--key {name:?}"))?;
-    Ok(Some(name))
 }
 
 /// Starts a job and polls it to the end; returns its result. Ctrl-C

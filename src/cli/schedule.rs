@@ -29,7 +29,7 @@ pub async fn run(client: &Client, command: ScheduleCommand) -> Result<String> {
                 dest,
                 every_secs,
                 keep: keep.options(),
-                key: super::backup::key_name(key)?,
+                key: key.checked_name()?,
             };
             let status = client.set_schedule(&request).await?;
             format!(
