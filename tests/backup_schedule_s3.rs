@@ -4,78 +4,18 @@
 
 mod backup_common;
 mod common;
+mod moto;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backup_common::{image, start_with_env, unix_uri, write_image};
 use common::{json, ok, TempDir};
+use moto::{moto_binary, Moto};
 
 const BUCKET: &str = "ballast-sched";
-
-/// The moto_server binary, or `None` (the test skips) — except under
-/// CI=true, where a missing server fails the test.
-fn moto_binary() -> Option<PathBuf> {
-    let venv = std::env::var_os("BALLAST_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/ballast-test/venv"));
-    let bin = venv.join("bin/moto_server");
-    if bin.is_file() {
-        return Some(bin);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{} is missing; run scripts/install-test-deps.sh",
-        bin.display()
-    );
-    eprintln!("skipping: {} not found", bin.display());
-    None
-}
-
-/// A moto_server this test started; killed (by its PID) on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start(bin: &PathBuf) -> Moto {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not listen");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let mut s = TcpStream::connect(addr).unwrap();
-        write!(s, "PUT /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-        let mut response = String::new();
-        s.read_to_string(&mut response).unwrap();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        Moto { child, port }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A TCP proxy to `port` that passes what clients send at about
 /// `bytes_per_sec` over all connections together (what the server sends
@@ -125,6 +65,7 @@ fn throttling_proxy(port: u16, bytes_per_sec: usize) -> u16 {
 fn a_slow_run_is_neither_doubled_nor_queued() {
     let Some(bin) = moto_binary() else { return };
     let moto = Moto::start(&bin);
+    moto.create_bucket(BUCKET);
     // 8 MiB of random data at 2 MiB/s: the first (full) run takes ~4 s.
     let proxy = throttling_proxy(moto.port, 2 << 20);
     let dir = TempDir::create();
