@@ -15,8 +15,9 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 
 use crate::api::types::{
-    Attached, CreateSnapshot, CreateVolume, ErrorBody, GrowVolume, JobRequest, JobStarted,
-    JobStatus, NbdEndpoints, PoolStats, ScheduleStatus, SetSchedule, SnapshotInfo, VolumeInfo,
+    Attached, CreateSnapshot, CreateVolume, DeletedVolume, ErrorBody, GrowVolume, JobRequest,
+    JobStarted, JobStatus, NbdEndpoints, PoolStats, ScheduleStatus, SetSchedule, SnapshotInfo,
+    VolumeInfo,
 };
 use crate::api::PREFIX;
 
@@ -74,8 +75,8 @@ impl Client {
         self.call(Method::POST, "/volumes", Some(req)).await
     }
 
-    pub async fn delete_volume(&self, name: &str) -> Result<()> {
-        self.call_empty(Method::DELETE, &format!("/volumes/{name}"))
+    pub async fn delete_volume(&self, name: &str) -> Result<DeletedVolume> {
+        self.call(Method::DELETE, &format!("/volumes/{name}"), None::<&()>)
             .await
     }
 

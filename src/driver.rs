@@ -12,6 +12,7 @@ use ballast_engine::{Error, Pool, VolumeInfo};
 use crate::ops::error::OpError;
 use crate::ops::keys::BackupKeys;
 use crate::ops::restore::restore_backup;
+use crate::ops::schedule::Scheduler;
 
 /// The Docker driver as the daemon runs it.
 pub type DockerDriver = Driver<PoolProvider, LinuxHost>;
@@ -22,6 +23,8 @@ pub struct PoolProvider {
     pub nbd_socket: PathBuf,
     /// The keys `backup_key=` names.
     pub keys: BackupKeys,
+    /// A volume's backup schedules go with it (`docker volume rm`).
+    pub schedules: Scheduler,
 }
 
 impl VolumeProvider for PoolProvider {
@@ -56,10 +59,15 @@ impl VolumeProvider for PoolProvider {
     }
 
     async fn delete_volume(&self, name: &str) -> Result<(), ProviderError> {
-        self.pool
+        let removed = self
+            .schedules
             .delete_volume(name)
             .await
-            .map_err(ProviderError::Pool)
+            .map_err(ProviderError::Pool)?;
+        for s in removed {
+            tracing::info!(volume = name, dest = %s.dest, "backup schedule removed with the volume");
+        }
+        Ok(())
     }
 
     fn volume(&self, name: &str) -> Result<Option<VolumeSummary>, ProviderError> {

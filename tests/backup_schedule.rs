@@ -7,51 +7,11 @@
 mod backup_common;
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use backup_common::schedule::{backups, schedule_of, schedules, snapshot_names, wait_for};
 use backup_common::{image, qemu_io, read_export, start_with_env, unix_uri, write_image, MIB};
 use common::{fails, json, ok, TempDir};
-use serde_json::Value;
-
-fn schedules(socket: &Path) -> Vec<Value> {
-    json(socket, &["backup", "schedule", "list", "--json"])
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn schedule_of(socket: &Path, volume: &str) -> Value {
-    schedules(socket)
-        .into_iter()
-        .find(|s| s["volume"] == volume)
-        .unwrap_or_else(|| panic!("no schedule for {volume}"))
-}
-
-/// Polls `check` until it holds or `limit` passes.
-fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn backups(socket: &Path, dest: &str) -> Vec<Value> {
-    json(socket, &["backup", "list", "--dest", dest, "--json"])
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn snapshot_names(socket: &Path, volume: &str) -> Vec<String> {
-    json(socket, &["snapshot", "list", volume, "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap().to_string())
-        .collect()
-}
 
 #[test]
 fn thirty_runs_leave_one_backup_snapshot_and_the_last_incremental_uploads_only_what_changed() {
@@ -315,4 +275,82 @@ fn a_run_cut_short_by_kill_9_leaves_only_restorable_backups_and_runs_again() {
     // The interrupted run's snapshot went with the next success.
     let snaps = snapshot_names(&socket, "db");
     assert_eq!(snaps.len(), 1, "one backup snapshot: {snaps:?}");
+}
+
+#[test]
+fn a_deleted_volume_takes_its_schedules_along_and_a_new_one_of_its_name_starts_clean() {
+    let dir = TempDir::create();
+    let mut daemon = start_with_env(&dir, &[]);
+    let dest = format!("file://{}", dir.join("store").display());
+    let other = format!("file://{}", dir.join("other").display());
+    for v in ["db", "keep"] {
+        ok(&daemon.socket, &["create", v, "--size", "4M"]);
+    }
+    qemu_io(&unix_uri(&daemon, "db"), &["write -P 0x41 0 4M"]);
+    for (volume, to, every) in [
+        ("db", &dest, "1s"),
+        ("db", &other, "1h"),
+        ("keep", &other, "1h"),
+    ] {
+        ok(
+            &daemon.socket,
+            &[
+                "backup", "schedule", "set", volume, "--dest", to, "--every", every,
+            ],
+        );
+    }
+    wait_for("db's runs", Duration::from_secs(30), || {
+        schedules(&daemon.socket)
+            .iter()
+            .filter(|s| s["volume"] == "db")
+            .all(|s| s["successes"].as_u64().unwrap() >= 1)
+    });
+    let out = ok(&daemon.socket, &["delete", "db"]);
+    let mut dests = vec![dest.clone(), other.clone()];
+    dests.sort();
+    let expected: String = std::iter::once("db\n".to_string())
+        .chain(
+            dests
+                .iter()
+                .map(|d| format!("db to {d}: backup schedule removed with the volume\n")),
+        )
+        .collect();
+    assert_eq!(out, expected);
+    let left = schedules(&daemon.socket);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["volume"], "keep");
+    // No run of db's schedule comes back (one was due every second).
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(schedules(&daemon.socket).len(), 1);
+    let old = backups(&daemon.socket, &dest);
+    assert!(!old.is_empty());
+
+    // Removed in the same durable write as the volume: a kill -9 at once
+    // brings back neither.
+    daemon.kill9();
+    let daemon = start_with_env(&dir, &[]);
+    let socket = &daemon.socket;
+    let left = schedules(socket);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["volume"], "keep");
+
+    // A new volume of the same name: no schedule, and its first backup is
+    // a full one of its own bytes, not an incremental on the old base.
+    ok(socket, &["create", "db", "--size", "4M"]);
+    qemu_io(&unix_uri(&daemon, "db"), &["write -P 0x42 0 4M"]);
+    assert_eq!(schedules(socket).len(), 1, "nothing inherited");
+    let info = json(
+        socket,
+        &["backup", "create", "db", "--dest", &dest, "--json"],
+    );
+    assert!(info["parent"].is_null(), "a full backup: {info}");
+    let url = info["url"].as_str().unwrap();
+    ok(socket, &["create", "back", "--backup", url]);
+    let restored = read_export(&unix_uri(&daemon, "back"), &dir, "back.img");
+    backup_common::assert_same(&restored, &[0x42; 4 * MIB], "the new volume's backup");
+    let snaps = snapshot_names(socket, "db");
+    assert_eq!(snaps.len(), 1, "only its own backup's snapshot: {snaps:?}");
+    // The old volume's backups stay in the destination.
+    let now = backups(socket, &dest);
+    assert_eq!(now.len(), old.len() + 1);
 }

@@ -121,6 +121,9 @@ fn routes_answer_with_fitting_statuses() {
     );
     assert_eq!((status, body.as_str()), (204, ""));
     let (status, body) = http(s, "DELETE", "/v1/volumes/db", "");
-    assert_eq!((status, body.as_str()), (204, ""));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"volume":"db","removed_schedules":[]}"#)
+    );
     assert!(volume_names(s).is_empty());
 }

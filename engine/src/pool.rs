@@ -157,10 +157,29 @@ impl Pool {
     /// its space is reclaimed before this returns (and, if a crash
     /// interrupts that, when the pool next opens).
     pub async fn delete_volume(&self, name: &str) -> Result<()> {
+        self.delete_volume_with_records(name, &[]).await.map(drop)
+    }
+
+    /// Deletes a volume as [`Pool::delete_volume`] does, and with it, in
+    /// the same atomic metadata write, every record (see `records.rs`)
+    /// whose key starts with one of `prefixes`: the layers above keep
+    /// per-volume state there that must not outlive the volume. Returns
+    /// the keys of the records removed.
+    pub async fn delete_volume_with_records(
+        &self,
+        name: &str,
+        prefixes: &[String],
+    ) -> Result<Vec<String>> {
         validate_name(name)?;
         let inner = &self.inner;
         let _c = inner.control().await?;
         inner.check_writable()?;
+        // Records change only under the control lock, which this holds
+        // until the batch is durable: none is added or lost meanwhile.
+        let mut removed = Vec::new();
+        for prefix in prefixes {
+            removed.extend(inner.meta.records(prefix)?.into_iter().map(|(k, _)| k));
+        }
         let rec = {
             let mut st = inner.state.lock();
             let v = st.catalog.get(name)?;
@@ -180,6 +199,9 @@ impl Pool {
         let mut extra = Extra::default();
         extra.records.push(rec);
         extra.batch.remove_volume(name);
+        for key in &removed {
+            extra.batch.remove_record(key);
+        }
         inner.checkpoint_locked(extra).await?;
         let v = inner
             .state
@@ -187,7 +209,8 @@ impl Pool {
             .catalog
             .remove(name)
             .expect("marked above");
-        inner.reclaim_volume(v.rec, v.snapshots).await
+        inner.reclaim_volume(v.rec, v.snapshots).await?;
+        Ok(removed)
     }
 
     /// Renames a volume. Clones keep pointing at their origin under its new

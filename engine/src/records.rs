@@ -94,4 +94,39 @@ mod tests {
         );
         pool.close().await.unwrap();
     }
+
+    #[tokio::test]
+    async fn a_volume_deleted_with_its_records_takes_only_those() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let pool = Pool::open(PoolConfig::new(dir.path())).unwrap();
+            pool.create_volume("db", 1 << 20).await.unwrap();
+            pool.create_volume("dbx", 1 << 20).await.unwrap();
+            for key in ["sched/db/a", "sched/db/b", "sched/dbx/a", "chain/db/a"] {
+                pool.put_record(key, b"1").await.unwrap();
+            }
+            let prefixes = ["sched/db/".to_string(), "chain/db/".to_string()];
+            let removed = pool
+                .delete_volume_with_records("db", &prefixes)
+                .await
+                .unwrap();
+            assert_eq!(removed, ["sched/db/a", "sched/db/b", "chain/db/a"]);
+            assert!(pool.volume("db").is_err());
+            // A volume that is not there takes no record with it.
+            assert!(pool
+                .delete_volume_with_records("db", &prefixes)
+                .await
+                .is_err());
+        }
+        let pool = Pool::open(PoolConfig::new(dir.path())).unwrap();
+        assert!(pool.volume("db").is_err());
+        let left: Vec<String> = pool
+            .records("")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left, ["sched/dbx/a"]);
+        pool.close().await.unwrap();
+    }
 }

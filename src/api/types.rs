@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::ops::jobs::{JobState, JobStatus};
-pub use crate::ops::schedule::ScheduleStatus;
+pub use crate::ops::schedule::{Schedule, ScheduleStatus};
 pub use ballast_backupstore::KeepOptions;
 pub use ballast_engine::{PoolStats, SnapshotInfo, VolumeInfo};
 
@@ -170,6 +170,14 @@ pub struct SetSchedule {
     /// encrypted destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+}
+
+/// Answer to `DELETE /v1/volumes/NAME`: the volume, and the backup
+/// schedules that went with it (its backups in their destinations stay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedVolume {
+    pub volume: String,
+    pub removed_schedules: Vec<Schedule>,
 }
 
 /// Answer to `POST /v1/jobs`.

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::error::ApiError;
 use super::state::{Answer, ApiReply, ApiState};
-use super::types::{CreateSnapshot, CreateVolume, GrowVolume};
+use super::types::{CreateSnapshot, CreateVolume, DeletedVolume, GrowVolume};
 
 pub async fn pool_stats(state: &ApiState) -> Answer {
     ApiReply::ok(&state.pool.stats())
@@ -97,9 +97,16 @@ pub async fn delete_volume(state: &ApiState, name: &str) -> Answer {
             ),
         });
     }
-    state.pool.delete_volume(name).await?;
-    info!(volume = %name, "deleted volume");
-    ApiReply::no_content()
+    let removed_schedules = state.schedules.delete_volume(name).await?;
+    info!(
+        volume = %name,
+        schedules = removed_schedules.len(),
+        "deleted volume and its backup schedules"
+    );
+    ApiReply::ok(&DeletedVolume {
+        volume: name.to_string(),
+        removed_schedules,
+    })
 }
 
 pub async fn grow_volume(state: &ApiState, name: &str, req: GrowVolume) -> Answer {

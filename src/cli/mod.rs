@@ -22,8 +22,15 @@ pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
         ClientCommand::Create(args) => create(client, args).await?,
         ClientCommand::Delete { volume } => {
             validate_name(&volume)?;
-            client.delete_volume(&volume).await?;
-            format!("{volume}\n")
+            let deleted = client.delete_volume(&volume).await?;
+            let mut text = format!("{volume}\n");
+            for s in &deleted.removed_schedules {
+                text.push_str(&format!(
+                    "{volume} to {}: backup schedule removed with the volume\n",
+                    s.dest
+                ));
+            }
+            text
         }
         ClientCommand::Grow { volume, size } => {
             validate_name(&volume)?;

@@ -17,6 +17,7 @@ use tracing::info;
 use super::services::Services;
 use crate::driver::{DockerDriver, PoolProvider};
 use crate::ops::keys::BackupKeys;
+use crate::ops::schedule::Scheduler;
 
 /// Driver state and mounts live in `ROOT/docker/`.
 const DOCKER_DIR: &str = "docker";
@@ -76,6 +77,7 @@ pub fn prepare(
     nbd_socket: &Path,
     attach: Option<AttachPath>,
     keys: BackupKeys,
+    schedules: Scheduler,
 ) -> Result<Option<DockerService>> {
     if !driver_runs() {
         return Ok(None);
@@ -85,6 +87,7 @@ pub fn prepare(
         pool: pool.clone(),
         nbd_socket: nbd_socket.to_path_buf(),
         keys,
+        schedules,
     };
     let host = LinuxHost::new(&dir, pool, holder(&dir)?, attach);
     let driver = Arc::new(Driver::open(provider, host, Layout::new(dir))?);

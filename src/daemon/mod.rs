@@ -76,14 +76,6 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     ops::restore::clean_up_interrupted(&pool).await;
     let jobs = ops::jobs::Jobs::default();
     let keys = ops::keys::BackupKeys::new(config.backup_key_dir.clone());
-    let docker = docker::prepare(
-        docker_socket,
-        pool.clone(),
-        &config.root,
-        &nbd.driver_socket(),
-        config.docker_attach,
-        keys.clone(),
-    )?;
     let schedules = ops::schedule::Scheduler::load(
         pool.clone(),
         jobs.clone(),
@@ -92,6 +84,15 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     )
     .await
     .context("cannot load the backup schedules")?;
+    let docker = docker::prepare(
+        docker_socket,
+        pool.clone(),
+        &config.root,
+        &nbd.driver_socket(),
+        config.docker_attach,
+        keys.clone(),
+        schedules.clone(),
+    )?;
     let state = Arc::new(ApiState {
         pool: pool.clone(),
         nbd: nbd.endpoints(),

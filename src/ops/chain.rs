@@ -34,6 +34,11 @@ fn key(volume: &str, dest: &str) -> String {
     format!("{PREFIX}{volume}/{dest}")
 }
 
+/// The prefix of `volume`'s records, removed with the volume.
+pub(crate) fn volume_prefix(volume: &str) -> String {
+    format!("{PREFIX}{volume}/")
+}
+
 fn load(pool: &Pool, key: &str) -> Result<Record, OpError> {
     Ok(match pool.record(key)? {
         // A record we cannot read names nothing we may delete.
@@ -74,7 +79,7 @@ pub async fn backup_volume(
     progress: &dyn Progress,
 ) -> Result<BackupInfo, OpError> {
     ballast_engine::validate_name(volume)?;
-    pool.volume(volume)?;
+    let created = pool.volume(volume)?.created;
     let key = key(volume, &store.url().to_string());
     let snapshot = new_name();
     let mut record = load(pool, &key)?;
@@ -85,6 +90,13 @@ pub async fn backup_volume(
         .await
     {
         Ok(info) => {
+            if pool.volume(volume).map(|v| v.created).ok() != Some(created) {
+                // The volume was deleted while its backup ran (its
+                // snapshot went with it): nothing is left to record, and
+                // a later volume of the same name must not find its names.
+                save(pool, &key, &Record::default()).await?;
+                return Ok(info);
+            }
             release_older(pool, volume, &mut record, &snapshot).await;
             save(pool, &key, &record).await?;
             Ok(info)

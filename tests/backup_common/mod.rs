@@ -9,6 +9,8 @@ use rand::{RngCore, SeedableRng};
 
 use crate::common::{json, Daemon, TempDir};
 
+pub mod schedule;
+
 pub const MIB: usize = 1 << 20;
 
 pub fn start(dir: &TempDir) -> Daemon {

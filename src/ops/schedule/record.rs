@@ -92,6 +92,11 @@ pub(super) fn key(volume: &str, dest: &str) -> String {
     format!("{PREFIX}{volume}/{dest}")
 }
 
+/// The prefix of every schedule of `volume` (names hold no `/`).
+pub(super) fn volume_prefix(volume: &str) -> String {
+    format!("{PREFIX}{volume}/")
+}
+
 /// When the daemon last ran gc on `dest` for a schedule.
 pub(super) fn gc_key(dest: &str) -> String {
     format!("schedule-gc/{dest}")

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::record::{self, LastFailure, LastSuccess, Schedule, ScheduleStatus};
+use crate::ops::chain;
 use crate::ops::error::OpError;
 use crate::ops::jobs::{Jobs, Outcome};
 use crate::ops::keys::{self, BackupKeys};
@@ -175,6 +176,34 @@ impl Scheduler {
         }
         record::remove(&self.shared.pool, volume, dest).await?;
         Ok(true)
+    }
+
+    /// Deletes `volume` and, in the same atomic metadata write, its
+    /// schedules and the record of its backup snapshots
+    /// (`ops::chain`), so neither outlives it: a later volume of the same
+    /// name starts with no schedule and no incremental base. Every delete
+    /// of a volume goes through here. Returns the schedules removed; a run
+    /// of one still going fails or finishes unrecorded.
+    pub async fn delete_volume(
+        &self,
+        volume: &str,
+    ) -> Result<Vec<Schedule>, ballast_engine::Error> {
+        // Held across the delete: no run starts (and no record of one is
+        // written) for the volume meanwhile.
+        let mut entries = self.shared.entries.lock().await;
+        let prefixes = [record::volume_prefix(volume), chain::volume_prefix(volume)];
+        self.shared
+            .pool
+            .delete_volume_with_records(volume, &prefixes)
+            .await?;
+        let mut removed = Vec::new();
+        entries.retain(|(v, _), s| {
+            if v == volume {
+                removed.push(s.schedule.clone());
+            }
+            v != volume
+        });
+        Ok(removed)
     }
 
     /// Starts due runs until `shutdown`.

@@ -1,0 +1,52 @@
+//! Helpers of the backup schedule tests: the schedules and backups the
+//! daemon lists, and polling until a run's outcome shows.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::json;
+
+/// `ballast backup schedule list --json`.
+pub fn schedules(socket: &Path) -> Vec<Value> {
+    json(socket, &["backup", "schedule", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The schedule of `volume` (there must be one).
+pub fn schedule_of(socket: &Path, volume: &str) -> Value {
+    schedules(socket)
+        .into_iter()
+        .find(|s| s["volume"] == volume)
+        .unwrap_or_else(|| panic!("no schedule for {volume}"))
+}
+
+/// Polls `check` until it holds or `limit` passes.
+pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `ballast backup list --dest DEST --json`, oldest first.
+pub fn backups(socket: &Path, dest: &str) -> Vec<Value> {
+    json(socket, &["backup", "list", "--dest", dest, "--json"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The names of `volume`'s snapshots, oldest first.
+pub fn snapshot_names(socket: &Path, volume: &str) -> Vec<String> {
+    json(socket, &["snapshot", "list", volume, "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
