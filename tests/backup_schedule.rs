@@ -9,7 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use backup_common::schedule::{backups, schedule_of, schedules, snapshot_names, wait_for};
+use backup_common::schedule::{
+    backups, metrics_page, sample, schedule_of, schedules, set_schedule, snapshot_names, wait_for,
+};
 use backup_common::{image, qemu_io, read_export, start_with_env, unix_uri, write_image, MIB};
 use common::{fails, json, ok, TempDir};
 
@@ -124,12 +126,7 @@ fn schedules_survive_kill_9_and_a_missed_run_runs_once() {
     let dest = format!("file://{}", dir.join("store").display());
     ok(&daemon.socket, &["create", "db", "--size", "4M"]);
     qemu_io(&unix_uri(&daemon, "db"), &["write -P 0x5a 0 1M"]);
-    ok(
-        &daemon.socket,
-        &[
-            "backup", "schedule", "set", "db", "--dest", &dest, "--every", "4s",
-        ],
-    );
+    set_schedule(&daemon.socket, "db", &dest, "4s");
     wait_for("the first run", Duration::from_secs(20), || {
         schedule_of(&daemon.socket, "db")["successes"] == 1
     });
@@ -184,18 +181,8 @@ fn a_failing_destination_is_retried_and_reported_while_other_schedules_go_on() {
         ok(socket, &["create", v, "--size", "4M"]);
         qemu_io(&unix_uri(&daemon, v), &["write -P 0x33 0 1M"]);
     }
-    ok(
-        socket,
-        &[
-            "backup", "schedule", "set", "a", "--dest", &bad, "--every", "4s",
-        ],
-    );
-    ok(
-        socket,
-        &[
-            "backup", "schedule", "set", "b", "--dest", &good, "--every", "1s",
-        ],
-    );
+    set_schedule(socket, "a", &bad, "4s");
+    set_schedule(socket, "b", &good, "1s");
     wait_for("three failures of a", Duration::from_secs(20), || {
         schedule_of(socket, "a")["failures"].as_u64().unwrap() >= 3
     });
@@ -237,12 +224,7 @@ fn a_run_cut_short_by_kill_9_leaves_only_restorable_backups_and_runs_again() {
     let contents = image(128, 0, 11);
     std::fs::write(&data, &contents).unwrap();
     write_image(&unix_uri(&daemon, "db"), &data);
-    ok(
-        &daemon.socket,
-        &[
-            "backup", "schedule", "set", "db", "--dest", &dest, "--every", "1h",
-        ],
-    );
+    set_schedule(&daemon.socket, "db", &dest, "1h");
     // Kill the daemon while the first (full) run uploads.
     wait_for("the run to start", Duration::from_secs(10), || {
         !schedule_of(&daemon.socket, "db")["running_since"].is_null()
@@ -292,12 +274,7 @@ fn a_deleted_volume_takes_its_schedules_along_and_a_new_one_of_its_name_starts_c
         ("db", &other, "1h"),
         ("keep", &other, "1h"),
     ] {
-        ok(
-            &daemon.socket,
-            &[
-                "backup", "schedule", "set", volume, "--dest", to, "--every", every,
-            ],
-        );
+        set_schedule(&daemon.socket, volume, to, every);
     }
     wait_for("db's runs", Duration::from_secs(30), || {
         schedules(&daemon.socket)
@@ -306,7 +283,7 @@ fn a_deleted_volume_takes_its_schedules_along_and_a_new_one_of_its_name_starts_c
             .all(|s| s["successes"].as_u64().unwrap() >= 1)
     });
     let out = ok(&daemon.socket, &["delete", "db"]);
-    let mut dests = vec![dest.clone(), other.clone()];
+    let mut dests = [dest.clone(), other.clone()];
     dests.sort();
     let expected: String = std::iter::once("db\n".to_string())
         .chain(
@@ -353,4 +330,94 @@ fn a_deleted_volume_takes_its_schedules_along_and_a_new_one_of_its_name_starts_c
     // The old volume's backups stay in the destination.
     let now = backups(socket, &dest);
     assert_eq!(now.len(), old.len() + 1);
+}
+
+/// The `ballast_backup_schedule_*` lines of the daemon's `/metrics`.
+fn schedule_series(socket: &std::path::Path) -> Vec<String> {
+    metrics_page(socket)
+        .lines()
+        .filter(|l| l.starts_with("ballast_backup_schedule_"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn what_schedules_report_comes_from_the_pool_and_survives_restarts() {
+    let dir = TempDir::create();
+    let mut daemon = start_with_env(&dir, &[]);
+    let store = dir.join("store");
+    let dest = format!("file://{}", store.display());
+    ok(&daemon.socket, &["create", "db", "--size", "4M"]);
+    qemu_io(&unix_uri(&daemon, "db"), &["write -P 0x21 0 2M"]);
+    let set = |socket: &std::path::Path, every: &str| set_schedule(socket, "db", &dest, every);
+    set(&daemon.socket, "1h");
+    wait_for("a success", Duration::from_secs(20), || {
+        schedule_of(&daemon.socket, "db")["successes"] == 1
+    });
+    // The destination breaks (a plain file where its directory was); runs
+    // every 2 s fail, then back to hourly: the retry after the next
+    // failure is minutes away, so nothing changes while the daemon
+    // restarts.
+    std::fs::rename(&store, dir.join("store.away")).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    set(&daemon.socket, "2s");
+    wait_for("a failure", Duration::from_secs(20), || {
+        schedule_of(&daemon.socket, "db")["failures"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    });
+    set(&daemon.socket, "1h");
+    wait_for("the retries to space out", Duration::from_secs(20), || {
+        let s = schedule_of(&daemon.socket, "db");
+        s["running_since"].is_null()
+            && s["next_run"].as_u64().unwrap() > s["last_failure"]["at"].as_u64().unwrap() + 60
+    });
+    let before = schedule_of(&daemon.socket, "db");
+    assert!(!before["last_success"].is_null(), "{before}");
+    assert!(
+        before["last_failure"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("store"),
+        "{before}"
+    );
+    assert!(before["last_duration_ms"].is_u64(), "{before}");
+    assert!(
+        before["uploaded_bytes"].as_u64().unwrap() >= MIB as u64,
+        "{before}"
+    );
+    let series = schedule_series(&daemon.socket);
+    for name in [
+        "last_success_timestamp_seconds",
+        "last_success_uploaded_bytes",
+        "last_failure_timestamp_seconds",
+        "last_duration_seconds",
+        "uploaded_bytes_total",
+        "failures_total",
+    ] {
+        let prefix = format!("ballast_backup_schedule_{name}{{");
+        assert!(
+            series.iter().any(|l| l.starts_with(&prefix)),
+            "{name} in {series:#?}"
+        );
+    }
+    let labels = backup_common::schedule::schedule_labels(&before);
+    assert_eq!(
+        sample(
+            &series.join("\n"),
+            &format!("ballast_backup_schedule_last_success_timestamp_seconds{labels}")
+        ),
+        before["last_success"]["at"].as_f64().unwrap()
+    );
+
+    // kill -9, then a clean stop: each time the daemon reports the same.
+    daemon.kill9();
+    let mut daemon = start_with_env(&dir, &[]);
+    assert_eq!(schedule_of(&daemon.socket, "db"), before, "after kill -9");
+    assert_eq!(schedule_series(&daemon.socket), series, "after kill -9");
+    assert!(daemon.terminate().success());
+    let daemon = start_with_env(&dir, &[]);
+    assert_eq!(schedule_of(&daemon.socket, "db"), before, "after a restart");
+    assert_eq!(schedule_series(&daemon.socket), series, "after a restart");
 }

@@ -1,97 +1,98 @@
-//! Scheduled backups to moto S3 behind a throttling proxy: a run slower
-//! than the interval is not doubled up or queued (the slots it overlaps
-//! are skipped and counted), and the runs still complete.
+//! Scheduled backups to moto S3, the store reached through a proxy that
+//! can throttle it or take it down: a run slower than the interval is not
+//! doubled up or queued (the slots it overlaps are skipped and counted);
+//! a schedule survives a `kill -9` of the daemon mid-run (its record, one
+//! catch-up run, every listed backup restorable byte for byte); and a
+//! store that goes down mid-run is retried with a growing delay and
+//! reported in `schedule list` and `/metrics` while another volume's
+//! schedule goes on, and succeeds again once the store is back.
 
 mod backup_common;
 mod common;
 mod moto;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backup_common::{image, start_with_env, unix_uri, write_image};
-use common::{json, ok, TempDir};
-use moto::{moto_binary, Moto};
+use backup_common::schedule::{
+    backups, metric, metrics_page, sample, schedule_labels, schedule_of, set_schedule, wait_for,
+};
+use backup_common::{
+    assert_same, image, qemu_io, read_export, start_with_env, unix_uri, write_image,
+};
+use common::{ok, Daemon, TempDir};
+use moto::{moto_binary, Moto, Proxy, DAEMON_ENV};
 
 const BUCKET: &str = "ballast-sched";
 
-/// A TCP proxy to `port` that passes what clients send at about
-/// `bytes_per_sec` over all connections together (what the server sends
-/// back goes at full speed).
-fn throttling_proxy(port: u16, bytes_per_sec: usize) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy_port = listener.local_addr().unwrap().port();
-    // When the shared link is next free.
-    let link = Arc::new(Mutex::new(Instant::now()));
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else {
-                continue;
-            };
-            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let (mut s_in, mut c_out) = (server, client);
-            let link = link.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 16 << 10];
-                while let Ok(n) = c_in.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let done = {
-                        let mut free = link.lock().unwrap();
-                        let start = (*free).max(Instant::now());
-                        *free = start + Duration::from_secs_f64(n as f64 / bytes_per_sec as f64);
-                        *free
-                    };
-                    std::thread::sleep(done.saturating_duration_since(Instant::now()));
-                    if s_out.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = s_out.shutdown(Shutdown::Write);
-            });
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut s_in, &mut c_out);
-                let _ = c_out.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    proxy_port
+/// moto with the test bucket, a proxy to it passing 2 MiB/s of uploads,
+/// and a daemon with moto's credentials.
+struct Setup {
+    moto: Moto,
+    proxy: Proxy,
+    dir: TempDir,
+    daemon: Daemon,
+}
+
+fn setup() -> Option<Setup> {
+    let bin = moto_binary()?;
+    let moto = Moto::start(&bin);
+    moto.create_bucket(BUCKET);
+    let proxy = Proxy::start(moto.port, Some(2 << 20));
+    let dir = TempDir::create();
+    let daemon = start_with_env(&dir, &DAEMON_ENV);
+    Some(Setup {
+        moto,
+        proxy,
+        dir,
+        daemon,
+    })
+}
+
+/// The destination `PREFIX` in the test bucket, reached on loopback `port`.
+fn s3_dest(prefix: &str, port: u16) -> String {
+    format!("s3://{BUCKET}/{prefix}?endpoint=http://127.0.0.1:{port}")
+}
+
+/// Writes `contents` over the start of `volume`.
+fn write_volume(daemon: &Daemon, dir: &TempDir, volume: &str, contents: &[u8]) {
+    let file = dir.join(&format!("{volume}.in"));
+    std::fs::write(&file, contents).unwrap();
+    write_image(&unix_uri(daemon, volume), &file);
+}
+
+/// Restores backup `url` as volume `name` and reads it back through NBD.
+fn restored(daemon: &Daemon, dir: &TempDir, url: &str, name: &str) -> Vec<u8> {
+    ok(&daemon.socket, &["create", name, "--backup", url]);
+    read_export(&unix_uri(daemon, name), dir, &format!("{name}.img"))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[test]
 fn a_slow_run_is_neither_doubled_nor_queued() {
-    let Some(bin) = moto_binary() else { return };
-    let moto = Moto::start(&bin);
-    moto.create_bucket(BUCKET);
+    // (moto bound: it stops when dropped.)
+    let Some(Setup {
+        moto: _moto,
+        proxy,
+        dir,
+        daemon,
+    }) = setup()
+    else {
+        return;
+    };
     // 8 MiB of random data at 2 MiB/s: the first (full) run takes ~4 s.
-    let proxy = throttling_proxy(moto.port, 2 << 20);
-    let dir = TempDir::create();
-    let daemon = start_with_env(
-        &dir,
-        &[
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ],
-    );
     let socket = &daemon.socket;
     ok(socket, &["create", "db", "--size", "8M"]);
-    let data = dir.join("data.img");
-    std::fs::write(&data, image(8, 0, 3)).unwrap();
-    write_image(&unix_uri(&daemon, "db"), &data);
-    let dest = format!("s3://{BUCKET}/slow?endpoint=http://127.0.0.1:{proxy}");
-    ok(
-        socket,
-        &[
-            "backup", "schedule", "set", "db", "--dest", &dest, "--every", "1s",
-        ],
-    );
+    write_volume(&daemon, &dir, "db", &image(8, 0, 3));
+    let dest = s3_dest("slow", proxy.port);
+    set_schedule(socket, "db", &dest, "1s");
 
-    let status = || json(socket, &["backup", "schedule", "list", "--json"])[0].clone();
+    let status = || schedule_of(socket, "db");
     let deadline = Instant::now() + Duration::from_secs(60);
     while status()["successes"].as_u64().unwrap() < 2 {
         let s = status();
@@ -114,9 +115,283 @@ fn a_slow_run_is_neither_doubled_nor_queued() {
         "the slow first run overlapped slots, skipped: {s}"
     );
     // Every run made its backup; the skipped slots made none.
-    let list = json(socket, &["backup", "list", "--dest", &dest, "--json"]);
     assert_eq!(
-        list.as_array().unwrap().len() as u64,
+        backups(socket, &dest).len() as u64,
         s["successes"].as_u64().unwrap()
     );
+}
+
+#[test]
+fn a_schedule_to_s3_survives_kill_9_mid_run_and_every_listed_backup_restores() {
+    let Some(Setup {
+        proxy,
+        dir,
+        mut daemon,
+        moto: _moto,
+    }) = setup()
+    else {
+        return;
+    };
+    // 2 MiB/s: a run that uploads 4 MiB takes ~2 s, long enough to kill.
+    let dest = s3_dest("kill", proxy.port);
+    ok(&daemon.socket, &["create", "db", "--size", "8M"]);
+    // The volume's contents at each run: A, then B (1 MiB rewritten), then
+    // C (4 MiB of new random data).
+    let a = image(4, 4, 21);
+    let mut b = a.clone();
+    b[1 << 20..2 << 20].fill(0x5b);
+    let mut c = b.clone();
+    c[4 << 20..].copy_from_slice(&image(4, 0, 22));
+    write_volume(&daemon, &dir, "db", &a);
+    set_schedule(&daemon.socket, "db", &dest, "6s");
+    let successes = |socket: &std::path::Path| schedule_of(socket, "db")["successes"].clone();
+    wait_for("the first run", Duration::from_secs(60), || {
+        successes(&daemon.socket) == 1
+    });
+    qemu_io(&unix_uri(&daemon, "db"), &["write -P 0x5b 1M 1M"]);
+    wait_for("the second run", Duration::from_secs(60), || {
+        successes(&daemon.socket) == 2
+    });
+    write_volume(&daemon, &dir, "db", &c);
+    wait_for("the third run to start", Duration::from_secs(20), || {
+        let s = schedule_of(&daemon.socket, "db");
+        s["runs"] == 3 && !s["running_since"].is_null()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let before = schedule_of(&daemon.socket, "db");
+    daemon.kill9();
+    assert!(
+        !before["running_since"].is_null(),
+        "killed mid-run: {before}"
+    );
+    // Two slots pass while no daemon runs.
+    std::thread::sleep(Duration::from_secs(13));
+
+    let daemon = start_with_env(&dir, &DAEMON_ENV);
+    let socket = &daemon.socket;
+    let after = schedule_of(socket, "db");
+    // (The catch-up run may have started already.)
+    for field in ["every", "created", "last_success", "successes", "dest"] {
+        assert_eq!(
+            after[field], before[field],
+            "{field} survived kill -9: {after}"
+        );
+    }
+    wait_for("the catch-up run", Duration::from_secs(60), || {
+        successes(socket) == 3
+    });
+    assert!(
+        daemon.log().contains("did not finish; running it again"),
+        "{}",
+        daemon.log()
+    );
+    // Once, not once per missed slot; the next comes a whole interval
+    // after it.
+    let s = schedule_of(socket, "db");
+    assert_eq!(
+        s["runs"].as_u64(),
+        before["runs"].as_u64().map(|n| n + 1),
+        "one catch-up run: {s}"
+    );
+    assert_eq!(s["failures"], 0, "{s}");
+    // The next a whole interval after it (a whole slot was missed), not
+    // at once for the other missed slot.
+    std::thread::sleep(Duration::from_secs(2));
+    let s2 = schedule_of(socket, "db");
+    assert_eq!(s2["runs"], s["runs"], "{s2}");
+    let started = s["last_success"]["at"].as_u64().unwrap()
+        - s["last_success"]["duration_ms"].as_u64().unwrap() / 1000;
+    assert!(s["next_run"].as_u64().unwrap() + 1 >= started + 6, "{s}");
+    ok(
+        socket,
+        &["backup", "schedule", "remove", "db", "--dest", &dest],
+    );
+
+    // Every listed backup restores to a state the volume was in when a
+    // run started, in order, and the newest is the last state.
+    let verify = ok(socket, &["backup", "verify", "--dest", &dest]);
+    let list = backups(socket, &dest);
+    assert!(
+        verify.contains(&format!("verified {} backups", list.len())),
+        "{verify}"
+    );
+    let states = [&a, &b, &c];
+    let mut seen = Vec::new();
+    for (i, backup) in list.iter().enumerate() {
+        let data = restored(
+            &daemon,
+            &dir,
+            backup["url"].as_str().unwrap(),
+            &format!("r{i}"),
+        );
+        let state = states
+            .iter()
+            .position(|s| s.as_slice() == data.as_slice())
+            .unwrap_or_else(|| panic!("backup {i} restores to none of the volume's states"));
+        seen.push(state);
+    }
+    assert_eq!(seen.first(), Some(&0), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert!(seen.contains(&1), "{seen:?}");
+    assert_eq!(seen.last(), Some(&2), "{seen:?}");
+    let newest = list.last().unwrap()["url"].as_str().unwrap().to_string();
+    assert_same(
+        &restored(&daemon, &dir, &newest, "newest"),
+        &c,
+        "the newest backup",
+    );
+}
+
+#[test]
+fn an_s3_store_that_goes_down_mid_run_is_retried_with_backoff_and_reported_while_another_schedule_goes_on(
+) {
+    let Some(Setup {
+        moto,
+        proxy,
+        dir,
+        daemon,
+    }) = setup()
+    else {
+        return;
+    };
+    // 8 MiB at 2 MiB/s: a's first run takes ~4 s, and the store goes down
+    // during it. b goes to the same moto directly.
+    let socket = &daemon.socket;
+    let flaky = s3_dest("a", proxy.port);
+    let steady = s3_dest("b", moto.port);
+    ok(socket, &["create", "a", "--size", "8M"]);
+    ok(socket, &["create", "b", "--size", "4M"]);
+    let contents = image(8, 0, 31);
+    write_volume(&daemon, &dir, "a", &contents);
+    qemu_io(&unix_uri(&daemon, "b"), &["write -P 0x62 0 1M"]);
+    // a every 30 s: its retries after 3 s, 6 s, 12 s stay before the next
+    // slot, so the doubling shows.
+    set_schedule(socket, "a", &flaky, "30s");
+    set_schedule(socket, "b", &steady, "1s");
+    wait_for("a's first run to start", Duration::from_secs(20), || {
+        !schedule_of(socket, "a")["running_since"].is_null()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.down();
+    let b_before = schedule_of(socket, "b")["successes"].as_u64().unwrap();
+
+    // Each failure in a row doubles the delay to the retry (3 s first),
+    // never past the next regular slot.
+    let mut delays = Vec::new();
+    wait_for("three failures of a", Duration::from_secs(120), || {
+        let s = schedule_of(socket, "a");
+        let n = s["consecutive_failures"].as_u64().unwrap();
+        if n > 0 && s["running_since"].is_null() && delays.len() < n as usize {
+            let at = s["last_failure"]["at"].as_u64().unwrap();
+            let next = s["next_run"].as_u64().unwrap();
+            assert_eq!(
+                next,
+                (at + (3 << (n - 1))).min(s["slot"].as_u64().unwrap()),
+                "the retry after failure {n}: {s}"
+            );
+            delays.push(next - at);
+        }
+        n >= 3
+    });
+    assert_eq!(delays[..2], [3, 6], "{delays:?}");
+    let a = schedule_of(socket, "a");
+    assert!(a["last_success"].is_null(), "{a}");
+    assert_eq!(
+        a["failures"].as_u64(),
+        a["consecutive_failures"].as_u64(),
+        "{a}"
+    );
+    let error = a["last_failure"]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("127.0.0.1:{}", proxy.port)) && !error.contains('\n'),
+        "one line naming the endpoint: {error}"
+    );
+    let text = ok(socket, &["backup", "schedule", "list"]);
+    assert!(
+        text.contains("last failure:") && text.contains(error),
+        "{text}"
+    );
+    // b went on meanwhile.
+    let b = schedule_of(socket, "b");
+    assert!(
+        b["successes"].as_u64().unwrap() >= b_before + 3,
+        "b goes on: {b}"
+    );
+    assert_eq!(b["failures"], 0, "{b}");
+    let page = metrics_page(socket);
+    let (la, lb) = (schedule_labels(&a), schedule_labels(&b));
+    assert!(
+        sample(
+            &page,
+            &format!("ballast_backup_schedule_failures_total{la}")
+        ) >= 3.0,
+        "{page}"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            &format!("ballast_backup_schedule_last_success_timestamp_seconds{la}")
+        ),
+        None,
+        "a has not succeeded: {page}"
+    );
+    assert!(
+        sample(
+            &page,
+            &format!("ballast_backup_schedule_last_failure_timestamp_seconds{la}")
+        ) >= a["last_failure"]["at"].as_f64().unwrap()
+    );
+    assert_eq!(
+        sample(
+            &page,
+            &format!("ballast_backup_schedule_consecutive_failures{la}")
+        ),
+        a["consecutive_failures"].as_f64().unwrap()
+    );
+    assert_eq!(
+        sample(
+            &page,
+            &format!("ballast_backup_schedule_failures_total{lb}")
+        ),
+        0.0
+    );
+    let b_last = sample(
+        &page,
+        &format!("ballast_backup_schedule_last_success_timestamp_seconds{lb}"),
+    );
+    assert!(
+        now() as f64 - b_last < 10.0,
+        "b's last success is recent: {b_last}"
+    );
+
+    // The store comes back: the next retry succeeds, and what it backed
+    // up restores byte for byte.
+    proxy.up();
+    wait_for("a's recovery", Duration::from_secs(60), || {
+        !schedule_of(socket, "a")["last_success"].is_null()
+    });
+    let a = schedule_of(socket, "a");
+    assert_eq!(a["consecutive_failures"], 0, "{a}");
+    let page = metrics_page(socket);
+    assert_eq!(
+        sample(
+            &page,
+            &format!("ballast_backup_schedule_consecutive_failures{la}")
+        ),
+        0.0
+    );
+    assert!(metric(
+        &page,
+        &format!("ballast_backup_schedule_last_success_timestamp_seconds{la}")
+    )
+    .is_some());
+    let list = backups(socket, &flaky);
+    assert_eq!(list.len(), 1, "{list:?}");
+    let url = list[0]["url"].as_str().unwrap();
+    assert_same(
+        &restored(&daemon, &dir, url, "back"),
+        &contents,
+        "a's backup",
+    );
+    assert_eq!(schedule_of(socket, "b")["failures"], 0);
 }

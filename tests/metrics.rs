@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use backup_common::schedule::sample;
 use backup_common::{qemu_io, read_export, unix_uri};
 use common::{http, json, ok, Daemon, TempDir};
 
@@ -55,13 +56,6 @@ fn promtool_check(promtool: &PathBuf, page: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// The value of the sample `name{labels}` (labels as printed).
-fn sample(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in\n{page}"))
 }
 
 fn free_port() -> u16 {

@@ -4,14 +4,16 @@
 //!
 //! Per volume: read and write bytes and operations, latency histograms,
 //! size and allocated bytes. The pool: used, file size, cap, failed.
-//! Per schedule: interval, creation, last success, last run's duration,
-//! bytes uploaded, runs, failures, skips. Jobs by state.
+//! Per schedule: interval, creation, last success (and what it uploaded),
+//! last failure, failures in a row, last run's duration, bytes uploaded,
+//! runs, failures, skips. Jobs by state.
 
 use std::fmt::Write;
 
 use ballast_engine::{DirectionStats, LATENCY_BUCKETS};
 
 use super::state::ApiState;
+use crate::ops::schedule::ScheduleStatus;
 
 /// The `Content-Type` of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -67,6 +69,14 @@ impl Text {
             d.ops as f64,
         );
     }
+}
+
+/// A schedule's labels.
+fn schedule_labels(s: &ScheduleStatus) -> [(&'static str, &str); 2] {
+    [
+        ("volume", s.schedule.volume.as_str()),
+        ("dest", s.schedule.dest.as_str()),
+    ]
 }
 
 /// The metrics page.
@@ -178,92 +188,61 @@ pub async fn render(state: &ApiState) -> String {
     );
 
     let schedules = state.schedules.list().await;
-    let gauge = |t: &mut Text, name: &str, help: &str| t.family(name, "gauge", help);
-    gauge(
-        &mut t,
-        "ballast_backup_schedule_interval_seconds",
-        "Seconds between a schedule's runs.",
-    );
-    for s in &schedules {
-        let l = [
-            ("volume", s.schedule.volume.as_str()),
-            ("dest", s.schedule.dest.as_str()),
-        ];
-        t.sample(
+    // Every value here is read from the schedule's record in the pool's
+    // metadata, so a restart changes none of them (the counters included:
+    // they never reset). A gauge without a value is left out.
+    type Gauge = fn(&ScheduleStatus) -> Option<f64>;
+    let gauges: [(&str, &str, Gauge); 8] = [
+        (
             "ballast_backup_schedule_interval_seconds",
-            &l,
-            s.schedule.every as f64,
-        );
-    }
-    gauge(
-        &mut t,
-        "ballast_backup_schedule_created_timestamp_seconds",
-        "When the schedule was set (Unix time).",
-    );
-    for s in &schedules {
-        let l = [
-            ("volume", s.schedule.volume.as_str()),
-            ("dest", s.schedule.dest.as_str()),
-        ];
-        t.sample(
+            "Seconds between a schedule's runs.",
+            |s| Some(s.schedule.every as f64),
+        ),
+        (
             "ballast_backup_schedule_created_timestamp_seconds",
-            &l,
-            s.created as f64,
-        );
-    }
-    gauge(
-        &mut t,
-        "ballast_backup_schedule_last_success_timestamp_seconds",
-        "When the schedule's last successful backup finished (Unix time); absent before the first.",
-    );
-    for s in &schedules {
-        if let Some(last) = &s.last_success {
-            let l = [
-                ("volume", s.schedule.volume.as_str()),
-                ("dest", s.schedule.dest.as_str()),
-            ];
-            t.sample(
-                "ballast_backup_schedule_last_success_timestamp_seconds",
-                &l,
-                last.at as f64,
-            );
-        }
-    }
-    gauge(
-        &mut t,
-        "ballast_backup_schedule_last_duration_seconds",
-        "How long the schedule's last run took, whatever its outcome.",
-    );
-    for s in &schedules {
-        if let Some(ms) = s.last_duration_ms {
-            let l = [
-                ("volume", s.schedule.volume.as_str()),
-                ("dest", s.schedule.dest.as_str()),
-            ];
-            t.sample(
-                "ballast_backup_schedule_last_duration_seconds",
-                &l,
-                ms as f64 / 1000.0,
-            );
-        }
-    }
-    gauge(
-        &mut t,
-        "ballast_backup_schedule_running",
-        "1 while a run of the schedule is going.",
-    );
-    for s in &schedules {
-        let l = [
-            ("volume", s.schedule.volume.as_str()),
-            ("dest", s.schedule.dest.as_str()),
-        ];
-        t.sample(
+            "When the schedule was set (Unix time).",
+            |s| Some(s.created as f64),
+        ),
+        (
+            "ballast_backup_schedule_last_success_timestamp_seconds",
+            "When the schedule's last successful backup finished (Unix time); absent before the first.",
+            |s| s.last_success.as_ref().map(|l| l.at as f64),
+        ),
+        (
+            "ballast_backup_schedule_last_success_uploaded_bytes",
+            "Bytes of new chunks the schedule's last successful backup uploaded.",
+            |s| s.last_success.as_ref().map(|l| l.uploaded_bytes as f64),
+        ),
+        (
+            "ballast_backup_schedule_last_failure_timestamp_seconds",
+            "When the schedule's last failed run ended (Unix time); absent before the first.",
+            |s| s.last_failure.as_ref().map(|l| l.at as f64),
+        ),
+        (
+            "ballast_backup_schedule_consecutive_failures",
+            "Failed backups since the schedule's last success (0 after a success).",
+            |s| Some(f64::from(s.consecutive_failures)),
+        ),
+        (
+            "ballast_backup_schedule_last_duration_seconds",
+            "How long the schedule's last run took, whatever its outcome.",
+            |s| s.last_duration_ms.map(|ms| ms as f64 / 1000.0),
+        ),
+        (
             "ballast_backup_schedule_running",
-            &l,
-            f64::from(u8::from(s.running_since.is_some())),
-        );
+            "1 while a run of the schedule is going.",
+            |s| Some(f64::from(u8::from(s.running_since.is_some()))),
+        ),
+    ];
+    for (name, help, pick) in gauges {
+        t.family(name, "gauge", help);
+        for s in &schedules {
+            if let Some(value) = pick(s) {
+                t.sample(name, &schedule_labels(s), value);
+            }
+        }
     }
-    type Count = fn(&crate::ops::schedule::ScheduleStatus) -> u64;
+    type Count = fn(&ScheduleStatus) -> u64;
     let counts: [(&str, &str, Count); 5] = [
         (
             "ballast_backup_schedule_uploaded_bytes_total",
@@ -292,11 +271,7 @@ pub async fn render(state: &ApiState) -> String {
     for (name, help, pick) in counts {
         t.family(name, "counter", help);
         for s in &schedules {
-            let l = [
-                ("volume", s.schedule.volume.as_str()),
-                ("dest", s.schedule.dest.as_str()),
-            ];
-            t.sample(name, &l, pick(s) as f64);
+            t.sample(name, &schedule_labels(s), pick(s) as f64);
         }
     }
 

@@ -50,3 +50,42 @@ pub fn snapshot_names(socket: &Path, volume: &str) -> Vec<String> {
         .map(|s| s["name"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// The value of the sample `series` (name and labels as printed) on a
+/// `/metrics` page, if there is one.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// As [`metric`], for a sample that must be there.
+pub fn sample(page: &str, series: &str) -> f64 {
+    metric(page, series).unwrap_or_else(|| panic!("no sample {series} in\n{page}"))
+}
+
+/// The labels of a schedule's series, as `/metrics` prints them.
+pub fn schedule_labels(status: &Value) -> String {
+    format!(
+        "{{volume=\"{}\",dest=\"{}\"}}",
+        status["volume"].as_str().unwrap(),
+        status["dest"].as_str().unwrap()
+    )
+}
+
+/// `GET /metrics` on the control socket.
+pub fn metrics_page(socket: &Path) -> String {
+    let (status, page) = crate::common::http(socket, "GET", "/metrics", "");
+    assert_eq!(status, 200, "{page}");
+    page
+}
+
+/// `ballast backup schedule set VOLUME --dest DEST --every EVERY`; its
+/// output.
+pub fn set_schedule(socket: &Path, volume: &str, dest: &str, every: &str) -> String {
+    crate::common::ok(
+        socket,
+        &[
+            "backup", "schedule", "set", volume, "--dest", dest, "--every", every,
+        ],
+    )
+}

@@ -3,11 +3,22 @@
 //! when dropped.
 #![allow(dead_code, unreachable_pub)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The daemon's environment for moto: its fixed credentials, and no
+/// instance metadata lookups.
+pub const DAEMON_ENV: [(&str, &str); 4] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
 
 /// The moto_server binary, or `None` (the test skips) — except under
 /// CI=true, where a missing server fails the test.
@@ -118,5 +129,149 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy on loopback in front of a server (moto): it can pass what
+/// clients send at a limited rate over all connections together (what the
+/// server sends back goes at full speed), and it can go down, cutting
+/// every connection and refusing new ones, and come back on the same port,
+/// the way a store's endpoint fails and recovers while its data stays.
+pub struct Proxy {
+    pub port: u16,
+    state: Arc<ProxyState>,
+}
+
+struct ProxyState {
+    target: u16,
+    bytes_per_sec: Option<usize>,
+    /// When the shared (throttled) link is next free.
+    link: Mutex<Instant>,
+    down: AtomicBool,
+    /// Counts the times the proxy went down: a connection of an earlier
+    /// lap is cut.
+    lap: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// How often idle relays and the listener look at the switches.
+const POLL: Duration = Duration::from_millis(20);
+
+impl Proxy {
+    /// A proxy to `target`; `bytes_per_sec` limits what clients send.
+    pub fn start(target: u16, bytes_per_sec: Option<usize>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(ProxyState {
+            target,
+            bytes_per_sec,
+            link: Mutex::new(Instant::now()),
+            down: AtomicBool::new(false),
+            lap: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let s = state.clone();
+        std::thread::spawn(move || s.listen(port, listener));
+        Proxy { port, state }
+    }
+
+    /// Cuts every connection and refuses new ones until [`Proxy::up`].
+    pub fn down(&self) {
+        self.state.lap.fetch_add(1, Ordering::SeqCst);
+        self.state.down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn up(&self) {
+        self.state.down.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.down();
+        self.state.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl ProxyState {
+    fn listen(self: Arc<Self>, port: u16, listener: TcpListener) {
+        let mut listener = Some(listener);
+        while !self.stop.load(Ordering::SeqCst) {
+            if self.down.load(Ordering::SeqCst) {
+                // Closed: connecting is refused.
+                listener = None;
+                std::thread::sleep(POLL);
+                continue;
+            }
+            let l = match &listener {
+                Some(l) => l,
+                None => match TcpListener::bind(("127.0.0.1", port)) {
+                    Ok(l) => listener.insert(l),
+                    Err(_) => {
+                        std::thread::sleep(POLL);
+                        continue;
+                    }
+                },
+            };
+            l.set_nonblocking(true).unwrap();
+            match l.accept() {
+                Ok((client, _)) => self.clone().relay(client),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(POLL),
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn relay(self: Arc<Self>, client: TcpStream) {
+        let Ok(server) = TcpStream::connect(("127.0.0.1", self.target)) else {
+            return;
+        };
+        client.set_nonblocking(false).unwrap();
+        let lap = self.lap.load(Ordering::SeqCst);
+        for (from, to, throttled) in [
+            (
+                client.try_clone().unwrap(),
+                server.try_clone().unwrap(),
+                true,
+            ),
+            (server, client, false),
+        ] {
+            let state = self.clone();
+            std::thread::spawn(move || state.pump(from, to, throttled, lap));
+        }
+    }
+
+    /// Copies `from` to `to` until either closes or the proxy goes down.
+    fn pump(&self, mut from: TcpStream, mut to: TcpStream, throttled: bool, lap: u64) {
+        from.set_read_timeout(Some(POLL)).unwrap();
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            if self.lap.load(Ordering::SeqCst) != lap {
+                let _ = from.shutdown(Shutdown::Both);
+                let _ = to.shutdown(Shutdown::Both);
+                return;
+            }
+            let n = match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    continue
+                }
+                Err(_) => break,
+            };
+            if let (true, Some(rate)) = (throttled, self.bytes_per_sec) {
+                let done = {
+                    let mut free = self.link.lock().unwrap();
+                    let start = (*free).max(Instant::now());
+                    *free = start + Duration::from_secs_f64(n as f64 / rate as f64);
+                    *free
+                };
+                std::thread::sleep(done.saturating_duration_since(Instant::now()));
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
     }
 }
