@@ -5,7 +5,9 @@
 //! catch-up run, every listed backup restorable byte for byte); and a
 //! store that goes down mid-run is retried with a growing delay and
 //! reported in `schedule list` and `/metrics` while another volume's
-//! schedule goes on, and succeeds again once the store is back.
+//! schedule goes on, and succeeds again once the store is back. Several
+//! volumes' schedules run together, at most `--backup-concurrency`
+//! uploading at once.
 
 mod backup_common;
 mod common;
@@ -17,7 +19,8 @@ use backup_common::schedule::{
     backups, metric, metrics_page, sample, schedule_labels, schedule_of, set_schedule, wait_for,
 };
 use backup_common::{
-    assert_same, image, qemu_io, read_export, start_with_env, unix_uri, write_image,
+    assert_same, image, qemu_io, read_export, start_with_args, start_with_env, unix_uri,
+    write_image,
 };
 use common::{ok, Daemon, TempDir};
 use moto::{moto_binary, Moto, Proxy, DAEMON_ENV};
@@ -25,7 +28,7 @@ use moto::{moto_binary, Moto, Proxy, DAEMON_ENV};
 const BUCKET: &str = "ballast-sched";
 
 /// moto with the test bucket, a proxy to it passing 2 MiB/s of uploads,
-/// and a daemon with moto's credentials.
+/// and a daemon with moto's credentials and the flags `args`.
 struct Setup {
     moto: Moto,
     proxy: Proxy,
@@ -33,13 +36,13 @@ struct Setup {
     daemon: Daemon,
 }
 
-fn setup() -> Option<Setup> {
+fn setup(args: &[&str]) -> Option<Setup> {
     let bin = moto_binary()?;
     let moto = Moto::start(&bin);
     moto.create_bucket(BUCKET);
     let proxy = Proxy::start(moto.port, Some(2 << 20));
     let dir = TempDir::create();
-    let daemon = start_with_env(&dir, &DAEMON_ENV);
+    let daemon = start_with_args(&dir, &DAEMON_ENV, args);
     Some(Setup {
         moto,
         proxy,
@@ -81,7 +84,7 @@ fn a_slow_run_is_neither_doubled_nor_queued() {
         proxy,
         dir,
         daemon,
-    }) = setup()
+    }) = setup(&[])
     else {
         return;
     };
@@ -128,7 +131,7 @@ fn a_schedule_to_s3_survives_kill_9_mid_run_and_every_listed_backup_restores() {
         dir,
         mut daemon,
         moto: _moto,
-    }) = setup()
+    }) = setup(&[])
     else {
         return;
     };
@@ -250,7 +253,7 @@ fn an_s3_store_that_goes_down_mid_run_is_retried_with_backoff_and_reported_while
         proxy,
         dir,
         daemon,
-    }) = setup()
+    }) = setup(&[])
     else {
         return;
     };
@@ -394,4 +397,46 @@ fn an_s3_store_that_goes_down_mid_run_is_retried_with_backoff_and_reported_while
         "a's backup",
     );
     assert_eq!(schedule_of(socket, "b")["failures"], 0);
+}
+
+#[test]
+fn schedules_of_several_volumes_run_together_with_a_bounded_number_of_uploads() {
+    let Some(Setup {
+        moto: _moto,
+        proxy,
+        dir,
+        daemon,
+    }) = setup(&["--backup-concurrency", "2"])
+    else {
+        return;
+    };
+    let socket = &daemon.socket;
+    let dest = s3_dest("many", proxy.port);
+    let volumes = ["v1", "v2", "v3"];
+    for (i, v) in volumes.iter().enumerate() {
+        ok(socket, &["create", v, "--size", "4M"]);
+        write_volume(&daemon, &dir, v, &image(4, 0, 40 + i as u64));
+    }
+    // 12 MiB through a 2 MiB/s link: ~6 s of uploads, in which the daemon
+    // runs two at once and the third waits for a free slot.
+    for v in volumes {
+        set_schedule(socket, v, &dest, "1h");
+    }
+    let (mut most_uploading, mut most_due) = (0.0f64, 0usize);
+    wait_for("every volume's run", Duration::from_secs(90), || {
+        let page = metrics_page(socket);
+        most_uploading =
+            most_uploading.max(metric(&page, "ballast_jobs{state=\"running\"}").unwrap_or(0.0));
+        let statuses: Vec<_> = volumes.iter().map(|v| schedule_of(socket, v)).collect();
+        most_due = most_due.max(
+            statuses
+                .iter()
+                .filter(|s| !s["running_since"].is_null())
+                .count(),
+        );
+        statuses.iter().all(|s| s["successes"] == 1)
+    });
+    assert_eq!(most_uploading, 2.0, "two backups at once, never more");
+    assert_eq!(most_due, 3, "all three runs were going, one waiting");
+    assert_eq!(backups(socket, &dest).len(), 3);
 }

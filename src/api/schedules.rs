@@ -29,7 +29,6 @@ pub async fn set_schedule(state: &ApiState, req: SetSchedule) -> Answer {
             "the interval must be at least {MIN_EVERY_SECS} s"
         )));
     }
-    state.pool.volume(&req.volume)?;
     let schedule = Schedule {
         volume: req.volume,
         dest: dest.to_string(),

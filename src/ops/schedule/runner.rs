@@ -124,10 +124,13 @@ impl Scheduler {
 
     /// Adds a schedule, or changes the interval and keep options of an
     /// existing one (its history stays). A new schedule's first run is due
-    /// at once.
+    /// at once. The volume must exist.
     pub async fn set(&self, schedule: Schedule) -> Result<ScheduleStatus, OpError> {
         let t = now();
         let mut entries = self.shared.entries.lock().await;
+        // Checked under the lock `delete_volume` holds: a schedule is never
+        // set for a volume being deleted.
+        self.shared.pool.volume(&schedule.volume)?;
         let key = (schedule.volume.clone(), schedule.dest.clone());
         let status = match entries.get(&key) {
             Some(old) => {
