@@ -10,7 +10,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use backup_common::schedule::{
-    backups, metrics_page, sample, schedule_of, schedules, set_schedule, snapshot_names, wait_for,
+    backups, metrics_page, promtool, promtool_check, sample, schedule_of, schedules, set_schedule,
+    snapshot_names, wait_for,
 };
 use backup_common::{image, qemu_io, read_export, start_with_env, unix_uri, write_image, MIB};
 use common::{fails, json, ok, TempDir};
@@ -387,6 +388,9 @@ fn what_schedules_report_comes_from_the_pool_and_survives_restarts() {
         before["uploaded_bytes"].as_u64().unwrap() >= MIB as u64,
         "{before}"
     );
+    if let Some(promtool) = promtool() {
+        promtool_check(&promtool, &metrics_page(&daemon.socket));
+    }
     let series = schedule_series(&daemon.socket);
     for name in [
         "last_success_timestamp_seconds",

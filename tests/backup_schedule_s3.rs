@@ -16,7 +16,8 @@ mod moto;
 use std::time::{Duration, Instant};
 
 use backup_common::schedule::{
-    backups, metric, metrics_page, sample, schedule_labels, schedule_of, set_schedule, wait_for,
+    backups, metric, metrics_page, promtool, promtool_check, sample, schedule_labels, schedule_of,
+    set_schedule, wait_for,
 };
 use backup_common::{
     assert_same, image, qemu_io, read_export, start_with_args, start_with_env, unix_uri,
@@ -322,6 +323,9 @@ fn an_s3_store_that_goes_down_mid_run_is_retried_with_backoff_and_reported_while
     );
     assert_eq!(b["failures"], 0, "{b}");
     let page = metrics_page(socket);
+    if let Some(promtool) = promtool() {
+        promtool_check(&promtool, &page);
+    }
     let (la, lb) = (schedule_labels(&a), schedule_labels(&b));
     assert!(
         sample(

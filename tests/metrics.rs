@@ -10,53 +10,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use backup_common::schedule::sample;
+use backup_common::schedule::{promtool, promtool_check, sample};
 use backup_common::{qemu_io, read_export, unix_uri};
 use common::{http, json, ok, Daemon, TempDir};
-
-/// promtool, or `None` (the test skips) — except under CI=true, where a
-/// missing promtool fails the test.
-fn promtool() -> Option<PathBuf> {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = PathBuf::from(dir).join("promtool");
-        if p.is_file() {
-            return Some(p);
-        }
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "promtool is missing; run scripts/install-test-deps.sh (Debian package prometheus)"
-    );
-    eprintln!("skipping: promtool not found");
-    None
-}
-
-fn promtool_check(promtool: &PathBuf, page: &str) {
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{page}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -1,7 +1,9 @@
 //! Helpers of the backup schedule tests: the schedules and backups the
 //! daemon lists, and polling until a run's outcome shows.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -88,4 +90,44 @@ pub fn set_schedule(socket: &Path, volume: &str, dest: &str, every: &str) -> Str
             "backup", "schedule", "set", volume, "--dest", dest, "--every", every,
         ],
     )
+}
+
+/// promtool, or `None` (the test skips) — except under CI=true, where a
+/// missing promtool fails the test.
+pub fn promtool() -> Option<PathBuf> {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = PathBuf::from(dir).join("promtool");
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "promtool is missing; run scripts/install-test-deps.sh (Debian package prometheus)"
+    );
+    eprintln!("skipping: promtool not found");
+    None
+}
+
+pub fn promtool_check(promtool: &PathBuf, page: &str) {
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{page}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
