@@ -7,7 +7,8 @@
 //! reported in `schedule list` and `/metrics` while another volume's
 //! schedule goes on, and succeeds again once the store is back. Several
 //! volumes' schedules run together, at most `--backup-concurrency`
-//! uploading at once.
+//! uploading at once. A volume deleted mid-run leaves only restorable
+//! backups.
 
 mod backup_common;
 mod common;
@@ -23,7 +24,7 @@ use backup_common::{
     assert_same, image, qemu_io, read_export, start_with_args, start_with_env, unix_uri,
     write_image,
 };
-use common::{ok, Daemon, TempDir};
+use common::{json, ok, Daemon, TempDir};
 use moto::{moto_binary, Moto, Proxy, DAEMON_ENV};
 
 const BUCKET: &str = "ballast-sched";
@@ -443,4 +444,49 @@ fn schedules_of_several_volumes_run_together_with_a_bounded_number_of_uploads() 
     assert_eq!(most_uploading, 2.0, "two backups at once, never more");
     assert_eq!(most_due, 3, "all three runs were going, one waiting");
     assert_eq!(backups(socket, &dest).len(), 3);
+}
+
+#[test]
+fn a_volume_deleted_while_its_scheduled_run_uploads_leaves_only_restorable_backups() {
+    let Some(Setup {
+        moto: _moto,
+        proxy,
+        dir,
+        daemon,
+    }) = setup(&[])
+    else {
+        return;
+    };
+    let socket = &daemon.socket;
+    let dest = s3_dest("deleted", proxy.port);
+    ok(socket, &["create", "db", "--size", "8M"]);
+    let contents = image(8, 0, 51);
+    write_volume(&daemon, &dir, "db", &contents);
+    set_schedule(socket, "db", &dest, "1h");
+    wait_for("the run to start", Duration::from_secs(20), || {
+        !schedule_of(socket, "db")["running_since"].is_null()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let out = ok(socket, &["delete", "db"]);
+    assert!(
+        out.contains("backup schedule removed with the volume"),
+        "{out}"
+    );
+    // The run ends, one way or the other, unrecorded.
+    wait_for("the backup job to end", Duration::from_secs(60), || {
+        metric(&metrics_page(socket), "ballast_jobs{state=\"running\"}") == Some(0.0)
+    });
+    assert!(json(socket, &["backup", "schedule", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // (Here the backup completes: its chunks were read before the delete.)
+    for (i, backup) in backups(socket, &dest).iter().enumerate() {
+        let url = backup["url"].as_str().unwrap();
+        assert_same(
+            &restored(&daemon, &dir, url, &format!("r{i}")),
+            &contents,
+            "a backup that completed after its volume was deleted",
+        );
+    }
 }
