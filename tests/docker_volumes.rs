@@ -477,7 +477,19 @@ fn docker_uses_ballast_volumes() {
     );
     assert_eq!(seen.trim(), format!("{driver}:"));
     assert_eq!(f.run("cli-made", "echo x > /data/x && cat /data/x"), "x\n");
+    // `docker volume rm` takes the volume's backup schedules along.
+    let dest = format!("file://{}", f.dir.join("store").display());
+    ok(
+        &f.socket(),
+        &[
+            "backup", "schedule", "set", "cli-made", "--dest", &dest, "--every", "1h",
+        ],
+    );
     docker(&f, &["volume", "rm", "cli-made"]);
+    assert_eq!(
+        ok(&f.socket(), &["backup", "schedule", "list", "--json"]).trim(),
+        "[]"
+    );
 
     // A second daemon cannot take over the plugin name of a live one.
     let out = Command::new(common::BIN)
