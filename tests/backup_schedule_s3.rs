@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use backup_common::schedule::{
     backups, metric, metrics_page, promtool, promtool_check, sample, schedule_labels, schedule_of,
-    set_schedule, wait_for,
+    set_schedule, snapshot_names, wait_for,
 };
 use backup_common::{
     assert_same, image, qemu_io, read_export, start_with_args, start_with_env, unix_uri,
     write_image,
 };
-use common::{json, ok, Daemon, TempDir};
+use common::{fails, json, ok, Daemon, TempDir};
 use moto::{moto_binary, Moto, Proxy, DAEMON_ENV};
 
 const BUCKET: &str = "ballast-sched";
@@ -422,22 +422,43 @@ fn schedules_of_several_volumes_run_together_with_a_bounded_number_of_uploads() 
     assert_eq!(backups(socket, &dest).len(), 3);
 }
 
-#[test]
-fn a_volume_deleted_while_its_scheduled_run_uploads_leaves_only_restorable_backups() {
-    let Some(t) = setup(&[]) else {
-        return;
-    };
-    let (proxy, dir, daemon) = (&t.proxy, &t.dir, &t.daemon);
-    let socket = &daemon.socket;
-    let dest = s3_dest("deleted", proxy.port);
+/// A [`setup`] whose volume `db` of 8 MiB of random data (seeded `seed`)
+/// is on an hourly schedule to `s3_dest(prefix)` through the proxy, its
+/// first (full) run half a second under way; with the destination and
+/// the contents.
+fn db_mid_run(prefix: &str, seed: u64) -> Option<(Setup, String, Vec<u8>)> {
+    let t = setup(&[])?;
+    let socket = &t.daemon.socket;
+    let dest = s3_dest(prefix, t.proxy.port);
     ok(socket, &["create", "db", "--size", "8M"]);
-    let contents = image(8, 0, 51);
-    write_volume(daemon, dir, "db", &contents);
+    let contents = image(8, 0, seed);
+    write_volume(&t.daemon, &t.dir, "db", &contents);
     set_schedule(socket, "db", &dest, "1h");
     wait_for("the run to start", Duration::from_secs(20), || {
         !schedule_of(socket, "db")["running_since"].is_null()
     });
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(500));
+    Some((t, dest, contents))
+}
+
+/// Every backup listed in `dest` restores to `contents`.
+fn all_restore_to(t: &Setup, dest: &str, contents: &[u8], what: &str) {
+    for (i, backup) in backups(&t.daemon.socket, dest).iter().enumerate() {
+        let url = backup["url"].as_str().unwrap();
+        assert_same(
+            &restored(&t.daemon, &t.dir, url, &format!("r{i}")),
+            contents,
+            what,
+        );
+    }
+}
+
+#[test]
+fn a_volume_deleted_while_its_scheduled_run_uploads_leaves_only_restorable_backups() {
+    let Some((t, dest, contents)) = db_mid_run("deleted", 51) else {
+        return;
+    };
+    let socket = &t.daemon.socket;
     let out = ok(socket, &["delete", "db"]);
     assert!(
         out.contains("backup schedule removed with the volume"),
@@ -453,12 +474,36 @@ fn a_volume_deleted_while_its_scheduled_run_uploads_leaves_only_restorable_backu
         .is_empty());
     // The backup may complete (it usually does: reading 8 MiB locally
     // takes far less than uploading it) or fail; what is listed restores.
-    for (i, backup) in backups(socket, &dest).iter().enumerate() {
-        let url = backup["url"].as_str().unwrap();
-        assert_same(
-            &restored(daemon, dir, url, &format!("r{i}")),
-            &contents,
-            "a backup that completed after its volume was deleted",
-        );
-    }
+    all_restore_to(
+        &t,
+        &dest,
+        &contents,
+        "a backup that completed after its volume was deleted",
+    );
+}
+
+#[test]
+fn a_backup_by_hand_while_a_scheduled_run_of_the_volume_to_that_destination_goes_is_refused() {
+    let Some((t, dest, contents)) = db_mid_run("both", 61) else {
+        return;
+    };
+    let socket = &t.daemon.socket;
+    // Two backups of one volume to one destination would each replace the
+    // other's snapshot as the base: the second is refused, in one line.
+    let err = fails(socket, &["backup", "create", "db", "--dest", &dest]);
+    assert!(
+        err.contains("a backup of db to") && err.contains("is already running"),
+        "{err}"
+    );
+    wait_for("the scheduled run", Duration::from_secs(60), || {
+        schedule_of(socket, "db")["successes"] == 1
+    });
+    // By hand now: it runs, and replaces the scheduled run's snapshot.
+    let info = json(
+        socket,
+        &["backup", "create", "db", "--dest", &dest, "--json"],
+    );
+    assert!(!info["parent"].is_null(), "incremental: {info}");
+    assert_eq!(snapshot_names(socket, "db").len(), 1);
+    all_restore_to(&t, &dest, &contents, "each backup");
 }

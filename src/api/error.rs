@@ -138,6 +138,10 @@ impl From<OpError> for ApiError {
                 message: e.to_string(),
             },
             e @ OpError::NoKeyDir { .. } => ApiError::bad_request(e.to_string()),
+            e @ OpError::BackupRunning { .. } => ApiError {
+                status: StatusCode::CONFLICT,
+                message: e.to_string(),
+            },
         }
     }
 }

@@ -11,7 +11,11 @@
 //! *before* the snapshot is taken, so a crash at any step leaves no
 //! unrecorded backup snapshot: a recorded name that never became a
 //! snapshot, or whose backup never completed, is deleted after the next
-//! successful backup like any older base.
+//! successful backup like any older base. One backup of a volume to a
+//! destination runs at a time (a second is refused).
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 
 use ballast_backupstore::{BackupInfo, BackupStore, Progress};
 use ballast_engine::Pool;
@@ -60,6 +64,37 @@ async fn save(pool: &Pool, key: &str, record: &Record) -> Result<(), OpError> {
     Ok(())
 }
 
+/// The backups of a volume to a destination going now, by record key: at
+/// most one each, since a backup rewrites the record when it ends and
+/// deletes every other snapshot listed there, which would include the
+/// base a second backup is reading. This set is the one owner of that
+/// rule; [`Running`] holds a key in it for one backup.
+static RUNNING: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+struct Running(String);
+
+impl Running {
+    fn claim(key: &str, volume: &str, dest: &str) -> Result<Running, OpError> {
+        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        if !running.insert(key.to_string()) {
+            return Err(OpError::BackupRunning {
+                volume: volume.to_string(),
+                dest: dest.to_string(),
+            });
+        }
+        Ok(Running(key.to_string()))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
+    }
+}
+
 /// A snapshot name no user is likely to pick, e.g. `backup-20261201T150102Z-1a2b3c4d`.
 fn new_name() -> String {
     let stamp: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
@@ -80,7 +115,9 @@ pub async fn backup_volume(
 ) -> Result<BackupInfo, OpError> {
     ballast_engine::validate_name(volume)?;
     let created = pool.volume(volume)?.created;
-    let key = key(volume, &store.url().to_string());
+    let dest = store.url().to_string();
+    let key = key(volume, &dest);
+    let _running = Running::claim(&key, volume, &dest)?;
     let snapshot = new_name();
     let mut record = load(pool, &key)?;
     record.snapshots.push(snapshot.clone());
