@@ -184,9 +184,11 @@ impl Scheduler {
     /// Deletes `volume` and, in the same atomic metadata write, its
     /// schedules and the record of its backup snapshots
     /// (`ops::chain`), so neither outlives it: a later volume of the same
-    /// name starts with no schedule and no incremental base. Every delete
-    /// of a volume goes through here. Returns the schedules removed; a run
-    /// of one still going fails or finishes unrecorded.
+    /// name starts with no schedule and no incremental base. The API's and
+    /// the Docker driver's deletes go through here (the daemon's own
+    /// clean-ups of a failed restore or clone delete volumes it has just
+    /// made). Returns the schedules removed; a run of one still going
+    /// fails or finishes unrecorded.
     pub async fn delete_volume(
         &self,
         volume: &str,
