@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ok, Daemon};
+use common::{json, ok, Daemon};
 
 /// Applets the test image links to busybox.
 const APPLETS: &[&str] = &[
@@ -413,6 +413,25 @@ fn docker_uses_ballast_volumes() {
         "second\n"
     );
     assert_eq!(f.mountpoint("v1"), mounted, "still mounted for the holder");
+
+    // A schedule backs the volume up while a container has it mounted.
+    let store = format!("file://{}", f.dir.join("mounted-store").display());
+    let sched = |args: &[&str]| ok(&f.socket(), &[&["backup", "schedule"], args].concat());
+    sched(&["set", "v1", "--dest", &store, "--every", "1h"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = json(&f.socket(), &["backup", "schedule", "list", "--json"]);
+        if list[0]["successes"] == 1 {
+            assert_eq!(list[0]["failures"], 0, "{list}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a scheduled run of a mounted volume: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sched(&["remove", "v1", "--dest", &store]);
 
     // ls and inspect show the driver's volumes.
     let listed = docker(
