@@ -1,7 +1,9 @@
 //! The Docker driver over the pool: [`PoolProvider`] (the pool as the
 //! ballast-docker driver's [`VolumeProvider`]) and [`DockerDriver`] (that
 //! driver on the Linux host). The daemon's Docker service runs it; the
-//! control API's attach routes use the same driver.
+//! control API's attach routes use the same driver. `backup=` restores
+//! instantly through [`Hydrations`]; `hydrate=wait` restores fully first,
+//! through `ops::restore`, as `ballast create --backup --wait` does.
 
 use std::path::PathBuf;
 
@@ -10,6 +12,7 @@ use ballast_docker::{Driver, LinuxHost, ProviderError, VolumeProvider, VolumeSum
 use ballast_engine::{Error, Pool, VolumeInfo};
 
 use crate::ops::error::OpError;
+use crate::ops::hydrate::Hydrations;
 use crate::ops::restore::restore_backup;
 
 /// The Docker driver as the daemon runs it.
@@ -18,6 +21,8 @@ pub type DockerDriver = Driver<PoolProvider, LinuxHost>;
 /// The pool, as the driver sees it.
 pub struct PoolProvider {
     pub pool: Pool,
+    /// Instant restores (`backup=`), and deletes that stop them.
+    pub hydrations: Hydrations,
     pub nbd_socket: PathBuf,
 }
 
@@ -43,15 +48,30 @@ impl VolumeProvider for PoolProvider {
             .map_err(ProviderError::Pool)
     }
 
-    async fn restore_backup(&self, name: &str, url: &str) -> Result<(), ProviderError> {
-        restore_from_backup(&self.pool, name, url).await
+    async fn restore_backup(&self, name: &str, url: &str, wait: bool) -> Result<(), ProviderError> {
+        let restore = async {
+            let backup = url.parse().map_err(OpError::Store)?;
+            if wait {
+                restore_backup(&self.pool, &backup, name, &NoProgress).await
+            } else {
+                self.hydrations
+                    .start(&backup, name)
+                    .await
+                    .map(|(info, _)| info)
+            }
+        };
+        restore
+            .await
+            .map(drop)
+            .map_err(|e| ProviderError::Restore(Box::new(e)))
     }
 
     async fn delete_volume(&self, name: &str) -> Result<(), ProviderError> {
-        self.pool
-            .delete_volume(name)
-            .await
-            .map_err(ProviderError::Pool)
+        match self.hydrations.delete_volume(name).await {
+            Ok(()) => Ok(()),
+            Err(OpError::Engine(e)) => Err(ProviderError::Pool(e)),
+            Err(e) => Err(ProviderError::Restore(Box::new(e))),
+        }
     }
 
     fn volume(&self, name: &str) -> Result<Option<VolumeSummary>, ProviderError> {
@@ -69,19 +89,6 @@ impl VolumeProvider for PoolProvider {
     fn nbd_socket(&self) -> PathBuf {
         self.nbd_socket.clone()
     }
-}
-
-/// `docker volume create -o backup=URL`: restores volume `name` from a
-/// backup, the same way `ballast create NAME --backup URL` does.
-async fn restore_from_backup(pool: &Pool, name: &str, url: &str) -> Result<(), ProviderError> {
-    let restore = async {
-        let backup = url.parse().map_err(OpError::Store)?;
-        restore_backup(pool, &backup, name, &NoProgress).await
-    };
-    restore
-        .await
-        .map(drop)
-        .map_err(|e| ProviderError::Restore(Box::new(e)))
 }
 
 fn summary(info: VolumeInfo) -> VolumeSummary {

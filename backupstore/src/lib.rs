@@ -26,6 +26,7 @@ mod clock;
 mod error;
 mod frame;
 mod gc;
+mod hydrate;
 mod lock;
 mod manifest;
 pub mod objects;
@@ -37,6 +38,7 @@ mod verify;
 
 pub use error::{Error, Result};
 pub use gc::{GcOptions, GcReport};
+pub use hydrate::BackupHold;
 pub use manifest::{Manifest, StoreConfig, DEFAULT_CHUNK_SIZE};
 pub use progress::{
     for_terminal, NoProgress, Progress, ProgressCounter, ProgressSnapshot, TerminalProgress,

@@ -197,7 +197,7 @@ impl<P: VolumeProvider, H: Host> Driver<P, H> {
             Source::Snapshot { volume, snapshot } => {
                 self.provider.clone_volume(name, volume, snapshot).await?
             }
-            Source::Backup { url } => self.provider.restore_backup(name, url).await?,
+            Source::Backup { url, wait } => self.provider.restore_backup(name, url, *wait).await?,
         }
         info!(volume = name, source = ?options.source, "volume created for Docker");
         Ok(())

@@ -8,7 +8,7 @@ use crate::error::DriverError;
 use crate::host::FsType;
 
 /// Every option the driver accepts.
-pub const KNOWN_OPTIONS: &[&str] = &["size", "fstype", "snapshot", "backup"];
+pub const KNOWN_OPTIONS: &[&str] = &["size", "fstype", "snapshot", "backup", "hydrate"];
 
 /// Size of a new volume when `size` is not given.
 const DEFAULT_SIZE: u64 = 10 << 30;
@@ -20,8 +20,10 @@ pub enum Source {
     Empty { size: u64 },
     /// A clone of `volume@snapshot` (already holds a filesystem).
     Snapshot { volume: String, snapshot: String },
-    /// A restore of the backup at this URL.
-    Backup { url: String },
+    /// A restore of the backup at this URL: instant (served at once,
+    /// hydrated in the background) unless `wait` (`hydrate=wait`: every
+    /// chunk local before `Create` returns).
+    Backup { url: String, wait: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,11 +73,25 @@ impl CreateOptions {
                     snapshot: snapshot.to_string(),
                 }
             }
-            (None, Some(url)) => Source::Backup { url: url.clone() },
+            (None, Some(url)) => Source::Backup {
+                url: url.clone(),
+                wait: match opts.get("hydrate").map(String::as_str) {
+                    None | Some("background") => false,
+                    Some("wait") => true,
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "hydrate={other}: expected wait or background"
+                        )))
+                    }
+                },
+            },
             (None, None) => Source::Empty {
                 size: size.unwrap_or(DEFAULT_SIZE),
             },
         };
+        if opts.contains_key("hydrate") && !matches!(source, Source::Backup { .. }) {
+            return Err(invalid("hydrate only applies with backup".into()));
+        }
         if size.is_some() && !matches!(source, Source::Empty { .. }) {
             return Err(invalid(
                 "size cannot be combined with snapshot or backup: the volume takes the size of its source"
@@ -131,8 +147,23 @@ mod tests {
         assert_eq!(
             parse(&[("backup", "s3://bucket/db")]).unwrap().source,
             Source::Backup {
-                url: "s3://bucket/db".into()
+                url: "s3://bucket/db".into(),
+                wait: false
             }
+        );
+        assert_eq!(
+            parse(&[("backup", "s3://b/db"), ("hydrate", "wait")])
+                .unwrap()
+                .source,
+            Source::Backup {
+                url: "s3://b/db".into(),
+                wait: true
+            }
+        );
+        assert!(parse(&[("backup", "s3://b/db"), ("hydrate", "later")]).is_err());
+        assert!(
+            parse(&[("hydrate", "wait")]).is_err(),
+            "hydrate without backup"
         );
     }
 
@@ -141,7 +172,7 @@ mod tests {
         let e = parse(&[("sizee", "1G"), ("colour", "red")]).unwrap_err();
         assert_eq!(
             e,
-            "unknown option(s) colour, sizee; known options: size, fstype, snapshot, backup"
+            "unknown option(s) colour, sizee; known options: size, fstype, snapshot, backup, hydrate"
         );
     }
 

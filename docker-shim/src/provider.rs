@@ -45,11 +45,13 @@ pub trait VolumeProvider: Send + Sync + 'static {
         origin_snapshot: &str,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
-    /// Creates `name` from the backup at `url`.
+    /// Creates `name` from the backup at `url`: served at once and
+    /// hydrated in the background, or (`wait`) once every chunk is local.
     fn restore_backup(
         &self,
         name: &str,
         url: &str,
+        wait: bool,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
     fn delete_volume(&self, name: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;

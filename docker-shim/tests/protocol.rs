@@ -88,7 +88,12 @@ impl VolumeProvider for FakeProvider {
         Ok(())
     }
 
-    async fn restore_backup(&self, name: &str, url: &str) -> Result<(), ProviderError> {
+    async fn restore_backup(
+        &self,
+        name: &str,
+        url: &str,
+        _wait: bool,
+    ) -> Result<(), ProviderError> {
         self.calls
             .lock()
             .unwrap()

@@ -41,6 +41,7 @@ mod codec;
 mod commit;
 mod error;
 mod extent;
+mod gate;
 pub mod io;
 mod journal;
 mod meta;
@@ -59,6 +60,7 @@ mod volume;
 mod write_behind;
 
 pub use error::{Error, Result};
+pub use gate::Gate;
 pub use io::IoMode;
 pub use name::{parse_snapshot_ref, validate_name, MAX_NAME_LEN};
 pub use pool::{Pool, MAX_VOLUME_SIZE};

@@ -14,6 +14,7 @@ use futures::future::join_all;
 
 use crate::error::{Error, Result};
 use crate::extent::{cover, Data, Piece, Run};
+use crate::gate::Gate;
 use crate::io::{AlignedBuf, BufPool};
 use crate::journal::{Death, Op};
 use crate::readahead::{Chunk, ReadAhead};
@@ -42,6 +43,9 @@ pub struct Volume {
     ahead: Arc<parking_lot::Mutex<ReadAhead>>,
     /// Failed write-behinds this handle has reported (clones share it).
     reported: Arc<AtomicU64>,
+    /// Whether I/O consults the volume's gate (see [`crate::gate`]);
+    /// `false` only for the gate owner's own handles.
+    gated: bool,
 }
 
 /// Registers a read with the deferred-free machinery for its lifetime.
@@ -75,6 +79,22 @@ struct Resolution {
     root: Option<NodeRef>,
 }
 
+/// Appends `[from, to)` in `state` to consecutive extents, merging it
+/// into the last one when that continues it in the same state.
+fn push_extent(out: &mut Vec<Extent>, from: u64, to: u64, state: BlockState) {
+    if from >= to {
+        return;
+    }
+    match out.last_mut() {
+        Some(e) if e.state == state && e.offset + e.len == from => e.len += to - from,
+        _ => out.push(Extent {
+            offset: from,
+            len: to - from,
+            state,
+        }),
+    }
+}
+
 /// True if a whole block is zeros (blocks are a multiple of 8 bytes).
 fn is_zero(block: &[u8]) -> bool {
     block
@@ -95,8 +115,27 @@ impl Volume {
             snapshot: snapshot.map(|(n, g)| (n.into(), g)),
             ahead: Default::default(),
             reported: Arc::new(AtomicU64::new(inner.behind.failures())),
+            gated: true,
             inner,
         }
+    }
+
+    /// This handle without its volume's gate: for the gate's owner, which
+    /// fills the volume through it. Reads through it see unfetched ranges
+    /// as the holes they are in the pool.
+    pub fn ungated(&self) -> Volume {
+        Volume {
+            gated: false,
+            ..self.clone()
+        }
+    }
+
+    /// The gate I/O through this handle passes first, if any.
+    fn gate(&self) -> Option<Arc<dyn Gate>> {
+        if !self.gated || self.snapshot.is_some() {
+            return None;
+        }
+        self.inner.gates.get(self.uid)
     }
 
     /// The volume's name.
@@ -230,6 +269,14 @@ impl Volume {
     /// Reads `buf.len()` bytes at `offset`. Holes read as zeros without
     /// touching the disk; every data block's crc32 is verified.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if let Some(gate) = self.gate() {
+            gate.readable(offset, buf.len() as u64).await?;
+        }
+        self.read_here(offset, buf).await
+    }
+
+    /// [`Volume::read`] of what the pool holds, past the gate.
+    async fn read_here(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let Some((pieces, _guard)) = self.resolve(offset, buf.len() as u64)? else {
             return Ok(());
         };
@@ -242,6 +289,13 @@ impl Volume {
     /// sequential stream of such reads is read ahead (see
     /// [`crate::readahead`]).
     pub async fn read_owned(&self, offset: u64, len: usize) -> Result<PooledBuf> {
+        if let Some(gate) = self.gate() {
+            gate.readable(offset, len as u64).await?;
+        }
+        self.read_owned_here(offset, len).await
+    }
+
+    async fn read_owned_here(&self, offset: u64, len: usize) -> Result<PooledBuf> {
         let bufs = &self.inner.bufs;
         let Some((pieces, _guard)) = self.resolve(offset, len as u64)? else {
             return Ok(PooledBuf::new(bufs.clone(), AlignedBuf::new(0), 0, 0));
@@ -397,6 +451,21 @@ impl Volume {
     /// Writes `data` at `offset`. New data always goes to new pool blocks
     /// (redirect-on-write); all-zero blocks take no space.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        match self.gate() {
+            Some(gate) => {
+                gate.write(
+                    offset,
+                    data.len() as u64,
+                    Box::pin(self.write_here(offset, data)),
+                )
+                .await
+            }
+            None => self.write_here(offset, data).await,
+        }
+    }
+
+    /// [`Volume::write`] past the gate.
+    async fn write_here(&self, offset: u64, data: &[u8]) -> Result<()> {
         let len = data.len() as u64;
         self.check_write(offset, len)?;
         if len == 0 {
@@ -458,10 +527,21 @@ impl Volume {
     /// Writes `data` at `offset`, as [`Volume::write`] does. A block-aligned
     /// write of non-zero blocks that gets one run of pool blocks goes to
     /// the disk straight from `data`, with no copy.
-    pub async fn write_owned(&self, offset: u64, mut data: PooledBuf) -> Result<()> {
+    pub async fn write_owned(&self, offset: u64, data: PooledBuf) -> Result<()> {
+        match self.gate() {
+            Some(gate) => {
+                let len = data.len() as u64;
+                gate.write(offset, len, Box::pin(self.write_owned_here(offset, data)))
+                    .await
+            }
+            None => self.write_owned_here(offset, data).await,
+        }
+    }
+
+    async fn write_owned_here(&self, offset: u64, mut data: PooledBuf) -> Result<()> {
         let len = data.len() as u64;
         if len == 0 || !offset.is_multiple_of(BS) || !len.is_multiple_of(BS) || !data.is_whole() {
-            return self.write(offset, &data).await;
+            return self.write_here(offset, &data).await;
         }
         self.check_write(offset, len)?;
         let blocks = offset / BS..(offset + len) / BS;
@@ -488,7 +568,7 @@ impl Volume {
     /// write of `data` at `offset` applied.
     async fn merged_block(&self, vblock: u64, offset: u64, data: &[u8]) -> Result<Vec<u8>> {
         let mut block = vec![0u8; BSU];
-        self.read(vblock * BS, &mut block).await?;
+        self.read_here(vblock * BS, &mut block).await?;
         let bstart = vblock * BS;
         let from = offset.max(bstart);
         let to = (offset + data.len() as u64).min(bstart + BS);
@@ -741,6 +821,16 @@ impl Volume {
     /// blocks become holes, partial blocks at the edges are
     /// read-modify-written.
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        match self.gate() {
+            Some(gate) => {
+                gate.write(offset, len, Box::pin(self.write_zeroes_here(offset, len)))
+                    .await
+            }
+            None => self.write_zeroes_here(offset, len).await,
+        }
+    }
+
+    async fn write_zeroes_here(&self, offset: u64, len: u64) -> Result<()> {
         self.check_write(offset, len)?;
         if len == 0 {
             return Ok(());
@@ -750,14 +840,14 @@ impl Volume {
         let whole_last = end / BS; // exclusive
         if whole_first >= whole_last {
             // No whole block inside: one or two partial edges.
-            return self.write(offset, &vec![0u8; len as usize]).await;
+            return self.write_here(offset, &vec![0u8; len as usize]).await;
         }
         if offset < whole_first * BS {
-            self.write(offset, &vec![0u8; (whole_first * BS - offset) as usize])
+            self.write_here(offset, &vec![0u8; (whole_first * BS - offset) as usize])
                 .await?;
         }
         if end > whole_last * BS {
-            self.write(
+            self.write_here(
                 whole_last * BS,
                 &vec![0u8; (end - whole_last * BS) as usize],
             )
@@ -778,25 +868,28 @@ impl Volume {
         let Some((pieces, _guard)) = self.resolve(offset, len)? else {
             return Ok(Vec::new());
         };
+        // What the gate has not filled yet is data, whatever the pool holds.
+        let missing = self
+            .gate()
+            .map_or_else(Vec::new, |g| g.missing(offset, len));
         let mut out: Vec<Extent> = Vec::new();
         for p in &pieces {
             let (from, to) = ((p.vstart * BS).max(offset), (p.end() * BS).min(end));
             if from >= to {
                 continue;
             }
-            let state = if p.data.is_some() {
-                BlockState::Data
-            } else {
-                BlockState::Hole
-            };
-            match out.last_mut() {
-                Some(e) if e.state == state && e.offset + e.len == from => e.len += to - from,
-                _ => out.push(Extent {
-                    offset: from,
-                    len: to - from,
-                    state,
-                }),
+            if p.data.is_some() {
+                push_extent(&mut out, from, to, BlockState::Data);
+                continue;
             }
+            let mut at = from;
+            for m in missing.iter().filter(|m| m.start < to && m.end > from) {
+                let (m_from, m_to) = (m.start.max(from), m.end.min(to));
+                push_extent(&mut out, at, m_from, BlockState::Hole);
+                push_extent(&mut out, m_from, m_to, BlockState::Data);
+                at = m_to;
+            }
+            push_extent(&mut out, at, to, BlockState::Hole);
         }
         Ok(out)
     }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::types::NbdEndpoints;
 use crate::driver::DockerDriver;
+use crate::ops::hydrate::Hydrations;
 use crate::ops::jobs::Jobs;
 
 /// Everything the handlers can reach. Services that add API routes add
@@ -18,6 +19,8 @@ pub struct ApiState {
     pub nbd: NbdEndpoints,
     /// Running and recently finished backup jobs.
     pub jobs: Jobs,
+    /// Volumes restored instantly and still hydrating.
+    pub hydrations: Hydrations,
     /// Attaches volumes as block devices (`ballast attach`): the Docker
     /// driver, present when the daemon runs as root.
     pub attach: Option<std::sync::Arc<DockerDriver>>,

@@ -10,7 +10,11 @@ pub mod output;
 use anyhow::Result;
 use ballast_engine::{format_size, parse_size, parse_snapshot_ref, validate_name};
 
-use crate::api::types::{CreateVolume, ExportUris, NbdTls, SnapshotInfo, VolumeInfo};
+use std::io::IsTerminal;
+
+use crate::api::types::{
+    CreateVolume, ExportUris, NbdTls, SnapshotInfo, VolumeDetails, VolumeInfo,
+};
 use crate::client::Client;
 use args::{ClientCommand, CreateArgs, SnapshotCommand};
 use output::{emit, format_time, json, Table};
@@ -102,7 +106,26 @@ pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
 async fn create(client: &Client, args: CreateArgs) -> Result<String> {
     validate_name(&args.volume)?;
     if let Some(url) = &args.backup {
-        return backup::restore(client, url, &args.volume).await;
+        if args.wait {
+            return backup::restore(client, url, &args.volume).await;
+        }
+        let request = CreateVolume {
+            name: args.volume,
+            size: None,
+            from_snapshot: None,
+            backup: Some(url.clone()),
+        };
+        let created = client.create_volume(&request).await?;
+        if let Some(h) = created
+            .hydration
+            .filter(|_| std::io::stderr().is_terminal())
+        {
+            eprintln!(
+                "{} is served now and hydrates in the background (job {}); `ballast inspect {}` shows how far",
+                created.info.name, h.job, created.info.name
+            );
+        }
+        return Ok(format!("{}\n", created.info.name));
     }
     let size = args.size.as_deref().map(parse_size).transpose()?;
     if let Some(origin) = &args.from_snapshot {
@@ -114,9 +137,10 @@ async fn create(client: &Client, args: CreateArgs) -> Result<String> {
         name: args.volume,
         size,
         from_snapshot: args.from_snapshot,
+        backup: None,
     };
-    let info = client.create_volume(&request).await?;
-    Ok(format!("{}\n", info.name))
+    let created = client.create_volume(&request).await?;
+    Ok(format!("{}\n", created.info.name))
 }
 
 /// `ballast export VOL[@SNAP]`: checks the export exists, then prints its
@@ -225,7 +249,8 @@ fn snapshot_table(snapshots: &[SnapshotInfo]) -> String {
     table.render()
 }
 
-fn volume_details(v: &VolumeInfo) -> String {
+fn volume_details(details: &VolumeDetails) -> String {
+    let v = &details.info;
     let mut text = format!(
         "name:       {}\nsize:       {}\nallocated:  {}\ncreated:    {}\norigin:     {}\nsnapshots:  {}\n",
         v.name,
@@ -235,6 +260,21 @@ fn volume_details(v: &VolumeInfo) -> String {
         v.origin.as_deref().unwrap_or("-"),
         v.snapshots.len(),
     );
+    if let Some(h) = &details.hydration {
+        let percent = (h.bytes_local * 100).checked_div(h.bytes).unwrap_or(100);
+        text.push_str(&format!(
+            "hydration:  {percent}%, {} of {} chunks local ({} of {}), from {} (job {})\n",
+            h.chunks_local,
+            h.chunks,
+            format_size(h.bytes_local),
+            format_size(h.bytes),
+            h.backup,
+            h.job,
+        ));
+        if let Some(e) = &h.error {
+            text.push_str(&format!("            last fetch failed: {e}\n"));
+        }
+    }
     if !v.snapshots.is_empty() {
         text.push('\n');
         text.push_str(&snapshot_table(&v.snapshots));

@@ -71,6 +71,7 @@ pub struct DockerService {
 pub fn prepare(
     plugin: Option<(UnixListener, SocketFile)>,
     pool: Pool,
+    hydrations: crate::ops::hydrate::Hydrations,
     root: &Path,
     nbd_socket: &Path,
     attach: Option<AttachPath>,
@@ -81,6 +82,7 @@ pub fn prepare(
     let dir = root.join(DOCKER_DIR);
     let provider = PoolProvider {
         pool: pool.clone(),
+        hydrations,
         nbd_socket: nbd_socket.to_path_buf(),
     };
     let host = LinuxHost::new(&dir, pool, holder(&dir)?, attach);

@@ -70,9 +70,13 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
 
     ops::restore::clean_up_interrupted(&pool).await;
     let jobs = ops::jobs::Jobs::default();
+    // Before anything serves a volume: a hydrating volume is gated again.
+    let hydrations = ops::hydrate::Hydrations::new(pool.clone(), jobs.clone());
+    hydrations.resume_all().await;
     let docker = docker::prepare(
         docker_socket,
         pool.clone(),
+        hydrations.clone(),
         &config.root,
         &nbd.driver_socket(),
         config.docker_attach,
@@ -81,6 +85,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         pool: pool.clone(),
         nbd: nbd.endpoints(),
         jobs: jobs.clone(),
+        hydrations,
         attach: docker.as_ref().map(docker::DockerService::driver),
     });
     services.spawn("control API", move |shutdown| {

@@ -7,6 +7,7 @@
 //! callers decide what each becomes on their protocol.
 
 pub mod error;
+pub mod hydrate;
 pub mod jobs;
 pub mod operation;
 pub mod restore;
