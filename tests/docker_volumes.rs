@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ok, Daemon};
+use common::{json, ok, Daemon};
 
 /// Applets the test image links to busybox.
 const APPLETS: &[&str] = &[
@@ -590,8 +590,9 @@ fn docker_uses_ballast_volumes() {
         "failed creates left nothing: {names}"
     );
 
-    // backup= restores a new volume from a backup, as `ballast create
-    // --backup` does: its filesystem and files come back.
+    // backup= restores a new volume from a backup instantly, as `ballast
+    // create --backup` does: served before its chunks are local, its
+    // filesystem and files come back; hydrate=wait restores it fully first.
     let dest = format!("file://{}", f.dir.join("backups").display());
     let url = ok(&f.socket(), &["backup", "create", "v1", "--dest", &dest]);
     let from_backup = format!("backup={}", url.trim());
@@ -599,11 +600,40 @@ fn docker_uses_ballast_volumes() {
         &f,
         &["volume", "create", "-d", &driver, "-o", &from_backup, "r1"],
     );
+    assert!(
+        f.daemon().log().contains("volume restored instantly"),
+        "{}",
+        f.context()
+    );
     assert_eq!(
         f.run("r1", "cat /data/greeting /data/third"),
         "hello\nafter-restart\n"
     );
+    docker(
+        &f,
+        &[
+            "volume",
+            "create",
+            "-d",
+            &driver,
+            "-o",
+            &from_backup,
+            "-o",
+            "hydrate=wait",
+            "r2",
+        ],
+    );
+    let r2 = json(&f.socket(), &["inspect", "r2", "--json"]);
+    assert!(
+        r2["hydration"].is_null(),
+        "hydrate=wait is local at once: {r2}"
+    );
+    assert_eq!(
+        f.run("r2", "cat /data/greeting /data/third"),
+        "hello\nafter-restart\n"
+    );
     docker(&f, &["volume", "rm", "r1"]);
+    docker(&f, &["volume", "rm", "r2"]);
 
     // Remove: the clone first (it depends on v1's snapshot), then v1.
     docker(&f, &["volume", "rm", "c1"]);
