@@ -10,7 +10,8 @@
 #   iops        4 KiB random-read IOPS (fio nbd, iodepth 32, READ_S s)
 #               while the volume hydrates
 #   hydrated_s  seconds from the create until `ballast inspect` shows no
-#               hydration left
+#               hydration left (with the READ_S seconds of reads above)
+#   idle_s      the same for a second instant restore nobody reads
 #   full_s      seconds for `ballast create w --backup URL --wait` (the full
 #               restore, as before instant restore)
 #
@@ -80,7 +81,7 @@ dest_of() {
 
 hydrated() { "$BALLAST" inspect "$1" --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin).get("hydration") is None else 1)'; }
 
-printf '%-6s %5s %9s %9s %9s %11s %8s\n' target GiB create_s first_ms iops hydrated_s full_s
+printf '%-6s %5s %9s %9s %9s %11s %8s %8s\n' target GiB create_s first_ms iops hydrated_s idle_s full_s
 for size in $SIZES; do
     "$BALLAST" create src --size "${size}G" >/dev/null
     fio --ioengine=nbd --uri="$(uri src)" --name=fill --rw=write --bs=1M --iodepth=8 \
@@ -99,11 +100,16 @@ for size in $SIZES; do
         iops=$(python3 -c "import json; print(round(json.load(open('$BENCH_DIR/rr.json'))['jobs'][0]['read']['iops']))")
         until hydrated r; do sleep 0.1; done
         hydrated_s=$(since "$t0")
+        t3=$(now)
+        "$BALLAST" create q --backup "$url" >/dev/null
+        until hydrated q; do sleep 0.1; done
+        idle_s=$(since "$t3")
         t2=$(now)
         "$BALLAST" create w --backup "$url" --wait >/dev/null
         full_s=$(since "$t2")
-        printf '%-6s %5s %9s %9s %9s %11s %8s\n' "$target" "$size" "$create_s" "$first_ms" "$iops" "$hydrated_s" "$full_s"
+        printf '%-6s %5s %9s %9s %9s %11s %8s %8s\n' "$target" "$size" "$create_s" "$first_ms" "$iops" "$hydrated_s" "$idle_s" "$full_s"
         "$BALLAST" delete r >/dev/null
+        "$BALLAST" delete q >/dev/null
         "$BALLAST" delete w >/dev/null
         "$BALLAST" backup delete "$url" >/dev/null
     done

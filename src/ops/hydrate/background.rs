@@ -17,7 +17,7 @@ use super::hydration::Hydration;
 
 /// Chunks fetched at once: memory in flight is this many chunks.
 pub const PARALLEL: usize = 8;
-/// Chunks settled together (one pool flush and one bitmap write).
+/// Chunks fetched per settle (one pool flush and one bitmap write).
 const BATCH: usize = 64;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Milliseconds to wait before the first background pass (default none):
@@ -101,16 +101,25 @@ pub async fn run(
         if pending.is_empty() {
             break;
         }
-        for batch in pending.chunks(BATCH) {
-            let results: Vec<_> = futures::stream::iter(batch.iter().copied())
-                .map(|c| {
-                    let h = &h;
-                    async move { h.make_readable(c).await }
-                })
-                .buffer_unordered(PARALLEL)
-                .collect()
-                .await;
-            failed |= results.iter().any(Result::is_err);
+        // One stream, PARALLEL fetches in flight; every BATCH chunks
+        // fetched are settled together.
+        let mut fetches = futures::stream::iter(pending)
+            .map(|c| {
+                let h = &h;
+                async move { h.make_readable(c).await }
+            })
+            .buffer_unordered(PARALLEL);
+        let mut unsettled = 0;
+        loop {
+            let next = fetches.next().await;
+            if let Some(result) = &next {
+                failed |= result.is_err();
+                unsettled += 1;
+                if unsettled < BATCH {
+                    continue;
+                }
+            }
+            unsettled = 0;
             if let Err(e) = h.settle(&[]).await {
                 warn!(volume = %h.volume, "settling hydrated chunks: {e}");
                 failed = true;
@@ -120,6 +129,9 @@ pub async fn run(
             reported = reported.max(now);
             if cancel.is_cancelled() {
                 return Ended::Cancelled;
+            }
+            if next.is_none() {
+                break;
             }
         }
         if failed {
