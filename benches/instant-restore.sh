@@ -9,8 +9,8 @@
 #   first_ms    milliseconds for the first 4 KiB read (qemu-io, mid-volume)
 #   iops        4 KiB random-read IOPS (fio nbd, iodepth 32, READ_S s)
 #               while the volume hydrates
-#   hydrated_s  seconds from the create until `ballast inspect` shows no
-#               hydration left (with the READ_S seconds of reads above)
+#   hydrated_s  seconds from the create until its hydrate job has ended
+#               (with the READ_S seconds of reads above in it)
 #   idle_s      the same for a second instant restore nobody reads
 #   full_s      seconds for `ballast create w --backup URL --wait` (the full
 #               restore, as before instant restore)
@@ -79,7 +79,15 @@ dest_of() {
     esac
 }
 
-hydrated() { "$BALLAST" inspect "$1" --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin).get("hydration") is None else 1)'; }
+# Waits until volume $1 is fully hydrated: long polls of its hydrate job on
+# the control API (no process spawned per poll to load the machine).
+wait_hydrated() {
+    local job
+    job=$("$BALLAST" inspect "$1" --json | python3 -c 'import json,sys; h=json.load(sys.stdin).get("hydration"); print(h["job"] if h else "")')
+    [ -z "$job" ] && return
+    until curl -s --unix-socket "$BALLAST_SOCKET" "http://ballast/v1/jobs/$job?wait_ms=10000" |
+        python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["state"] != "running" else 1)'; do :; done
+}
 
 printf '%-6s %5s %9s %9s %9s %11s %8s %8s\n' target GiB create_s first_ms iops hydrated_s idle_s full_s
 for size in $SIZES; do
@@ -98,11 +106,11 @@ for size in $SIZES; do
         fio --ioengine=nbd --uri="$(uri r)" --name=rr --rw=randread --bs=4k --iodepth=32 \
             --time_based --runtime="$READ_S" --output-format=json --output="$BENCH_DIR/rr.json" >/dev/null
         iops=$(python3 -c "import json; print(round(json.load(open('$BENCH_DIR/rr.json'))['jobs'][0]['read']['iops']))")
-        until hydrated r; do sleep 0.1; done
+        wait_hydrated r
         hydrated_s=$(since "$t0")
         t3=$(now)
         "$BALLAST" create q --backup "$url" >/dev/null
-        until hydrated q; do sleep 0.1; done
+        wait_hydrated q
         idle_s=$(since "$t3")
         t2=$(now)
         "$BALLAST" create w --backup "$url" --wait >/dev/null
