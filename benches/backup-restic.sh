@@ -5,6 +5,10 @@
 # both to a file target on the same disk. restic backs up the same bytes as
 # an image file. Needs restic (scripts/install-test-deps.sh installs it).
 #
+# ballast runs twice on every step: to a plain store and to an encrypted
+# one (`--key`, XChaCha20-Poly1305 and keyed chunk ids). restic always
+# encrypts, so the encrypted rows are the like-for-like comparison.
+#
 # ballast runs as a user runs it: the daemon owns the pool, the timed
 # commands are `ballast backup create` and `ballast create --backup`. Every
 # timed command ends with `sync`, so each side is timed until its data is on
@@ -39,12 +43,14 @@ json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[
 
 POOL=$WORK/pool IMAGE=$WORK/image.raw
 DEST="file://$WORK/ballast-store"
+SEALED="file://$WORK/ballast-sealed"
+KEYS=$WORK/keys
 export BALLAST_SOCKET=$POOL/control.sock
 export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$WORK/restic-repo
 
 DAEMON_PID=
 start_daemon() {
-    "$BALLAST" daemon --root "$POOL" --nbd-listen off >>"$WORK/daemon.log" 2>&1 &
+    "$BALLAST" daemon --root "$POOL" --nbd-listen off --backup-key-dir "$KEYS" >>"$WORK/daemon.log" 2>&1 &
     DAEMON_PID=$!
     for _ in $(seq 1 300); do
         "$BALLAST" pool >/dev/null 2>&1 && return 0
@@ -77,52 +83,70 @@ timed() {
 # opens the pool itself.
 "$BENCH" prepare "$POOL" "$IMAGE" "$SIZE_MIB" 2>/dev/null
 restic init -q
+mkdir -m 700 "$KEYS"
+"$BALLAST" backup key create --file "$KEYS/bench" >/dev/null
 
 start_daemon
 timed b_full "$BALLAST" backup create bench --dest "$DEST"
+timed e_full "$BALLAST" backup create bench --dest "$SEALED" --key bench
 stop_daemon
 timed r_full restic backup -q "$IMAGE"
 b_full_mib=$(dir_mib "$WORK/ballast-store")
+e_full_mib=$(dir_mib "$WORK/ballast-sealed")
 r_full_mib=$(dir_mib "$RESTIC_REPOSITORY")
 
-b_incrs=() r_incrs=()
+b_incrs=() e_incrs=() r_incrs=()
 for _ in $(seq 1 "$ROUNDS"); do
     "$BENCH" change "$POOL" "$IMAGE" 2>/dev/null
     start_daemon
     timed t "$BALLAST" backup create bench --dest "$DEST"
     b_incrs+=("$t")
+    timed t "$BALLAST" backup create bench --dest "$SEALED" --key bench
+    e_incrs+=("$t")
     stop_daemon
     timed t restic backup -q "$IMAGE"
     r_incrs+=("$t")
 done
 b_total_mib=$(dir_mib "$WORK/ballast-store")
+e_total_mib=$(dir_mib "$WORK/ballast-sealed")
 r_total_mib=$(dir_mib "$RESTIC_REPOSITORY")
 
+newest='import json,sys; print(max(json.load(sys.stdin), key=lambda b: b["id"])["url"])'
 start_daemon
-url=$("$BALLAST" backup list --dest "$DEST" --json | python3 -c 'import json,sys; print(max(json.load(sys.stdin), key=lambda b: b["id"])["url"])')
+url=$("$BALLAST" backup list --dest "$DEST" --json | python3 -c "$newest")
+sealed_url=$("$BALLAST" backup list --dest "$SEALED" --key bench --json | python3 -c "$newest")
 b_incr_new=$(( $("$BALLAST" backup inspect "$url" --json | json_field new_bytes) >> 20 ))
-b_restores=() r_restores=()
+b_restores=() e_restores=() r_restores=()
 for i in 1 2; do
     timed t "$BALLAST" create "restored$i" --backup "$url"
     b_restores+=("$t")
+    timed t "$BALLAST" create "sealed$i" --backup "$sealed_url" --key bench
+    e_restores+=("$t")
     timed t restic restore -q latest --target "$WORK/restic-restore$i"
     r_restores+=("$t")
 done
 stop_daemon
 "$BENCH" export "$POOL" restored1 "$WORK/restored.raw" 2>/dev/null
 cmp "$IMAGE" "$WORK/restored.raw" || { echo "ballast restore differs from the image" >&2; exit 1; }
+"$BENCH" export "$POOL" sealed1 "$WORK/restored.raw" 2>/dev/null
+cmp "$IMAGE" "$WORK/restored.raw" || { echo "ballast encrypted restore differs from the image" >&2; exit 1; }
 cmp "$IMAGE" "$WORK/restic-restore1/$IMAGE" || { echo "restic restore differs from the image" >&2; exit 1; }
 
 b_incr=$(median "${b_incrs[@]}") r_incr=$(median "${r_incrs[@]}")
 b_restore=$(median "${b_restores[@]}") r_restore=$(median "${r_restores[@]}")
+e_incr=$(median "${e_incrs[@]}") e_restore=$(median "${e_restores[@]}")
 ratio() { echo "$1 / $2" | bc -l | xargs printf '%.1fx'; }
 
 printf '\n%-30s %10s %10s %12s\n' "$SIZE_MIB MiB volume" ballast restic "restic/ballast"
 printf '%-30s %9ss %9ss %12s\n' "full backup" "$b_full" "$r_full" "$(ratio "$r_full" "$b_full")"
 printf '%-30s %9ss %9ss %12s\n' "incremental (median of $ROUNDS)" "$b_incr" "$r_incr" "$(ratio "$r_incr" "$b_incr")"
 printf '%-30s %9ss %9ss %12s\n' "restore (median of 2)" "$b_restore" "$r_restore" "$(ratio "$r_restore" "$b_restore")"
+printf '%-30s %9ss %9ss %12s\n' "encrypted: full backup" "$e_full" "$r_full" "$(ratio "$r_full" "$e_full")"
+printf '%-30s %9ss %9ss %12s\n' "encrypted: incremental" "$e_incr" "$r_incr" "$(ratio "$r_incr" "$e_incr")"
+printf '%-30s %9ss %9ss %12s\n' "encrypted: restore" "$e_restore" "$r_restore" "$(ratio "$r_restore" "$e_restore")"
 printf '%-30s %8sMiB %8sMiB\n' "store after full" "$b_full_mib" "$r_full_mib"
 printf '%-30s %8sMiB %8sMiB\n' "store after incrementals" "$b_total_mib" "$r_total_mib"
+printf '%-30s %8sMiB %8sMiB\n' "encrypted store: full, incr." "$e_full_mib" "$e_total_mib"
 printf '%-30s %8sMiB\n' "ballast new bytes (last incr.)" "$b_incr_new"
-echo "incremental runs: ballast ${b_incrs[*]}; restic ${r_incrs[*]}"
-echo "restore runs: ballast ${b_restores[*]}; restic ${r_restores[*]}"
+echo "incremental runs: ballast ${b_incrs[*]}; encrypted ${e_incrs[*]}; restic ${r_incrs[*]}"
+echo "restore runs: ballast ${b_restores[*]}; encrypted ${e_restores[*]}; restic ${r_restores[*]}"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything the test suite drives: NBD clients and peers, fio,
-# Docker, busybox for the test image, restic, and a moto S3 server in a venv;
+# Docker, busybox for the test image, restic, promtool (Debian's prometheus,
+# to check /metrics), and a moto S3 server in a venv;
 # and what the build links against (OpenSSL, for NBD over TLS).
 # Idempotent; safe to re-run.
 set -euo pipefail
 
-APT_PACKAGES=(qemu-utils libnbd-bin nbdkit fio busybox-static docker.io restic e2fsprogs xfsprogs python3-venv libssl-dev pkg-config)
+APT_PACKAGES=(qemu-utils libnbd-bin nbdkit fio busybox-static docker.io restic e2fsprogs xfsprogs python3-venv libssl-dev pkg-config prometheus)
 VENV=${BALLAST_TEST_VENV:-/opt/ballast-test/venv}
 
 need_apt=()

@@ -16,7 +16,8 @@ use tokio::net::UnixStream;
 
 use crate::api::types::{
     Attached, CreateSnapshot, CreateVolume, ErrorBody, GrowVolume, JobRequest, JobStarted,
-    JobStatus, NbdEndpoints, PoolStats, SnapshotInfo, VolumeDetails, VolumeInfo,
+    JobStatus, NbdEndpoints, PoolStats, ScheduleStatus, SetSchedule, SnapshotInfo, VolumeDetails,
+    VolumeInfo,
 };
 use crate::api::PREFIX;
 
@@ -145,21 +146,46 @@ impl Client {
     }
 
     /// The backups in `dest` (of `volume` only, if given), as the backup
-    /// store reports them.
-    pub async fn backups(&self, dest: &str, volume: Option<&str>) -> Result<serde_json::Value> {
+    /// store reports them; `key` names the backup key of an encrypted store.
+    pub async fn backups(
+        &self,
+        dest: &str,
+        volume: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<serde_json::Value> {
         let mut query = vec![("dest", dest)];
         query.extend(volume.map(|v| ("volume", v)));
+        query.extend(key.map(|k| ("key", k)));
         self.call(Method::GET, &with_query("/backups", &query), None::<&()>)
             .await
     }
 
-    pub async fn inspect_backup(&self, backup: &str) -> Result<serde_json::Value> {
-        let path = with_query("/backups/inspect", &[("backup", backup)]);
+    pub async fn inspect_backup(
+        &self,
+        backup: &str,
+        key: Option<&str>,
+    ) -> Result<serde_json::Value> {
+        let mut query = vec![("backup", backup)];
+        query.extend(key.map(|k| ("key", k)));
+        let path = with_query("/backups/inspect", &query);
         self.call(Method::GET, &path, None::<&()>).await
     }
 
     pub async fn delete_backup(&self, backup: &str) -> Result<()> {
         let path = with_query("/backups", &[("backup", backup)]);
+        self.call_empty(Method::DELETE, &path).await
+    }
+
+    pub async fn schedules(&self) -> Result<Vec<ScheduleStatus>> {
+        self.call(Method::GET, "/schedules", None::<&()>).await
+    }
+
+    pub async fn set_schedule(&self, req: &SetSchedule) -> Result<ScheduleStatus> {
+        self.call(Method::PUT, "/schedules", Some(req)).await
+    }
+
+    pub async fn remove_schedule(&self, volume: &str, dest: &str) -> Result<()> {
+        let path = with_query("/schedules", &[("volume", volume), ("dest", dest)]);
         self.call_empty(Method::DELETE, &path).await
     }
 

@@ -13,6 +13,7 @@ use ballast_engine::{Error, Pool, VolumeInfo};
 
 use crate::ops::error::OpError;
 use crate::ops::hydrate::Hydrations;
+use crate::ops::keys::BackupKeys;
 use crate::ops::restore::restore_backup;
 
 /// The Docker driver as the daemon runs it.
@@ -24,6 +25,8 @@ pub struct PoolProvider {
     /// Instant restores (`backup=`), and deletes that stop them.
     pub hydrations: Hydrations,
     pub nbd_socket: PathBuf,
+    /// The keys `backup_key=` names.
+    pub keys: BackupKeys,
 }
 
 impl VolumeProvider for PoolProvider {
@@ -48,14 +51,24 @@ impl VolumeProvider for PoolProvider {
             .map_err(ProviderError::Pool)
     }
 
-    async fn restore_backup(&self, name: &str, url: &str, wait: bool) -> Result<(), ProviderError> {
+    /// `docker volume create -o backup=URL [-o backup_key=NAME]
+    /// [-o hydrate=wait]`: the same as `ballast create NAME --backup URL
+    /// [--key NAME] [--wait]`.
+    async fn restore_backup(
+        &self,
+        name: &str,
+        url: &str,
+        key: Option<&str>,
+        wait: bool,
+    ) -> Result<(), ProviderError> {
         let restore = async {
             let backup = url.parse().map_err(OpError::Store)?;
             if wait {
-                restore_backup(&self.pool, &backup, name, &NoProgress).await
+                let key = self.keys.load(key)?;
+                restore_backup(&self.pool, &backup, name, key, &NoProgress).await
             } else {
                 self.hydrations
-                    .start(&backup, name)
+                    .start(&backup, name, key)
                     .await
                     .map(|(info, _)| info)
             }

@@ -67,6 +67,10 @@ fn run(cli: Cli) -> Result<()> {
                 docker_plugin: (!args.no_docker_plugin && unsafe { libc::geteuid() } == 0)
                     .then(|| DEFAULT_DOCKER_PLUGIN.to_string()),
                 docker_attach: None,
+                backup_concurrency: 2,
+                metrics_listen: None,
+                metrics_allow_remote: false,
+                backup_key_dir: None,
             };
             run_daemon(daemon_config(defaults, cli.socket)?, None)
         }
@@ -148,9 +152,31 @@ fn daemon_config(args: DaemonArgs, client_socket: Option<PathBuf>) -> Result<Dae
         .map(str::parse)
         .transpose()
         .map_err(|e: String| anyhow!("--docker-attach: {e}"))?;
+    let metrics_listen = args
+        .metrics_listen
+        .as_deref()
+        .map(|a| {
+            a.parse::<std::net::SocketAddr>().map_err(|e| {
+                anyhow!("--metrics-listen {a:?}: {e} (expected ADDR:PORT, e.g. 127.0.0.1:9469)")
+            })
+        })
+        .transpose()?;
+    if let Some(addr) = metrics_listen {
+        if !addr.ip().is_loopback() && !args.metrics_allow_remote {
+            bail!("--metrics-listen {addr} is not a loopback address: the metrics name every volume and destination; add --metrics-allow-remote to serve them there");
+        }
+    }
+    if let Some(dir) = &args.backup_key_dir {
+        if !dir.is_dir() {
+            bail!("--backup-key-dir: {} is not a directory", dir.display());
+        }
+    }
     Ok(DaemonConfig {
+        metrics_listen,
+        backup_key_dir: args.backup_key_dir,
         docker_plugin: args.docker_plugin,
         docker_attach,
+        backup_concurrency: args.backup_concurrency.into(),
         nbd,
         control_socket: args
             .control_socket

@@ -259,7 +259,14 @@ impl Fixture {
         self.daemon = Some(Daemon::start_with(
             &self.dir.join("root"),
             &self.socket(),
-            &["--nbd-listen", "off", "--docker-plugin", &self.plugin],
+            &[
+                "--nbd-listen",
+                "off",
+                "--docker-plugin",
+                &self.plugin,
+                "--backup-key-dir",
+                &self.dir.join("keys").display().to_string(),
+            ],
         ));
     }
 
@@ -556,7 +563,9 @@ fn docker_uses_ballast_volumes() {
         "bad2",
     ]);
     assert!(
-        stderr.contains("unknown option(s) colour; known options: size, fstype, snapshot, backup"),
+        stderr.contains(
+            "unknown option(s) colour; known options: size, fstype, snapshot, backup, backup_key, hydrate"
+        ),
         "{stderr}"
     );
     let long = "n".repeat(65);
@@ -632,8 +641,49 @@ fn docker_uses_ballast_volumes() {
         f.run("r2", "cat /data/greeting /data/third"),
         "hello\nafter-restart\n"
     );
+    // backup_key= names the key of an encrypted destination; the instant
+    // restore reads through it.
+    let keys = f.dir.join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    let key_file = keys.join("prod").display().to_string();
+    ok(&f.socket(), &["backup", "key", "create", "--file", &key_file]);
+    let sealed = format!("file://{}", f.dir.join("sealed").display());
+    let url = ok(
+        &f.socket(),
+        &["backup", "create", "v1", "--dest", &sealed, "--key", "prod"],
+    );
+    let from_sealed = format!("backup={}", url.trim());
+    let stderr = f.docker().fails(&[
+        "volume",
+        "create",
+        "-d",
+        &driver,
+        "-o",
+        &from_sealed,
+        "r3",
+    ]);
+    assert!(stderr.contains("is encrypted"), "{stderr}");
+    docker(
+        &f,
+        &[
+            "volume",
+            "create",
+            "-d",
+            &driver,
+            "-o",
+            &from_sealed,
+            "-o",
+            "backup_key=prod",
+            "r3",
+        ],
+    );
+    assert_eq!(
+        f.run("r3", "cat /data/greeting /data/third"),
+        "hello\nafter-restart\n"
+    );
     docker(&f, &["volume", "rm", "r1"]);
     docker(&f, &["volume", "rm", "r2"]);
+    docker(&f, &["volume", "rm", "r3"]);
 
     // Remove: the clone first (it depends on v1's snapshot), then v1.
     docker(&f, &["volume", "rm", "c1"]);

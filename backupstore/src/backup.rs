@@ -18,10 +18,11 @@ use ballast_engine::{BlockState, Pool, SnapshotInfo, Volume};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
-use crate::frame::{self, Kind};
+use crate::frame::Kind;
 use crate::lock::{Lock, LockKind, DEFAULT_STALE};
 use crate::manifest::{chunk_key, digest_hex, manifest_key, Digest, Manifest};
 use crate::progress::Progress;
+use crate::sealing::Sealing;
 use crate::store::{BackupInfo, BackupStore};
 
 /// What became of one chunk.
@@ -48,9 +49,18 @@ fn new_backup_id() -> String {
     format!("{stamp}-{:08x}", rand::random::<u32>())
 }
 
+/// What a backup reads: a snapshot that exists, or one it takes first
+/// (under a chosen name, or a generated one).
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Existing(&'a str),
+    New(Option<&'a str>),
+}
+
 /// The state of one backup run shared by its chunk tasks.
 struct Run<'a> {
     store: &'a BackupStore,
+    sealing: Sealing,
     vol: Volume,
     size: u64,
     chunk_size: u64,
@@ -79,8 +89,9 @@ impl Run<'_> {
         }
         let mut buf = vec![0u8; len];
         self.vol.read(offset, &mut buf).await?;
+        let sealing = self.sealing.clone();
         let (buf, digest) = blocking(move || {
-            let d = (!is_zero(&buf)).then(|| *blake3::hash(&buf).as_bytes());
+            let d = (!is_zero(&buf)).then(|| sealing.chunk_id(&buf));
             (buf, d)
         })
         .await?;
@@ -98,7 +109,9 @@ impl Run<'_> {
             return Ok(Outcome::Reused(digest));
         }
         let level = self.store.opts.compression_level;
-        let framed = blocking(move || frame::encode(Kind::Chunk, &buf, level)).await?;
+        let (sealing, object_key) = (self.sealing.clone(), key.clone());
+        let framed =
+            blocking(move || sealing.encode(Kind::Chunk, &object_key, &buf, level)).await?;
         let stored = framed.len() as u64;
         self.store.objects.put(&key, framed).await?;
         Ok(Outcome::New { digest, stored })
@@ -140,6 +153,44 @@ impl BackupStore {
         snapshot: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<BackupInfo> {
+        match snapshot {
+            Some(s) => {
+                self.backup_from(pool, volume, Source::Existing(s), progress)
+                    .await
+            }
+            None => {
+                self.backup_from(pool, volume, Source::New(None), progress)
+                    .await
+            }
+        }
+    }
+
+    /// Backs up a new snapshot of `volume` taken now under the name
+    /// `snapshot` (which the caller may have recorded first, to find it
+    /// again whatever happens); removed again if the backup fails.
+    pub async fn backup_new_snapshot(
+        &self,
+        pool: &Pool,
+        volume: &str,
+        snapshot: &str,
+        progress: &dyn Progress,
+    ) -> Result<BackupInfo> {
+        ballast_engine::validate_name(snapshot)?;
+        self.backup_from(pool, volume, Source::New(Some(snapshot)), progress)
+            .await
+    }
+
+    async fn backup_from(
+        &self,
+        pool: &Pool,
+        volume: &str,
+        source: Source<'_>,
+        progress: &dyn Progress,
+    ) -> Result<BackupInfo> {
+        let (snapshot, new_name) = match source {
+            Source::Existing(s) => (Some(s), None),
+            Source::New(name) => (None, name),
+        };
         ballast_engine::validate_name(volume)?;
         let volume_info = pool.volume(volume)?;
         if let Some(s) = snapshot {
@@ -152,7 +203,8 @@ impl BackupStore {
                 .into());
             }
         }
-        let config = self.init().await?;
+        // Refuses a wrong or missing key before anything is written.
+        let (config, sealing) = self.init().await?;
         let lock = Lock::acquire(
             self.objects.clone(),
             LockKind::Backup,
@@ -162,7 +214,7 @@ impl BackupStore {
         .await?;
         let (snap, created_snapshot) = match snapshot {
             Some(s) => (s.to_string(), false),
-            None => match pool.create_snapshot(volume, None).await {
+            None => match pool.create_snapshot(volume, new_name).await {
                 Ok(info) => (info.name, true),
                 Err(e) => {
                     lock.release().await?;
@@ -171,7 +223,7 @@ impl BackupStore {
             },
         };
         let result = self
-            .backup_snapshot(pool, volume, &snap, config.chunk_size, progress)
+            .backup_snapshot(pool, volume, &snap, config.chunk_size, sealing, progress)
             .await;
         if let Err(e) = lock.release().await {
             tracing::warn!("releasing backup lock: {e}");
@@ -190,6 +242,7 @@ impl BackupStore {
         volume: &str,
         snap: &str,
         chunk_size: u32,
+        sealing: Sealing,
         progress: &dyn Progress,
     ) -> Result<BackupInfo> {
         let volume_info = pool.volume(volume)?;
@@ -260,6 +313,7 @@ impl BackupStore {
         );
         let run = Run {
             store: self,
+            sealing: sealing.clone(),
             vol,
             size,
             chunk_size: cs,
@@ -315,7 +369,7 @@ impl BackupStore {
         m.reused_bytes = data_bytes - m.new_bytes;
         // The manifest goes last: only now does the backup exist.
         self.objects
-            .put(&manifest_key(volume, &id), m.encode())
+            .put(&manifest_key(volume, &id), m.encode(&sealing))
             .await?;
         tracing::info!(
             "backup {id} of {volume}@{snap}: {} new bytes in {} chunks, {} reused",

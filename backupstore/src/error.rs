@@ -33,6 +33,29 @@ pub enum Error {
         store: u32,
         requested: u32,
     },
+    #[error("the store at {dest} is encrypted (key {fingerprint}): give its key with --key")]
+    KeyRequired { dest: String, fingerprint: String },
+    #[error("wrong key for the store at {dest}: it is encrypted with key {store}, not {key}")]
+    WrongKey {
+        dest: String,
+        store: String,
+        key: String,
+    },
+    #[error("the store at {dest} is not encrypted: back up to it without --key, or use a new destination for encrypted backups")]
+    NotEncrypted { dest: String },
+    #[error("key file {}: {reason}", path.display())]
+    KeyFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("key file {}: {source}", path.display())]
+    KeyFileIo {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
     #[error("invalid chunk size {0}: must be a power of two from 64 KiB to 16 MiB")]
     InvalidChunkSize(u64),
     #[error("{0}")]

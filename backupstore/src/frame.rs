@@ -3,10 +3,10 @@
 //! ```text
 //! offset size  field
 //!      0    4  magic "BLST"
-//!      4    1  format version (1)
+//!      4    1  format version (1 = plain, 2 = sealed)
 //!      5    1  kind (1 = chunk, 2 = manifest)
 //!      6    1  codec (0 = none, 1 = zstd)
-//!      7    1  reserved (0)
+//!      7    1  cipher (0 in version 1; 1 = XChaCha20-Poly1305 in version 2)
 //!      8    8  raw length (bytes after decoding), little endian
 //!     16    8  payload length (bytes stored after the header)
 //!     24    4  crc32 of the payload
@@ -14,16 +14,47 @@
 //!     32    …  payload
 //! ```
 //!
+//! A sealed frame's payload is a 24-byte random nonce, the (compressed)
+//! data encrypted, and the 16-byte Poly1305 tag. The associated data is the
+//! object's key in the store followed by header bytes 0..16, so neither the
+//! header's description of the data nor the object's place can be changed
+//! unnoticed, and an object moved to another key does not open.
+//!
 //! A frame is decoded only if every field checks out, so a damaged or foreign
-//! object is always an error, never data.
+//! object is always an error, never data. A plain frame where a sealed one
+//! is expected (or the reverse) is refused too: nothing unauthenticated is
+//! read from an encrypted store.
 
 use std::cell::RefCell;
 
 use bytes::Bytes;
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 
 pub(crate) const MAGIC: [u8; 4] = *b"BLST";
-pub(crate) const VERSION: u8 = 1;
+const PLAIN_VERSION: u8 = 1;
+const SEALED_VERSION: u8 = 2;
+const XCHACHA20POLY1305: u8 = 1;
 pub(crate) const HEADER_LEN: usize = 32;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+
+/// The cipher of a sealed frame and the store key of the object it is
+/// sealed for (bound to it as associated data).
+#[derive(Clone, Copy)]
+pub(crate) struct Seal<'a> {
+    pub cipher: &'a XChaCha20Poly1305,
+    pub object_key: &'a str,
+}
+
+impl Seal<'_> {
+    fn associated_data(&self, header: &[u8]) -> Vec<u8> {
+        let mut ad = Vec::with_capacity(self.object_key.len() + 16);
+        ad.extend_from_slice(self.object_key.as_bytes());
+        ad.extend_from_slice(&header[..16]);
+        ad
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -62,6 +93,14 @@ pub(crate) enum FrameError {
     RawLength { header: u64, actual: u64 },
     #[error("decoded length {0} in header exceeds the limit for this kind of object")]
     TooLarge(u64),
+    #[error("not encrypted, but the store is: refused unread")]
+    NotSealed,
+    #[error("encrypted, but the store is not")]
+    Sealed,
+    #[error("unknown cipher {0}")]
+    Cipher(u8),
+    #[error("authentication failed: the object was altered, or sealed under another key")]
+    Authentication,
 }
 
 thread_local! {
@@ -119,32 +158,48 @@ fn looks_incompressible(raw: &[u8], level: i32) -> bool {
 }
 
 /// Frames `raw`, zstd-compressed at `level` unless that does not make it
-/// smaller (random data is stored as is).
-pub(crate) fn encode(kind: Kind, raw: &[u8], level: i32) -> Bytes {
-    // The payload is compressed straight into place after the header; room
-    // for just under `raw.len()` bytes means "only if it gets smaller".
-    let mut out = vec![0u8; HEADER_LEN + raw.len()];
+/// smaller (random data is stored as is), and sealed if `seal` is given.
+pub(crate) fn encode(kind: Kind, raw: &[u8], level: i32, seal: Option<Seal<'_>>) -> Bytes {
+    // The payload is compressed straight into place after the header (and
+    // nonce); room for just under `raw.len()` bytes means "only if it gets
+    // smaller".
+    let body = HEADER_LEN + if seal.is_some() { NONCE_LEN } else { 0 };
+    let mut out = vec![0u8; body + raw.len()];
     let room = raw.len().saturating_sub(1);
     let compressed = if raw.len() > SAMPLES * SAMPLE_LEN && looks_incompressible(raw, level) {
         None
     } else {
-        compress_into(raw, level, &mut out[HEADER_LEN..HEADER_LEN + room])
+        compress_into(raw, level, &mut out[body..body + room])
     };
     let codec = match compressed {
         Some(n) => {
-            out.truncate(HEADER_LEN + n);
+            out.truncate(body + n);
             Codec::Zstd
         }
         None => {
-            out[HEADER_LEN..].copy_from_slice(raw);
+            out[body..].copy_from_slice(raw);
             Codec::None
         }
     };
+    let (version, cipher) = match seal {
+        Some(_) => (SEALED_VERSION, XCHACHA20POLY1305),
+        None => (PLAIN_VERSION, 0),
+    };
+    out[..4].copy_from_slice(&MAGIC);
+    out[4..8].copy_from_slice(&[version, kind as u8, codec as u8, cipher]);
+    out[8..16].copy_from_slice(&(raw.len() as u64).to_le_bytes());
+    if let Some(seal) = seal {
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let ad = seal.associated_data(&out);
+        out[HEADER_LEN..body].copy_from_slice(&nonce);
+        let tag = seal
+            .cipher
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut out[body..])
+            .expect("XChaCha20-Poly1305 seals any object below 256 GiB");
+        out.extend_from_slice(&tag);
+    }
     let payload_len = out.len() - HEADER_LEN;
     let payload_crc = crc32fast::hash(&out[HEADER_LEN..]);
-    out[..4].copy_from_slice(&MAGIC);
-    out[4..8].copy_from_slice(&[VERSION, kind as u8, codec as u8, 0]);
-    out[8..16].copy_from_slice(&(raw.len() as u64).to_le_bytes());
     out[16..24].copy_from_slice(&(payload_len as u64).to_le_bytes());
     out[24..28].copy_from_slice(&payload_crc.to_le_bytes());
     let header_crc = crc32fast::hash(&out[..28]);
@@ -166,8 +221,14 @@ fn le_u32(b: &[u8]) -> u32 {
 
 /// Checks and decodes a frame of the expected kind whose decoded length is
 /// at most `max_len` (the caller's bound, which guards allocations against
-/// a forged header).
-pub(crate) fn decode(expected: Kind, data: &[u8], max_len: u64) -> Result<Vec<u8>, FrameError> {
+/// a forged header); a sealed one is authenticated and opened with `seal`,
+/// which must be given exactly when the store is encrypted.
+pub(crate) fn decode(
+    expected: Kind,
+    data: &[u8],
+    max_len: u64,
+    seal: Option<Seal<'_>>,
+) -> Result<Vec<u8>, FrameError> {
     if data.len() < HEADER_LEN {
         return Err(FrameError::Short(data.len()));
     }
@@ -177,8 +238,11 @@ pub(crate) fn decode(expected: Kind, data: &[u8], max_len: u64) -> Result<Vec<u8
     if le_u32(&data[28..32]) != crc32fast::hash(&data[..28]) {
         return Err(FrameError::HeaderCrc);
     }
-    if data[4] != VERSION {
-        return Err(FrameError::Version(data[4]));
+    match (data[4], seal.is_some()) {
+        (PLAIN_VERSION, false) | (SEALED_VERSION, true) => {}
+        (PLAIN_VERSION, true) => return Err(FrameError::NotSealed),
+        (SEALED_VERSION, false) => return Err(FrameError::Sealed),
+        (other, _) => return Err(FrameError::Version(other)),
     }
     if data[5] != expected as u8 {
         return Err(FrameError::Kind {
@@ -201,10 +265,36 @@ pub(crate) fn decode(expected: Kind, data: &[u8], max_len: u64) -> Result<Vec<u8
     if raw_len > max_len {
         return Err(FrameError::TooLarge(raw_len));
     }
+    let opened;
+    let body = match seal {
+        None => payload,
+        Some(seal) => {
+            if data[7] != XCHACHA20POLY1305 {
+                return Err(FrameError::Cipher(data[7]));
+            }
+            if payload.len() < NONCE_LEN + TAG_LEN {
+                return Err(FrameError::Authentication);
+            }
+            let (nonce, rest) = payload.split_at(NONCE_LEN);
+            let (sealed, tag) = rest.split_at(rest.len() - TAG_LEN);
+            let mut buf = sealed.to_vec();
+            seal.cipher
+                .decrypt_in_place_detached(
+                    XNonce::from_slice(nonce),
+                    &seal.associated_data(data),
+                    &mut buf,
+                    Tag::from_slice(tag),
+                )
+                .map_err(|_| FrameError::Authentication)?;
+            opened = buf;
+            &opened[..]
+        }
+    };
     let raw = match data[6] {
-        0 => payload.to_vec(),
-        1 => decompress(payload, raw_len as usize)
-            .map_err(|e| FrameError::Decompress(e.to_string()))?,
+        0 => body.to_vec(),
+        1 => {
+            decompress(body, raw_len as usize).map_err(|e| FrameError::Decompress(e.to_string()))?
+        }
         other => return Err(FrameError::Codec(other)),
     };
     if raw.len() as u64 != raw_len {
@@ -226,15 +316,18 @@ mod tests {
     #[test]
     fn round_trip_compressible_and_random() {
         let zeros_and_text: Vec<u8> = b"ballast ".iter().copied().cycle().take(100_000).collect();
-        let f = encode(Kind::Chunk, &zeros_and_text, 3);
+        let f = encode(Kind::Chunk, &zeros_and_text, 3, None);
         assert!(f.len() < 10_000, "compressible data shrinks");
-        assert_eq!(decode(Kind::Chunk, &f, LIMIT).unwrap(), zeros_and_text);
+        assert_eq!(
+            decode(Kind::Chunk, &f, LIMIT, None).unwrap(),
+            zeros_and_text
+        );
 
         let random: Vec<u8> = (0..65536u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
-        let f = encode(Kind::Manifest, &random, 3);
-        assert_eq!(decode(Kind::Manifest, &f, LIMIT).unwrap(), random);
+        let f = encode(Kind::Manifest, &random, 3, None);
+        assert_eq!(decode(Kind::Manifest, &f, LIMIT, None).unwrap(), random);
     }
 
     #[test]
@@ -242,38 +335,38 @@ mod tests {
         use rand::RngCore;
         let mut random = vec![0u8; 1 << 20];
         rand::thread_rng().fill_bytes(&mut random);
-        let f = encode(Kind::Chunk, &random, 3);
+        let f = encode(Kind::Chunk, &random, 3, None);
         assert_eq!(f[6], Codec::None as u8);
         assert_eq!(f.len(), HEADER_LEN + random.len());
-        assert_eq!(decode(Kind::Chunk, &f, LIMIT).unwrap(), random);
+        assert_eq!(decode(Kind::Chunk, &f, LIMIT, None).unwrap(), random);
 
         // Random at both ends (where two of the samples fall), zeros between.
         let mut mixed = random.clone();
         let end = mixed.len() - SAMPLE_LEN;
         mixed[SAMPLE_LEN..end].fill(0);
-        let f = encode(Kind::Chunk, &mixed, 3);
+        let f = encode(Kind::Chunk, &mixed, 3, None);
         assert_eq!(f[6], Codec::Zstd as u8);
         assert!(f.len() < 3 * SAMPLE_LEN, "{} bytes", f.len());
-        assert_eq!(decode(Kind::Chunk, &f, LIMIT).unwrap(), mixed);
+        assert_eq!(decode(Kind::Chunk, &f, LIMIT, None).unwrap(), mixed);
     }
 
     #[test]
     fn every_damage_is_detected() {
         let raw: Vec<u8> = b"0123456789".iter().copied().cycle().take(5000).collect();
-        let f = encode(Kind::Chunk, &raw, 3).to_vec();
+        let f = encode(Kind::Chunk, &raw, 3, None).to_vec();
         assert_eq!(
-            decode(Kind::Manifest, &f, LIMIT),
+            decode(Kind::Manifest, &f, LIMIT, None),
             Err(FrameError::Kind {
                 expected: Kind::Manifest,
                 found: 1
             })
         );
         assert_eq!(
-            decode(Kind::Chunk, &f[..10], LIMIT),
+            decode(Kind::Chunk, &f[..10], LIMIT, None),
             Err(FrameError::Short(10))
         );
         assert_eq!(
-            decode(Kind::Chunk, &f[..f.len() - 1], LIMIT).unwrap_err(),
+            decode(Kind::Chunk, &f[..f.len() - 1], LIMIT, None).unwrap_err(),
             FrameError::Length {
                 header: (f.len() - HEADER_LEN) as u64,
                 actual: (f.len() - HEADER_LEN - 1) as u64
@@ -283,7 +376,7 @@ mod tests {
             let mut d = f.clone();
             d[i] ^= 0x40;
             assert!(
-                decode(Kind::Chunk, &d, LIMIT).is_err(),
+                decode(Kind::Chunk, &d, LIMIT, None).is_err(),
                 "flip at byte {i} went unnoticed"
             );
         }
@@ -291,15 +384,86 @@ mod tests {
             decode(
                 Kind::Chunk,
                 b"{\"not\": \"ours\", \"padding\": 1234567890}",
-                LIMIT
+                LIMIT,
+                None
             ),
             Err(FrameError::Magic)
         );
         // A header announcing more than the caller allows is refused before
         // anything is allocated for it.
         assert_eq!(
-            decode(Kind::Chunk, &f, raw.len() as u64 - 1),
+            decode(Kind::Chunk, &f, raw.len() as u64 - 1, None),
             Err(FrameError::TooLarge(raw.len() as u64))
+        );
+    }
+
+    fn cipher(byte: u8) -> XChaCha20Poly1305 {
+        use chacha20poly1305::KeyInit;
+        XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(&[byte; 32]))
+    }
+
+    #[test]
+    fn sealed_frames_open_only_with_their_key_and_place() {
+        let text: Vec<u8> = b"secret text "
+            .iter()
+            .copied()
+            .cycle()
+            .take(50_000)
+            .collect();
+        let (c, other) = (cipher(1), cipher(2));
+        let seal = |cipher, object_key| Some(Seal { cipher, object_key });
+        let f = encode(Kind::Chunk, &text, 3, seal(&c, "chunks/a")).to_vec();
+        assert_eq!((f[4], f[6], f[7]), (SEALED_VERSION, Codec::Zstd as u8, 1));
+        assert!(!f.windows(12).any(|w| w == b"secret text "));
+        assert_eq!(
+            decode(Kind::Chunk, &f, LIMIT, seal(&c, "chunks/a")).unwrap(),
+            text
+        );
+        assert_eq!(
+            decode(Kind::Chunk, &f, LIMIT, seal(&other, "chunks/a")),
+            Err(FrameError::Authentication)
+        );
+        assert_eq!(
+            decode(Kind::Chunk, &f, LIMIT, seal(&c, "chunks/b")),
+            Err(FrameError::Authentication)
+        );
+        assert_eq!(
+            decode(Kind::Chunk, &f, LIMIT, None),
+            Err(FrameError::Sealed)
+        );
+        let plain = encode(Kind::Chunk, &text, 3, None);
+        assert_eq!(
+            decode(Kind::Chunk, &plain, LIMIT, seal(&c, "chunks/a")),
+            Err(FrameError::NotSealed)
+        );
+        for i in 0..f.len() {
+            let mut d = f.clone();
+            d[i] ^= 0x01;
+            assert!(
+                decode(Kind::Chunk, &d, LIMIT, seal(&c, "chunks/a")).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
+        }
+        // A forger who also fixes both crc32s is stopped by the tag.
+        let mut forged = f.clone();
+        forged[HEADER_LEN + NONCE_LEN] ^= 1;
+        let crc = crc32fast::hash(&forged[HEADER_LEN..]);
+        forged[24..28].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32fast::hash(&forged[..28]);
+        forged[28..32].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode(Kind::Chunk, &forged, LIMIT, seal(&c, "chunks/a")),
+            Err(FrameError::Authentication)
+        );
+
+        use rand::RngCore;
+        let mut random = vec![0u8; 1 << 20];
+        rand::thread_rng().fill_bytes(&mut random);
+        let f = encode(Kind::Chunk, &random, 3, seal(&c, "k"));
+        assert_eq!(f.len(), HEADER_LEN + NONCE_LEN + random.len() + TAG_LEN);
+        assert_eq!(
+            decode(Kind::Chunk, &f, LIMIT, seal(&c, "k")).unwrap(),
+            random
         );
     }
 }

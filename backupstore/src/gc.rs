@@ -54,6 +54,8 @@ pub struct GcReport {
 impl BackupStore {
     /// Removes chunks no manifest references.
     pub async fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
+        // A wrong or missing key is refused before the lock is written.
+        self.sealing().await?;
         let lock = Lock::acquire(
             self.objects.clone(),
             LockKind::Gc,

@@ -5,7 +5,9 @@
 //! `file:///path` (alias `vfs:///path`) or `s3://bucket/prefix`. Volumes are
 //! cut into fixed chunks (a store-wide power of two, 1 MiB by default),
 //! content-addressed by BLAKE3, zstd-compressed and framed; all-zero chunks
-//! are not stored. A backup is a manifest listing every chunk's digest,
+//! are not stored. A store initialised with a [`BackupKey`] is encrypted:
+//! chunk ids are a keyed BLAKE3 and every chunk and manifest is sealed with
+//! XChaCha20-Poly1305 (`sealing.rs`, `frame.rs`). A backup is a manifest listing every chunk's digest,
 //! written after all its chunks, so it is visible only when complete. Dedup
 //! is global across all volumes in a store. See `manifest.rs` for the layout.
 //!
@@ -18,6 +20,7 @@
 //! backup delete BACKUP_URL             open(&b.dest).delete(&b.volume, &b.id)
 //! backup verify BACKUP_URL | --dest U  store.verify(VerifyScope::Backup{..} | VerifyScope::All, &p) -> VerifyReport
 //! backup gc --dest URL                 store.gc(&GcOptions::default(), &p) -> GcReport
+//! backup prune --dest URL --keep-...   store.prune(V, &KeepOptions{..}, dry_run) -> PruneReport
 //! create VOL --backup BACKUP_URL       open(&b.dest).restore(&pool, &b.volume, &b.id, VOL, &p) -> VolumeInfo
 //! ```
 
@@ -27,11 +30,14 @@ mod error;
 mod frame;
 mod gc;
 mod hydrate;
+mod key;
 mod lock;
 mod manifest;
 pub mod objects;
 mod progress;
+mod prune;
 mod restore;
+mod sealing;
 mod store;
 mod url;
 mod verify;
@@ -39,10 +45,12 @@ mod verify;
 pub use error::{Error, Result};
 pub use gc::{GcOptions, GcReport};
 pub use hydrate::BackupHold;
-pub use manifest::{Manifest, StoreConfig, DEFAULT_CHUNK_SIZE};
+pub use key::{key_path, BackupKey, KdfParams};
+pub use manifest::{Encryption, Manifest, StoreConfig, DEFAULT_CHUNK_SIZE};
 pub use progress::{
     for_terminal, NoProgress, Progress, ProgressCounter, ProgressSnapshot, TerminalProgress,
 };
+pub use prune::{Decision, KeepOptions, PruneReport, PrunedBackup, Rule};
 pub use store::{BackupInfo, BackupStore, StoreOptions};
 pub use url::{BackupUrl, StoreUrl};
 pub use verify::{DamagedBackup, VerifyReport, VerifyScope};

@@ -2,8 +2,8 @@
 //! layout.
 //!
 //! ```text
-//! ballast-store.json                 store configuration (chunk size), plain JSON
-//! chunks/ab/cd/<blake3 hex>          one framed, compressed chunk
+//! ballast-store.json                 store configuration (chunk size, encryption), plain JSON
+//! chunks/ab/cd/<id hex>              one framed, compressed (and sealed) chunk
 //! backups/<volume>/<id>.manifest     one framed manifest (JSON inside)
 //! locks/<name>.lock                  a running backup or gc (see lock.rs)
 //! ```
@@ -11,7 +11,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::frame::{self, Kind};
+use crate::frame::Kind;
+use crate::key::{BackupKey, KdfParams};
+use crate::sealing::Sealing;
 use crate::url::validate_backup_id;
 
 pub(crate) const CONFIG_KEY: &str = "ballast-store.json";
@@ -20,7 +22,11 @@ pub(crate) const BACKUPS_PREFIX: &str = "backups/";
 pub(crate) const MANIFEST_SUFFIX: &str = ".manifest";
 
 const STORE_FORMAT: &str = "ballast-backupstore";
-const STORE_VERSION: u32 = 1;
+/// Version 1 stores are plain; version 2 stores are encrypted (builds
+/// that predate encryption refuse them rather than mix in plain objects).
+const PLAIN_STORE_VERSION: u32 = 1;
+const SEALED_STORE_VERSION: u32 = 2;
+const CIPHER: &str = "xchacha20poly1305";
 const MANIFEST_FORMAT: &str = "ballast-backup";
 
 /// Upper bound on a decoded manifest (one of a 1 PiB volume in 1 MiB chunks
@@ -31,7 +37,8 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 pub(crate) const MIN_CHUNK_SIZE: u64 = 64 << 10;
 pub(crate) const MAX_CHUNK_SIZE: u64 = 16 << 20;
 
-/// A chunk's content address: BLAKE3 of its (uncompressed) bytes.
+/// A chunk's content address: BLAKE3 of its (uncompressed) bytes, keyed in
+/// an encrypted store (`sealing.rs`).
 pub(crate) type Digest = [u8; 32];
 
 pub(crate) fn digest_hex(d: &Digest) -> String {
@@ -94,15 +101,37 @@ pub struct StoreConfig {
     pub chunk_size: u32,
     /// Seconds since the Unix epoch.
     pub created: u64,
+    /// Present if and only if the store is encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// How an encrypted store is encrypted: which key (by fingerprint, never
+/// the key itself) and, for a passphrase key, how to derive it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    pub cipher: String,
+    pub key_fingerprint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kdf: Option<KdfParams>,
 }
 
 impl StoreConfig {
-    pub fn new(chunk_size: u32, created: u64) -> Self {
+    pub fn new(chunk_size: u32, created: u64, key: Option<&BackupKey>) -> Self {
         StoreConfig {
             format: STORE_FORMAT.into(),
-            version: STORE_VERSION,
+            version: if key.is_some() {
+                SEALED_STORE_VERSION
+            } else {
+                PLAIN_STORE_VERSION
+            },
             chunk_size,
             created,
+            encryption: key.map(|k| Encryption {
+                cipher: CIPHER.into(),
+                key_fingerprint: k.fingerprint(),
+                kdf: k.kdf().cloned(),
+            }),
         }
     }
 
@@ -119,11 +148,23 @@ impl StoreConfig {
         if c.format != STORE_FORMAT {
             return Err(format!("format {:?}, expected {STORE_FORMAT:?}", c.format));
         }
-        if c.version != STORE_VERSION {
-            return Err(format!(
-                "store version {} is not supported (this build reads {STORE_VERSION})",
-                c.version
-            ));
+        match (c.version, &c.encryption) {
+            (PLAIN_STORE_VERSION, None) => {}
+            (SEALED_STORE_VERSION, Some(e)) if e.cipher == CIPHER => {}
+            (SEALED_STORE_VERSION, Some(e)) => {
+                return Err(format!("unknown cipher {:?}", e.cipher));
+            }
+            (PLAIN_STORE_VERSION | SEALED_STORE_VERSION, _) => {
+                return Err(format!(
+                    "store version {} does not match its encryption setting",
+                    c.version
+                ));
+            }
+            (v, _) => {
+                return Err(format!(
+                    "store version {v} is not supported (this build reads {PLAIN_STORE_VERSION} and {SEALED_STORE_VERSION})"
+                ));
+            }
         }
         validate_chunk_size(c.chunk_size.into()).map_err(|e| e.to_string())?;
         Ok(c)
@@ -186,16 +227,31 @@ impl Manifest {
             .filter_map(|(i, c)| c.as_deref().and_then(parse_digest).map(|d| (i, d)))
     }
 
-    pub fn encode(&self) -> bytes::Bytes {
+    /// The manifest framed (and sealed) for its key in the store.
+    pub(crate) fn encode(&self, sealing: &Sealing) -> bytes::Bytes {
         let json = serde_json::to_vec(self).expect("manifest serialises");
-        frame::encode(Kind::Manifest, &json, 3)
+        let key = manifest_key(&self.volume, &self.id);
+        sealing.encode(Kind::Manifest, &key, &json, 3)
     }
 
-    /// Decodes and validates a stored manifest; the error says why it is
-    /// not one of ours.
-    pub fn decode(data: &[u8]) -> Result<Manifest, String> {
-        let json =
-            frame::decode(Kind::Manifest, data, MAX_MANIFEST_LEN).map_err(|e| e.to_string())?;
+    /// The manifest framed for a plain (unencrypted) store: for tools and
+    /// tests that rewrite a manifest in place. A sealed store's manifests
+    /// can only be written by the store itself.
+    pub fn encode_plain(&self) -> bytes::Bytes {
+        self.encode(&Sealing::Plain)
+    }
+
+    /// Decodes and validates a plain store's manifest stored at `key`.
+    pub fn decode_plain(key: &str, data: &[u8]) -> Result<Manifest, String> {
+        Manifest::decode(&Sealing::Plain, key, data)
+    }
+
+    /// Decodes and validates the manifest stored at `key`; the error says
+    /// why it is not one of ours.
+    pub(crate) fn decode(sealing: &Sealing, key: &str, data: &[u8]) -> Result<Manifest, String> {
+        let json = sealing
+            .decode(Kind::Manifest, key, data, MAX_MANIFEST_LEN)
+            .map_err(|e| e.to_string())?;
         let m: Manifest =
             serde_json::from_slice(&json).map_err(|e| format!("manifest JSON: {e}"))?;
         if m.format != MANIFEST_FORMAT {
@@ -256,24 +312,28 @@ mod tests {
     #[test]
     fn manifest_round_trip_and_validation() {
         let m = sample();
-        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        let key = manifest_key(&m.volume, &m.id);
+        let decode =
+            |m: &Manifest| Manifest::decode(&Sealing::Plain, &key, &m.encode(&Sealing::Plain));
+        assert_eq!(decode(&m).unwrap(), m);
         assert_eq!(m.chunk_len(3), 4096);
         assert_eq!(m.digests().count(), 1);
 
         let mut short = sample();
         short.chunks.pop();
-        assert!(Manifest::decode(&short.encode())
-            .unwrap_err()
-            .contains("chunk entries"));
+        assert!(decode(&short).unwrap_err().contains("chunk entries"));
         let mut bad = sample();
         bad.chunks[1] = Some("zz".into());
-        assert!(Manifest::decode(&bad.encode())
-            .unwrap_err()
-            .contains("bad chunk digest"));
+        assert!(decode(&bad).unwrap_err().contains("bad chunk digest"));
         let mut evil = sample();
         evil.volume = "../x".into();
-        assert!(Manifest::decode(&evil.encode()).is_err());
-        let e = Manifest::decode(b"{\"format\":\"ballast-backup\", \"id\": \"x\"}").unwrap_err();
+        assert!(decode(&evil).is_err());
+        let e = Manifest::decode(
+            &Sealing::Plain,
+            &key,
+            b"{\"format\":\"ballast-backup\", \"id\": \"x\"}",
+        )
+        .unwrap_err();
         assert!(e.contains("magic"), "{e}");
     }
 
@@ -299,8 +359,19 @@ mod tests {
         assert!(validate_chunk_size(32 << 10).is_err());
         assert!(validate_chunk_size(3 << 20).is_err());
         assert!(validate_chunk_size(32 << 20).is_err());
-        let c = StoreConfig::new(1 << 20, 5);
+        let c = StoreConfig::new(1 << 20, 5, None);
         assert_eq!(StoreConfig::from_bytes(&c.to_bytes()).unwrap(), c);
         assert!(StoreConfig::from_bytes(b"{}").is_err());
+        let key = BackupKey::generate();
+        let sealed = StoreConfig::new(1 << 20, 5, Some(&key));
+        assert_eq!(sealed.version, SEALED_STORE_VERSION);
+        assert_eq!(StoreConfig::from_bytes(&sealed.to_bytes()).unwrap(), sealed);
+        let text = String::from_utf8(sealed.to_bytes()).unwrap();
+        assert!(text.contains(&key.fingerprint()), "{text}");
+        // A sealed store that lost its encryption section is refused, not
+        // taken for a plain one.
+        let mut stripped = sealed.clone();
+        stripped.encryption = None;
+        assert!(StoreConfig::from_bytes(&stripped.to_bytes()).is_err());
     }
 }

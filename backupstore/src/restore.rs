@@ -1,7 +1,8 @@
 //! Restoring a backup into a new thin volume.
 //!
-//! Chunks are fetched in parallel; each is checked (frame crc, length and
-//! BLAKE3 digest) before a byte of it is written. Zero chunks are not written,
+//! Chunks are fetched in parallel; each is checked (frame crc, length,
+//! authentication tag in an encrypted store, and its id) before a byte of
+//! it is written. Zero chunks are not written,
 //! so they stay holes. A chunk that is missing or damaged fails the restore
 //! and the partial volume is deleted: a restore never leaves a silently wrong
 //! volume behind.
@@ -14,13 +15,15 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::backup::blocking;
 use crate::error::{Error, Result};
-use crate::frame::{self, Kind};
+use crate::frame::Kind;
 use crate::manifest::{chunk_key, digest_hex, Digest, Manifest, MAX_CHUNK_SIZE};
 use crate::progress::Progress;
+use crate::sealing::Sealing;
 use crate::store::BackupStore;
 
 /// Decodes a stored chunk and checks it is the chunk `digest` names.
 pub(crate) fn decode_chunk(
+    sealing: &Sealing,
     digest: &Digest,
     data: &[u8],
     expected_len: Option<usize>,
@@ -29,12 +32,13 @@ pub(crate) fn decode_chunk(
         digest: digest_hex(digest),
         reason,
     };
-    let raw =
-        frame::decode(Kind::Chunk, data, MAX_CHUNK_SIZE).map_err(|e| damaged(e.to_string()))?;
+    let raw = sealing
+        .decode(Kind::Chunk, &chunk_key(digest), data, MAX_CHUNK_SIZE)
+        .map_err(|e| damaged(e.to_string()))?;
     if let Some(len) = expected_len.filter(|&l| l != raw.len()) {
         return Err(damaged(format!("{} bytes, expected {len}", raw.len())));
     }
-    if blake3::hash(&raw).as_bytes() != digest {
+    if &sealing.chunk_id(&raw) != digest {
         return Err(damaged("content does not match its digest".into()));
     }
     Ok(raw)
@@ -47,6 +51,7 @@ impl BackupStore {
         digest: Digest,
         expected_len: Option<usize>,
     ) -> Result<Vec<u8>> {
+        let sealing = self.sealing().await?;
         let data: Bytes = self
             .objects
             .get(&chunk_key(&digest))
@@ -55,7 +60,7 @@ impl BackupStore {
                 dest: self.url.to_string(),
                 digest: digest_hex(&digest),
             })?;
-        blocking(move || decode_chunk(&digest, &data, expected_len)).await?
+        blocking(move || decode_chunk(&sealing, &digest, &data, expected_len)).await?
     }
 
     /// Restores backup `id` of `volume` into a new volume `new_volume`.

@@ -2,19 +2,21 @@
 //! backups (list, inspect, delete). Backup, restore, verify and gc live in
 //! their own modules as further `impl BackupStore` blocks.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::key::BackupKey;
 use crate::lock::{self, Lock, LockKind};
 use crate::manifest::{
     manifest_key, parse_manifest_key, validate_chunk_size, Manifest, StoreConfig, BACKUPS_PREFIX,
     CONFIG_KEY, DEFAULT_CHUNK_SIZE,
 };
 use crate::objects::{FileStore, ObjectStore, S3Store};
+use crate::sealing::Sealing;
 use crate::url::{validate_backup_id, StoreUrl};
 
 /// Tuning of a store handle.
@@ -30,6 +32,10 @@ pub struct StoreOptions {
     pub parallel: usize,
     /// zstd level for chunks.
     pub compression_level: i32,
+    /// The key of an encrypted store. A store initialised by a handle with
+    /// a key is encrypted under it; an encrypted store opens only with its
+    /// key, a plain one only without.
+    pub key: Option<Arc<BackupKey>>,
 }
 
 impl Default for StoreOptions {
@@ -41,12 +47,13 @@ impl Default for StoreOptions {
             chunk_size: None,
             parallel: (cpus * 4).clamp(8, 32),
             compression_level: 3,
+            key: None,
         }
     }
 }
 
 /// A backup as `create`, `list` and `inspect` report it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupInfo {
     /// The backup URL (destination + `backup=` + `volume=`).
     pub url: String,
@@ -99,6 +106,9 @@ pub struct BackupStore {
     pub(crate) objects: Arc<dyn ObjectStore>,
     pub(crate) url: StoreUrl,
     pub(crate) opts: StoreOptions,
+    /// Set once the configuration has been read and the key checked
+    /// against it.
+    sealing: Arc<OnceLock<Sealing>>,
 }
 
 impl BackupStore {
@@ -121,7 +131,12 @@ impl BackupStore {
         mut opts: StoreOptions,
     ) -> Self {
         opts.parallel = opts.parallel.max(1);
-        BackupStore { objects, url, opts }
+        BackupStore {
+            objects,
+            url,
+            opts,
+            sealing: Arc::default(),
+        }
     }
 
     pub fn url(&self) -> &StoreUrl {
@@ -150,8 +165,9 @@ impl BackupStore {
         }
     }
 
-    /// The configuration, writing it first if the store is new.
-    pub(crate) async fn init(&self) -> Result<StoreConfig> {
+    /// The configuration, writing it first if the store is new (encrypted
+    /// under the handle's key, if it has one).
+    pub(crate) async fn init(&self) -> Result<(StoreConfig, Sealing)> {
         let requested = self.opts.chunk_size.map(validate_chunk_size).transpose()?;
         let config = match self.config().await? {
             Some(c) => c,
@@ -159,33 +175,81 @@ impl BackupStore {
                 let c = StoreConfig::new(
                     requested.unwrap_or(DEFAULT_CHUNK_SIZE),
                     crate::clock::now_secs(),
+                    self.opts.key.as_deref(),
                 );
                 self.objects
                     .put(CONFIG_KEY, Bytes::from(c.to_bytes()))
                     .await?;
                 tracing::info!(
-                    "initialised backup store {} ({} byte chunks)",
+                    "initialised backup store {} ({} byte chunks, {})",
                     self.url,
-                    c.chunk_size
+                    c.chunk_size,
+                    match &c.encryption {
+                        Some(e) => format!("encrypted, key {}", e.key_fingerprint),
+                        None => "not encrypted".into(),
+                    }
                 );
                 // Two first backups may race; whichever config landed wins.
                 self.config().await?.unwrap_or(c)
             }
         };
+        let sealing = self.check_key(&config)?;
         match requested {
             Some(r) if r != config.chunk_size => Err(Error::ChunkSizeMismatch {
                 dest: self.url.to_string(),
                 store: config.chunk_size,
                 requested: r,
             }),
-            _ => Ok(config),
+            _ => Ok((config, sealing)),
         }
+    }
+
+    /// How this store's objects are sealed, once the handle's key is known
+    /// to fit its configuration. A store not initialised yet holds nothing
+    /// to open: it is taken as it would be initialised.
+    pub(crate) async fn sealing(&self) -> Result<Sealing> {
+        if let Some(s) = self.sealing.get() {
+            return Ok(s.clone());
+        }
+        match self.config().await? {
+            Some(c) => self.check_key(&c),
+            None => Ok(match &self.opts.key {
+                Some(k) => Sealing::with_key(k),
+                None => Sealing::Plain,
+            }),
+        }
+    }
+
+    /// Refuses the handle's key (or its absence) unless it is the one the
+    /// store was initialised with.
+    fn check_key(&self, config: &StoreConfig) -> Result<Sealing> {
+        let dest = || self.url.to_string();
+        let sealing = match (&config.encryption, &self.opts.key) {
+            (None, None) => Sealing::Plain,
+            (None, Some(_)) => return Err(Error::NotEncrypted { dest: dest() }),
+            (Some(e), None) => {
+                return Err(Error::KeyRequired {
+                    dest: dest(),
+                    fingerprint: e.key_fingerprint.clone(),
+                })
+            }
+            (Some(e), Some(k)) if e.key_fingerprint != k.fingerprint() => {
+                return Err(Error::WrongKey {
+                    dest: dest(),
+                    store: e.key_fingerprint.clone(),
+                    key: k.fingerprint(),
+                })
+            }
+            (Some(_), Some(k)) => Sealing::with_key(k),
+        };
+        Ok(self.sealing.get_or_init(|| sealing).clone())
     }
 
     /// Reads and validates one manifest.
     pub async fn manifest(&self, volume: &str, id: &str) -> Result<Manifest> {
         ballast_engine::validate_name(volume)?;
         validate_backup_id(id)?;
+        let sealing = self.sealing().await?;
         let key = manifest_key(volume, id);
         let data = self
             .objects
@@ -196,7 +260,7 @@ impl BackupStore {
                 volume: volume.to_string(),
                 id: id.to_string(),
             })?;
-        let m = Manifest::decode(&data).map_err(|r| self.not_ours(&key, r))?;
+        let m = Manifest::decode(&sealing, &key, &data).map_err(|r| self.not_ours(&key, r))?;
         if m.volume != volume || m.id != id {
             return Err(self.not_ours(
                 &key,
@@ -211,6 +275,8 @@ impl BackupStore {
         &self,
         volume: Option<&str>,
     ) -> Result<Vec<(String, String)>> {
+        // A wrong or missing key fails here, before any manifest is read.
+        self.sealing().await?;
         let prefix = match volume {
             Some(v) => {
                 ballast_engine::validate_name(v)?;

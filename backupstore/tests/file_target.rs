@@ -37,6 +37,36 @@ async fn corruption() {
     scenarios::corruption(&file_store(&dir).await).await;
 }
 
+/// The scenarios above, in an encrypted store.
+async fn encrypted_file_store(dir: &tempfile::TempDir) -> BackupStore {
+    let key = Arc::new(ballast_backupstore::BackupKey::generate());
+    open_with(&file_url(dir, "sealed"), Some(&key)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_full_incremental_dedup() {
+    let dir = tempfile::tempdir().unwrap();
+    scenarios::full_incremental_dedup(&encrypted_file_store(&dir).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_delete_and_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    scenarios::delete_and_gc(&encrypted_file_store(&dir).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    scenarios::corruption(&encrypted_file_store(&dir).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encryption() {
+    let dir = tempfile::tempdir().unwrap();
+    scenarios::encryption(&file_url(&dir, "plain"), &file_url(&dir, "sealed")).await;
+}
+
 /// A backup cancelled midway (the future dropped, as on Ctrl-C) leaves no
 /// listed backup and no lock; the next run succeeds and reuses what was
 /// already uploaded.

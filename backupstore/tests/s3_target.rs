@@ -42,6 +42,37 @@ async fn s3_corruption() {
     scenarios::corruption(&s3_store(&m.endpoint(), BUCKET, "p").await).await;
 }
 
+/// The scenarios above, in an encrypted store.
+async fn encrypted_s3_store(m: &Moto) -> BackupStore {
+    let key = Arc::new(ballast_backupstore::BackupKey::generate());
+    open_with(&s3_url(&m.endpoint(), BUCKET, "sealed"), Some(&key)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_encrypted_full_incremental_dedup() {
+    let Some(m) = moto().await else { return };
+    scenarios::full_incremental_dedup(&encrypted_s3_store(&m).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_encrypted_delete_and_gc() {
+    let Some(m) = moto().await else { return };
+    scenarios::delete_and_gc(&encrypted_s3_store(&m).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_encrypted_corruption() {
+    let Some(m) = moto().await else { return };
+    scenarios::corruption(&encrypted_s3_store(&m).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_encryption() {
+    let Some(m) = moto().await else { return };
+    let e = m.endpoint();
+    scenarios::encryption(&s3_url(&e, BUCKET, "plain"), &s3_url(&e, BUCKET, "sealed")).await;
+}
+
 /// The server goes away mid-backup (every connection cut, new ones
 /// refused): the backup fails with one line, the chunks already uploaded
 /// are there but no backup is listed, and a retry succeeds reusing them.

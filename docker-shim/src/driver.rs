@@ -197,7 +197,11 @@ impl<P: VolumeProvider, H: Host> Driver<P, H> {
             Source::Snapshot { volume, snapshot } => {
                 self.provider.clone_volume(name, volume, snapshot).await?
             }
-            Source::Backup { url, wait } => self.provider.restore_backup(name, url, *wait).await?,
+            Source::Backup { url, key, wait } => {
+                self.provider
+                    .restore_backup(name, url, key.as_deref(), *wait)
+                    .await?
+            }
         }
         info!(volume = name, source = ?options.source, "volume created for Docker");
         Ok(())

@@ -8,7 +8,14 @@ use crate::error::DriverError;
 use crate::host::FsType;
 
 /// Every option the driver accepts.
-pub const KNOWN_OPTIONS: &[&str] = &["size", "fstype", "snapshot", "backup", "hydrate"];
+pub const KNOWN_OPTIONS: &[&str] = &[
+    "size",
+    "fstype",
+    "snapshot",
+    "backup",
+    "backup_key",
+    "hydrate",
+];
 
 /// Size of a new volume when `size` is not given.
 const DEFAULT_SIZE: u64 = 10 << 30;
@@ -20,10 +27,15 @@ pub enum Source {
     Empty { size: u64 },
     /// A clone of `volume@snapshot` (already holds a filesystem).
     Snapshot { volume: String, snapshot: String },
-    /// A restore of the backup at this URL: instant (served at once,
-    /// hydrated in the background) unless `wait` (`hydrate=wait`: every
-    /// chunk local before `Create` returns).
-    Backup { url: String, wait: bool },
+    /// A restore of the backup at this URL, with the named backup key (in
+    /// the daemon's key directory) for an encrypted destination: instant
+    /// (served at once, hydrated in the background) unless `wait`
+    /// (`hydrate=wait`: every chunk local before `Create` returns).
+    Backup {
+        url: String,
+        key: Option<String>,
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +87,7 @@ impl CreateOptions {
             }
             (None, Some(url)) => Source::Backup {
                 url: url.clone(),
+                key: opts.get("backup_key").cloned(),
                 wait: match opts.get("hydrate").map(String::as_str) {
                     None | Some("background") => false,
                     Some("wait") => true,
@@ -91,6 +104,12 @@ impl CreateOptions {
         };
         if opts.contains_key("hydrate") && !matches!(source, Source::Backup { .. }) {
             return Err(invalid("hydrate only applies with backup".into()));
+        }
+        if let Some(key) = opts.get("backup_key") {
+            if !matches!(source, Source::Backup { .. }) {
+                return Err(invalid("backup_key goes with backup".into()));
+            }
+            validate_name(key).map_err(|e| invalid(format!("backup_key={key}: {e}")))?;
         }
         if size.is_some() && !matches!(source, Source::Empty { .. }) {
             return Err(invalid(
@@ -148,6 +167,7 @@ mod tests {
             parse(&[("backup", "s3://bucket/db")]).unwrap().source,
             Source::Backup {
                 url: "s3://bucket/db".into(),
+                key: None,
                 wait: false
             }
         );
@@ -157,6 +177,7 @@ mod tests {
                 .source,
             Source::Backup {
                 url: "s3://b/db".into(),
+                key: None,
                 wait: true
             }
         );
@@ -165,6 +186,18 @@ mod tests {
             parse(&[("hydrate", "wait")]).is_err(),
             "hydrate without backup"
         );
+        assert_eq!(
+            parse(&[("backup", "s3://bucket/db"), ("backup_key", "prod")])
+                .unwrap()
+                .source,
+            Source::Backup {
+                url: "s3://bucket/db".into(),
+                key: Some("prod".into()),
+                wait: false
+            }
+        );
+        assert!(parse(&[("backup_key", "prod")]).is_err());
+        assert!(parse(&[("backup", "s3://b/d"), ("backup_key", "../k")]).is_err());
     }
 
     #[test]
@@ -172,7 +205,7 @@ mod tests {
         let e = parse(&[("sizee", "1G"), ("colour", "red")]).unwrap_err();
         assert_eq!(
             e,
-            "unknown option(s) colour, sizee; known options: size, fstype, snapshot, backup, hydrate"
+            "unknown option(s) colour, sizee; known options: size, fstype, snapshot, backup, backup_key, hydrate"
         );
     }
 

@@ -45,12 +45,14 @@ pub trait VolumeProvider: Send + Sync + 'static {
         origin_snapshot: &str,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
-    /// Creates `name` from the backup at `url`: served at once and
+    /// Creates `name` from the backup at `url`, opened with the backup key
+    /// named `key` if the destination is encrypted: served at once and
     /// hydrated in the background, or (`wait`) once every chunk is local.
     fn restore_backup(
         &self,
         name: &str,
         url: &str,
+        key: Option<&str>,
         wait: bool,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 

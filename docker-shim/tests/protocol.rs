@@ -92,6 +92,7 @@ impl VolumeProvider for FakeProvider {
         &self,
         name: &str,
         url: &str,
+        _key: Option<&str>,
         _wait: bool,
     ) -> Result<(), ProviderError> {
         self.calls
@@ -370,7 +371,7 @@ async fn create_rejects_bad_options_and_names_without_creating() {
         .await;
     assert_eq!(
         err(&reply),
-        "unknown option(s) sise; known options: size, fstype, snapshot, backup"
+        "unknown option(s) sise; known options: size, fstype, snapshot, backup, backup_key"
     );
     let reply = f
         .call(

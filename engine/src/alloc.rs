@@ -38,6 +38,9 @@ const GROW_STEP: u64 = 16 * 1024;
 const MIN_PIECE: u64 = 64;
 /// Chunks a search looks at before it settles for a worse placement.
 const SEARCH_CHUNKS: u64 = 64;
+/// Requests up to this many blocks (256 KiB) prefer blocks that were
+/// written before (see `Allocator::written_end`).
+const SMALL: u64 = 64;
 
 /// The chunk an operation needs in memory first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +77,22 @@ pub(crate) struct Allocator {
     /// Next-fit hint: searches start here, so sequential writes land
     /// sequentially.
     cursor: u64,
+    /// Every block below this was handed out at least once since open (or
+    /// was in the file at open), so the filesystem holds written data
+    /// there; above it, the space `fallocate` reserved has never been
+    /// written. The first write to such a block changes the file's extent
+    /// map, which the filesystem journals before the next sync returns:
+    /// one more device flush for that commit on ext4 and xfs. Small
+    /// requests, the ones a synchronous commit waits on (a database's
+    /// write + fsync), take free blocks below it first; large ones go on
+    /// filling the tail contiguously.
+    written_end: u64,
+    /// Next-fit hint of the small requests' search below `written_end`.
+    small_cursor: u64,
+    /// `releases` when that search last found nothing: until a block is
+    /// released, it would find nothing again, so it is skipped (it would
+    /// otherwise look at every full chunk for every small request).
+    small_miss: Option<u64>,
     /// Free blocks (not busy) below `end`, per chunk.
     free: Vec<u32>,
     /// Free blocks below `end` per chunk in the persisted images: the
@@ -88,6 +107,13 @@ pub(crate) struct Allocator {
     /// has become free, so none can have been handed out again (the
     /// read-ahead relies on this).
     releases: u64,
+}
+
+/// Where a search looks: blocks below `end`, starting at `cursor`.
+#[derive(Clone, Copy)]
+struct Window {
+    cursor: u64,
+    end: u64,
 }
 
 fn chunk_of(block: u64) -> u64 {
@@ -145,6 +171,11 @@ impl Allocator {
             end: recorded_end,
             cap: cap.max(file_end).max(recorded_end),
             cursor: base,
+            // What lies beyond the last allocation at open is not known;
+            // taking it all as written only forgoes the preference there.
+            written_end: file_end.max(recorded_end),
+            small_cursor: base,
+            small_miss: None,
             persisted_free: free.clone(),
             free,
             chunks: HashMap::new(),
@@ -192,11 +223,11 @@ impl Allocator {
     /// than the budget are in memory.
     fn evict(&mut self) {
         while self.chunks.len() > self.max_chunks {
-            let cursor = chunk_of(self.cursor);
+            let (cursor, small) = (chunk_of(self.cursor), chunk_of(self.small_cursor));
             let victim = self
                 .chunks
                 .iter()
-                .filter(|(&i, c)| i != cursor && !c.pinned && c.busy == c.persisted)
+                .filter(|(&i, c)| i != cursor && i != small && !c.pinned && c.busy == c.persisted)
                 .min_by_key(|(_, c)| c.last_use)
                 .map(|(&i, _)| i);
             match victim {
@@ -235,7 +266,8 @@ impl Allocator {
 
     /// Hands out `n` blocks, contiguous when possible.
     ///
-    /// Preference order: one free run (next-fit from the cursor); a few
+    /// Preference order: for a small request, one free run below
+    /// `written_end`; one free run (next-fit from the cursor); a few
     /// free runs of at least [`MIN_PIECE`] blocks each; the grown tail of
     /// the file; and only when the file cannot grow enough, any free blocks
     /// at all. Overwrites free single blocks all over the file, so without
@@ -247,15 +279,31 @@ impl Allocator {
         }
         let free_total = self.free_total();
         if free_total >= n {
+            if n <= SMALL && self.small_miss != Some(self.releases) {
+                let written = Window {
+                    cursor: self.small_cursor,
+                    end: self.written_end,
+                };
+                match self.find_run(written, n, n, true, SEARCH_CHUNKS)?.first() {
+                    Some(run) => {
+                        let run = Run::new(run.start, n);
+                        self.set(run, true)?;
+                        self.used += n;
+                        self.small_cursor = run.end();
+                        return Ok(Placement::Runs(vec![run]));
+                    }
+                    None => self.small_miss = Some(self.releases),
+                }
+            }
             if let Some(start) = self
-                .find_run(n, n, true, SEARCH_CHUNKS)?
+                .find_run(self.window(), n, n, true, SEARCH_CHUNKS)?
                 .first()
                 .map(|r| r.start)
             {
                 self.take(Run::new(start, n))?;
                 return Ok(Placement::Runs(vec![Run::new(start, n)]));
             }
-            let runs = self.find_run(n, n.min(MIN_PIECE), false, SEARCH_CHUNKS)?;
+            let runs = self.find_run(self.window(), n, n.min(MIN_PIECE), false, SEARCH_CHUNKS)?;
             if runs.iter().map(|r| r.len).sum::<u64>() == n {
                 for &r in &runs {
                     self.take(r)?;
@@ -276,7 +324,7 @@ impl Allocator {
             return Ok(Placement::Full);
         }
         // Scatter over whatever is free, wherever it is.
-        let runs = self.find_run(n, 1, false, u64::MAX)?;
+        let runs = self.find_run(self.window(), n, 1, false, u64::MAX)?;
         debug_assert_eq!(runs.iter().map(|r| r.len).sum::<u64>(), n);
         for &r in &runs {
             self.take(r)?;
@@ -313,18 +361,29 @@ impl Allocator {
         Ok(n)
     }
 
-    /// From the cursor on (wrapping), free runs of at least `min` blocks
-    /// adding up to at most `n`; with `one`, only a single run of `n`.
-    /// Looks at up to `chunks_limit` chunks that have free blocks.
+    /// The whole file, searched from the cursor.
+    fn window(&self) -> Window {
+        Window {
+            cursor: self.cursor,
+            end: self.end,
+        }
+    }
+
+    /// From the window's cursor on (wrapping within the window), free runs
+    /// of at least `min` blocks adding up to at most `n`; with `one`, only
+    /// a single run of `n`. Looks at up to `chunks_limit` chunks that have
+    /// free blocks.
     fn find_run(
         &mut self,
+        window: Window,
         n: u64,
         min: u64,
         one: bool,
         chunks_limit: u64,
     ) -> Result<Vec<Run>, NeedChunk> {
-        let chunks = self.free.len() as u64;
-        let start_chunk = chunk_of(self.cursor.min(self.end.saturating_sub(1)));
+        let Window { cursor, end } = window;
+        let chunks = end.div_ceil(CHUNK_BLOCKS).min(self.free.len() as u64);
+        let start_chunk = chunk_of(cursor.min(end.saturating_sub(1)));
         let mut out: Vec<Run> = Vec::new();
         let mut got = 0;
         let mut looked = 0;
@@ -335,19 +394,13 @@ impl Allocator {
             // Wrapping back to the start chunk covers its part before the
             // cursor.
             let (from, to) = if k == 0 {
-                (
-                    self.cursor.max(self.base),
-                    ((idx + 1) * CHUNK_BLOCKS).min(self.end),
-                )
+                (cursor.max(self.base), ((idx + 1) * CHUNK_BLOCKS).min(end))
             } else if k == chunks {
-                (
-                    (idx * CHUNK_BLOCKS).max(self.base),
-                    self.cursor.min(self.end),
-                )
+                ((idx * CHUNK_BLOCKS).max(self.base), cursor.min(end))
             } else {
                 (
                     (idx * CHUNK_BLOCKS).max(self.base),
-                    ((idx + 1) * CHUNK_BLOCKS).min(self.end),
+                    ((idx + 1) * CHUNK_BLOCKS).min(end),
                 )
             };
             if idx == 0 && k > 0 {
@@ -430,6 +483,7 @@ impl Allocator {
         self.set(run, true)?;
         self.used += run.len;
         self.cursor = run.end();
+        self.written_end = self.written_end.max(run.end());
         Ok(())
     }
 
@@ -599,6 +653,42 @@ mod tests {
     }
 
     #[test]
+    fn small_requests_reuse_written_blocks_before_the_reserved_tail() {
+        let mut a = fresh(8, 8, 1 << 30);
+        let first = grow(&mut a, GROW_STEP);
+        assert_eq!(first, vec![Run::new(8, GROW_STEP)]);
+        // The first grow's blocks are all written now; free some in the
+        // middle, then make the file grow a reserved, unwritten tail.
+        a.release(Run::new(100, 4)).unwrap();
+        a.release(Run::new(5000, 1)).unwrap();
+        let big = grow(&mut a, 2 * SMALL);
+        assert_eq!(
+            big[0].start,
+            8 + GROW_STEP,
+            "a large request fills the tail"
+        );
+        let end_of_big = big[0].end();
+        let small: Vec<_> = (0..5).flat_map(|_| runs(a.allocate(1).unwrap())).collect();
+        assert_eq!(
+            small.iter().map(|r| r.start).collect::<Vec<_>>(),
+            vec![100, 101, 102, 103, 5000],
+            "small requests take the freed, written blocks first"
+        );
+        assert_eq!(
+            runs(a.allocate(1).unwrap()),
+            vec![Run::new(end_of_big, 1)],
+            "then the tail, right after the large request"
+        );
+        assert_eq!(
+            runs(a.allocate(1).unwrap()),
+            vec![Run::new(end_of_big + 1, 1)],
+            "a miss is not searched again until something is released"
+        );
+        a.release(Run::new(7000, 1)).unwrap();
+        assert_eq!(runs(a.allocate(1).unwrap()), vec![Run::new(7000, 1)]);
+    }
+
+    #[test]
     fn sequential_allocations_are_contiguous_and_skip_the_journal() {
         let mut a = fresh(10, 10, 1 << 30);
         let r1 = grow(&mut a, 10);
@@ -712,12 +802,14 @@ mod tests {
         let image = a.blank_image(5);
         a.load(5, image);
         a.cursor = 5 * CHUNK_BLOCKS;
+        a.small_cursor = a.cursor;
         let r = runs(a.allocate(2).unwrap());
         a.release(r[0]).unwrap();
         // The free is journalled: the checkpoint's image of chunk 5 now
         // agrees with `busy`, but the metadata store has the old one.
         a.persist(&[(r[0], true), (r[0], false)]).unwrap();
         a.cursor = 0;
+        a.small_cursor = 0;
         for idx in [0, 1, 2, 3, 4, 6] {
             let image = a.blank_image(idx);
             a.load(idx, image);

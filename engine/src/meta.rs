@@ -14,6 +14,7 @@
 //! | `G` id                            | a node no tree references, to delete    |
 //! | `D` uid death pstart              | a dead data run: len, vstart, birth     |
 //! | `E` uid death id                  | a dead node: its birth                  |
+//! | `R` key                           | a record of the layers above (`records`)|
 //!
 //! Nothing here is read in full at open: the superblock, the summary and
 //! the volume records are; nodes, bitmap chunks, snapshots and dead lists
@@ -143,6 +144,13 @@ fn volume_key(name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + name.len());
     k.push(b'V');
     k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn record_key(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(b'R');
+    k.extend_from_slice(key.as_bytes());
     k
 }
 
@@ -280,6 +288,14 @@ impl Batch {
         let mut v = Vec::with_capacity(10);
         put_varint(&mut v, d.node.birth);
         self.put(&key3(b'E', d.uid, d.death, d.node.id), v);
+    }
+
+    pub(crate) fn record(&mut self, key: &str, value: Vec<u8>) {
+        self.put(&record_key(key), value);
+    }
+
+    pub(crate) fn remove_record(&mut self, key: &str) {
+        self.del(&record_key(key));
     }
 
     pub(crate) fn remove_dead_node(&mut self, d: &DeadNode) {
@@ -548,6 +564,23 @@ impl Meta {
         {
             let (k, _) = item?;
             out.push(be_u64(&k[1..])?);
+        }
+        Ok(out)
+    }
+
+    /// The value of record `key`.
+    pub(crate) fn record(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get(record_key(key))?.map(|v| v.to_vec()))
+    }
+
+    /// Every record whose key starts with `prefix`, in key order.
+    pub(crate) fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(record_key(prefix)) {
+            let (k, v) = kv?;
+            let key = String::from_utf8(k[1..].to_vec())
+                .map_err(|_| Error::Corrupt("a record key is not UTF-8".into()))?;
+            out.push((key, v.to_vec()));
         }
         Ok(out)
     }

@@ -464,6 +464,13 @@ impl Pool {
         }
     }
 
+    /// Frees the I/O buffers no request needed since the previous call;
+    /// returns the bytes freed. A timer calls it, so memory kept for
+    /// reuse follows the I/O in flight rather than its peak.
+    pub fn trim_idle_buffers(&self) -> usize {
+        self.inner.bufs.trim()
+    }
+
     /// Completes when work piles up faster than the caller's timer
     /// handles it: overwritten blocks waiting for a commit to be reused,
     /// or changes waiting for a checkpoint. Run [`Pool::maintain`] then.
@@ -504,6 +511,32 @@ impl Pool {
     #[cfg(feature = "test-seams")]
     pub fn metadata_keys(&self) -> std::collections::BTreeMap<char, usize> {
         self.inner.meta.key_counts()
+    }
+
+    /// Every volume's I/O counters since the pool was opened, by name.
+    pub fn io_stats(&self) -> Vec<crate::VolumeIo> {
+        let volumes: Vec<(String, u64)> = {
+            let st = self.inner.state.lock();
+            st.catalog
+                .iter()
+                .map(|v| (v.rec.name.clone(), v.rec.uid))
+                .collect()
+        };
+        let stats = self.inner.io_stats.lock();
+        volumes
+            .into_iter()
+            .map(|(volume, uid)| {
+                let (read, write) = stats
+                    .get(&uid)
+                    .map(|s| s.snapshot())
+                    .unwrap_or_else(|| crate::iostats::IoStats::default().snapshot());
+                crate::VolumeIo {
+                    volume,
+                    read,
+                    write,
+                }
+            })
+            .collect()
     }
 
     /// Commits, checkpoints, and refuses every later operation with

@@ -39,6 +39,7 @@ use crate::error::{Error, Result};
 use crate::extent::Run;
 use crate::gate::Gates;
 use crate::io::{Backend, BufPool};
+use crate::iostats::IoStats;
 use crate::journal::{Death, Op, Ring};
 use crate::meta::{Batch, Meta, SnapshotRecord, Superblock, VolumeRecord};
 use crate::reclaim::Reclaim;
@@ -126,6 +127,8 @@ pub(crate) struct Inner {
     pub behind: Arc<WriteBehind>,
     /// Gates of volumes not all local yet (`crate::gate`).
     pub(crate) gates: Gates,
+    /// Each volume's I/O counters, by uid (`iostats.rs`).
+    pub io_stats: Mutex<std::collections::HashMap<u64, Arc<IoStats>>>,
     #[cfg(feature = "test-seams")]
     pub faults: Option<Arc<crate::io::Faults>>,
 }
@@ -477,6 +480,7 @@ impl Inner {
             read_ahead_used: AtomicU64::new(0),
             behind: Arc::default(),
             gates: Gates::default(),
+            io_stats: Mutex::default(),
             #[cfg(feature = "test-seams")]
             faults: p.faults,
         }

@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::future::join_all;
 
@@ -16,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::extent::{cover, Data, Piece, Run};
 use crate::gate::Gate;
 use crate::io::{AlignedBuf, BufPool};
+use crate::iostats::IoStats;
 use crate::journal::{Death, Op};
 use crate::readahead::{Chunk, ReadAhead};
 use crate::shared::{Inner, State};
@@ -46,6 +48,8 @@ pub struct Volume {
     /// Whether I/O consults the volume's gate (see [`crate::gate`]);
     /// `false` only for the gate owner's own handles.
     gated: bool,
+    /// The volume's I/O counters; `None` for a snapshot handle.
+    stats: Option<Arc<IoStats>>,
 }
 
 /// Registers a read with the deferred-free machinery for its lifetime.
@@ -109,7 +113,11 @@ impl Volume {
         uid: u64,
         snapshot: Option<(&str, u64)>,
     ) -> Self {
+        let stats = snapshot
+            .is_none()
+            .then(|| inner.io_stats.lock().entry(uid).or_default().clone());
         Volume {
+            stats,
             name: name.into(),
             uid,
             snapshot: snapshot.map(|(n, g)| (n.into(), g)),
@@ -269,6 +277,17 @@ impl Volume {
     /// Reads `buf.len()` bytes at `offset`. Holes read as zeros without
     /// touching the disk; every data block's crc32 is verified.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let started = Instant::now();
+        let len = buf.len() as u64;
+        let r = self.read_gated(offset, buf).await;
+        if let (Some(s), Ok(())) = (&self.stats, &r) {
+            s.read.record(len, started.elapsed());
+        }
+        r
+    }
+
+    /// [`Volume::read`] once the gate lets it through, uncounted.
+    async fn read_gated(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         if let Some(gate) = self.gate() {
             gate.readable(offset, buf.len() as u64).await?;
         }
@@ -289,6 +308,15 @@ impl Volume {
     /// sequential stream of such reads is read ahead (see
     /// [`crate::readahead`]).
     pub async fn read_owned(&self, offset: u64, len: usize) -> Result<PooledBuf> {
+        let started = Instant::now();
+        let r = self.read_owned_gated(offset, len).await;
+        if let (Some(s), Ok(_)) = (&self.stats, &r) {
+            s.read.record(len as u64, started.elapsed());
+        }
+        r
+    }
+
+    async fn read_owned_gated(&self, offset: u64, len: usize) -> Result<PooledBuf> {
         if let Some(gate) = self.gate() {
             gate.readable(offset, len as u64).await?;
         }
@@ -451,7 +479,8 @@ impl Volume {
     /// Writes `data` at `offset`. New data always goes to new pool blocks
     /// (redirect-on-write); all-zero blocks take no space.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        match self.gate() {
+        let started = Instant::now();
+        let r = match self.gate() {
             Some(gate) => {
                 gate.write(
                     offset,
@@ -461,10 +490,14 @@ impl Volume {
                 .await
             }
             None => self.write_here(offset, data).await,
+        };
+        if let (Some(s), Ok(())) = (&self.stats, &r) {
+            s.write.record(data.len() as u64, started.elapsed());
         }
+        r
     }
 
-    /// [`Volume::write`] past the gate.
+    /// [`Volume::write`] past the gate, uncounted.
     async fn write_here(&self, offset: u64, data: &[u8]) -> Result<()> {
         let len = data.len() as u64;
         self.check_write(offset, len)?;
@@ -528,21 +561,27 @@ impl Volume {
     /// write of non-zero blocks that gets one run of pool blocks goes to
     /// the disk straight from `data`, with no copy.
     pub async fn write_owned(&self, offset: u64, data: PooledBuf) -> Result<()> {
-        match self.gate() {
+        let len = data.len() as u64;
+        if len == 0 || !offset.is_multiple_of(BS) || !len.is_multiple_of(BS) || !data.is_whole() {
+            return self.write(offset, &data).await;
+        }
+        let started = Instant::now();
+        let r = match self.gate() {
             Some(gate) => {
-                let len = data.len() as u64;
                 gate.write(offset, len, Box::pin(self.write_owned_here(offset, data)))
                     .await
             }
             None => self.write_owned_here(offset, data).await,
+        };
+        if let (Some(s), Ok(())) = (&self.stats, &r) {
+            s.write.record(len, started.elapsed());
         }
+        r
     }
 
+    /// [`Volume::write_owned`] of whole blocks, past the gate, uncounted.
     async fn write_owned_here(&self, offset: u64, mut data: PooledBuf) -> Result<()> {
         let len = data.len() as u64;
-        if len == 0 || !offset.is_multiple_of(BS) || !len.is_multiple_of(BS) || !data.is_whole() {
-            return self.write_here(offset, &data).await;
-        }
         self.check_write(offset, len)?;
         let blocks = offset / BS..(offset + len) / BS;
         let first = blocks.start;

@@ -6,26 +6,41 @@ use ballast_backupstore::{BackupStore, BackupUrl, StoreOptions, StoreUrl};
 use ballast_engine::validate_name;
 use tracing::info;
 
+use super::error::ApiError;
 use super::query;
-use super::state::{Answer, ApiReply};
+use super::state::{Answer, ApiReply, ApiState};
+use crate::ops::keys;
 
-/// `GET /v1/backups?dest=URL[&volume=VOL]`.
-pub async fn list_backups(query: &str) -> Answer {
+/// `GET /v1/backups?dest=URL[&volume=VOL][&key=NAME]`: an encrypted
+/// store's manifests open only with its key (named, in the key directory).
+pub async fn list_backups(state: &ApiState, query: &str) -> Answer {
     let dest: StoreUrl = query::required(query, "dest")?.parse()?;
     let volume = query::param(query, "volume")?;
     if let Some(volume) = &volume {
         validate_name(volume)?;
     }
-    ApiReply::ok(&open(&dest).await?.list(volume.as_deref()).await?)
+    let store = open_with_key(state, query, &dest).await?;
+    ApiReply::ok(&store.list(volume.as_deref()).await?)
 }
 
-/// `GET /v1/backups/inspect?backup=URL`.
-pub async fn inspect_backup(query: &str) -> Answer {
+/// `GET /v1/backups/inspect?backup=URL[&key=NAME]`.
+pub async fn inspect_backup(state: &ApiState, query: &str) -> Answer {
     let b: BackupUrl = query::required(query, "backup")?.parse()?;
-    ApiReply::ok(&open(&b.dest).await?.inspect(&b.volume, &b.id).await?)
+    let store = open_with_key(state, query, &b.dest).await?;
+    ApiReply::ok(&store.inspect(&b.volume, &b.id).await?)
 }
 
-/// `DELETE /v1/backups?backup=URL`.
+async fn open_with_key(
+    state: &ApiState,
+    query: &str,
+    dest: &StoreUrl,
+) -> Result<BackupStore, ApiError> {
+    let key = state.keys.load(query::param(query, "key")?.as_deref())?;
+    Ok(keys::open(dest, key).await?)
+}
+
+/// `DELETE /v1/backups?backup=URL` (no key needed: only the manifest's
+/// name is used).
 pub async fn delete_backup(query: &str) -> Answer {
     let b: BackupUrl = query::required(query, "backup")?.parse()?;
     open(&b.dest).await?.delete(&b.volume, &b.id).await?;

@@ -97,7 +97,17 @@ impl From<StoreError> for ApiError {
             | StoreError::InvalidBackupId(_)
             | StoreError::NotOurs { .. }
             | StoreError::ChunkSizeMismatch { .. }
-            | StoreError::InvalidChunkSize(_) => StatusCode::BAD_REQUEST,
+            | StoreError::InvalidChunkSize(_)
+            | StoreError::InvalidKey(_)
+            | StoreError::KeyFile { .. }
+            | StoreError::NotEncrypted { .. } => StatusCode::BAD_REQUEST,
+            StoreError::KeyRequired { .. } | StoreError::WrongKey { .. } => StatusCode::FORBIDDEN,
+            StoreError::KeyFileIo { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                StatusCode::BAD_REQUEST
+            }
+            StoreError::KeyFileIo { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             StoreError::BackupNotFound { .. } => StatusCode::NOT_FOUND,
             StoreError::Locked(_) => StatusCode::CONFLICT,
             StoreError::Store { source, .. } if matches!(**source, ObjectError::NoSpace { .. }) => {
@@ -129,6 +139,7 @@ impl From<OpError> for ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message: e.to_string(),
             },
+            e @ OpError::NoKeyDir { .. } => ApiError::bad_request(e.to_string()),
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ballast_backupstore::{BackupUrl, GcOptions};
-use ballast_engine::{validate_name, Pool};
+use ballast_engine::validate_name;
 use hyper::StatusCode;
 
 use super::error::ApiError;
@@ -18,7 +18,7 @@ use crate::ops::restore::refuse_taken;
 /// `POST /v1/jobs`: checks the request, then starts it as a job (202).
 /// Bad URLs and names are refused here, before any job exists.
 pub async fn start_job(state: &ApiState, req: JobRequest) -> Answer {
-    let operation = check(&state.pool, req)?;
+    let operation = check(state, req)?;
     let pool = state.pool.clone();
     let id = state.jobs.spawn(operation.name(), move |progress, cancel| {
         operation::run(pool, operation, progress, cancel)
@@ -63,13 +63,22 @@ fn no_job(id: u64) -> ApiError {
     }
 }
 
-/// The operation a request asks for, its URLs parsed and names checked.
-fn check(pool: &Pool, req: JobRequest) -> Result<Operation, ApiError> {
+/// Why a prune without keep options is refused (it would keep only the
+/// newest backup of each volume, which nobody asks for by leaving options out).
+const NO_KEEP_OPTION: &str =
+    "prune needs at least one keep option above 0 (--keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly)";
+
+/// The operation a request asks for, its URLs parsed, names checked and
+/// key read (a missing or unreadable key is refused here).
+fn check(state: &ApiState, req: JobRequest) -> Result<Operation, ApiError> {
+    let pool = &state.pool;
+    let keys = &state.keys;
     Ok(match req {
         JobRequest::Backup {
             volume,
             snapshot,
             dest,
+            key,
         } => {
             let dest = dest.parse()?;
             validate_name(&volume)?;
@@ -81,20 +90,31 @@ fn check(pool: &Pool, req: JobRequest) -> Result<Operation, ApiError> {
                 dest,
                 volume,
                 snapshot,
+                key: keys.load(key.as_deref())?,
             }
         }
-        JobRequest::Restore { backup, volume } => {
+        JobRequest::Restore {
+            backup,
+            volume,
+            key,
+        } => {
             let backup = backup.parse()?;
             validate_name(&volume)?;
             refuse_taken(pool, &volume)?;
-            Operation::Restore { backup, volume }
+            Operation::Restore {
+                backup,
+                volume,
+                key: keys.load(key.as_deref())?,
+            }
         }
-        JobRequest::Verify { backup, dest } => match (backup, dest) {
+        JobRequest::Verify { backup, dest, key } => match (backup, dest) {
             (Some(backup), None) => Operation::VerifyBackup {
                 backup: backup.parse::<BackupUrl>()?,
+                key: keys.load(key.as_deref())?,
             },
             (None, Some(dest)) => Operation::VerifyAll {
                 dest: dest.parse()?,
+                key: keys.load(key.as_deref())?,
             },
             _ => {
                 return Err(ApiError::bad_request(
@@ -102,7 +122,11 @@ fn check(pool: &Pool, req: JobRequest) -> Result<Operation, ApiError> {
                 ))
             }
         },
-        JobRequest::Gc { dest, grace_secs } => {
+        JobRequest::Gc {
+            dest,
+            grace_secs,
+            key,
+        } => {
             let mut options = GcOptions::default();
             if let Some(secs) = grace_secs {
                 options.grace = Duration::from_secs(secs);
@@ -110,6 +134,29 @@ fn check(pool: &Pool, req: JobRequest) -> Result<Operation, ApiError> {
             Operation::Gc {
                 dest: dest.parse()?,
                 options,
+                key: keys.load(key.as_deref())?,
+            }
+        }
+        JobRequest::Prune {
+            dest,
+            volume,
+            keep,
+            dry_run,
+            key,
+        } => {
+            let dest = dest.parse()?;
+            if let Some(volume) = &volume {
+                validate_name(volume)?;
+            }
+            if keep.is_empty() {
+                return Err(ApiError::bad_request(NO_KEEP_OPTION));
+            }
+            Operation::Prune {
+                dest,
+                volume,
+                keep,
+                dry_run,
+                key: keys.load(key.as_deref())?,
             }
         }
     })

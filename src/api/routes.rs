@@ -12,13 +12,23 @@ use serde::de::DeserializeOwned;
 
 use super::attach;
 use super::error::ApiError;
-use super::state::{Answer, ApiState};
-use super::{backups, jobs, volumes, PREFIX};
+use super::state::{Answer, ApiReply, ApiState};
+use super::{backups, jobs, metrics, schedules, volumes, PREFIX};
 
 pub async fn route(state: &ApiState, req: Request<Bytes>) -> Answer {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
+    if path == "/metrics" {
+        if method != Method::GET {
+            return Err(ApiError::method_not_allowed(&method, &path));
+        }
+        return Ok(ApiReply {
+            status: hyper::StatusCode::OK,
+            body: metrics::render(state).await.into_bytes(),
+            content_type: Some(metrics::CONTENT_TYPE),
+        });
+    }
     let segments: Vec<&str> = match path.strip_prefix(PREFIX).and_then(|p| p.strip_prefix('/')) {
         Some(rest) => rest.split('/').collect(),
         None => return Err(ApiError::no_route(&method, &path)),
@@ -46,12 +56,17 @@ pub async fn route(state: &ApiState, req: Request<Bytes>) -> Answer {
         (["volumes", volume, "snapshots", snapshot], &Method::DELETE) => {
             volumes::delete_snapshot(state, volume, snapshot).await
         }
-        (["backups"], &Method::GET) => backups::list_backups(&query).await,
+        (["backups"], &Method::GET) => backups::list_backups(state, &query).await,
         (["backups"], &Method::DELETE) => backups::delete_backup(&query).await,
-        (["backups", "inspect"], &Method::GET) => backups::inspect_backup(&query).await,
+        (["backups", "inspect"], &Method::GET) => backups::inspect_backup(state, &query).await,
         (["jobs"], &Method::POST) => jobs::start_job(state, json_body(req.body())?).await,
         (["jobs", id], &Method::GET) => jobs::job_status(state, id, &query).await,
         (["jobs", id], &Method::DELETE) => jobs::cancel_job(state, id).await,
+        (["schedules"], &Method::GET) => schedules::list_schedules(state).await,
+        (["schedules"], &Method::PUT) => {
+            schedules::set_schedule(state, json_body(req.body())?).await
+        }
+        (["schedules"], &Method::DELETE) => schedules::remove_schedule(state, &query).await,
         (
             ["pool"]
             | ["nbd"]
@@ -59,6 +74,7 @@ pub async fn route(state: &ApiState, req: Request<Bytes>) -> Answer {
             | ["backups", "inspect"]
             | ["jobs"]
             | ["jobs", _]
+            | ["schedules"]
             | ["volumes"]
             | ["volumes", _]
             | ["volumes", _, "grow"]

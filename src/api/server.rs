@@ -46,7 +46,11 @@ impl Handler for ControlApi {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         match route(&self.state, request).await {
-            Ok(reply) => ballast_unix_http::response(reply.status, JSON, reply.body),
+            Ok(reply) => ballast_unix_http::response(
+                reply.status,
+                reply.content_type.unwrap_or(JSON),
+                reply.body,
+            ),
             Err(e) => error_response(&method, &path, e),
         }
     }

@@ -11,6 +11,8 @@ use super::types::NbdEndpoints;
 use crate::driver::DockerDriver;
 use crate::ops::hydrate::Hydrations;
 use crate::ops::jobs::Jobs;
+use crate::ops::keys::BackupKeys;
+use crate::ops::schedule::Scheduler;
 
 /// Everything the handlers can reach. Services that add API routes add
 /// their handles here.
@@ -21,6 +23,10 @@ pub struct ApiState {
     pub jobs: Jobs,
     /// Volumes restored instantly and still hydrating.
     pub hydrations: Hydrations,
+    /// The backup schedules and their runs.
+    pub schedules: Scheduler,
+    /// The backup keys requests may name (`--backup-key-dir`).
+    pub keys: BackupKeys,
     /// Attaches volumes as block devices (`ballast attach`): the Docker
     /// driver, present when the daemon runs as root.
     pub attach: Option<std::sync::Arc<DockerDriver>>,
@@ -32,6 +38,8 @@ pub struct ApiState {
 pub struct ApiReply {
     pub status: StatusCode,
     pub body: Vec<u8>,
+    /// `None`: JSON.
+    pub content_type: Option<&'static str>,
 }
 
 impl ApiReply {
@@ -40,7 +48,11 @@ impl ApiReply {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: format!("cannot encode response: {e}"),
         })?;
-        Ok(ApiReply { status, body })
+        Ok(ApiReply {
+            status,
+            body,
+            content_type: None,
+        })
     }
 
     /// 200 with `value` as its body.
@@ -52,6 +64,7 @@ impl ApiReply {
         Ok(ApiReply {
             status: StatusCode::NO_CONTENT,
             body: Vec::new(),
+            content_type: None,
         })
     }
 }

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::ops::hydrate::HydrationStatus;
 pub use crate::ops::jobs::{JobState, JobStatus};
+pub use crate::ops::schedule::ScheduleStatus;
+pub use ballast_backupstore::KeepOptions;
 pub use ballast_engine::{PoolStats, SnapshotInfo, VolumeInfo};
 
 /// `POST /v1/volumes`.
@@ -26,6 +28,10 @@ pub struct CreateVolume {
     /// the backup's manifest is read, and hydrates in the background.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<String>,
+    /// With `backup`: the name of the backup key (in the daemon's
+    /// `--backup-key-dir`) of an encrypted destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// `GET /v1/volumes/{name}` (and the answer to a create): the volume, and
@@ -113,15 +119,26 @@ pub enum JobRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         snapshot: Option<String>,
         dest: String,
+        /// The name of the backup key (in the daemon's key directory) of
+        /// an encrypted destination; in every request below too.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// Restore `backup` into the new volume `volume`.
-    Restore { backup: String, volume: String },
+    Restore {
+        backup: String,
+        volume: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
     /// Re-read every chunk of one backup, or of every backup in `dest`.
     Verify {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         backup: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         dest: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// Remove chunks no backup references, keeping those younger than
     /// `grace_secs` (default: the store's one hour).
@@ -129,6 +146,20 @@ pub enum JobRequest {
         dest: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grace_secs: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
+    /// Delete the backups `keep` does not keep (of `volume`, or of every
+    /// volume); with `dry_run`, only report what would go.
+    Prune {
+        dest: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        volume: Option<String>,
+        keep: KeepOptions,
+        #[serde(default)]
+        dry_run: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
 }
 
@@ -139,8 +170,25 @@ impl JobRequest {
             JobRequest::Restore { .. } => "restore",
             JobRequest::Verify { .. } => "verify",
             JobRequest::Gc { .. } => "gc",
+            JobRequest::Prune { .. } => "prune",
         }
     }
+}
+
+/// `PUT /v1/schedules`: back up `volume` to `dest` every `every_secs`,
+/// then prune its backups there with `keep` (nothing if empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetSchedule {
+    pub volume: String,
+    pub dest: String,
+    pub every_secs: u64,
+    #[serde(default)]
+    pub keep: KeepOptions,
+    /// The backup key (by name, in the daemon's key directory) of an
+    /// encrypted destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// Answer to `POST /v1/jobs`.

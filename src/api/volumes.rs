@@ -35,6 +35,11 @@ pub async fn create_volume(state: &ApiState, req: CreateVolume) -> Answer {
     if let Some(url) = &req.backup {
         return restore_instantly(state, &req, url).await;
     }
+    if req.key.is_some() {
+        return Err(ApiError::bad_request(
+            "key goes with backup: it is the key of the destination a volume is restored from",
+        ));
+    }
     let pool = &state.pool;
     let info = match &req.from_snapshot {
         None => {
@@ -65,7 +70,10 @@ async fn restore_instantly(state: &ApiState, req: &CreateVolume, url: &str) -> A
     let backup = url
         .parse()
         .map_err(|e: ballast_backupstore::Error| ApiError::bad_request(e.to_string()))?;
-    let (info, _job) = state.hydrations.start(&backup, &req.name).await?;
+    let (info, _job) = state
+        .hydrations
+        .start(&backup, &req.name, req.key.as_deref())
+        .await?;
     ApiReply::json(
         StatusCode::CREATED,
         &VolumeDetails {

@@ -151,6 +151,18 @@ pub struct DaemonArgs {
     /// How Docker volumes become block devices: fuse or kernel-nbd [default: fuse where /dev/fuse exists]
     #[arg(long, value_name = "PATH")]
     pub docker_attach: Option<String>,
+    /// Serve GET /metrics (Prometheus text format) on TCP at ADDR:PORT too; off loopback it needs --metrics-allow-remote [default: on the control socket only]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
+    /// Allow --metrics-listen on an address other than loopback (the page names every volume and destination)
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+    /// Scheduled backups that may run (upload) at once
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub backup_concurrency: u16,
+    /// Backup keys (`ballast backup key create`) that requests name with --key / backup_key= [default: none]
+    #[arg(long, value_name = "DIR")]
+    pub backup_key_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +189,37 @@ pub struct CreateArgs {
     /// With --backup: return only once every chunk is local (a full restore)
     #[arg(long, requires = "backup")]
     pub wait: bool,
+    /// The backup key of an encrypted destination (a name in the daemon's --backup-key-dir)
+    #[arg(long, value_name = "NAME", requires = "backup")]
+    pub key: Option<String>,
+}
+
+/// `--key NAME` of the backup commands.
+#[derive(Debug, Args)]
+pub struct KeyArg {
+    /// The backup key of an encrypted destination: a name in the daemon's
+    /// --backup-key-dir (a new destination backed up with a key is encrypted under it)
+    #[arg(long, value_name = "NAME")]
+    pub key: Option<String>,
+}
+
+impl KeyArg {
+    /// The key name, checked before the daemon sees it. A path is refused
+    /// with a hint: the daemon reads keys only from its key directory.
+    pub fn checked_name(self) -> anyhow::Result<Option<String>> {
+        let Some(name) = self.key else {
+            return Ok(None);
+        };
+        if name.contains('/') {
+            anyhow::bail!(
+                "--key {name:?}: give the name of a key in the daemon's --backup-key-dir, not a path"
+            );
+        }
+        anyhow::Context::with_context(ballast_engine::validate_name(&name), || {
+            format!("--key {name:?}")
+        })?;
+        Ok(Some(name))
+    }
 }
 
 /// `ballast backup ...`. Destinations are file:///DIR, vfs:///DIR or
@@ -191,6 +234,8 @@ pub enum BackupCommand {
         #[arg(long, value_name = "URL")]
         dest: String,
         #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// List the backups in a destination
@@ -202,11 +247,15 @@ pub enum BackupCommand {
         #[arg(long, value_name = "VOL")]
         volume: Option<String>,
         #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// Show one backup
     Inspect {
         backup: String,
+        #[command(flatten)]
+        key: KeyArg,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -220,6 +269,8 @@ pub enum BackupCommand {
         #[arg(long, value_name = "URL")]
         dest: Option<String>,
         #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// Remove chunks no backup references
@@ -231,8 +282,123 @@ pub enum BackupCommand {
         #[arg(long, value_name = "DURATION")]
         grace: Option<String>,
         #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
         output: OutputArgs,
     },
+    /// Delete the backups the keep options do not keep (Proxmox Backup Server's semantics; the newest backup of a volume always stays)
+    Prune {
+        /// Backup destination URL
+        #[arg(long, value_name = "URL")]
+        dest: String,
+        /// Only backups of this volume [default: every volume, each on its own]
+        #[arg(long, value_name = "VOL")]
+        volume: Option<String>,
+        #[command(flatten)]
+        keep: KeepArgs,
+        /// Only show what would be deleted, and why each kept backup is kept
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Back up volumes on a schedule, kept in the pool (set, list, remove)
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// Backup keys for encrypted destinations
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// `ballast backup key ...`: runs here, without the daemon.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write a new backup key file (mode 0600); prints its fingerprint
+    Create {
+        /// The new key file (never replaced); put it in the daemon's --backup-key-dir
+        #[arg(long, value_name = "PATH")]
+        file: PathBuf,
+        /// Derive the key from a passphrase (scrypt), read from the terminal,
+        /// $BALLAST_BACKUP_PASSPHRASE or --passphrase-file
+        #[arg(long)]
+        passphrase: bool,
+        /// Read the passphrase from this file (its first line)
+        #[arg(long, value_name = "PATH", requires = "passphrase")]
+        passphrase_file: Option<PathBuf>,
+        /// Derive the same key again: the salt a key file or ballast-store.json records
+        #[arg(long, value_name = "HEX", requires = "passphrase")]
+        salt: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// `ballast backup schedule ...`.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Back up VOL to --dest every --every, then prune its backups there with the keep options (first run at once)
+    Set {
+        /// Volume name
+        volume: String,
+        /// Backup destination URL
+        #[arg(long, value_name = "URL")]
+        dest: String,
+        /// Interval, e.g. 1h, 30m, 1d
+        #[arg(long, value_name = "DURATION")]
+        every: String,
+        #[command(flatten)]
+        keep: KeepArgs,
+        #[command(flatten)]
+        key: KeyArg,
+    },
+    /// Show every schedule: next run, last success, last failure and its error
+    List(OutputArgs),
+    /// Stop backing up VOL to --dest on a schedule (its backups stay)
+    Remove {
+        /// Volume name
+        volume: String,
+        /// Backup destination URL
+        #[arg(long, value_name = "URL")]
+        dest: String,
+    },
+}
+
+impl KeepArgs {
+    pub fn options(self) -> ballast_backupstore::KeepOptions {
+        ballast_backupstore::KeepOptions {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+        }
+    }
+}
+
+/// Retention, applied in this order; periods are the daemon's local time.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct KeepArgs {
+    /// Keep the N newest backups
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the last N hours that have one
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest backup of each of the last N days that have one
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the last N ISO weeks that have one
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the last N months that have one
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest backup of each of the last N years that have one
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

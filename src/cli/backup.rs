@@ -13,8 +13,9 @@ use ballast_engine::{format_size, parse_snapshot_ref, validate_name};
 use serde_json::Value;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::args::BackupCommand;
-use super::output::{emit, format_time, json, Table};
+use super::args::{BackupCommand, KeyArg};
+use super::output::{emit, format_local_time, format_time, json, Table};
+use super::schedule;
 use crate::api::types::{JobRequest, JobState};
 use crate::client::Client;
 
@@ -26,6 +27,7 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
         BackupCommand::Create {
             source,
             dest,
+            key,
             output,
         } => {
             let (volume, snapshot) = match source.split_once('@') {
@@ -42,6 +44,7 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
                 volume,
                 snapshot,
                 dest,
+                key: key.checked_name()?,
             };
             let info = run_job(client, &request, !output.json).await?;
             if output.json {
@@ -53,26 +56,37 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
         BackupCommand::List {
             dest,
             volume,
+            key,
             output,
         } => {
             if let Some(volume) = &volume {
                 validate_name(volume)?;
             }
-            let backups = client.backups(&dest, volume.as_deref()).await?;
+            let key = key.checked_name()?;
+            let backups = client
+                .backups(&dest, volume.as_deref(), key.as_deref())
+                .await?;
             if output.json {
                 json(&backups)
             } else {
                 backup_table(&backups)?
             }
         }
-        BackupCommand::Inspect { backup, output } => {
-            let info = client.inspect_backup(&backup).await?;
+        BackupCommand::Inspect {
+            backup,
+            key,
+            output,
+        } => {
+            let info = client
+                .inspect_backup(&backup, key.checked_name()?.as_deref())
+                .await?;
             if output.json {
                 json(&info)
             } else {
                 backup_details(&info)?
             }
         }
+        BackupCommand::Key(command) => super::key::run(command)?,
         BackupCommand::Delete { backup } => {
             client.delete_backup(&backup).await?;
             format!("{backup}\n")
@@ -80,10 +94,15 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
         BackupCommand::Verify {
             backup,
             dest,
+            key,
             output,
         } => {
-            let report =
-                run_job(client, &JobRequest::Verify { backup, dest }, !output.json).await?;
+            let request = JobRequest::Verify {
+                backup,
+                dest,
+                key: key.checked_name()?,
+            };
+            let report = run_job(client, &request, !output.json).await?;
             let text = if output.json {
                 json(&report)
             } else {
@@ -102,6 +121,7 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
         BackupCommand::Gc {
             dest,
             grace,
+            key,
             output,
         } => {
             let grace_secs = grace
@@ -112,8 +132,12 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
                         .with_context(|| format!("--grace {g:?} (e.g. 0s, 30m, 1h)"))
                 })
                 .transpose()?;
-            let report =
-                run_job(client, &JobRequest::Gc { dest, grace_secs }, !output.json).await?;
+            let request = JobRequest::Gc {
+                dest,
+                grace_secs,
+                key: key.checked_name()?,
+            };
+            let report = run_job(client, &request, !output.json).await?;
             if output.json {
                 json(&report)
             } else {
@@ -127,14 +151,85 @@ pub async fn run(client: &Client, command: BackupCommand) -> Result<String> {
                 )
             }
         }
+        BackupCommand::Schedule(command) => schedule::run(client, command).await?,
+        BackupCommand::Prune {
+            dest,
+            volume,
+            keep,
+            dry_run,
+            key,
+            output,
+        } => {
+            if let Some(volume) = &volume {
+                validate_name(volume)?;
+            }
+            let request = JobRequest::Prune {
+                dest,
+                volume,
+                keep: keep.options(),
+                dry_run,
+                key: key.checked_name()?,
+            };
+            let report = run_job(client, &request, !output.json).await?;
+            if output.json {
+                json(&report)
+            } else {
+                prune_summary(&report)?
+            }
+        }
     })
 }
 
-/// `ballast create VOL --backup URL`: restores into a new volume.
-pub async fn restore(client: &Client, backup: &str, volume: &str) -> Result<String> {
+/// `ballast backup prune`'s report: what went (or would go) and why each
+/// kept backup stays.
+fn prune_summary(report: &Value) -> Result<String> {
+    let dry_run = report["dry_run"].as_bool().unwrap_or(false);
+    let mut table = Table::new(&["ACTION", "VOLUME", "CREATED", "REASON", "ID"]);
+    for b in report["backups"].as_array().into_iter().flatten() {
+        let keep = b["keep"].as_bool().unwrap_or(true);
+        let action = match (keep, dry_run) {
+            (true, _) => "keep",
+            (false, true) => "would remove",
+            (false, false) => "removed",
+        };
+        let reason = match (b["rule"].as_str(), b["period"].as_str()) {
+            (Some(rule), Some(period)) => format!("{rule} {period}"),
+            (Some(rule), None) => rule.to_string(),
+            _ => "-".to_string(),
+        };
+        table.row(vec![
+            action.to_string(),
+            field(b, "volume")?.to_string(),
+            format_local_time(number(b, "created")?),
+            reason,
+            field(b, "id")?.to_string(),
+        ]);
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    Ok(format!(
+        "{}{verb} {} backups, kept {}{}\n",
+        table.render(),
+        number(report, "removed")?,
+        number(report, "kept")?,
+        if dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        },
+    ))
+}
+
+/// `ballast create VOL --backup URL [--key NAME]`: restores into a new volume.
+pub async fn restore(
+    client: &Client,
+    backup: &str,
+    volume: &str,
+    key: Option<String>,
+) -> Result<String> {
     let request = JobRequest::Restore {
         backup: backup.to_string(),
         volume: volume.to_string(),
+        key: KeyArg { key }.checked_name()?,
     };
     let info = run_job(client, &request, true).await?;
     Ok(format!("{}\n", field(&info, "name")?))

@@ -5,7 +5,9 @@
 
 pub mod args;
 mod backup;
+mod key;
 pub mod output;
+mod schedule;
 
 use anyhow::Result;
 use ballast_engine::{format_size, parse_size, parse_snapshot_ref, validate_name};
@@ -16,7 +18,7 @@ use crate::api::types::{
     CreateVolume, ExportUris, NbdTls, SnapshotInfo, VolumeDetails, VolumeInfo,
 };
 use crate::client::Client;
-use args::{ClientCommand, CreateArgs, SnapshotCommand};
+use args::{ClientCommand, CreateArgs, KeyArg, SnapshotCommand};
 use output::{emit, format_time, json, Table};
 
 pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
@@ -107,13 +109,14 @@ async fn create(client: &Client, args: CreateArgs) -> Result<String> {
     validate_name(&args.volume)?;
     if let Some(url) = &args.backup {
         if args.wait {
-            return backup::restore(client, url, &args.volume).await;
+            return backup::restore(client, url, &args.volume, args.key).await;
         }
         let request = CreateVolume {
             name: args.volume,
             size: None,
             from_snapshot: None,
             backup: Some(url.clone()),
+            key: KeyArg { key: args.key }.checked_name()?,
         };
         let created = client.create_volume(&request).await?;
         if let Some(h) = created
@@ -138,6 +141,7 @@ async fn create(client: &Client, args: CreateArgs) -> Result<String> {
         size,
         from_snapshot: args.from_snapshot,
         backup: None,
+        key: None,
     };
     let created = client.create_volume(&request).await?;
     Ok(format!("{}\n", created.info.name))

@@ -95,6 +95,31 @@ pub fn format_time(unix_secs: u64) -> String {
     )
 }
 
+/// `YYYY-MM-DD HH:MM:SS ZONE` in the local time zone (`TZ`, else
+/// `/etc/localtime`) for a Unix timestamp, e.g. `2026-12-01 16:00:00 CET`;
+/// UTC if the C library cannot convert it.
+pub fn format_local_time(unix_secs: u64) -> String {
+    let t = unix_secs.min(i64::MAX as u64) as libc::time_t;
+    // SAFETY: an all-zero `tm` is a valid value of the plain C struct.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals; localtime_r is reentrant.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return format!("{} UTC", format_time(unix_secs));
+    }
+    let mut buf = [0u8; 64];
+    // SAFETY: the buffer, format string and `tm` are live; strftime writes
+    // at most `buf.len()` bytes and returns how many.
+    let n = unsafe {
+        libc::strftime(
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            c"%Y-%m-%d %H:%M:%S %Z".as_ptr(),
+            &tm,
+        )
+    };
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 /// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's
 /// `civil_from_days`, for non-negative day counts).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {

@@ -20,4 +20,10 @@ pub struct DaemonConfig {
     pub docker_plugin: Option<String>,
     /// How Docker volumes are attached; `None`: the best the host has.
     pub docker_attach: Option<ballast_docker::AttachPath>,
+    /// Scheduled backups that may upload at once.
+    pub backup_concurrency: usize,
+    /// Serve `GET /metrics` on TCP here too.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where backup keys are looked up by name.
+    pub backup_key_dir: Option<PathBuf>,
 }

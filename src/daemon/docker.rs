@@ -16,6 +16,7 @@ use tracing::info;
 
 use super::services::Services;
 use crate::driver::{DockerDriver, PoolProvider};
+use crate::ops::keys::BackupKeys;
 
 /// Driver state and mounts live in `ROOT/docker/`.
 const DOCKER_DIR: &str = "docker";
@@ -75,6 +76,7 @@ pub fn prepare(
     root: &Path,
     nbd_socket: &Path,
     attach: Option<AttachPath>,
+    keys: BackupKeys,
 ) -> Result<Option<DockerService>> {
     if !driver_runs() {
         return Ok(None);
@@ -84,6 +86,7 @@ pub fn prepare(
         pool: pool.clone(),
         hydrations,
         nbd_socket: nbd_socket.to_path_buf(),
+        keys,
     };
     let host = LinuxHost::new(&dir, pool, holder(&dir)?, attach);
     let driver = Arc::new(Driver::open(provider, host, Layout::new(dir))?);

@@ -9,6 +9,7 @@ mod commit;
 mod config;
 mod docker;
 mod lock;
+mod metrics;
 mod nbd;
 mod services;
 mod socket;
@@ -50,6 +51,10 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     )
     .await?;
     let nbd = nbd::bind(&config.nbd, tls, &config.root, docker::driver_runs()).await?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let docker_socket = config
         .docker_plugin
         .as_deref()
@@ -70,8 +75,9 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
 
     ops::restore::clean_up_interrupted(&pool).await;
     let jobs = ops::jobs::Jobs::default();
+    let keys = ops::keys::BackupKeys::new(config.backup_key_dir.clone());
     // Before anything serves a volume: a hydrating volume is gated again.
-    let hydrations = ops::hydrate::Hydrations::new(pool.clone(), jobs.clone());
+    let hydrations = ops::hydrate::Hydrations::new(pool.clone(), jobs.clone(), keys.clone());
     hydrations.resume_all().await;
     let docker = docker::prepare(
         docker_socket,
@@ -80,14 +86,31 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         &config.root,
         &nbd.driver_socket(),
         config.docker_attach,
+        keys.clone(),
     )?;
+    let schedules = ops::schedule::Scheduler::load(
+        pool.clone(),
+        jobs.clone(),
+        keys.clone(),
+        config.backup_concurrency,
+    )
+    .await
+    .context("cannot load the backup schedules")?;
     let state = Arc::new(ApiState {
         pool: pool.clone(),
         nbd: nbd.endpoints(),
         jobs: jobs.clone(),
         hydrations,
+        schedules: schedules.clone(),
+        keys,
         attach: docker.as_ref().map(docker::DockerService::driver),
     });
+    if let Some(listener) = metrics_listener {
+        let state = state.clone();
+        services.spawn("metrics listener", move |shutdown| {
+            metrics::serve(listener, state, shutdown)
+        });
+    }
     services.spawn("control API", move |shutdown| {
         api::server::serve(listener, state, shutdown.cancelled_owned())
     });
@@ -95,6 +118,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         let pool = pool.clone();
         move |shutdown| commit::run(pool, COMMIT_PERIOD, shutdown)
     });
+    services.spawn("backup schedules", move |shutdown| schedules.run(shutdown));
     nbd.spawn(&mut services, pool.clone());
     if let Some(docker) = docker {
         docker.spawn(&mut services);

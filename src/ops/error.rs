@@ -11,6 +11,8 @@ pub enum OpError {
     Store(#[from] ballast_backupstore::Error),
     #[error(transparent)]
     Engine(#[from] ballast_engine::Error),
+    #[error("backup key {name:?} asked for, but the daemon was started without --backup-key-dir")]
+    NoKeyDir { name: String },
     #[error("cannot journal the restore in {}: {source}", dir.display())]
     Journal {
         dir: PathBuf,

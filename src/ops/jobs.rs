@@ -176,6 +176,19 @@ impl Jobs {
         }
     }
 
+    /// How many jobs are kept in each state (finished ones for
+    /// [`KEEP_FOR`]), every state named.
+    pub fn count_by_state(&self) -> [(&'static str, u64); 4] {
+        let registry = self.lock();
+        let count = |s: JobState| registry.jobs.values().filter(|j| j.state == s).count() as u64;
+        [
+            ("running", count(JobState::Running)),
+            ("succeeded", count(JobState::Succeeded)),
+            ("failed", count(JobState::Failed)),
+            ("cancelled", count(JobState::Cancelled)),
+        ]
+    }
+
     fn finish(&self, id: u64, outcome: Outcome) {
         let mut registry = self.lock();
         let Some(job) = registry.jobs.get_mut(&id) else {

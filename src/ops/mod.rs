@@ -1,13 +1,17 @@
 //! The daemon's long operations, below any protocol: backup, restore,
 //! verify and gc as jobs ([`jobs`], [`operation`]), and crash-safe
-//! restores ([`restore`]). The control API starts them; the Docker volume
+//! restores ([`restore`]), with the backup keys the daemon may use
+//! ([`keys`]). The control API starts them; the Docker volume
 //! driver restores through [`restore::restore_backup`] the same way.
 //!
 //! Nothing here knows HTTP: failures are [`error::OpError`]s, and the
 //! callers decide what each becomes on their protocol.
 
+pub mod chain;
 pub mod error;
 pub mod hydrate;
 pub mod jobs;
+pub mod keys;
 pub mod operation;
 pub mod restore;
+pub mod schedule;

@@ -7,19 +7,20 @@
 use std::sync::Arc;
 
 use ballast_backupstore::{
-    BackupStore, BackupUrl, GcOptions, Progress, ProgressCounter, StoreOptions, StoreUrl,
-    VerifyScope,
+    BackupUrl, GcOptions, KeepOptions, Progress, ProgressCounter, StoreUrl, VerifyScope,
 };
 use ballast_engine::Pool;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::chain;
 use super::error::OpError;
 use super::jobs::Outcome;
+use super::keys::{open, Key};
 use super::restore::Restore;
 
-/// A long operation whose URLs are parsed and names checked.
+/// A long operation whose URLs are parsed, names checked and key read.
 #[derive(Debug, Clone)]
 pub enum Operation {
     /// Back up `volume@snapshot`, or a snapshot taken now.
@@ -27,15 +28,32 @@ pub enum Operation {
         dest: StoreUrl,
         volume: String,
         snapshot: Option<String>,
+        key: Key,
     },
     /// Restore `backup` into the new volume `volume`.
-    Restore { backup: BackupUrl, volume: String },
+    Restore {
+        backup: BackupUrl,
+        volume: String,
+        key: Key,
+    },
     /// Re-read every chunk of one backup.
-    VerifyBackup { backup: BackupUrl },
+    VerifyBackup { backup: BackupUrl, key: Key },
     /// Re-read every chunk of every backup in `dest`.
-    VerifyAll { dest: StoreUrl },
+    VerifyAll { dest: StoreUrl, key: Key },
     /// Remove chunks no backup references.
-    Gc { dest: StoreUrl, options: GcOptions },
+    Gc {
+        dest: StoreUrl,
+        options: GcOptions,
+        key: Key,
+    },
+    /// Delete the backups `keep` does not keep.
+    Prune {
+        dest: StoreUrl,
+        volume: Option<String>,
+        keep: KeepOptions,
+        dry_run: bool,
+        key: Key,
+    },
 }
 
 impl Operation {
@@ -46,6 +64,7 @@ impl Operation {
             Operation::Restore { .. } => "restore",
             Operation::VerifyBackup { .. } | Operation::VerifyAll { .. } => "verify",
             Operation::Gc { .. } => "gc",
+            Operation::Prune { .. } => "prune",
         }
     }
 }
@@ -92,40 +111,63 @@ async fn execute(
             dest,
             volume,
             snapshot,
+            key,
         } => {
-            let info = open(&dest)
-                .await?
-                .backup(pool, &volume, snapshot.as_deref(), progress)
-                .await?;
+            let store = open(&dest, key).await?;
+            let info = match snapshot {
+                Some(snapshot) => {
+                    store
+                        .backup(pool, &volume, Some(&snapshot), progress)
+                        .await?
+                }
+                None => chain::backup_volume(pool, &store, &volume, progress).await?,
+            };
             info!(backup = %info.url, "backup complete");
             to_json(&info)
         }
-        Operation::Restore { backup, volume } => {
+        Operation::Restore {
+            backup,
+            volume,
+            key,
+        } => {
             let restore = restore.expect("restore jobs are journalled before they run");
-            to_json(&restore.run(pool, &backup, &volume, progress).await?)
+            to_json(&restore.run(pool, &backup, &volume, key, progress).await?)
         }
-        Operation::VerifyBackup { backup } => {
+        Operation::VerifyBackup { backup, key } => {
             let scope = VerifyScope::Backup {
                 volume: &backup.volume,
                 id: &backup.id,
             };
-            to_json(&open(&backup.dest).await?.verify(scope, progress).await?)
+            to_json(
+                &open(&backup.dest, key)
+                    .await?
+                    .verify(scope, progress)
+                    .await?,
+            )
         }
-        Operation::VerifyAll { dest } => to_json(
-            &open(&dest)
+        Operation::VerifyAll { dest, key } => to_json(
+            &open(&dest, key)
                 .await?
                 .verify(VerifyScope::All, progress)
                 .await?,
         ),
-        Operation::Gc { dest, options } => {
-            to_json(&open(&dest).await?.gc(&options, progress).await?)
+        Operation::Gc { dest, options, key } => {
+            to_json(&open(&dest, key).await?.gc(&options, progress).await?)
         }
+        Operation::Prune {
+            dest,
+            volume,
+            keep,
+            dry_run,
+            key,
+        } => to_json(
+            &open(&dest, key)
+                .await?
+                .prune(volume.as_deref(), &keep, dry_run)
+                .await?,
+        ),
     };
     Ok(value)
-}
-
-async fn open(dest: &StoreUrl) -> Result<BackupStore, ballast_backupstore::Error> {
-    BackupStore::open(dest, StoreOptions::default()).await
 }
 
 fn to_json(value: &impl Serialize) -> serde_json::Value {

@@ -11,11 +11,12 @@ use std::fs::{self, File};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ballast_backupstore::{BackupStore, BackupUrl, Progress, StoreOptions};
+use ballast_backupstore::{BackupUrl, Progress};
 use ballast_engine::{Pool, VolumeInfo};
 use tracing::{info, warn};
 
 use super::error::OpError;
+use super::keys::{open, Key};
 
 /// Directory of the journal, under the pool root.
 const JOURNAL_DIR: &str = "restoring";
@@ -53,10 +54,11 @@ impl Restore {
         pool: &Pool,
         backup: &BackupUrl,
         volume: &str,
+        key: Key,
         progress: &dyn Progress,
     ) -> Result<VolumeInfo, OpError> {
         let result = async {
-            let store = BackupStore::open(&backup.dest, StoreOptions::default()).await?;
+            let store = open(&backup.dest, key).await?;
             store
                 .restore(pool, &backup.volume, &backup.id, &self.temp, progress)
                 .await?;
@@ -110,11 +112,12 @@ pub async fn restore_backup(
     pool: &Pool,
     backup: &BackupUrl,
     volume: &str,
+    key: Key,
     progress: &dyn Progress,
 ) -> Result<VolumeInfo, OpError> {
     refuse_taken(pool, volume)?;
     Restore::begin(pool)?
-        .run(pool, backup, volume, progress)
+        .run(pool, backup, volume, key, progress)
         .await
 }
 

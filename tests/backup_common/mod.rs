@@ -17,6 +17,11 @@ pub fn start(dir: &TempDir) -> Daemon {
 
 /// A daemon with an NBD unix socket and extra environment (e.g. AWS_*).
 pub fn start_with_env(dir: &TempDir, env: &[(&str, &str)]) -> Daemon {
+    start_with_args(dir, env, &[])
+}
+
+/// A daemon with an NBD unix socket, extra environment and flags.
+pub fn start_with_args(dir: &TempDir, env: &[(&str, &str)], args: &[&str]) -> Daemon {
     let root = dir.join("root");
     let socket = dir.join("control.sock");
     let mut command = Command::new(crate::common::BIN);
@@ -27,7 +32,8 @@ pub fn start_with_env(dir: &TempDir, env: &[(&str, &str)]) -> Daemon {
         .arg("--control-socket")
         .arg(&socket)
         .args(["--nbd-listen", "off", "--nbd-socket"])
-        .arg(dir.join("nbd.sock"));
+        .arg(dir.join("nbd.sock"))
+        .args(args);
     for (k, v) in env {
         command.env(k, v);
     }
@@ -86,6 +92,37 @@ pub fn qemu_io(uri: &str, commands: &[&str]) {
         "qemu-io {commands:?}: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// `ballast backup key create --file FILE ARGS...` with `env`; its output.
+pub fn create_key(file: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(crate::common::BIN)
+        .args(["backup", "key", "create", "--file"])
+        .arg(file)
+        .args(args)
+        .env_remove("BALLAST_BACKUP_PASSPHRASE")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// `random_mib` MiB of seeded random data followed by `zero_mib` MiB of zeros.

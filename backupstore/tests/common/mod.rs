@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ballast_backupstore::{BackupStore, Progress, StoreOptions, StoreUrl};
+use ballast_backupstore::{BackupKey, BackupStore, Progress, StoreOptions, StoreUrl};
 use ballast_engine::{Pool, PoolConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -25,6 +25,31 @@ pub fn store_options() -> StoreOptions {
         chunk_size: Some(CHUNK),
         ..StoreOptions::default()
     }
+}
+
+/// The test options with a backup key (an encrypted store).
+pub fn keyed_options(key: Option<&Arc<BackupKey>>) -> StoreOptions {
+    StoreOptions {
+        key: key.cloned(),
+        ..store_options()
+    }
+}
+
+/// A handle on `url` with `key`.
+pub async fn open_with(url: &StoreUrl, key: Option<&Arc<BackupKey>>) -> BackupStore {
+    BackupStore::open(url, keyed_options(key)).await.unwrap()
+}
+
+pub fn file_url(dir: &TempDir, name: &str) -> StoreUrl {
+    format!("file://{}", dir.path().join(name).display())
+        .parse()
+        .unwrap()
+}
+
+pub fn s3_url(endpoint: &str, bucket: &str, prefix: &str) -> StoreUrl {
+    format!("s3://{bucket}/{prefix}?endpoint={endpoint}")
+        .parse()
+        .unwrap()
 }
 
 pub fn open_pool() -> (TempDir, Pool) {

@@ -1,9 +1,12 @@
 //! Scenarios run against every kind of target (directory and S3).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ballast_backupstore::{BackupInfo, BackupStore, Error, GcOptions, NoProgress, VerifyScope};
+use ballast_backupstore::{
+    BackupInfo, BackupKey, BackupStore, Error, GcOptions, NoProgress, StoreUrl, VerifyScope,
+};
 use ballast_engine::{BlockState, Pool};
 
 use super::*;
@@ -406,4 +409,274 @@ pub async fn corruption(store: &BackupStore) {
         .unwrap_err();
     assert!(matches!(err, Error::MissingChunk { .. }), "{err}");
     assert!(pool.volume("bad2").is_err());
+}
+
+/// Every object in the store with its bytes.
+async fn all_objects(store: &BackupStore) -> Vec<(String, bytes::Bytes)> {
+    let mut out = Vec::new();
+    for meta in store.objects().list("").await.unwrap() {
+        let data = store.objects().get(&meta.key).await.unwrap().unwrap();
+        out.push((meta.key, data));
+    }
+    out
+}
+
+/// 32-byte probes taken across every data chunk of `image`.
+fn probes(image: &[u8]) -> Vec<&[u8]> {
+    image
+        .chunks(CHUNK as usize)
+        .filter(|c| c.iter().any(|&b| b != 0))
+        .flat_map(|c| [&c[100..132], &c[c.len() / 2..c.len() / 2 + 32]])
+        .collect()
+}
+
+/// How many of `probes` occur somewhere in the store's objects (their
+/// keys included).
+async fn probes_found(store: &BackupStore, probes: &[&[u8]]) -> usize {
+    let objects = all_objects(store).await;
+    let mut haystacks: Vec<&[u8]> = objects.iter().map(|(_, d)| &d[..]).collect();
+    haystacks.extend(objects.iter().map(|(k, _)| k.as_bytes()));
+    count_found(&haystacks, probes)
+}
+
+/// How many of `probes` (each at least 8 bytes) occur in any of
+/// `haystacks`: one pass over each, looking up every 8-byte window.
+pub fn count_found(haystacks: &[&[u8]], probes: &[&[u8]]) -> usize {
+    let prefix = |b: &[u8]| u64::from_le_bytes(b[..8].try_into().unwrap());
+    let mut by_prefix: std::collections::HashMap<u64, Vec<usize>> = Default::default();
+    for (i, p) in probes.iter().enumerate() {
+        by_prefix.entry(prefix(p)).or_default().push(i);
+    }
+    let mut found = vec![false; probes.len()];
+    for h in haystacks {
+        for at in 0..h.len().saturating_sub(7) {
+            if let Some(ids) = by_prefix.get(&prefix(&h[at..])) {
+                for &i in ids {
+                    found[i] |= h[at..].starts_with(probes[i]);
+                }
+            }
+        }
+    }
+    found.iter().filter(|&&f| f).count()
+}
+
+/// Flips one byte of the object at `key` after its header (and nonce) and
+/// fixes both crc32s, as a forger would: only authentication can notice.
+pub async fn forge(store: &BackupStore, key: &str) {
+    let mut data = store.objects().get(key).await.unwrap().unwrap().to_vec();
+    data[32 + 24 + 3] ^= 0x01;
+    let crc = crc32fast::hash(&data[32..]);
+    data[24..28].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32fast::hash(&data[..28]);
+    data[28..32].copy_from_slice(&crc.to_le_bytes());
+    store.objects().put(key, data.into()).await.unwrap();
+}
+
+fn manifest_key(b: &BackupInfo) -> String {
+    format!("backups/{}/{}.manifest", b.volume, b.id)
+}
+
+/// An encrypted store shows nothing of the data (a plain store beside it,
+/// holding the same backup, shows it: the probes can find what is there),
+/// names chunks by a keyed hash, records only the key's fingerprint,
+/// refuses a wrong or missing key before writing anything, and authenticates
+/// every chunk and manifest on verify and restore.
+pub async fn encryption(plain_url: &StoreUrl, sealed_url: &StoreUrl) {
+    let (dir, pool) = open_pool();
+    make_volume(&pool, "vol1", VOLUME_SIZE, 51).await;
+    snapshot(&pool, "vol1", "s1").await;
+    let image = read_all(&pool, "vol1", Some("s1")).await;
+    let probes = probes(&image);
+    let key = Arc::new(BackupKey::generate());
+    let other = Arc::new(BackupKey::generate());
+
+    let plain = open_with(plain_url, None).await;
+    let sealed = open_with(sealed_url, Some(&key)).await;
+    let bp = plain
+        .backup(&pool, "vol1", Some("s1"), &NoProgress)
+        .await
+        .unwrap();
+    let b1 = sealed
+        .backup(&pool, "vol1", Some("s1"), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(
+        (b1.new_chunks, b1.reused_chunks),
+        (bp.new_chunks, bp.reused_chunks),
+        "dedup within a backup works the same under a key"
+    );
+    assert_eq!(
+        probes_found(&plain, &probes).await,
+        probes.len(),
+        "the plain store holds the data as is"
+    );
+    assert_eq!(
+        probes_found(&sealed, &probes).await,
+        0,
+        "no piece of the data is in the encrypted store"
+    );
+    let plain_ids: HashSet<String> = image
+        .chunks(CHUNK as usize)
+        .map(|c| blake3::hash(c).to_hex().to_string())
+        .collect();
+    let sealed_ids = stored_chunks(&sealed).await;
+    assert!(stored_chunks(&plain).await.is_subset(&plain_ids));
+    assert!(
+        sealed_ids.is_disjoint(&plain_ids),
+        "chunk ids do not tell which data is stored"
+    );
+    let config = sealed.config().await.unwrap().unwrap();
+    let enc = config.encryption.clone().unwrap();
+    assert_eq!(enc.key_fingerprint, key.fingerprint());
+    let key_file = dir.path().join("key");
+    key.write_new(&key_file).unwrap();
+    let key_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&key_file).unwrap()).unwrap();
+    let secret = key_json["secret"].as_str().unwrap();
+    for (k, data) in all_objects(&sealed).await {
+        assert!(
+            !data.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{k} holds the key"
+        );
+    }
+    restore_and_compare(&sealed, &pool, &b1, "r1", "s1").await;
+
+    // The wrong key, and no key, are refused before anything is written.
+    let before = all_objects(&sealed).await.len();
+    let snapshots = pool.snapshots("vol1").unwrap().len();
+    let wrong = open_with(sealed_url, Some(&other)).await;
+    let none = open_with(sealed_url, None).await;
+    for store in [&wrong, &none] {
+        let e = store
+            .backup(&pool, "vol1", None, &NoProgress)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::WrongKey { .. } | Error::KeyRequired { .. }),
+            "{e}"
+        );
+        assert!(!e.to_string().contains('\n'), "{e}");
+        let e = store
+            .restore(&pool, "vol1", &b1.id, "r2", &NoProgress)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::WrongKey { .. } | Error::KeyRequired { .. }),
+            "{e}"
+        );
+        assert!(pool.volume("r2").is_err(), "no volume was created");
+        assert!(store.list(None).await.is_err());
+        assert!(store.verify(VerifyScope::All, &NoProgress).await.is_err());
+        assert!(store.gc(&GcOptions::default(), &NoProgress).await.is_err());
+    }
+    let e = wrong.list(None).await.unwrap_err().to_string();
+    assert!(
+        e.contains(&key.fingerprint()) && e.contains(&other.fingerprint()),
+        "{e}"
+    );
+    let e = none.list(None).await.unwrap_err().to_string();
+    assert!(e.contains("encrypted") && e.contains("--key"), "{e}");
+    assert_eq!(all_objects(&sealed).await.len(), before, "nothing written");
+    assert_eq!(pool.snapshots("vol1").unwrap().len(), snapshots);
+    // A key for a plain store is refused too: it would mix the two.
+    let keyed_plain = open_with(plain_url, Some(&key)).await;
+    let e = keyed_plain
+        .backup(&pool, "vol1", None, &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotEncrypted { .. }), "{e}");
+    assert_eq!(pool.snapshots("vol1").unwrap().len(), snapshots);
+
+    // Incremental under the key: only the changed chunks are uploaded.
+    let changed = change_chunks(&pool, "vol1", CHANGED_CHUNKS, 52).await;
+    snapshot(&pool, "vol1", "s2").await;
+    let b2 = sealed
+        .backup(&pool, "vol1", Some("s2"), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(b2.parent.as_deref(), Some(b1.id.as_str()));
+    assert_eq!(b2.new_chunks, changed.len() as u64);
+
+    // A forged chunk (crc32s fixed) fails authentication on verify and restore.
+    let d1 = chunk_digests(&sealed, &b1).await;
+    let d2 = chunk_digests(&sealed, &b2).await;
+    let victim = d1.intersection(&d2).next().unwrap().clone();
+    forge(
+        &sealed,
+        &format!("chunks/{}/{}/{victim}", &victim[0..2], &victim[2..4]),
+    )
+    .await;
+    let report = sealed.verify(VerifyScope::All, &NoProgress).await.unwrap();
+    assert_eq!(report.damaged.len(), 2, "{report:?}");
+    for d in &report.damaged {
+        assert!(
+            d.reason.contains(&victim) && d.reason.contains("authentication failed"),
+            "{}",
+            d.reason
+        );
+    }
+    let e = sealed
+        .restore(&pool, "vol1", &b2.id, "r3", &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::DamagedChunk { .. }), "{e}");
+    assert!(
+        e.to_string().contains("authentication failed") && !e.to_string().contains('\n'),
+        "{e}"
+    );
+    assert!(pool.volume("r3").is_err());
+
+    // A forged manifest likewise; the other backup's manifest is untouched.
+    let b3 = sealed
+        .backup(&pool, "vol1", Some("s2"), &NoProgress)
+        .await
+        .unwrap();
+    forge(&sealed, &manifest_key(&b3)).await;
+    let one = sealed
+        .verify(
+            VerifyScope::Backup {
+                volume: "vol1",
+                id: &b3.id,
+            },
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(one.damaged.len(), 1, "{one:?}");
+    assert!(
+        one.damaged[0].reason.contains("authentication failed"),
+        "{}",
+        one.damaged[0].reason
+    );
+    let e = sealed
+        .restore(&pool, "vol1", &b3.id, "r4", &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotOurs { .. }), "{e}");
+    assert!(e.to_string().contains("authentication failed"), "{e}");
+    assert!(pool.volume("r4").is_err());
+    // A manifest moved to another backup's name does not open either.
+    let data = sealed
+        .objects()
+        .get(&manifest_key(&b1))
+        .await
+        .unwrap()
+        .unwrap();
+    sealed
+        .objects()
+        .put("backups/vol1/20990101T000000000Z-00000000.manifest", data)
+        .await
+        .unwrap();
+    let e = sealed
+        .restore(
+            &pool,
+            "vol1",
+            "20990101T000000000Z-00000000",
+            "r5",
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("authentication failed"), "{e}");
+    assert!(pool.volume("r5").is_err());
 }

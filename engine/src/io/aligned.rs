@@ -152,8 +152,22 @@ const BYTES_PER_CLASS: usize = 96 << 20;
 /// does not allocate and zero a fresh buffer for every request. A recycled
 /// buffer holds stale bytes; every user overwrites the whole length (a
 /// read fills it or fails, a write copies its data in).
+///
+/// Idle buffers are kept only while they are used: [`BufPool::trim`]
+/// (the daemon's commit timer) frees those a class did not need since
+/// the previous trim, so a burst's buffers go back to the system once the
+/// burst is over and memory follows the I/O in flight, not its peak.
 pub struct BufPool {
-    classes: Vec<parking_lot::Mutex<Vec<AlignedBuf>>>,
+    classes: Vec<parking_lot::Mutex<Class>>,
+}
+
+/// One size class's idle buffers.
+#[derive(Default)]
+struct Class {
+    idle: Vec<AlignedBuf>,
+    /// The fewest idle buffers since the last trim: that many were not
+    /// needed in the whole interval.
+    low_water: usize,
 }
 
 impl Default for BufPool {
@@ -178,16 +192,17 @@ impl BufPool {
         };
         let size = ALIGN << class;
         let mut slot = slot.lock();
-        let mut buf = match slot.pop() {
+        let mut buf = match slot.idle.pop() {
             Some(buf) => buf,
             None if (MIN_SLAB_PIECE..HUGE).contains(&size) => {
                 let mut pieces = Slab::cut(size);
                 let buf = pieces.pop().expect("a slab has pieces");
-                slot.extend(pieces);
+                slot.idle.extend(pieces);
                 buf
             }
             None => AlignedBuf::new(size),
         };
+        slot.low_water = slot.low_water.min(slot.idle.len());
         drop(slot);
         buf.set_len(len);
         buf
@@ -201,10 +216,28 @@ impl BufPool {
         }
         if let Some(slot) = self.classes.get(Self::class(cap)) {
             let mut slot = slot.lock();
-            if (slot.len() + 1) * cap <= BYTES_PER_CLASS.max(cap) {
-                slot.push(buf);
+            if (slot.idle.len() + 1) * cap <= BYTES_PER_CLASS.max(cap) {
+                slot.idle.push(buf);
             }
         }
+    }
+
+    /// Frees the idle buffers no request needed since the previous trim;
+    /// returns the bytes freed. A buffer cut from a slab frees its huge
+    /// page with the last of its siblings.
+    pub fn trim(&self) -> usize {
+        let mut freed = 0;
+        for (class, slot) in self.classes.iter().enumerate() {
+            let unused = {
+                let mut slot = slot.lock();
+                let keep = slot.idle.len() - slot.low_water.min(slot.idle.len());
+                let unused = slot.idle.split_off(keep);
+                slot.low_water = slot.idle.len();
+                unused
+            };
+            freed += unused.len() * (ALIGN << class);
+        }
+        freed
     }
 }
 
@@ -258,6 +291,21 @@ mod tests {
         let huge = pool.get(MAX_POOLED * 2);
         assert_eq!(huge.len(), MAX_POOLED * 2);
         pool.put(huge);
+    }
+
+    #[test]
+    fn trim_frees_what_an_interval_did_not_use() {
+        let pool = BufPool::default();
+        let bufs: Vec<_> = (0..4).map(|_| pool.get(4096)).collect();
+        bufs.into_iter().for_each(|b| pool.put(b));
+        assert_eq!(pool.trim(), 0, "the first interval used all four");
+        let b = pool.get(4096);
+        pool.put(b);
+        assert_eq!(pool.trim(), 3 * 4096, "one of four was needed since");
+        assert_eq!(pool.trim(), 4096, "the one left was not used in the next");
+        assert_eq!(pool.trim(), 0, "nothing is left");
+        let fresh = pool.get(4096);
+        assert_eq!(fresh.len(), 4096, "an empty class allocates again");
     }
 
     #[test]

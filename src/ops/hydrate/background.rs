@@ -12,6 +12,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::super::error::OpError;
 use super::chunks::Chunk;
 use super::hydration::Hydration;
 
@@ -40,7 +41,7 @@ async fn hold(h: &Hydration) -> bool {
     }
     let taken = async {
         let store = h.store().await?;
-        store.hold(&h.backup.volume, &h.backup.id).await
+        Ok::<_, OpError>(store.hold(&h.backup.volume, &h.backup.id).await?)
     }
     .await;
     match taken {
@@ -59,7 +60,7 @@ async fn hold(h: &Hydration) -> bool {
             *held = Some(hold);
             true
         }
-        Err(ballast_backupstore::Error::BackupNotFound { .. }) => {
+        Err(OpError::Store(ballast_backupstore::Error::BackupNotFound { .. })) => {
             // Nothing to hold any more: fetch whatever chunks remain.
             warn!(volume = %h.volume, backup = %h.backup, "the backup this volume hydrates from was deleted");
             true

@@ -17,15 +17,26 @@
 use std::ops::Range;
 use std::sync::{Mutex, OnceLock};
 
-use ballast_backupstore::{BackupHold, BackupStore, BackupUrl, Manifest, StoreOptions};
+use ballast_backupstore::{BackupHold, BackupStore, BackupUrl, Manifest};
 use ballast_engine::{Error as EngineError, Gate, Volume};
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 use tracing::warn;
 
+use super::super::error::OpError;
+use super::super::keys::{self, BackupKeys};
 use super::chunks::{Chunk, ChunkTable};
 use super::journal::Journal;
+
+/// The key a hydration opens its store with: read from the key directory
+/// each time the store is opened, so a key file put back after a failure
+/// is used at the next attempt.
+pub struct StoreKey {
+    /// The backup key's name, for an encrypted store.
+    pub name: Option<String>,
+    pub keys: BackupKeys,
+}
 
 /// Chunks one read fetches at once.
 const READ_PARALLEL: usize = 4;
@@ -35,6 +46,7 @@ pub struct Hydration {
     pub backup: BackupUrl,
     pub manifest: Manifest,
     store: OnceCell<BackupStore>,
+    key: StoreKey,
     pub chunks: ChunkTable,
     pub journal: Journal,
     /// One settle at a time (a pool flush and a bitmap write).
@@ -62,12 +74,14 @@ impl Hydration {
         local: &[bool],
         journal: Journal,
         store: Option<BackupStore>,
+        key: StoreKey,
     ) -> Self {
         Hydration {
             volume: volume.to_string(),
             backup,
             manifest,
             store: store.map_or_else(OnceCell::new, |s| OnceCell::new_with(Some(s))),
+            key,
             chunks: ChunkTable::new(local),
             journal,
             settling: tokio::sync::Mutex::new(()),
@@ -88,9 +102,12 @@ impl Hydration {
         })
     }
 
-    pub async fn store(&self) -> Result<&BackupStore, ballast_backupstore::Error> {
+    pub async fn store(&self) -> Result<&BackupStore, OpError> {
         self.store
-            .get_or_try_init(|| BackupStore::open(&self.backup.dest, StoreOptions::default()))
+            .get_or_try_init(|| async {
+                let key = self.key.keys.load(self.key.name.as_deref())?;
+                Ok(keys::open(&self.backup.dest, key).await?)
+            })
             .await
     }
 
@@ -131,7 +148,7 @@ impl Hydration {
         };
         let fetched = async {
             let store = self.store().await?;
-            store.fetch_chunk_of(&self.manifest, c).await
+            Ok::<_, OpError>(store.fetch_chunk_of(&self.manifest, c).await?)
         }
         .await
         .map_err(|e| not_local(Box::new(e)))?;

@@ -4,7 +4,8 @@
 //! | file | what | written |
 //! |---|---|---|
 //! | `backup` | the backup URL (no credentials) | once, before the volume exists |
-//! | `manifest` | the backup's manifest, framed as in the store (crc-checked) | once, before the volume exists |
+//! | `manifest` | the backup's manifest, framed as a plain store frames it (crc-checked; local, beside the volume's plain data, even for an encrypted store) | once, before the volume exists |
+//! | `key` | the name of the backup key the store is opened with (in `--backup-key-dir`; never the key) | once, before the volume exists, only for an encrypted store |
 //! | `hold` | the key of the lock object holding the backup, once held | each time the backup is held |
 //! | `local` | which chunks are local: magic `BHYD`, version 1, chunk count (u64 LE), one bit per chunk, crc32 | replaced atomically each time chunks settle |
 //!
@@ -36,6 +37,8 @@ pub struct Loaded {
     pub backup: BackupUrl,
     pub manifest: Manifest,
     pub local: Vec<bool>,
+    /// The backup key's name, for an encrypted store.
+    pub key: Option<String>,
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -107,6 +110,7 @@ impl Journal {
         backup: &BackupUrl,
         manifest: &Manifest,
         local: &[bool],
+        key: Option<&str>,
     ) -> Result<Journal, OpError> {
         let parent = root.join(DIR);
         let dir = parent.join(volume);
@@ -118,7 +122,10 @@ impl Journal {
             }
             fs::create_dir(&temp)?;
             write_synced(&temp.join("backup"), backup.to_string().as_bytes())?;
-            write_synced(&temp.join("manifest"), &manifest.encode())?;
+            write_synced(&temp.join("manifest"), &manifest.encode_plain())?;
+            if let Some(key) = key {
+                write_synced(&temp.join("key"), key.as_bytes())?;
+            }
             write_synced(&temp.join("local"), &encode_local(local))?;
             sync_dir(&temp)?;
             fs::rename(&temp, &dir)?;
@@ -138,8 +145,18 @@ impl Journal {
         let backup: BackupUrl = String::from_utf8_lossy(&read("backup")?)
             .parse()
             .map_err(|e| bad(format!("backup: {e}")))?;
-        let manifest =
-            Manifest::decode(&read("manifest")?).map_err(|e| bad(format!("manifest: {e}")))?;
+        let manifest = Manifest::decode_plain("manifest", &read("manifest")?)
+            .map_err(|e| bad(format!("manifest: {e}")))?;
+        let key = match fs::read(dir.join("key")) {
+            Ok(name) => Some(
+                String::from_utf8(name)
+                    .ok()
+                    .filter(|n| ballast_engine::validate_name(n).is_ok())
+                    .ok_or_else(|| bad("key: not a key name".into()))?,
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(bad(format!("key: {e}"))),
+        };
         let local = decode_local(&read("local")?, manifest.chunks.len())
             .map_err(|e| bad(format!("local: {e}")))?;
         Ok(Loaded {
@@ -147,6 +164,7 @@ impl Journal {
             backup,
             manifest,
             local,
+            key,
         })
     }
 

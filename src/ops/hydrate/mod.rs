@@ -16,16 +16,17 @@ mod journal;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ballast_backupstore::{BackupStore, BackupUrl, StoreOptions};
+use ballast_backupstore::BackupUrl;
 use ballast_engine::{Pool, VolumeInfo};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::error::OpError;
 use super::jobs::{Jobs, Outcome};
+use super::keys::{self, BackupKeys};
 use super::restore::refuse_taken;
 use background::Ended;
-use hydration::Hydration;
+use hydration::{Hydration, StoreKey};
 use journal::Journal;
 
 /// How far a volume's hydration is (`ballast inspect`, `GET /v1/volumes/V`).
@@ -54,14 +55,16 @@ struct Running {
 pub struct Hydrations {
     pool: Pool,
     jobs: Jobs,
+    keys: BackupKeys,
     running: Arc<Mutex<HashMap<String, Running>>>,
 }
 
 impl Hydrations {
-    pub fn new(pool: Pool, jobs: Jobs) -> Self {
+    pub fn new(pool: Pool, jobs: Jobs, keys: BackupKeys) -> Self {
         Hydrations {
             pool,
             jobs,
+            keys,
             running: Arc::default(),
         }
     }
@@ -72,20 +75,24 @@ impl Hydrations {
 
     /// Creates `volume` from `backup` and returns once it is served: the
     /// manifest read, the backup held, the journal written and the volume
-    /// gated. Returns the volume and the background job's id.
+    /// gated. `key` names the backup key of an encrypted store (read from
+    /// the key directory now and whenever the store is opened again).
+    /// Returns the volume and the background job's id.
     pub async fn start(
         &self,
         backup: &BackupUrl,
         volume: &str,
+        key: Option<&str>,
     ) -> Result<(VolumeInfo, u64), OpError> {
         ballast_engine::validate_name(volume)?;
         refuse_taken(&self.pool, volume)?;
-        let store = BackupStore::open(&backup.dest, StoreOptions::default()).await?;
+        let store = keys::open(&backup.dest, self.keys.load(key)?).await?;
         let hold = store.hold(&backup.volume, &backup.id).await?;
         let begun = async {
             let manifest = store.manifest(&backup.volume, &backup.id).await?;
             let local: Vec<bool> = manifest.chunks.iter().map(Option::is_none).collect();
-            let journal = Journal::create(self.pool.root(), volume, backup, &manifest, &local)?;
+            let journal =
+                Journal::create(self.pool.root(), volume, backup, &manifest, &local, key)?;
             let size = manifest.size;
             let h = Arc::new(Hydration::new(
                 volume,
@@ -94,6 +101,10 @@ impl Hydrations {
                 &local,
                 journal,
                 Some(store),
+                StoreKey {
+                    name: key.map(str::to_owned),
+                    keys: self.keys.clone(),
+                },
             ));
             match self.pool.create_gated_volume(volume, size, h.clone()).await {
                 Ok(info) => Ok((h, info)),
@@ -163,6 +174,10 @@ impl Hydrations {
                 &loaded.local,
                 loaded.journal,
                 None,
+                StoreKey {
+                    name: loaded.key,
+                    keys: self.keys.clone(),
+                },
             ));
             match self
                 .pool

@@ -1,0 +1,121 @@
+//! How a store's objects are named and framed: in the clear (chunk ids are
+//! BLAKE3 of the content) or sealed under a backup key (chunk ids are a
+//! keyed BLAKE3, chunks and manifests XChaCha20-Poly1305 with their own
+//! subkeys). Under one key equal chunks still get equal ids, so dedup
+//! works, while the ids say nothing to whoever holds only the store.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
+use zeroize::Zeroizing;
+
+use crate::frame::{self, FrameError, Kind, Seal};
+use crate::key::{BackupKey, CHUNK_ID_CONTEXT, CHUNK_SEAL_CONTEXT, MANIFEST_SEAL_CONTEXT};
+
+/// The subkeys of one backup key.
+pub(crate) struct Keys {
+    chunk_id: Zeroizing<[u8; 32]>,
+    chunks: XChaCha20Poly1305,
+    manifests: XChaCha20Poly1305,
+}
+
+/// A store's way with its objects, fixed by its configuration.
+#[derive(Clone)]
+pub(crate) enum Sealing {
+    Plain,
+    Sealed(Arc<Keys>),
+}
+
+/// Shows which, never a key.
+impl std::fmt::Debug for Sealing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sealing::Plain => "Plain",
+            Sealing::Sealed(_) => "Sealed",
+        })
+    }
+}
+
+impl Sealing {
+    pub(crate) fn with_key(key: &BackupKey) -> Sealing {
+        let cipher = |context| {
+            let subkey = key.derive(context);
+            XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(&subkey[..]))
+        };
+        Sealing::Sealed(Arc::new(Keys {
+            chunk_id: key.derive(CHUNK_ID_CONTEXT),
+            chunks: cipher(CHUNK_SEAL_CONTEXT),
+            manifests: cipher(MANIFEST_SEAL_CONTEXT),
+        }))
+    }
+
+    /// The id (content address, `manifest::Digest`) of a chunk of data.
+    pub(crate) fn chunk_id(&self, raw: &[u8]) -> [u8; 32] {
+        match self {
+            Sealing::Plain => *blake3::hash(raw).as_bytes(),
+            Sealing::Sealed(k) => *blake3::keyed_hash(&k.chunk_id, raw).as_bytes(),
+        }
+    }
+
+    fn seal<'a>(&'a self, kind: Kind, object_key: &'a str) -> Option<Seal<'a>> {
+        match self {
+            Sealing::Plain => None,
+            Sealing::Sealed(k) => Some(Seal {
+                cipher: match kind {
+                    Kind::Chunk => &k.chunks,
+                    Kind::Manifest => &k.manifests,
+                },
+                object_key,
+            }),
+        }
+    }
+
+    /// Frames (and seals) an object to be stored at `object_key`.
+    pub(crate) fn encode(&self, kind: Kind, object_key: &str, raw: &[u8], level: i32) -> Bytes {
+        frame::encode(kind, raw, level, self.seal(kind, object_key))
+    }
+
+    /// Checks (and opens) an object read from `object_key`.
+    pub(crate) fn decode(
+        &self,
+        kind: Kind,
+        object_key: &str,
+        data: &[u8],
+        max_len: u64,
+    ) -> Result<Vec<u8>, FrameError> {
+        frame::decode(kind, data, max_len, self.seal(kind, object_key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_ids_are_keyed_and_stable_under_one_key() {
+        let key = BackupKey::generate();
+        let (a, b) = (Sealing::with_key(&key), Sealing::with_key(&key));
+        let other = Sealing::with_key(&BackupKey::generate());
+        let data = b"some block of data";
+        assert_eq!(a.chunk_id(data), b.chunk_id(data));
+        assert_ne!(a.chunk_id(data), other.chunk_id(data));
+        assert_ne!(a.chunk_id(data), Sealing::Plain.chunk_id(data));
+        assert_eq!(
+            Sealing::Plain.chunk_id(data),
+            *blake3::hash(data).as_bytes()
+        );
+        // Chunk and manifest subkeys differ: a chunk does not open as a
+        // manifest even at the same key.
+        let f = a.encode(Kind::Chunk, "k", data, 3);
+        assert_eq!(b.decode(Kind::Chunk, "k", &f, 1 << 20).unwrap(), data);
+        let mut as_manifest = f.to_vec();
+        as_manifest[5] = Kind::Manifest as u8;
+        let crc = crc32fast::hash(&as_manifest[..28]);
+        as_manifest[28..32].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            a.decode(Kind::Manifest, "k", &as_manifest, 1 << 20),
+            Err(FrameError::Authentication)
+        );
+    }
+}
