@@ -17,7 +17,7 @@ use tokio::net::UnixStream;
 use crate::api::types::{
     Attached, CreateSnapshot, CreateVolume, DeletedVolume, ErrorBody, GrowVolume, JobRequest,
     JobStarted, JobStatus, NbdEndpoints, PoolStats, ScheduleStatus, SetSchedule, SnapshotInfo,
-    VolumeInfo,
+    VolumeDetails, VolumeInfo,
 };
 use crate::api::PREFIX;
 
@@ -66,12 +66,12 @@ impl Client {
         self.call(Method::GET, "/volumes", None::<&()>).await
     }
 
-    pub async fn volume(&self, name: &str) -> Result<VolumeInfo> {
+    pub async fn volume(&self, name: &str) -> Result<VolumeDetails> {
         self.call(Method::GET, &format!("/volumes/{name}"), None::<&()>)
             .await
     }
 
-    pub async fn create_volume(&self, req: &CreateVolume) -> Result<VolumeInfo> {
+    pub async fn create_volume(&self, req: &CreateVolume) -> Result<VolumeDetails> {
         self.call(Method::POST, "/volumes", Some(req)).await
     }
 

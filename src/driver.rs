@@ -1,7 +1,9 @@
 //! The Docker driver over the pool: [`PoolProvider`] (the pool as the
 //! ballast-docker driver's [`VolumeProvider`]) and [`DockerDriver`] (that
 //! driver on the Linux host). The daemon's Docker service runs it; the
-//! control API's attach routes use the same driver.
+//! control API's attach routes use the same driver. `backup=` restores
+//! instantly through [`Hydrations`]; `hydrate=wait` restores fully first,
+//! through `ops::restore`, as `ballast create --backup --wait` does.
 
 use std::path::PathBuf;
 
@@ -10,6 +12,7 @@ use ballast_docker::{Driver, LinuxHost, ProviderError, VolumeProvider, VolumeSum
 use ballast_engine::{Error, Pool, VolumeInfo};
 
 use crate::ops::error::OpError;
+use crate::ops::hydrate::Hydrations;
 use crate::ops::keys::BackupKeys;
 use crate::ops::restore::restore_backup;
 use crate::ops::schedule::Scheduler;
@@ -20,6 +23,8 @@ pub type DockerDriver = Driver<PoolProvider, LinuxHost>;
 /// The pool, as the driver sees it.
 pub struct PoolProvider {
     pub pool: Pool,
+    /// Instant restores (`backup=`), and deletes that stop them.
+    pub hydrations: Hydrations,
     pub nbd_socket: PathBuf,
     /// The keys `backup_key=` names.
     pub keys: BackupKeys,
@@ -49,21 +54,44 @@ impl VolumeProvider for PoolProvider {
             .map_err(ProviderError::Pool)
     }
 
+    /// `docker volume create -o backup=URL [-o backup_key=NAME]
+    /// [-o hydrate=wait]`: the same as `ballast create NAME --backup URL
+    /// [--key NAME] [--wait]`.
     async fn restore_backup(
         &self,
         name: &str,
         url: &str,
         key: Option<&str>,
+        wait: bool,
     ) -> Result<(), ProviderError> {
-        restore_from_backup(&self.pool, &self.keys, name, url, key).await
+        let restore = async {
+            let backup = url.parse().map_err(OpError::Store)?;
+            if wait {
+                let key = self.keys.load(key)?;
+                restore_backup(&self.pool, &backup, name, key, &NoProgress).await
+            } else {
+                self.hydrations
+                    .start(&backup, name, key)
+                    .await
+                    .map(|(info, _)| info)
+            }
+        };
+        restore
+            .await
+            .map(drop)
+            .map_err(|e| ProviderError::Restore(Box::new(e)))
     }
 
     async fn delete_volume(&self, name: &str) -> Result<(), ProviderError> {
-        let removed = self
-            .schedules
-            .delete_volume(name)
-            .await
-            .map_err(ProviderError::Pool)?;
+        let deleted = self
+            .hydrations
+            .delete_volume(name, self.schedules.delete_volume(name))
+            .await;
+        let removed = match deleted {
+            Ok(removed) => removed,
+            Err(OpError::Engine(e)) => return Err(ProviderError::Pool(e)),
+            Err(e) => return Err(ProviderError::Restore(Box::new(e))),
+        };
         for s in removed {
             tracing::info!(volume = name, dest = %s.dest, "backup schedule removed with the volume");
         }
@@ -85,27 +113,6 @@ impl VolumeProvider for PoolProvider {
     fn nbd_socket(&self) -> PathBuf {
         self.nbd_socket.clone()
     }
-}
-
-/// `docker volume create -o backup=URL [-o backup_key=NAME]`: restores
-/// volume `name` from a backup, the same way `ballast create NAME --backup
-/// URL [--key NAME]` does.
-async fn restore_from_backup(
-    pool: &Pool,
-    keys: &BackupKeys,
-    name: &str,
-    url: &str,
-    key: Option<&str>,
-) -> Result<(), ProviderError> {
-    let restore = async {
-        let backup = url.parse().map_err(OpError::Store)?;
-        let key = keys.load(key)?;
-        restore_backup(pool, &backup, name, key, &NoProgress).await
-    };
-    restore
-        .await
-        .map(drop)
-        .map_err(|e| ProviderError::Restore(Box::new(e)))
 }
 
 fn summary(info: VolumeInfo) -> VolumeSummary {

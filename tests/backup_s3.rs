@@ -6,6 +6,10 @@ mod backup_common;
 mod common;
 mod moto;
 
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
 use backup_common::{assert_same, image, read_export, start_with_env, unix_uri, write_image};
 use common::{fails, json, ok, TempDir};
 use moto::{moto_binary, Moto};
@@ -130,4 +134,147 @@ fn s3_credential_failures_read_as_one_line_with_the_fix() {
         let volume = json(&daemon.socket, &["inspect", "vol", "--json"]);
         assert_eq!(volume["snapshots"].as_array().unwrap().len(), 0, "{volume}");
     }
+}
+
+/// A TCP relay in front of moto that can be cut (every connection reset,
+/// new ones closed at once) and restored: the store unreachable without
+/// losing moto's in-memory objects.
+struct Relay {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(target: u16) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let (d, o) = (down.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if d.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mut open = o.lock().unwrap();
+                open.push(client.try_clone().unwrap());
+                open.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { port, down, open }
+    }
+
+    fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// qemu-io reads `len` bytes at `offset`; `true` if the read succeeded.
+fn read_ok(uri: &str, offset: usize, len: usize) -> bool {
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", &format!("read {offset} {len}")])
+        .arg(uri)
+        .output()
+        .expect("qemu-io is installed");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    out.status.success() && !text.contains("failed") && !text.contains("error")
+}
+
+/// Instant restore from S3: served at once, a partial overwrite kept, the
+/// store cut mid-hydration (EIO on unfetched ranges, local ranges fine),
+/// then back (the background finishes), `kill -9` and resume, every byte
+/// checked through NBD.
+#[test]
+fn instant_restore_through_s3_survives_the_store_going_away() {
+    let Some(bin) = moto_binary() else { return };
+    let moto = Moto::start(&bin);
+    moto.create_bucket(BUCKET);
+    let relay = Relay::start(moto.port);
+    let dir = TempDir::create();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("BALLAST_HYDRATE_DELAY_MS", "3600000"),
+    ];
+    let mut daemon = start_with_env(&dir, &env);
+    let sock = daemon.socket.clone();
+    let dest = format!("s3://{BUCKET}/i?endpoint=http://127.0.0.1:{}", relay.port);
+    ok(&sock, &["create", "src", "--size", "12M"]);
+    let data = image(10, 2, 5);
+    std::fs::write(dir.join("data.img"), &data).unwrap();
+    write_image(&unix_uri(&daemon, "src"), &dir.join("data.img"));
+    let backup = ok(&sock, &["backup", "create", "src", "--dest", &dest]);
+    let backup = backup.trim();
+
+    let started = Instant::now();
+    ok(&sock, &["create", "r", "--backup", backup]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let uri = unix_uri(&daemon, "r");
+    let mut expected = data.clone();
+    backup_common::qemu_io(&uri, &["write -P 0x42 1052672 4096", "flush"]);
+    expected[1052672..1052672 + 4096].fill(0x42);
+    assert!(read_ok(&uri, 2 << 20, 4096), "chunk 2 fetched on demand");
+
+    relay.cut();
+    assert!(
+        !read_ok(&uri, 6 << 20, 4096),
+        "unfetched chunk 6 without a store"
+    );
+    assert!(read_ok(&uri, 1 << 20, 8192), "chunk 1 is local");
+    let h = json(&sock, &["inspect", "r", "--json"])["hydration"].clone();
+    assert!(
+        h["error"].as_str().unwrap_or_default().contains("chunk 6 "),
+        "{h}"
+    );
+    relay.restore();
+    assert!(
+        read_ok(&uri, 6 << 20, 4096),
+        "chunk 6 once the store is back"
+    );
+
+    // kill -9, restart with the background on: it resumes and finishes.
+    daemon.kill9();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let daemon = start_with_env(&dir, &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !json(&sock, &["inspect", "r", "--json"])["hydration"].is_null() {
+        assert!(Instant::now() < deadline, "hydration did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let restored = read_export(&unix_uri(&daemon, "r"), &dir, "r.img");
+    assert_same(
+        &restored,
+        &expected,
+        "instant restore from S3 after kill -9",
+    );
+    ok(&sock, &["backup", "delete", backup]);
 }

@@ -256,10 +256,18 @@ impl Fixture {
     }
 
     fn start_daemon(&mut self) {
+        fs::create_dir_all(self.dir.join("keys")).unwrap();
         self.daemon = Some(Daemon::start_with(
             &self.dir.join("root"),
             &self.socket(),
-            &["--nbd-listen", "off", "--docker-plugin", &self.plugin],
+            &[
+                "--nbd-listen",
+                "off",
+                "--docker-plugin",
+                &self.plugin,
+                "--backup-key-dir",
+                &self.dir.join("keys").display().to_string(),
+            ],
         ));
     }
 
@@ -588,7 +596,7 @@ fn docker_uses_ballast_volumes() {
     ]);
     assert!(
         stderr.contains(
-            "unknown option(s) colour; known options: size, fstype, snapshot, backup, backup_key"
+            "unknown option(s) colour; known options: size, fstype, snapshot, backup, backup_key, hydrate"
         ),
         "{stderr}"
     );
@@ -623,8 +631,9 @@ fn docker_uses_ballast_volumes() {
         "failed creates left nothing: {names}"
     );
 
-    // backup= restores a new volume from a backup, as `ballast create
-    // --backup` does: its filesystem and files come back.
+    // backup= restores a new volume from a backup instantly, as `ballast
+    // create --backup` does: served before its chunks are local, its
+    // filesystem and files come back; hydrate=wait restores it fully first.
     let dest = format!("file://{}", f.dir.join("backups").display());
     let url = ok(&f.socket(), &["backup", "create", "v1", "--dest", &dest]);
     let from_backup = format!("backup={}", url.trim());
@@ -632,11 +641,78 @@ fn docker_uses_ballast_volumes() {
         &f,
         &["volume", "create", "-d", &driver, "-o", &from_backup, "r1"],
     );
+    assert!(
+        f.daemon().log().contains("volume restored instantly"),
+        "{}",
+        f.context()
+    );
     assert_eq!(
         f.run("r1", "cat /data/greeting /data/third"),
         "hello\nafter-restart\n"
     );
+    docker(
+        &f,
+        &[
+            "volume",
+            "create",
+            "-d",
+            &driver,
+            "-o",
+            &from_backup,
+            "-o",
+            "hydrate=wait",
+            "r2",
+        ],
+    );
+    let r2 = json(&f.socket(), &["inspect", "r2", "--json"]);
+    assert!(
+        r2["hydration"].is_null(),
+        "hydrate=wait is local at once: {r2}"
+    );
+    assert_eq!(
+        f.run("r2", "cat /data/greeting /data/third"),
+        "hello\nafter-restart\n"
+    );
+    // backup_key= names the key of an encrypted destination; the instant
+    // restore reads through it.
+    let keys = f.dir.join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    let key_file = keys.join("prod").display().to_string();
+    ok(
+        &f.socket(),
+        &["backup", "key", "create", "--file", &key_file],
+    );
+    let sealed = format!("file://{}", f.dir.join("sealed").display());
+    let url = ok(
+        &f.socket(),
+        &["backup", "create", "v1", "--dest", &sealed, "--key", "prod"],
+    );
+    let from_sealed = format!("backup={}", url.trim());
+    let stderr = f
+        .docker()
+        .fails(&["volume", "create", "-d", &driver, "-o", &from_sealed, "r3"]);
+    assert!(stderr.contains("is encrypted"), "{stderr}");
+    docker(
+        &f,
+        &[
+            "volume",
+            "create",
+            "-d",
+            &driver,
+            "-o",
+            &from_sealed,
+            "-o",
+            "backup_key=prod",
+            "r3",
+        ],
+    );
+    assert_eq!(
+        f.run("r3", "cat /data/greeting /data/third"),
+        "hello\nafter-restart\n"
+    );
     docker(&f, &["volume", "rm", "r1"]);
+    docker(&f, &["volume", "rm", "r2"]);
+    docker(&f, &["volume", "rm", "r3"]);
 
     // Remove: the clone first (it depends on v1's snapshot), then v1.
     docker(&f, &["volume", "rm", "c1"]);

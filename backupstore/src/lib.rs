@@ -29,6 +29,7 @@ mod clock;
 mod error;
 mod frame;
 mod gc;
+mod hydrate;
 mod key;
 mod lock;
 mod manifest;
@@ -43,6 +44,7 @@ mod verify;
 
 pub use error::{Error, Result};
 pub use gc::{GcOptions, GcReport};
+pub use hydrate::BackupHold;
 pub use key::{key_path, BackupKey, KdfParams};
 pub use manifest::{Encryption, Manifest, StoreConfig, DEFAULT_CHUNK_SIZE};
 pub use progress::{

@@ -1,4 +1,5 @@
-//! Lock objects that keep gc from sweeping while a backup is in flight.
+//! Lock objects that keep gc from sweeping while a backup is in flight,
+//! and a backup from being deleted while a volume hydrates from it.
 //!
 //! A running backup may reuse chunks that no manifest references any more
 //! (its parent was deleted meanwhile): only its own manifest, written last,
@@ -8,6 +9,13 @@
 //! one of two racing parties sees the other. Backups do not exclude each
 //! other. A holder refreshes its lock every [`REFRESH`]; a lock not refreshed
 //! for the stale period (its holder died) is ignored and removed by gc.
+//!
+//! A volume restored instantly reads its backup's chunks long after the
+//! restore returned: it holds the backup (a `hold` lock naming it) until
+//! every chunk is local, and deleting that backup takes a `delete` lock
+//! naming it first. The two exclude each other the same way, for the same
+//! backup only. gc needs no lock against a hold: the held backup's
+//! manifest stays, so every chunk it names stays referenced.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -28,6 +36,10 @@ pub(crate) const DEFAULT_STALE: Duration = Duration::from_secs(15 * 60);
 pub(crate) enum LockKind {
     Backup,
     Gc,
+    /// A volume hydrating from the backup `what` names.
+    Hold,
+    /// Deleting the backup `what` names.
+    Delete,
 }
 
 impl LockKind {
@@ -35,6 +47,18 @@ impl LockKind {
         match self {
             LockKind::Backup => "backup",
             LockKind::Gc => "gc",
+            LockKind::Hold => "hold",
+            LockKind::Delete => "delete",
+        }
+    }
+
+    /// The kind this one excludes, and whether only for the same `what`.
+    fn excludes(self) -> (LockKind, bool) {
+        match self {
+            LockKind::Backup => (LockKind::Gc, false),
+            LockKind::Gc => (LockKind::Backup, false),
+            LockKind::Hold => (LockKind::Delete, true),
+            LockKind::Delete => (LockKind::Hold, true),
         }
     }
 }
@@ -70,15 +94,19 @@ fn is_live(meta: &ObjectMeta, stale: Duration, now: SystemTime) -> bool {
         .unwrap_or(true)
 }
 
-/// Describes a lock for an error message, from its body if readable.
-async fn describe(objects: &dyn ObjectStore, meta: &ObjectMeta) -> String {
-    match objects
+/// A lock's body, if it can be read.
+async fn read_body(objects: &dyn ObjectStore, meta: &ObjectMeta) -> Option<LockBody> {
+    objects
         .get(&meta.key)
         .await
         .ok()
         .flatten()
         .and_then(|b| serde_json::from_slice::<LockBody>(&b).ok())
-    {
+}
+
+/// Describes a lock for an error message, from its body if readable.
+async fn describe(objects: &dyn ObjectStore, meta: &ObjectMeta) -> String {
+    match read_body(objects, meta).await {
         Some(b) => format!(
             "{} of {} on host {} pid {} ({})",
             b.kind, b.what, b.host, b.pid, meta.key
@@ -130,10 +158,8 @@ impl Lock {
             refresher,
             released: false,
         };
-        let other = match kind {
-            LockKind::Backup => "gc-",
-            LockKind::Gc => "backup-",
-        };
+        let (excluded, same_what) = kind.excludes();
+        let other = format!("{}-", excluded.as_str());
         let now = SystemTime::now();
         let conflicting = lock.objects.list(LOCKS_PREFIX).await;
         let conflicting = match conflicting {
@@ -143,17 +169,32 @@ impl Lock {
                 return Err(e);
             }
         };
-        if let Some(holder) = conflicting
+        let mut holder = None;
+        for m in conflicting
             .iter()
-            .find(|m| m.key[LOCKS_PREFIX.len()..].starts_with(other) && is_live(m, stale, now))
+            .filter(|m| m.key[LOCKS_PREFIX.len()..].starts_with(&other) && is_live(m, stale, now))
         {
+            if !same_what
+                || read_body(lock.objects.as_ref(), m)
+                    .await
+                    .is_none_or(|b| b.what == what)
+            {
+                holder = Some(m);
+                break;
+            }
+        }
+        if let Some(holder) = holder {
             let who = describe(lock.objects.as_ref(), holder).await;
             lock.release().await?;
+            let expiry = stale.as_secs();
             return Err(Error::Locked(match kind {
                 LockKind::Backup => format!("gc is running on this store ({who}); back up again when it has finished"),
                 LockKind::Gc => format!(
-                    "a backup is in progress ({who}); run gc when it has finished (a lock left by a dead process expires after {}s)",
-                    stale.as_secs()
+                    "a backup is in progress ({who}); run gc when it has finished (a lock left by a dead process expires after {expiry}s)"
+                ),
+                LockKind::Hold => format!("backup {what} is being deleted ({who})"),
+                LockKind::Delete => format!(
+                    "backup {what} cannot be deleted: a volume is restoring from it ({who}); delete it once that volume is fully hydrated (see ballast inspect; a lock left by a dead process expires after {expiry}s)"
                 ),
             }));
         }

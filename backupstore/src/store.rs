@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::key::BackupKey;
+use crate::lock::{self, Lock, LockKind};
 use crate::manifest::{
     manifest_key, parse_manifest_key, validate_chunk_size, Manifest, StoreConfig, BACKUPS_PREFIX,
     CONFIG_KEY, DEFAULT_CHUNK_SIZE,
@@ -338,7 +339,18 @@ impl BackupStore {
                 id: id.to_string(),
             });
         }
-        self.objects.delete(&key).await?;
+        let lock = Lock::acquire(
+            self.objects.clone(),
+            LockKind::Delete,
+            &format!("{volume}/{id}"),
+            lock::DEFAULT_STALE,
+        )
+        .await?;
+        let deleted = self.objects.delete(&key).await;
+        if let Err(e) = lock.release().await {
+            tracing::warn!("releasing delete lock: {e}");
+        }
+        deleted?;
         tracing::info!("deleted backup {id} of volume {volume} from {}", self.url);
         Ok(())
     }

@@ -197,9 +197,9 @@ impl<P: VolumeProvider, H: Host> Driver<P, H> {
             Source::Snapshot { volume, snapshot } => {
                 self.provider.clone_volume(name, volume, snapshot).await?
             }
-            Source::Backup { url, key } => {
+            Source::Backup { url, key, wait } => {
                 self.provider
-                    .restore_backup(name, url, key.as_deref())
+                    .restore_backup(name, url, key.as_deref(), *wait)
                     .await?
             }
         }

@@ -8,7 +8,14 @@ use crate::error::DriverError;
 use crate::host::FsType;
 
 /// Every option the driver accepts.
-pub const KNOWN_OPTIONS: &[&str] = &["size", "fstype", "snapshot", "backup", "backup_key"];
+pub const KNOWN_OPTIONS: &[&str] = &[
+    "size",
+    "fstype",
+    "snapshot",
+    "backup",
+    "backup_key",
+    "hydrate",
+];
 
 /// Size of a new volume when `size` is not given.
 const DEFAULT_SIZE: u64 = 10 << 30;
@@ -21,8 +28,14 @@ pub enum Source {
     /// A clone of `volume@snapshot` (already holds a filesystem).
     Snapshot { volume: String, snapshot: String },
     /// A restore of the backup at this URL, with the named backup key (in
-    /// the daemon's key directory) for an encrypted destination.
-    Backup { url: String, key: Option<String> },
+    /// the daemon's key directory) for an encrypted destination: instant
+    /// (served at once, hydrated in the background) unless `wait`
+    /// (`hydrate=wait`: every chunk local before `Create` returns).
+    Backup {
+        url: String,
+        key: Option<String>,
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,11 +88,23 @@ impl CreateOptions {
             (None, Some(url)) => Source::Backup {
                 url: url.clone(),
                 key: opts.get("backup_key").cloned(),
+                wait: match opts.get("hydrate").map(String::as_str) {
+                    None | Some("background") => false,
+                    Some("wait") => true,
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "hydrate={other}: expected wait or background"
+                        )))
+                    }
+                },
             },
             (None, None) => Source::Empty {
                 size: size.unwrap_or(DEFAULT_SIZE),
             },
         };
+        if opts.contains_key("hydrate") && !matches!(source, Source::Backup { .. }) {
+            return Err(invalid("hydrate only applies with backup".into()));
+        }
         if let Some(key) = opts.get("backup_key") {
             if !matches!(source, Source::Backup { .. }) {
                 return Err(invalid("backup_key goes with backup".into()));
@@ -142,8 +167,24 @@ mod tests {
             parse(&[("backup", "s3://bucket/db")]).unwrap().source,
             Source::Backup {
                 url: "s3://bucket/db".into(),
-                key: None
+                key: None,
+                wait: false
             }
+        );
+        assert_eq!(
+            parse(&[("backup", "s3://b/db"), ("hydrate", "wait")])
+                .unwrap()
+                .source,
+            Source::Backup {
+                url: "s3://b/db".into(),
+                key: None,
+                wait: true
+            }
+        );
+        assert!(parse(&[("backup", "s3://b/db"), ("hydrate", "later")]).is_err());
+        assert!(
+            parse(&[("hydrate", "wait")]).is_err(),
+            "hydrate without backup"
         );
         assert_eq!(
             parse(&[("backup", "s3://bucket/db"), ("backup_key", "prod")])
@@ -151,7 +192,8 @@ mod tests {
                 .source,
             Source::Backup {
                 url: "s3://bucket/db".into(),
-                key: Some("prod".into())
+                key: Some("prod".into()),
+                wait: false
             }
         );
         assert!(parse(&[("backup_key", "prod")]).is_err());
@@ -163,7 +205,7 @@ mod tests {
         let e = parse(&[("sizee", "1G"), ("colour", "red")]).unwrap_err();
         assert_eq!(
             e,
-            "unknown option(s) colour, sizee; known options: size, fstype, snapshot, backup, backup_key"
+            "unknown option(s) colour, sizee; known options: size, fstype, snapshot, backup, backup_key, hydrate"
         );
     }
 

@@ -46,12 +46,14 @@ pub trait VolumeProvider: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
     /// Creates `name` from the backup at `url`, opened with the backup key
-    /// named `key` if the destination is encrypted.
+    /// named `key` if the destination is encrypted: served at once and
+    /// hydrated in the background, or (`wait`) once every chunk is local.
     fn restore_backup(
         &self,
         name: &str,
         url: &str,
         key: Option<&str>,
+        wait: bool,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
     fn delete_volume(&self, name: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;

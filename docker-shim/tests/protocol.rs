@@ -93,6 +93,7 @@ impl VolumeProvider for FakeProvider {
         name: &str,
         url: &str,
         _key: Option<&str>,
+        _wait: bool,
     ) -> Result<(), ProviderError> {
         self.calls
             .lock()
@@ -370,7 +371,7 @@ async fn create_rejects_bad_options_and_names_without_creating() {
         .await;
     assert_eq!(
         err(&reply),
-        "unknown option(s) sise; known options: size, fstype, snapshot, backup, backup_key"
+        "unknown option(s) sise; known options: size, fstype, snapshot, backup, backup_key, hydrate"
     );
     let reply = f
         .call(

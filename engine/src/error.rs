@@ -40,6 +40,14 @@ pub enum Error {
     },
     #[error("pool stopped accepting writes after a failure ({reason}); restart the daemon to recover from the last commit")]
     Failed { reason: String },
+    /// A range of a volume that is not local yet could not be made so
+    /// (its backup store is unreachable, or its chunk is damaged).
+    #[error("{what}: {source}")]
+    NotLocal {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("pool is closed")]
     Closed,
     #[error("I/O error: {source}")]
@@ -65,7 +73,8 @@ impl Error {
             Error::Checksum { .. }
             | Error::Corrupt(_)
             | Error::MetaStore { .. }
-            | Error::Failed { .. } => libc::EIO,
+            | Error::Failed { .. }
+            | Error::NotLocal { .. } => libc::EIO,
             Error::Closed => libc::ESHUTDOWN,
             Error::Io { source } => source.raw_os_error().unwrap_or(libc::EIO),
         }

@@ -41,6 +41,7 @@ mod codec;
 mod commit;
 mod error;
 mod extent;
+mod gate;
 pub mod io;
 mod iostats;
 mod journal;
@@ -61,6 +62,7 @@ mod volume;
 mod write_behind;
 
 pub use error::{Error, Result};
+pub use gate::Gate;
 pub use io::IoMode;
 pub use iostats::{DirectionStats, VolumeIo, LATENCY_BUCKETS};
 pub use name::{parse_snapshot_ref, validate_name, MAX_NAME_LEN};

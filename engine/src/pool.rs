@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::catalog::VolumeState;
 use crate::checkpoint::Extra;
 use crate::error::{Error, Result};
+use crate::gate::Gate;
 use crate::meta::{Batch, Origin, SnapshotRecord, VolumeRecord};
 use crate::name::validate_name;
 use crate::shared::{now, Inner};
@@ -50,6 +51,37 @@ impl Pool {
 
     /// Creates an empty (thin) volume of `size` bytes.
     pub async fn create_volume(&self, name: &str, size: u64) -> Result<VolumeInfo> {
+        self.create(name, size, None).await
+    }
+
+    /// Creates an empty volume of `size` bytes behind `gate`, which is in
+    /// place before any handle can reach the volume (see [`Gate`]).
+    pub async fn create_gated_volume(
+        &self,
+        name: &str,
+        size: u64,
+        gate: Arc<dyn Gate>,
+    ) -> Result<VolumeInfo> {
+        self.create(name, size, Some(gate)).await
+    }
+
+    /// Puts volume `name` behind `gate`, or (`None`) takes its gate away
+    /// once everything is local. A gate is not persisted: its owner sets
+    /// it again when the pool is next opened, before serving the volume.
+    pub fn set_gate(&self, name: &str, gate: Option<Arc<dyn Gate>>) -> Result<()> {
+        validate_name(name)?;
+        self.inner.check_open()?;
+        let uid = self.inner.state.lock().catalog.get(name)?.rec.uid;
+        self.inner.gates.set(uid, gate);
+        Ok(())
+    }
+
+    async fn create(
+        &self,
+        name: &str,
+        size: u64,
+        gate: Option<Arc<dyn Gate>>,
+    ) -> Result<VolumeInfo> {
         validate_name(name)?;
         check_size(size)?;
         let inner = &self.inner;
@@ -85,6 +117,10 @@ impl Pool {
         batch.volume(&rec);
         batch.superblock(&sb);
         inner.write_meta(batch)?;
+        if let Some(gate) = gate {
+            // Before the volume is in the catalog: no handle exists yet.
+            inner.gates.set(rec.uid, Some(gate));
+        }
         let mut st = inner.state.lock();
         st.sb.next_uid = sb.next_uid;
         st.catalog.insert(VolumeState::new(rec, Vec::new()));
@@ -209,6 +245,7 @@ impl Pool {
             .catalog
             .remove(name)
             .expect("marked above");
+        inner.gates.set(v.rec.uid, None);
         inner.reclaim_volume(v.rec, v.snapshots).await?;
         Ok(removed)
     }
@@ -300,6 +337,12 @@ impl Pool {
         let install = {
             let st = inner.state.lock();
             let v = st.catalog.get(volume)?;
+            if let Some(gate) = inner.gates.get(v.rec.uid) {
+                return Err(Error::InUse(format!(
+                    "volume {volume} cannot be snapshotted yet: {}",
+                    gate.busy()
+                )));
+            }
             if let Some(n) = name {
                 if v.snapshots.iter().any(|s| s.name == n) {
                     return Err(Error::AlreadyExists {

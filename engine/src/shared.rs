@@ -19,6 +19,9 @@
 //! 5. `reclaim`, then leaf locks: the node cache's shards, the write-behind
 //!    flights, the buffer pool.
 //!
+//! `gates` (`crate::gate`) is a leaf too: a gate is looked up and cloned
+//! (under `state` at most), and called with no lock held.
+//!
 //! `alloc` is taken on its own, never with another lock held; so is `grow`
 //! (one file growth at a time).
 
@@ -34,6 +37,7 @@ use crate::alloc::{Allocator, NeedChunk, Placement};
 use crate::catalog::{Catalog, VolumeState};
 use crate::error::{Error, Result};
 use crate::extent::Run;
+use crate::gate::Gates;
 use crate::io::{Backend, BufPool};
 use crate::iostats::IoStats;
 use crate::journal::{Death, Op, Ring};
@@ -121,6 +125,8 @@ pub(crate) struct Inner {
     pub read_ahead_used: AtomicU64,
     /// Writes acknowledged and still on their way to the disk.
     pub behind: Arc<WriteBehind>,
+    /// Gates of volumes not all local yet (`crate::gate`).
+    pub(crate) gates: Gates,
     /// Each volume's I/O counters, by uid (`iostats.rs`).
     pub io_stats: Mutex<std::collections::HashMap<u64, Arc<IoStats>>>,
     #[cfg(feature = "test-seams")]
@@ -473,6 +479,7 @@ impl Inner {
             read_ahead: AtomicU64::new(0),
             read_ahead_used: AtomicU64::new(0),
             behind: Arc::default(),
+            gates: Gates::default(),
             io_stats: Mutex::default(),
             #[cfg(feature = "test-seams")]
             faults: p.faults,

@@ -15,6 +15,7 @@ use futures::future::join_all;
 
 use crate::error::{Error, Result};
 use crate::extent::{cover, Data, Piece, Run};
+use crate::gate::Gate;
 use crate::io::{AlignedBuf, BufPool};
 use crate::iostats::IoStats;
 use crate::journal::{Death, Op};
@@ -44,6 +45,9 @@ pub struct Volume {
     ahead: Arc<parking_lot::Mutex<ReadAhead>>,
     /// Failed write-behinds this handle has reported (clones share it).
     reported: Arc<AtomicU64>,
+    /// Whether I/O consults the volume's gate (see [`crate::gate`]);
+    /// `false` only for the gate owner's own handles.
+    gated: bool,
     /// The volume's I/O counters; `None` for a snapshot handle.
     stats: Option<Arc<IoStats>>,
 }
@@ -79,6 +83,22 @@ struct Resolution {
     root: Option<NodeRef>,
 }
 
+/// Appends `[from, to)` in `state` to consecutive extents, merging it
+/// into the last one when that continues it in the same state.
+fn push_extent(out: &mut Vec<Extent>, from: u64, to: u64, state: BlockState) {
+    if from >= to {
+        return;
+    }
+    match out.last_mut() {
+        Some(e) if e.state == state && e.offset + e.len == from => e.len += to - from,
+        _ => out.push(Extent {
+            offset: from,
+            len: to - from,
+            state,
+        }),
+    }
+}
+
 /// True if a whole block is zeros (blocks are a multiple of 8 bytes).
 fn is_zero(block: &[u8]) -> bool {
     block
@@ -103,8 +123,27 @@ impl Volume {
             snapshot: snapshot.map(|(n, g)| (n.into(), g)),
             ahead: Default::default(),
             reported: Arc::new(AtomicU64::new(inner.behind.failures())),
+            gated: true,
             inner,
         }
+    }
+
+    /// This handle without its volume's gate: for the gate's owner, which
+    /// fills the volume through it. Reads through it see unfetched ranges
+    /// as the holes they are in the pool.
+    pub fn ungated(&self) -> Volume {
+        Volume {
+            gated: false,
+            ..self.clone()
+        }
+    }
+
+    /// The gate I/O through this handle passes first, if any.
+    fn gate(&self) -> Option<Arc<dyn Gate>> {
+        if !self.gated || self.snapshot.is_some() {
+            return None;
+        }
+        self.inner.gates.get(self.uid)
     }
 
     /// The volume's name.
@@ -240,14 +279,23 @@ impl Volume {
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let started = Instant::now();
         let len = buf.len() as u64;
-        let r = self.read_uncounted(offset, buf).await;
+        let r = self.read_gated(offset, buf).await;
         if let (Some(s), Ok(())) = (&self.stats, &r) {
             s.read.record(len, started.elapsed());
         }
         r
     }
 
-    async fn read_uncounted(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    /// [`Volume::read`] once the gate lets it through, uncounted.
+    async fn read_gated(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if let Some(gate) = self.gate() {
+            gate.readable(offset, buf.len() as u64).await?;
+        }
+        self.read_here(offset, buf).await
+    }
+
+    /// [`Volume::read`] of what the pool holds, past the gate.
+    async fn read_here(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let Some((pieces, _guard)) = self.resolve(offset, buf.len() as u64)? else {
             return Ok(());
         };
@@ -261,14 +309,21 @@ impl Volume {
     /// [`crate::readahead`]).
     pub async fn read_owned(&self, offset: u64, len: usize) -> Result<PooledBuf> {
         let started = Instant::now();
-        let r = self.read_owned_uncounted(offset, len).await;
+        let r = self.read_owned_gated(offset, len).await;
         if let (Some(s), Ok(_)) = (&self.stats, &r) {
             s.read.record(len as u64, started.elapsed());
         }
         r
     }
 
-    async fn read_owned_uncounted(&self, offset: u64, len: usize) -> Result<PooledBuf> {
+    async fn read_owned_gated(&self, offset: u64, len: usize) -> Result<PooledBuf> {
+        if let Some(gate) = self.gate() {
+            gate.readable(offset, len as u64).await?;
+        }
+        self.read_owned_here(offset, len).await
+    }
+
+    async fn read_owned_here(&self, offset: u64, len: usize) -> Result<PooledBuf> {
         let bufs = &self.inner.bufs;
         let Some((pieces, _guard)) = self.resolve(offset, len as u64)? else {
             return Ok(PooledBuf::new(bufs.clone(), AlignedBuf::new(0), 0, 0));
@@ -425,14 +480,25 @@ impl Volume {
     /// (redirect-on-write); all-zero blocks take no space.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         let started = Instant::now();
-        let r = self.write_uncounted(offset, data).await;
+        let r = match self.gate() {
+            Some(gate) => {
+                gate.write(
+                    offset,
+                    data.len() as u64,
+                    Box::pin(self.write_here(offset, data)),
+                )
+                .await
+            }
+            None => self.write_here(offset, data).await,
+        };
         if let (Some(s), Ok(())) = (&self.stats, &r) {
             s.write.record(data.len() as u64, started.elapsed());
         }
         r
     }
 
-    async fn write_uncounted(&self, offset: u64, data: &[u8]) -> Result<()> {
+    /// [`Volume::write`] past the gate, uncounted.
+    async fn write_here(&self, offset: u64, data: &[u8]) -> Result<()> {
         let len = data.len() as u64;
         self.check_write(offset, len)?;
         if len == 0 {
@@ -500,15 +566,21 @@ impl Volume {
             return self.write(offset, &data).await;
         }
         let started = Instant::now();
-        let r = self.write_owned_uncounted(offset, data).await;
+        let r = match self.gate() {
+            Some(gate) => {
+                gate.write(offset, len, Box::pin(self.write_owned_here(offset, data)))
+                    .await
+            }
+            None => self.write_owned_here(offset, data).await,
+        };
         if let (Some(s), Ok(())) = (&self.stats, &r) {
             s.write.record(len, started.elapsed());
         }
         r
     }
 
-    /// [`Volume::write_owned`] of whole blocks.
-    async fn write_owned_uncounted(&self, offset: u64, mut data: PooledBuf) -> Result<()> {
+    /// [`Volume::write_owned`] of whole blocks, past the gate, uncounted.
+    async fn write_owned_here(&self, offset: u64, mut data: PooledBuf) -> Result<()> {
         let len = data.len() as u64;
         self.check_write(offset, len)?;
         let blocks = offset / BS..(offset + len) / BS;
@@ -535,7 +607,7 @@ impl Volume {
     /// write of `data` at `offset` applied.
     async fn merged_block(&self, vblock: u64, offset: u64, data: &[u8]) -> Result<Vec<u8>> {
         let mut block = vec![0u8; BSU];
-        self.read(vblock * BS, &mut block).await?;
+        self.read_here(vblock * BS, &mut block).await?;
         let bstart = vblock * BS;
         let from = offset.max(bstart);
         let to = (offset + data.len() as u64).min(bstart + BS);
@@ -788,6 +860,16 @@ impl Volume {
     /// blocks become holes, partial blocks at the edges are
     /// read-modify-written.
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        match self.gate() {
+            Some(gate) => {
+                gate.write(offset, len, Box::pin(self.write_zeroes_here(offset, len)))
+                    .await
+            }
+            None => self.write_zeroes_here(offset, len).await,
+        }
+    }
+
+    async fn write_zeroes_here(&self, offset: u64, len: u64) -> Result<()> {
         self.check_write(offset, len)?;
         if len == 0 {
             return Ok(());
@@ -797,14 +879,14 @@ impl Volume {
         let whole_last = end / BS; // exclusive
         if whole_first >= whole_last {
             // No whole block inside: one or two partial edges.
-            return self.write(offset, &vec![0u8; len as usize]).await;
+            return self.write_here(offset, &vec![0u8; len as usize]).await;
         }
         if offset < whole_first * BS {
-            self.write(offset, &vec![0u8; (whole_first * BS - offset) as usize])
+            self.write_here(offset, &vec![0u8; (whole_first * BS - offset) as usize])
                 .await?;
         }
         if end > whole_last * BS {
-            self.write(
+            self.write_here(
                 whole_last * BS,
                 &vec![0u8; (end - whole_last * BS) as usize],
             )
@@ -825,25 +907,28 @@ impl Volume {
         let Some((pieces, _guard)) = self.resolve(offset, len)? else {
             return Ok(Vec::new());
         };
+        // What the gate has not filled yet is data, whatever the pool holds.
+        let missing = self
+            .gate()
+            .map_or_else(Vec::new, |g| g.missing(offset, len));
         let mut out: Vec<Extent> = Vec::new();
         for p in &pieces {
             let (from, to) = ((p.vstart * BS).max(offset), (p.end() * BS).min(end));
             if from >= to {
                 continue;
             }
-            let state = if p.data.is_some() {
-                BlockState::Data
-            } else {
-                BlockState::Hole
-            };
-            match out.last_mut() {
-                Some(e) if e.state == state && e.offset + e.len == from => e.len += to - from,
-                _ => out.push(Extent {
-                    offset: from,
-                    len: to - from,
-                    state,
-                }),
+            if p.data.is_some() {
+                push_extent(&mut out, from, to, BlockState::Data);
+                continue;
             }
+            let mut at = from;
+            for m in missing.iter().filter(|m| m.start < to && m.end > from) {
+                let (m_from, m_to) = (m.start.max(from), m.end.min(to));
+                push_extent(&mut out, at, m_from, BlockState::Hole);
+                push_extent(&mut out, m_from, m_to, BlockState::Data);
+                at = m_to;
+            }
+            push_extent(&mut out, at, to, BlockState::Hole);
         }
         Ok(out)
     }

@@ -49,7 +49,9 @@ impl From<EngineError> for ApiError {
             | EngineError::InUse(_)
             | EngineError::ReadOnly(_) => StatusCode::CONFLICT,
             EngineError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
-            EngineError::Closed | EngineError::Failed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Closed | EngineError::Failed { .. } | EngineError::NotLocal { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             EngineError::Checksum { .. }
             | EngineError::Corrupt(_)
             | EngineError::Unsupported(_)
@@ -133,7 +135,7 @@ impl From<OpError> for ApiError {
                 status: StatusCode::INSUFFICIENT_STORAGE,
                 message: e.to_string(),
             },
-            e @ OpError::Journal { .. } => ApiError {
+            e @ (OpError::Journal { .. } | OpError::BadJournal { .. }) => ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message: e.to_string(),
             },

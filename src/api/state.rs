@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::types::NbdEndpoints;
 use crate::driver::DockerDriver;
+use crate::ops::hydrate::Hydrations;
 use crate::ops::jobs::Jobs;
 use crate::ops::keys::BackupKeys;
 use crate::ops::schedule::Scheduler;
@@ -20,6 +21,8 @@ pub struct ApiState {
     pub nbd: NbdEndpoints,
     /// Running and recently finished backup jobs.
     pub jobs: Jobs,
+    /// Volumes restored instantly and still hydrating.
+    pub hydrations: Hydrations,
     /// The backup schedules and their runs.
     pub schedules: Scheduler,
     /// The backup keys requests may name (`--backup-key-dir`).

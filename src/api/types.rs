@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::ops::hydrate::HydrationStatus;
 pub use crate::ops::jobs::{JobState, JobStatus};
 pub use crate::ops::schedule::{Schedule, ScheduleStatus};
 pub use ballast_backupstore::KeepOptions;
@@ -23,6 +24,24 @@ pub struct CreateVolume {
     /// `VOL@SNAP` to clone from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_snapshot: Option<String>,
+    /// A backup URL to restore instantly: the volume is served as soon as
+    /// the backup's manifest is read, and hydrates in the background.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// With `backup`: the name of the backup key (in the daemon's
+    /// `--backup-key-dir`) of an encrypted destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// `GET /v1/volumes/{name}` (and the answer to a create): the volume, and
+/// how far its hydration is while it restores from a backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeDetails {
+    #[serde(flatten)]
+    pub info: VolumeInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hydration: Option<HydrationStatus>,
 }
 
 /// `POST /v1/volumes/{name}/grow`.

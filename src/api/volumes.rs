@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::error::ApiError;
 use super::state::{Answer, ApiReply, ApiState};
-use super::types::{CreateSnapshot, CreateVolume, DeletedVolume, GrowVolume};
+use super::types::{CreateSnapshot, CreateVolume, DeletedVolume, GrowVolume, VolumeDetails};
 
 pub async fn pool_stats(state: &ApiState) -> Answer {
     ApiReply::ok(&state.pool.stats())
@@ -24,11 +24,22 @@ pub async fn list_volumes(state: &ApiState) -> Answer {
 }
 
 pub async fn get_volume(state: &ApiState, name: &str) -> Answer {
-    ApiReply::ok(&state.pool.volume(name)?)
+    ApiReply::ok(&VolumeDetails {
+        info: state.pool.volume(name)?,
+        hydration: state.hydrations.status(name),
+    })
 }
 
 pub async fn create_volume(state: &ApiState, req: CreateVolume) -> Answer {
     validate_name(&req.name)?;
+    if let Some(url) = &req.backup {
+        return restore_instantly(state, &req, url).await;
+    }
+    if req.key.is_some() {
+        return Err(ApiError::bad_request(
+            "key goes with backup: it is the key of the destination a volume is restored from",
+        ));
+    }
     let pool = &state.pool;
     let info = match &req.from_snapshot {
         None => {
@@ -46,6 +57,30 @@ pub async fn create_volume(state: &ApiState, req: CreateVolume) -> Answer {
         None => info!(volume = %info.name, size = %format_size(info.size), "created volume"),
     }
     ApiReply::json(StatusCode::CREATED, &info)
+}
+
+/// `backup` given: creates the volume behind its hydration and answers
+/// once it is served.
+async fn restore_instantly(state: &ApiState, req: &CreateVolume, url: &str) -> Answer {
+    if req.size.is_some() || req.from_snapshot.is_some() {
+        return Err(ApiError::bad_request(
+            "backup cannot be combined with size or from_snapshot: the volume takes the backup's size",
+        ));
+    }
+    let backup = url
+        .parse()
+        .map_err(|e: ballast_backupstore::Error| ApiError::bad_request(e.to_string()))?;
+    let (info, _job) = state
+        .hydrations
+        .start(&backup, &req.name, req.key.as_deref())
+        .await?;
+    ApiReply::json(
+        StatusCode::CREATED,
+        &VolumeDetails {
+            hydration: state.hydrations.status(&info.name),
+            info,
+        },
+    )
 }
 
 /// Clones `origin` (`VOL@SNAP`) and grows the clone to `size` if that is larger.
@@ -97,7 +132,10 @@ pub async fn delete_volume(state: &ApiState, name: &str) -> Answer {
             ),
         });
     }
-    let removed_schedules = state.schedules.delete_volume(name).await?;
+    let removed_schedules = state
+        .hydrations
+        .delete_volume(name, state.schedules.delete_volume(name))
+        .await?;
     info!(
         volume = %name,
         schedules = removed_schedules.len(),

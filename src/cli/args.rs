@@ -182,9 +182,13 @@ pub struct CreateArgs {
     /// Clone from this snapshot
     #[arg(long, value_name = "VOL@SNAP")]
     pub from_snapshot: Option<String>,
-    /// Restore this backup (as `ballast backup create` or `list` prints it)
+    /// Restore this backup (as `ballast backup create` or `list` prints it):
+    /// the volume is served at once and hydrates in the background
     #[arg(long, value_name = "BACKUP_URL", conflicts_with_all = ["from_snapshot", "size"])]
     pub backup: Option<String>,
+    /// With --backup: return only once every chunk is local (a full restore)
+    #[arg(long, requires = "backup")]
+    pub wait: bool,
     /// The backup key of an encrypted destination (a name in the daemon's --backup-key-dir)
     #[arg(long, value_name = "NAME", requires = "backup")]
     pub key: Option<String>,

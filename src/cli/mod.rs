@@ -12,9 +12,13 @@ mod schedule;
 use anyhow::Result;
 use ballast_engine::{format_size, parse_size, parse_snapshot_ref, validate_name};
 
-use crate::api::types::{CreateVolume, ExportUris, NbdTls, SnapshotInfo, VolumeInfo};
+use std::io::IsTerminal;
+
+use crate::api::types::{
+    CreateVolume, ExportUris, NbdTls, SnapshotInfo, VolumeDetails, VolumeInfo,
+};
 use crate::client::Client;
-use args::{ClientCommand, CreateArgs, SnapshotCommand};
+use args::{ClientCommand, CreateArgs, KeyArg, SnapshotCommand};
 use output::{emit, format_time, json, Table};
 
 pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
@@ -111,7 +115,27 @@ pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
 async fn create(client: &Client, args: CreateArgs) -> Result<String> {
     validate_name(&args.volume)?;
     if let Some(url) = &args.backup {
-        return backup::restore(client, url, &args.volume, args.key).await;
+        if args.wait {
+            return backup::restore(client, url, &args.volume, args.key).await;
+        }
+        let request = CreateVolume {
+            name: args.volume,
+            size: None,
+            from_snapshot: None,
+            backup: Some(url.clone()),
+            key: KeyArg { key: args.key }.checked_name()?,
+        };
+        let created = client.create_volume(&request).await?;
+        if let Some(h) = created
+            .hydration
+            .filter(|_| std::io::stderr().is_terminal())
+        {
+            eprintln!(
+                "{} is served now and hydrates in the background (job {}); `ballast inspect {}` shows how far",
+                created.info.name, h.job, created.info.name
+            );
+        }
+        return Ok(format!("{}\n", created.info.name));
     }
     let size = args.size.as_deref().map(parse_size).transpose()?;
     if let Some(origin) = &args.from_snapshot {
@@ -123,9 +147,11 @@ async fn create(client: &Client, args: CreateArgs) -> Result<String> {
         name: args.volume,
         size,
         from_snapshot: args.from_snapshot,
+        backup: None,
+        key: None,
     };
-    let info = client.create_volume(&request).await?;
-    Ok(format!("{}\n", info.name))
+    let created = client.create_volume(&request).await?;
+    Ok(format!("{}\n", created.info.name))
 }
 
 /// `ballast export VOL[@SNAP]`: checks the export exists, then prints its
@@ -234,7 +260,8 @@ fn snapshot_table(snapshots: &[SnapshotInfo]) -> String {
     table.render()
 }
 
-fn volume_details(v: &VolumeInfo) -> String {
+fn volume_details(details: &VolumeDetails) -> String {
+    let v = &details.info;
     let mut text = format!(
         "name:       {}\nsize:       {}\nallocated:  {}\ncreated:    {}\norigin:     {}\nsnapshots:  {}\n",
         v.name,
@@ -244,6 +271,21 @@ fn volume_details(v: &VolumeInfo) -> String {
         v.origin.as_deref().unwrap_or("-"),
         v.snapshots.len(),
     );
+    if let Some(h) = &details.hydration {
+        let percent = (h.bytes_local * 100).checked_div(h.bytes).unwrap_or(100);
+        text.push_str(&format!(
+            "hydration:  {percent}%, {} of {} chunks local ({} of {}), from {} (job {})\n",
+            h.chunks_local,
+            h.chunks,
+            format_size(h.bytes_local),
+            format_size(h.bytes),
+            h.backup,
+            h.job,
+        ));
+        if let Some(e) = &h.error {
+            text.push_str(&format!("            last fetch failed: {e}\n"));
+        }
+    }
     if !v.snapshots.is_empty() {
         text.push('\n');
         text.push_str(&snapshot_table(&v.snapshots));

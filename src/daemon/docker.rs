@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ballast_docker::{AttachPath, Driver, Layout, LinuxHost, PLUGIN_DIR};
-use ballast_engine::Pool;
 use ballast_fuse::holder::Holder;
 use ballast_unix_http::SocketFile;
 use tokio::net::UnixListener;
@@ -16,8 +15,6 @@ use tracing::info;
 
 use super::services::Services;
 use crate::driver::{DockerDriver, PoolProvider};
-use crate::ops::keys::BackupKeys;
-use crate::ops::schedule::Scheduler;
 
 /// Driver state and mounts live in `ROOT/docker/`.
 const DOCKER_DIR: &str = "docker";
@@ -68,28 +65,20 @@ pub struct DockerService {
     plugin: Option<(UnixListener, SocketFile)>,
 }
 
-/// The driver over `pool`, for the Docker plugin (`plugin`: its bound
-/// socket) and for `ballast attach`; `None` unless [`driver_runs`].
+/// The driver over `provider`'s pool, for the Docker plugin (`plugin`:
+/// its bound socket) and for `ballast attach`; `None` unless
+/// [`driver_runs`].
 pub fn prepare(
     plugin: Option<(UnixListener, SocketFile)>,
-    pool: Pool,
+    provider: PoolProvider,
     root: &Path,
-    nbd_socket: &Path,
     attach: Option<AttachPath>,
-    keys: BackupKeys,
-    schedules: Scheduler,
 ) -> Result<Option<DockerService>> {
     if !driver_runs() {
         return Ok(None);
     }
     let dir = root.join(DOCKER_DIR);
-    let provider = PoolProvider {
-        pool: pool.clone(),
-        nbd_socket: nbd_socket.to_path_buf(),
-        keys,
-        schedules,
-    };
-    let host = LinuxHost::new(&dir, pool, holder(&dir)?, attach);
+    let host = LinuxHost::new(&dir, provider.pool.clone(), holder(&dir)?, attach);
     let driver = Arc::new(Driver::open(provider, host, Layout::new(dir))?);
     Ok(Some(DockerService { driver, plugin }))
 }

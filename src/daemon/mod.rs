@@ -24,6 +24,7 @@ use ballast_engine::{format_size, Pool, PoolConfig};
 use tracing::info;
 
 use crate::api::{self, state::ApiState};
+use crate::driver::PoolProvider;
 use crate::ops;
 pub use config::DaemonConfig;
 pub use nbd::{NbdConfig, TlsFiles};
@@ -76,6 +77,9 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     ops::restore::clean_up_interrupted(&pool).await;
     let jobs = ops::jobs::Jobs::default();
     let keys = ops::keys::BackupKeys::new(config.backup_key_dir.clone());
+    // Before anything serves a volume: a hydrating volume is gated again.
+    let hydrations = ops::hydrate::Hydrations::new(pool.clone(), jobs.clone(), keys.clone());
+    hydrations.resume_all().await;
     let schedules = ops::schedule::Scheduler::load(
         pool.clone(),
         jobs.clone(),
@@ -84,19 +88,19 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     )
     .await
     .context("cannot load the backup schedules")?;
-    let docker = docker::prepare(
-        docker_socket,
-        pool.clone(),
-        &config.root,
-        &nbd.driver_socket(),
-        config.docker_attach,
-        keys.clone(),
-        schedules.clone(),
-    )?;
+    let provider = PoolProvider {
+        pool: pool.clone(),
+        hydrations: hydrations.clone(),
+        nbd_socket: nbd.driver_socket(),
+        keys: keys.clone(),
+        schedules: schedules.clone(),
+    };
+    let docker = docker::prepare(docker_socket, provider, &config.root, config.docker_attach)?;
     let state = Arc::new(ApiState {
         pool: pool.clone(),
         nbd: nbd.endpoints(),
         jobs: jobs.clone(),
+        hydrations,
         schedules: schedules.clone(),
         keys,
         attach: docker.as_ref().map(docker::DockerService::driver),

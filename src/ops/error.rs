@@ -27,6 +27,8 @@ pub enum OpError {
         #[source]
         source: io::Error,
     },
+    #[error("hydration journal {} is damaged ({reason}); delete the volume and restore it again", dir.display())]
+    BadJournal { dir: PathBuf, reason: String },
 }
 
 impl OpError {

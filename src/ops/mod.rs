@@ -9,6 +9,7 @@
 
 pub mod chain;
 pub mod error;
+pub mod hydrate;
 pub mod jobs;
 pub mod keys;
 pub mod operation;

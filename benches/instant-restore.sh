@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Instant restore against the full restore of the same backup, with the
+# real daemon, on a file:// store and on moto S3 (over loopback):
+#
+# For each size in SIZES (GiB, default 1 8) and each target in TARGETS
+# (default file s3): a volume filled with incompressible data (fio, 1 MiB
+# writes) is backed up; then
+#   create_s    seconds until `ballast create r --backup URL` returns
+#   first_ms    milliseconds for the first 4 KiB read (qemu-io, mid-volume)
+#   iops        4 KiB random-read IOPS (fio nbd, iodepth 32, READ_S s)
+#               while the volume hydrates
+#   hydrated_s  seconds from the create until its hydrate job has ended
+#               (with the READ_S seconds of reads above in it)
+#   idle_s      the same for a second instant restore nobody reads
+#   full_s      seconds for `ballast create w --backup URL --wait` (the full
+#               restore, as before instant restore)
+#
+# Env: SIZES, TARGETS, READ_S (default 10), BENCH_DIR (default
+# /var/tmp/ballast-instant-bench), BALLAST (a ballast binary; default:
+# built with --release), BALLAST_TEST_VENV (moto_server's venv, default
+# /opt/ballast-test/venv). The disk needs about 4x the largest size.
+set -euo pipefail
+
+SIZES=${SIZES:-1 8}
+TARGETS=${TARGETS:-file s3}
+READ_S=${READ_S:-10}
+BENCH_DIR=${BENCH_DIR:-/var/tmp/ballast-instant-bench}
+VENV=${BALLAST_TEST_VENV:-/opt/ballast-test/venv}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+for tool in fio qemu-io python3 curl; do
+    command -v "$tool" >/dev/null || { echo "instant-restore: $tool is required (scripts/install-test-deps.sh)" >&2; exit 1; }
+done
+if [ -z "${BALLAST:-}" ]; then
+    echo "building ballast (release)..." >&2
+    (cd "$ROOT" && cargo build --quiet --release --bin ballast)
+    BALLAST=$ROOT/target/release/ballast
+fi
+
+rm -rf "$BENCH_DIR"
+mkdir -p "$BENCH_DIR"
+POOL=$BENCH_DIR/pool
+SOCK=$BENCH_DIR/nbd.sock
+export BALLAST_SOCKET=$POOL/control.sock
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+DAEMON=
+MOTO=
+
+cleanup() {
+    for pid in $DAEMON $MOTO; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$BENCH_DIR"
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$(now)"; }
+uri() { echo "nbd+unix:///$1?socket=$SOCK"; }
+
+"$BALLAST" daemon --root "$POOL" --nbd-socket "$SOCK" --nbd-listen off >>"$BENCH_DIR/daemon.log" 2>&1 &
+DAEMON=$!
+until "$BALLAST" pool >/dev/null 2>&1; do sleep 0.05; done
+
+dest_of() {
+    case $1 in
+    file) echo "file://$BENCH_DIR/store" ;;
+    s3)
+        if [ -z "$MOTO" ]; then
+            PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+            "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >/dev/null 2>&1 &
+            MOTO=$!
+            until curl -s -o /dev/null "http://127.0.0.1:$PORT/"; do sleep 0.1; done
+            curl -s -X PUT "http://127.0.0.1:$PORT/bench" >/dev/null
+        fi
+        echo "s3://bench/i?endpoint=http://127.0.0.1:$PORT"
+        ;;
+    esac
+}
+
+# Waits until volume $1 is fully hydrated: long polls of its hydrate job on
+# the control API (no process spawned per poll to load the machine).
+wait_hydrated() {
+    local job
+    job=$("$BALLAST" inspect "$1" --json | python3 -c 'import json,sys; h=json.load(sys.stdin).get("hydration"); print(h["job"] if h else "")')
+    [ -z "$job" ] && return
+    until curl -s --unix-socket "$BALLAST_SOCKET" "http://ballast/v1/jobs/$job?wait_ms=10000" |
+        python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["state"] != "running" else 1)'; do :; done
+}
+
+printf '%-6s %5s %9s %9s %9s %11s %8s %8s\n' target GiB create_s first_ms iops hydrated_s idle_s full_s
+for size in $SIZES; do
+    "$BALLAST" create src --size "${size}G" >/dev/null
+    fio --ioengine=nbd --uri="$(uri src)" --name=fill --rw=write --bs=1M --iodepth=8 \
+        --size="${size}G" --refill_buffers --buffer_compress_percentage=0 >/dev/null
+    for target in $TARGETS; do
+        dest=$(dest_of "$target")
+        url=$("$BALLAST" backup create src --dest "$dest")
+        t0=$(now)
+        "$BALLAST" create r --backup "$url" >/dev/null
+        create_s=$(since "$t0")
+        t1=$(now)
+        qemu-io -f raw -c "read $((size * 512))M 4k" "$(uri r)" >/dev/null
+        first_ms=$(python3 -c "print(f'{float(\"$(since "$t1")\") * 1000:.0f}')")
+        fio --ioengine=nbd --uri="$(uri r)" --name=rr --rw=randread --bs=4k --iodepth=32 \
+            --time_based --runtime="$READ_S" --output-format=json --output="$BENCH_DIR/rr.json" >/dev/null
+        iops=$(python3 -c "import json; print(round(json.load(open('$BENCH_DIR/rr.json'))['jobs'][0]['read']['iops']))")
+        wait_hydrated r
+        hydrated_s=$(since "$t0")
+        t3=$(now)
+        "$BALLAST" create q --backup "$url" >/dev/null
+        wait_hydrated q
+        idle_s=$(since "$t3")
+        t2=$(now)
+        "$BALLAST" create w --backup "$url" --wait >/dev/null
+        full_s=$(since "$t2")
+        printf '%-6s %5s %9s %9s %9s %11s %8s %8s\n' "$target" "$size" "$create_s" "$first_ms" "$iops" "$hydrated_s" "$idle_s" "$full_s"
+        "$BALLAST" delete r >/dev/null
+        "$BALLAST" delete q >/dev/null
+        "$BALLAST" delete w >/dev/null
+        "$BALLAST" backup delete "$url" >/dev/null
+    done
+    "$BALLAST" delete src >/dev/null
+done
