@@ -10,8 +10,9 @@
 # encrypts, so the encrypted rows are the like-for-like comparison.
 #
 # ballast runs as a user runs it: the daemon owns the pool, the timed
-# commands are `ballast backup create` and `ballast create --backup`. Every
-# timed command ends with `sync`, so each side is timed until its data is on
+# commands are `ballast backup create` and `ballast create --backup --wait`
+# (the full restore: an instant restore returns before the data is local).
+# Every timed command ends with `sync`, so each side is timed until its data is on
 # disk (ballast's backups and restores are durable when they return; restic
 # leaves a restore in the page cache).
 #
@@ -118,9 +119,9 @@ sealed_url=$("$BALLAST" backup list --dest "$SEALED" --key bench --json | python
 b_incr_new=$(( $("$BALLAST" backup inspect "$url" --json | json_field new_bytes) >> 20 ))
 b_restores=() e_restores=() r_restores=()
 for i in 1 2; do
-    timed t "$BALLAST" create "restored$i" --backup "$url"
+    timed t "$BALLAST" create "restored$i" --backup "$url" --wait
     b_restores+=("$t")
-    timed t "$BALLAST" create "sealed$i" --backup "$sealed_url" --key bench
+    timed t "$BALLAST" create "sealed$i" --backup "$sealed_url" --key bench --wait
     e_restores+=("$t")
     timed t restic restore -q latest --target "$WORK/restic-restore$i"
     r_restores+=("$t")
