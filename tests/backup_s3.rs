@@ -7,10 +7,11 @@ mod common;
 mod moto;
 
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use backup_common::{assert_same, image, read_export, start_with_env, unix_uri, write_image};
+use backup_common::{
+    assert_same, image, read_export, read_ok, start_with_env, unix_uri, write_image,
+};
 use common::{fails, json, ok, TempDir};
 use moto::{moto_binary, Moto};
 
@@ -188,18 +189,6 @@ impl Relay {
     fn restore(&self) {
         self.down.store(false, std::sync::atomic::Ordering::SeqCst);
     }
-}
-
-/// qemu-io reads `len` bytes at `offset`; `true` if the read succeeded.
-fn read_ok(uri: &str, offset: usize, len: usize) -> bool {
-    let out = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", &format!("read {offset} {len}")])
-        .arg(uri)
-        .output()
-        .expect("qemu-io is installed");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    out.status.success() && !text.contains("failed") && !text.contains("error")
 }
 
 /// Instant restore from S3: served at once, a partial overwrite kept, the

@@ -13,10 +13,11 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use backup_common::{assert_same, image, qemu_io, read_export, unix_uri, write_image, MIB};
+use backup_common::{
+    assert_same, image, qemu_io, read_export, read_ok, unix_uri, write_image, MIB,
+};
 use common::{fails, json, ok, Daemon, TempDir};
 
 /// A daemon whose background hydration waits `delay_ms` before it starts.
@@ -28,18 +29,6 @@ fn start(dir: &TempDir, delay_ms: u64) -> Daemon {
 fn chunk_file(store: &Path, data: &[u8], index: usize) -> PathBuf {
     let hex = blake3::hash(&data[index * MIB..(index + 1) * MIB]).to_hex();
     store.join(format!("chunks/{}/{}/{hex}", &hex[0..2], &hex[2..4]))
-}
-
-/// qemu-io reads `len` bytes at `offset`; `true` if the read succeeded.
-fn read_ok(uri: &str, offset: usize, len: usize) -> bool {
-    let out = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", &format!("read {offset} {len}")])
-        .arg(uri)
-        .output()
-        .expect("qemu-io is installed");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    out.status.success() && !text.contains("failed") && !text.contains("error")
 }
 
 fn hydration(sock: &Path, volume: &str) -> serde_json::Value {

@@ -80,6 +80,18 @@ pub fn read_export(uri: &str, dir: &TempDir, name: &str) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
+/// qemu-io reads `len` bytes at `offset`; `true` if the read succeeded.
+pub fn read_ok(uri: &str, offset: usize, len: usize) -> bool {
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", &format!("read {offset} {len}")])
+        .arg(uri)
+        .output()
+        .expect("qemu-io is installed");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    out.status.success() && !text.contains("failed") && !text.contains("error")
+}
+
 /// Runs qemu-io commands (e.g. `write -P 0x77 2M 1M`) on `uri`.
 pub fn qemu_io(uri: &str, commands: &[&str]) {
     let mut cmd = Command::new("qemu-io");
