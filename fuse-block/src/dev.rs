@@ -18,10 +18,13 @@ use crate::session::{Reply, Session, MAX_IO};
 /// Room for the largest request: headers, `fuse_write_in`, `MAX_IO` bytes.
 const BUF_LEN: usize = MAX_IO as usize + 4096;
 /// A request at most this long is copied out of the read buffer, which is
-/// reused at once; only large writes keep a buffer of their own.
+/// reused at once; a larger one (a large write) keeps the read buffer
+/// until it is answered, and the buffer goes back to `spare` then.
 const SMALL: usize = 16 * 1024;
-/// Read buffers kept for reuse.
-const SPARE_BUFFERS: usize = 8;
+/// Read buffers kept for reuse: enough for 1 MiB writes at the loop
+/// device's usual depth, so that none is allocated (and zeroed, and
+/// faulted in) per request.
+const SPARE_BUFFERS: usize = 16;
 
 /// The connection's `/dev/fuse` descriptor, non-blocking.
 pub(crate) struct Device {
@@ -31,9 +34,25 @@ pub(crate) struct Device {
 
 /// What one read of the device produced.
 pub(crate) enum Received {
-    Request(Vec<u8>),
+    Request(Request),
     /// The filesystem was unmounted or the connection aborted.
     Gone,
+}
+
+/// One request as read: the first `len` bytes of `buf`. A large request
+/// keeps the whole read buffer (`buf.len() == BUF_LEN`), so that it can be
+/// reused once the request is answered.
+pub(crate) struct Request {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl std::ops::Deref for Request {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 impl Device {
@@ -64,7 +83,12 @@ impl Device {
             .unwrap_or_else(|| vec![0u8; BUF_LEN])
     }
 
-    fn recycle(&self, buf: Vec<u8>) {
+    /// Takes back a request's buffer for later reads, if it is a whole one.
+    fn recycle(&self, request: Request) {
+        self.recycle_buffer(request.buf);
+    }
+
+    fn recycle_buffer(&self, buf: Vec<u8>) {
         let mut spare = self.spare.lock().unwrap();
         if buf.len() == BUF_LEN && spare.len() < SPARE_BUFFERS {
             spare.push(buf);
@@ -82,11 +106,13 @@ impl Device {
                 let n = n as usize;
                 if n <= SMALL {
                     let request = buf[..n].to_vec();
-                    self.recycle(buf);
-                    return Ok(Received::Request(request));
+                    self.recycle_buffer(buf);
+                    return Ok(Received::Request(Request {
+                        buf: request,
+                        len: n,
+                    }));
                 }
-                buf.truncate(n);
-                return Ok(Received::Request(buf));
+                return Ok(Received::Request(Request { buf, len: n }));
             }
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
@@ -213,4 +239,76 @@ pub(crate) async fn serve<B: Backing>(
     tracker.close();
     tracker.wait().await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    /// A connected pair of `SOCK_SEQPACKET` sockets: like `/dev/fuse`, one
+    /// read returns one whole message.
+    fn pair() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair(2) fills the two descriptors on success.
+        let r =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) };
+        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+        // SAFETY: both descriptors are new and owned by nobody else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    fn message(len: usize, fill: u8) -> Vec<u8> {
+        let mut m = vec![fill; len];
+        m[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        m
+    }
+
+    async fn next(device: &Device) -> Request {
+        match device.receive().await.unwrap() {
+            Received::Request(r) => r,
+            Received::Gone => panic!("the connection went away"),
+        }
+    }
+
+    #[tokio::test]
+    async fn large_requests_reuse_their_read_buffer() {
+        let (ours, theirs) = pair();
+        let device = Device::new(ours).unwrap();
+        let peer = std::os::unix::net::UnixDatagram::from(theirs);
+        let big = message(64 * 1024, 0x5a);
+        peer.send(&big).unwrap();
+        let first = next(&device).await;
+        assert_eq!(&first[..], &big[..], "the request is the message, no more");
+        let address = first.buf.as_ptr();
+        device.recycle(first);
+        assert_eq!(
+            device.spare.lock().unwrap().len(),
+            1,
+            "an answered large request's buffer is kept for the next read"
+        );
+
+        let other = message(160 * 1024, 0xa5);
+        peer.send(&other).unwrap();
+        let second = next(&device).await;
+        assert_eq!(&second[..], &other[..]);
+        assert_eq!(
+            second.buf.as_ptr(),
+            address,
+            "the answered request's buffer is read into again, not a new one"
+        );
+
+        // A small request is copied out and the read buffer is kept.
+        device.recycle(second);
+        peer.send(&message(4096 + 80, 1)).unwrap();
+        let small = next(&device).await;
+        assert_eq!(small.len(), 4096 + 80);
+        assert_eq!(device.spare.lock().unwrap().len(), 1);
+        device.recycle(small);
+        assert_eq!(
+            device.spare.lock().unwrap().len(),
+            1,
+            "a small request's copy is not kept"
+        );
+    }
 }
