@@ -139,7 +139,17 @@ impl From<OpError> for ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message: e.to_string(),
             },
-            e @ OpError::NoKeyDir { .. } => ApiError::bad_request(e.to_string()),
+            e @ (OpError::NoKeyDir { .. } | OpError::StandbyMismatch { .. }) => {
+                ApiError::bad_request(e.to_string())
+            }
+            e @ (OpError::NotStandby { .. } | OpError::NoSourceBackup { .. }) => ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: e.to_string(),
+            },
+            e @ (OpError::StandbyNotReady { .. } | OpError::IsStandby { .. }) => ApiError {
+                status: StatusCode::CONFLICT,
+                message: e.to_string(),
+            },
             e @ OpError::BackupRunning { .. } => ApiError {
                 status: StatusCode::CONFLICT,
                 message: e.to_string(),
