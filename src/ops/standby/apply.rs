@@ -147,8 +147,12 @@ pub(super) async fn poll(
     let Some(newest) = store.list(Some(&s.source)).await?.pop() else {
         return Ok(Polled::UpToDate);
     };
-    if rec.applied.as_ref().map(|a| &a.backup) == Some(&newest.id) {
-        return Ok(Polled::UpToDate);
+    // Only forward: with the newest backups deleted, the newest left is
+    // older than the one applied, and stays unapplied.
+    if let Some(a) = &rec.applied {
+        if (newest.created, &newest.id) <= (a.created, &a.backup) {
+            return Ok(Polled::UpToDate);
+        }
     }
     let hold = store.hold(&s.source, &newest.id).await?;
     let result = apply(shown, &store, rec, &newest.id, hold.key(), cancel).await;

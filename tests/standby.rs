@@ -1,0 +1,316 @@
+//! Standby volumes with the real daemon, two of them on two roots (the
+//! source's host and the standby's) sharing a file:// store, data checked
+//! through NBD byte for byte: a standby following three incremental
+//! backups, fetching only the changed chunks, read-only until activated;
+//! activated mid-apply (an apply slowed by `BALLAST_STANDBY_DELAY_MS`)
+//! holding exactly the previous complete backup, the backup held during
+//! the apply; activated after the source's newest backup was deleted and
+//! the store is gone; `kill -9` mid-apply, restart, activate.
+
+mod backup_common;
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use backup_common::{assert_same, image, qemu_io, read_export, unix_uri, write_image, MIB};
+use common::{fails, json, ok, Daemon, TempDir};
+
+/// The standby's daemon; each chunk fetch of an apply waits `delay_ms`.
+fn standby_daemon(dir: &TempDir, delay_ms: u64) -> Daemon {
+    backup_common::start_with_env(dir, &[("BALLAST_STANDBY_DELAY_MS", &delay_ms.to_string())])
+}
+
+fn standby(sock: &Path, volume: &str) -> serde_json::Value {
+    let all = json(sock, &["standby", "list", "--json"]);
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["volume"] == volume)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Waits until `check` holds of the standby's status.
+fn wait_for(sock: &Path, volume: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = standby(sock, volume);
+        if check(&s) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{volume} never {what}: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_applied(sock: &Path, volume: &str, backup: &str) -> serde_json::Value {
+    wait_for(sock, volume, "applied the backup", |s| {
+        s["applied_backup"] == backup && s["applying_backup"].is_null()
+    });
+    standby(sock, volume)
+}
+
+/// A backup of `volume`; its URL.
+fn backup(sock: &Path, volume: &str, dest: &str) -> String {
+    ok(sock, &["backup", "create", volume, "--dest", dest])
+        .trim()
+        .to_string()
+}
+
+fn id_of(url: &str) -> String {
+    url.split("backup=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Writes `fill` over chunk `index` of the source and of `expected`.
+fn fill_chunk(uri: &str, expected: &mut [u8], index: usize, fill: u8) {
+    qemu_io(uri, &[&format!("write -P {fill} {index}M 1M"), "flush"]);
+    expected[index * MIB..(index + 1) * MIB].fill(fill);
+}
+
+/// `ballast standby activate VOL`, timed.
+fn activate(sock: &Path, volume: &str) -> Duration {
+    let started = Instant::now();
+    ok(sock, &["standby", "activate", volume]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "activate took {took:?}");
+    took
+}
+
+/// qemu-io writes to `uri`; its output when it fails.
+fn write_fails(uri: &str) -> String {
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 9 0 4k"])
+        .arg(uri)
+        .output()
+        .expect("qemu-io is installed");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() || text.contains("failed") || text.contains("read-only"),
+        "a write to a standby went through: {text}"
+    );
+    text
+}
+
+#[test]
+fn a_standby_follows_three_incremental_backups_and_is_read_only_until_activated() {
+    let a = TempDir::create();
+    let b = TempDir::create();
+    let src = backup_common::start(&a);
+    let sb = standby_daemon(&b, 0);
+    let (ssock, bsock) = (src.socket.clone(), sb.socket.clone());
+    let dest = format!("file://{}", a.join("store").display());
+
+    ok(&ssock, &["create", "src", "--size", "16M"]);
+    let mut expected = image(12, 4, 21);
+    fs::write(a.join("data.img"), &expected).unwrap();
+    let src_uri = unix_uri(&src, "src");
+    write_image(&src_uri, &a.join("data.img"));
+    let b1 = backup(&ssock, "src", &dest);
+
+    let refused = fails(
+        &bsock,
+        &[
+            "standby", "create", "sb", "--dest", &dest, "--volume", "nope",
+        ],
+    );
+    assert!(refused.contains("no backup of volume nope"), "{refused}");
+    ok(
+        &bsock,
+        &[
+            "standby", "create", "sb", "--dest", &dest, "--volume", "src", "--every", "1s",
+        ],
+    );
+    let s = wait_applied(&bsock, "sb", &id_of(&b1));
+    assert_eq!(s["last_apply"]["chunks_fetched"], 12, "{s}");
+    assert_eq!(s["last_apply"]["bytes_fetched"], 12 * MIB as u64, "{s}");
+    assert_eq!(s["state"], "following", "{s}");
+    let uri = unix_uri(&sb, "sb");
+    assert_same(&read_export(&uri, &b, "1.img"), &expected, "first backup");
+
+    // Read-only until activated: through NBD and the API.
+    let refused = write_fails(&uri);
+    assert!(
+        refused.contains("read-only") || refused.contains("ermission"),
+        "{refused}"
+    );
+    let info = Command::new("nbdinfo")
+        .arg(&uri)
+        .output()
+        .expect("nbdinfo is installed");
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("is_read_only: true"), "{info}");
+    let refused = fails(&bsock, &["grow", "sb", "--size", "32M"]);
+    assert!(refused.contains("is a standby"), "{refused}");
+    let refused = fails(&bsock, &["delete", "sb"]);
+    assert!(refused.contains("is a standby"), "{refused}");
+    assert!(ok(&bsock, &["inspect", "sb"]).contains("standby:    of src in"));
+
+    // Second backup: one chunk changed, one zeroed: one chunk fetched.
+    fill_chunk(&src_uri, &mut expected, 2, 0x11);
+    qemu_io(&src_uri, &["write -z 5M 1M", "flush"]);
+    expected[5 * MIB..6 * MIB].fill(0);
+    let b2 = backup(&ssock, "src", &dest);
+    let s = wait_applied(&bsock, "sb", &id_of(&b2));
+    assert_eq!(s["last_apply"]["chunks_fetched"], 1, "{s}");
+    assert_eq!(s["last_apply"]["chunks_zeroed"], 1, "{s}");
+    assert_same(&read_export(&uri, &b, "2.img"), &expected, "second backup");
+
+    // Third: a data chunk and a chunk that was zeros.
+    fill_chunk(&src_uri, &mut expected, 0, 0x22);
+    fill_chunk(&src_uri, &mut expected, 13, 0x33);
+    let b3 = backup(&ssock, "src", &dest);
+    let s = wait_applied(&bsock, "sb", &id_of(&b3));
+    assert_eq!(s["last_apply"]["chunks_fetched"], 2, "{s}");
+    assert_eq!(s["last_apply"]["bytes_fetched"], 2 * MIB as u64, "{s}");
+    assert_same(&read_export(&uri, &b, "3.img"), &expected, "third backup");
+    let text = ok(&bsock, &["standby", "list"]);
+    assert!(
+        text.contains(&id_of(&b3)) && text.contains("following"),
+        "{text}"
+    );
+
+    activate(&bsock, "sb");
+    assert!(standby(&bsock, "sb").is_null());
+    assert_eq!(ok(&bsock, &["standby", "list"]), "no standby volumes\n");
+    let snapshots = json(&bsock, &["snapshot", "list", "sb", "--json"]);
+    assert_eq!(snapshots, serde_json::json!([]), "standby snapshots go");
+    qemu_io(&uri, &["write -P 0x44 1M 4k", "flush"]);
+    expected[MIB..MIB + 4096].fill(0x44);
+    assert_same(&read_export(&uri, &b, "4.img"), &expected, "activated");
+    let refused = fails(&bsock, &["standby", "activate", "sb"]);
+    assert!(refused.contains("not a standby"), "{refused}");
+}
+
+#[test]
+fn activation_mid_apply_after_kill_9_and_after_the_newest_backup_went() {
+    let a = TempDir::create();
+    let b = TempDir::create();
+    let src = backup_common::start(&a);
+    let (ssock, bsock) = (src.socket.clone(), b.join("control.sock"));
+    let store = a.join("store");
+    let dest = format!("file://{}", store.display());
+    ok(&ssock, &["create", "src", "--size", "16M"]);
+    let first = image(4, 12, 31);
+    fs::write(a.join("data.img"), &first).unwrap();
+    let src_uri = unix_uri(&src, "src");
+    write_image(&src_uri, &a.join("data.img"));
+    let b1 = backup(&ssock, "src", &dest);
+
+    // 300 ms a fetch, four at a time: the first apply takes 0.3 s.
+    let mut sb = standby_daemon(&b, 300);
+    ok(
+        &bsock,
+        &[
+            "standby", "create", "sb", "--dest", &dest, "--volume", "src", "--every", "1s",
+        ],
+    );
+    wait_applied(&bsock, "sb", &id_of(&b1));
+
+    // Twelve chunks change: the apply takes about a second, at 3 s a
+    // fetch much longer; caught mid-apply, the daemon is killed.
+    let mut second = first.clone();
+    for i in 0..12 {
+        fill_chunk(&src_uri, &mut second, i, 0x50 + i as u8);
+    }
+    drop(sb);
+    sb = standby_daemon(&b, 3000);
+    let b2 = backup(&ssock, "src", &dest);
+    wait_for(&bsock, "sb", "started applying", |s| {
+        s["applying_backup"] == id_of(&b2).as_str()
+    });
+    // Held while it applies.
+    let refused = fails(&ssock, &["backup", "delete", &b2]);
+    assert!(refused.contains("cannot be deleted"), "{refused}");
+    sb.kill9();
+
+    // Restarted (still slow): the record says which apply was cut short;
+    // activated at once, the volume holds exactly the first backup.
+    sb = standby_daemon(&b, 3000);
+    assert_eq!(standby(&bsock, "sb")["applied_backup"], id_of(&b1).as_str());
+    activate(&bsock, "sb");
+    let uri = unix_uri(&sb, "sb");
+    assert_same(
+        &read_export(&uri, &b, "k.img"),
+        &first,
+        "activated after kill -9",
+    );
+    ok(&bsock, &["delete", "sb"]);
+
+    // A new standby applies both; the third backup is slow to apply and
+    // activation mid-apply leaves the second.
+    drop(sb);
+    sb = standby_daemon(&b, 0);
+    ok(
+        &bsock,
+        &[
+            "standby", "create", "sb", "--dest", &dest, "--volume", "src", "--every", "1s",
+        ],
+    );
+    wait_applied(&bsock, "sb", &id_of(&b2));
+    drop(sb);
+    sb = standby_daemon(&b, 3000);
+    let mut third = second.clone();
+    for i in 4..10 {
+        fill_chunk(&src_uri, &mut third, i, 0x70 + i as u8);
+    }
+    let b3 = backup(&ssock, "src", &dest);
+    wait_for(&bsock, "sb", "started applying", |s| {
+        s["applying_backup"] == id_of(&b3).as_str() && s["state"] == "applying"
+    });
+    activate(&bsock, "sb");
+    let uri = unix_uri(&sb, "sb");
+    assert_same(
+        &read_export(&uri, &b, "m.img"),
+        &second,
+        "activated mid-apply",
+    );
+    ok(&bsock, &["delete", "sb"]);
+    // The hold is released: the backup can be deleted now.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::ballast(&ssock, &["backup", "delete", &b3])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(Instant::now() < deadline, "backup {b3} still held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The newest backup (b2 now) applied, then deleted in the store and
+    // the store gone altogether: activation fetches nothing.
+    drop(sb);
+    sb = standby_daemon(&b, 0);
+    ok(
+        &bsock,
+        &[
+            "standby", "create", "sb", "--dest", &dest, "--volume", "src", "--every", "1s",
+        ],
+    );
+    wait_applied(&bsock, "sb", &id_of(&b2));
+    ok(&ssock, &["backup", "delete", &b2]);
+    // Gone, and a file in its place: every poll fails.
+    fs::rename(&store, a.join("store.away")).unwrap();
+    fs::write(&store, b"not a store").unwrap();
+    wait_for(&bsock, "sb", "saw the store go", |s| {
+        !s["last_error"].is_null()
+    });
+    assert_eq!(standby(&bsock, "sb")["state"], "failing");
+    activate(&bsock, "sb");
+    let uri = unix_uri(&sb, "sb");
+    assert_same(
+        &read_export(&uri, &b, "d.img"),
+        &second,
+        "activated without its store",
+    );
+    assert!(standby(&bsock, "sb").is_null());
+}
