@@ -9,96 +9,20 @@
 
 mod backup_common;
 mod common;
+mod standby_common;
 
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use backup_common::{assert_same, image, qemu_io, read_export, unix_uri, write_image, MIB};
-use common::{fails, json, ok, Daemon, TempDir};
+use common::{fails, json, ok, TempDir};
+use standby_common::{
+    activate, backup, fill_chunk, id_of, standby, wait_applied, wait_for, write_fails,
+};
 
-/// The standby's daemon; each chunk fetch of an apply waits `delay_ms`.
-fn standby_daemon(dir: &TempDir, delay_ms: u64) -> Daemon {
-    backup_common::start_with_env(dir, &[("BALLAST_STANDBY_DELAY_MS", &delay_ms.to_string())])
-}
-
-fn standby(sock: &Path, volume: &str) -> serde_json::Value {
-    let all = json(sock, &["standby", "list", "--json"]);
-    all.as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["volume"] == volume)
-        .cloned()
-        .unwrap_or(serde_json::Value::Null)
-}
-
-/// Waits until `check` holds of the standby's status.
-fn wait_for(sock: &Path, volume: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = standby(sock, volume);
-        if check(&s) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{volume} never {what}: {s}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn wait_applied(sock: &Path, volume: &str, backup: &str) -> serde_json::Value {
-    wait_for(sock, volume, "applied the backup", |s| {
-        s["applied_backup"] == backup && s["applying_backup"].is_null()
-    });
-    standby(sock, volume)
-}
-
-/// A backup of `volume`; its URL.
-fn backup(sock: &Path, volume: &str, dest: &str) -> String {
-    ok(sock, &["backup", "create", volume, "--dest", dest])
-        .trim()
-        .to_string()
-}
-
-fn id_of(url: &str) -> String {
-    url.split("backup=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-/// Writes `fill` over chunk `index` of the source and of `expected`.
-fn fill_chunk(uri: &str, expected: &mut [u8], index: usize, fill: u8) {
-    qemu_io(uri, &[&format!("write -P {fill} {index}M 1M"), "flush"]);
-    expected[index * MIB..(index + 1) * MIB].fill(fill);
-}
-
-/// `ballast standby activate VOL`, timed.
-fn activate(sock: &Path, volume: &str) -> Duration {
-    let started = Instant::now();
-    ok(sock, &["standby", "activate", volume]);
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(1), "activate took {took:?}");
-    took
-}
-
-/// qemu-io writes to `uri`; its output when it fails.
-fn write_fails(uri: &str) -> String {
-    let out = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 9 0 4k"])
-        .arg(uri)
-        .output()
-        .expect("qemu-io is installed");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() || text.contains("failed") || text.contains("read-only"),
-        "a write to a standby went through: {text}"
-    );
-    text
+fn standby_daemon(dir: &TempDir, delay_ms: u64) -> common::Daemon {
+    standby_common::standby_daemon(dir, delay_ms, &[])
 }
 
 #[test]
