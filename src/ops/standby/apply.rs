@@ -6,8 +6,8 @@
 //!
 //! Invariant: outside an apply (`applying` unset in the record) the head
 //! holds exactly `applied`'s backup; during one it differs from it at most
-//! in the chunks `applying.changed` lists, which the record names before
-//! the first is written.
+//! in the chunks `changing-N` lists (`files.rs`), which is written and
+//! named by the record before the first of them is.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::files;
 use super::record::{self, Applied, Applying, LastApply, StandbyRecord};
 use crate::ops::error::OpError;
 use crate::ops::keys::{self, BackupKeys};
@@ -92,7 +93,8 @@ pub(super) async fn undo(
         Some(a) => Some(pool.open_snapshot(volume, &a.snapshot)?),
         None => None,
     };
-    for &index in &applying.changed {
+    let changed = files::changing(&files::dir(pool.root(), volume), applying.generation)?;
+    for &index in &changed {
         let (offset, len) = chunk_range(index, size, chunk_size);
         copy_back(&head, from.as_ref(), offset, len).await?;
     }
@@ -102,7 +104,7 @@ pub(super) async fn undo(
     info!(
         volume,
         backup = applying.backup,
-        chunks = applying.changed.len(),
+        chunks = changed.len(),
         "undid an unfinished apply"
     );
     if let (Some(key), Some(store)) = (applying.hold, store) {
@@ -198,7 +200,12 @@ async fn apply(
             ),
         });
     }
-    let held: &[Option<String>] = rec.applied.as_ref().map_or(&[], |a| &a.chunks);
+    let dir = files::dir(pool.root(), &volume);
+    let held = match &rec.applied {
+        Some(a) => files::digests(&dir, a.generation)?,
+        None => Vec::new(),
+    };
+    let generation = rec.generation + 1;
     let changed: Vec<u32> = manifest
         .chunks
         .iter()
@@ -206,10 +213,11 @@ async fn apply(
         .filter(|(i, c)| held.get(*i).cloned().flatten() != **c)
         .map(|(i, _)| i as u32)
         .collect();
+    files::write_changing(&dir, generation, &changed)?;
     rec.applying = Some(Applying {
         backup: id.to_string(),
         since: now(),
-        changed: changed.clone(),
+        generation,
         chunk_size: manifest.chunk_size,
         hold: Some(hold.to_string()),
     });
@@ -228,8 +236,8 @@ async fn apply(
             None => return Ok(Polled::Cancelled),
         };
     pool.flush().await?;
-    rec.generation += 1;
-    let snapshot = format!("{SNAPSHOT_PREFIX}{}", rec.generation);
+    files::write_digests(&dir, generation, &manifest.chunks)?;
+    let snapshot = format!("{SNAPSHOT_PREFIX}{generation}");
     // Left by an apply a crash cut short after its snapshot: not complete
     // by the record, so it goes.
     if pool.snapshots(&volume)?.iter().any(|x| x.name == snapshot) {
@@ -242,8 +250,9 @@ async fn apply(
         at: now(),
         snapshot: snapshot.clone(),
         chunk_size: manifest.chunk_size,
-        chunks: manifest.chunks,
+        generation,
     });
+    rec.generation = generation;
     rec.applying = None;
     rec.last_apply = Some(LastApply {
         backup: id.to_string(),
@@ -254,6 +263,7 @@ async fn apply(
     });
     shown.save(rec).await?;
     drop_older_snapshots(pool, &volume, &snapshot).await;
+    files::keep_only(&dir, generation);
     info!(
         volume,
         backup = id,

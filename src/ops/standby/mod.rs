@@ -21,6 +21,7 @@
 //!   recorded as `last_error` until one succeeds.
 
 mod apply;
+mod files;
 mod record;
 
 use std::collections::HashMap;
@@ -144,6 +145,7 @@ impl Standbys {
                     "removing the standby record of a volume that no longer exists"
                 );
                 record::remove(&this.pool, &volume).await?;
+                files::remove(&files::dir(this.pool.root(), &volume));
                 continue;
             }
             this.pool
@@ -222,6 +224,8 @@ impl Standbys {
             last_error: None,
             consecutive_failures: 0,
         };
+        // What an earlier standby of the name left, if its removal failed.
+        files::remove(&files::dir(self.pool.root(), &s.volume));
         record::save(&self.pool, &rec).await?;
         let created: Result<VolumeInfo, OpError> = async {
             let info = self.pool.create_volume(&s.volume, newest.size).await?;
@@ -296,6 +300,7 @@ impl Standbys {
         self.pool.set_read_only(volume, None)?;
         self.lock().remove(volume);
         apply::drop_older_snapshots(&self.pool, volume, "").await;
+        files::remove(&files::dir(self.pool.root(), volume));
         info!(volume, backup = applied.backup, "standby activated");
         if let Some(key) = held_by {
             self.drop_hold_later(&rec.standby, key);
@@ -376,6 +381,7 @@ impl Standbys {
             if let Err(e) = record::remove(&self.pool, volume).await {
                 warn!(volume, "removing the standby record: {e}");
             }
+            files::remove(&files::dir(self.pool.root(), volume));
             return;
         }
         let mut rec = entry.record.lock().expect("record").clone();

@@ -1,5 +1,6 @@
 //! A standby and its state as the pool's metadata keeps them: one JSON
-//! record per standby under `standby/VOL`, written (durably) before and
+//! record per standby under `standby/VOL` (its long lists are files,
+//! `files.rs`), written (durably) before and
 //! after every apply, so a restart or a `kill -9` knows which backup the
 //! volume last held complete and which apply was in flight.
 
@@ -38,19 +39,21 @@ pub struct Applied {
     pub at: u64,
     pub snapshot: String,
     pub chunk_size: u32,
-    /// The backup's chunk digests (its manifest's), so the next apply
-    /// compares against them without the store, even once it is deleted.
-    pub chunks: Vec<Option<String>>,
+    /// Its chunk digests are in `digests-{generation}` (`files.rs`), so
+    /// the next apply compares against them without the store, even once
+    /// the backup is deleted.
+    pub generation: u64,
 }
 
-/// An apply in flight. Every chunk it may change is listed before the
-/// first is written: undoing it copies exactly those back from the
-/// applied snapshot.
+/// An apply in flight. Every chunk it may change is listed (in
+/// `changing-{generation}`, `files.rs`) before the first is written:
+/// undoing it copies exactly those back from the applied snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applying {
     pub backup: String,
     pub since: u64,
-    pub changed: Vec<u32>,
+    /// The generation the apply makes (its snapshot `standby.N`).
+    pub generation: u64,
     pub chunk_size: u32,
     /// The hold lock on the backup in the store, dropped after a crash.
     pub hold: Option<String>,
