@@ -65,7 +65,7 @@ start() { # start NAME [ENV=VALUE...]
     until "$BALLAST" --socket "$BENCH_DIR/$name/control.sock" pool >/dev/null 2>&1; do sleep 0.05; done
     echo "$pid"
 }
-stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
+stop() { kill "$1"; while kill -0 "$1" 2>/dev/null; do sleep 0.05; done; }  # not our child: poll
 
 case $TARGET in
 file) DEST="file://$BENCH_DIR/store" ;;

@@ -90,3 +90,30 @@ pub(super) fn remove(dir: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_round_trip_and_a_damaged_one_is_a_clear_error() {
+        let root = tempfile::tempdir().unwrap();
+        let d = dir(root.path(), "sb");
+        let digests = vec![Some("ab".repeat(32)), None];
+        write_digests(&d, 3, &digests).unwrap();
+        write_changing(&d, 4, &[0, 7]).unwrap();
+        assert_eq!(super::digests(&d, 3).unwrap(), digests);
+        assert_eq!(changing(&d, 4).unwrap(), vec![0, 7]);
+        assert!(super::digests(&d, 4).is_err(), "another generation");
+
+        fs::write(d.join("digests-3"), b"{").unwrap();
+        let e = super::digests(&d, 3).unwrap_err();
+        assert!(matches!(e, OpError::BadJournal { .. }), "{e}");
+
+        keep_only(&d, 3);
+        assert!(changing(&d, 4).is_err(), "other generations go");
+        assert!(d.join("digests-3").exists());
+        remove(&d);
+        assert!(!d.exists());
+    }
+}
