@@ -5,7 +5,9 @@
 //! activated mid-apply (an apply slowed by `BALLAST_STANDBY_DELAY_MS`)
 //! holding exactly the previous complete backup, the backup held during
 //! the apply; activated after the source's newest backup was deleted and
-//! the store is gone; `kill -9` mid-apply, restart, activate.
+//! the store is gone; `kill -9` mid-apply, restart, activate; a damaged
+//! chunk failing an apply, which leaves the last complete backup, then the
+//! retry once it is whole.
 
 mod backup_common;
 mod common;
@@ -237,4 +239,66 @@ fn activation_mid_apply_after_kill_9_and_after_the_newest_backup_went() {
         "activated without its store",
     );
     assert!(standby(&bsock, "sb").is_null());
+}
+
+#[test]
+fn a_damaged_chunk_fails_the_apply_and_leaves_the_last_complete_backup() {
+    let a = TempDir::create();
+    let b = TempDir::create();
+    let src = backup_common::start(&a);
+    let (ssock, bsock) = (src.socket.clone(), b.join("control.sock"));
+    let store = a.join("store");
+    let dest = format!("file://{}", store.display());
+    ok(&ssock, &["create", "src", "--size", "8M"]);
+    let first = image(4, 4, 51);
+    fs::write(a.join("data.img"), &first).unwrap();
+    let src_uri = unix_uri(&src, "src");
+    write_image(&src_uri, &a.join("data.img"));
+    let b1 = backup(&ssock, "src", &dest);
+    let sb = standby_daemon(&b, 0);
+    ok(
+        &bsock,
+        &[
+            "standby", "create", "sb", "--dest", &dest, "--volume", "src", "--every", "1s",
+        ],
+    );
+    wait_applied(&bsock, "sb", &id_of(&b1));
+
+    // The changed chunk is damaged in the store before the (slowed)
+    // apply fetches it.
+    drop(sb);
+    let sb = standby_daemon(&b, 1500);
+    let mut second = first.clone();
+    fill_chunk(&src_uri, &mut second, 1, 0x61);
+    fill_chunk(&src_uri, &mut second, 6, 0x62);
+    let b2 = backup(&ssock, "src", &dest);
+    let hex = blake3::hash(&second[MIB..2 * MIB]).to_hex();
+    let chunk = store.join(format!("chunks/{}/{}/{hex}", &hex[0..2], &hex[2..4]));
+    let good = fs::read(&chunk).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    fs::write(&chunk, &bad).unwrap();
+    wait_for(&bsock, "sb", "failed the apply", |s| {
+        s["state"] == "failing" && s["applying_backup"].is_null()
+    });
+    let s = standby(&bsock, "sb");
+    let error = s["last_error"]["error"].as_str().unwrap();
+    assert!(
+        error.contains(hex.as_str()) && error.contains("damaged"),
+        "{error}"
+    );
+    assert_eq!(s["applied_backup"], id_of(&b1).as_str(), "{s}");
+    let uri = unix_uri(&sb, "sb");
+    assert_same(
+        &read_export(&uri, &b, "f.img"),
+        &first,
+        "after the failed apply",
+    );
+
+    // Whole again: the retry applies it.
+    fs::write(&chunk, &good).unwrap();
+    wait_applied(&bsock, "sb", &id_of(&b2));
+    assert_same(&read_export(&uri, &b, "g.img"), &second, "after the retry");
+    assert_eq!(standby(&bsock, "sb")["state"], "following");
 }
