@@ -135,7 +135,10 @@ impl From<OpError> for ApiError {
                 status: StatusCode::INSUFFICIENT_STORAGE,
                 message: e.to_string(),
             },
-            e @ (OpError::Journal { .. } | OpError::BadJournal { .. }) => ApiError {
+            e @ (OpError::Journal { .. }
+            | OpError::BadJournal { .. }
+            | OpError::StandbyFiles { .. }
+            | OpError::StandbyFileDamaged { .. }) => ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message: e.to_string(),
             },

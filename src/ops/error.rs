@@ -39,6 +39,14 @@ pub enum OpError {
         backup: String,
         reason: String,
     },
+    #[error("cannot keep the standby's chunk lists in {}: {source}", dir.display())]
+    StandbyFiles {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("standby file {} is damaged ({reason}); activate or delete the standby and create it again", path.display())]
+    StandbyFileDamaged { path: PathBuf, reason: String },
     #[error("volume {volume} is a standby: it cannot be {what} until `ballast standby activate {volume}`")]
     IsStandby { volume: String, what: &'static str },
     #[error("hydration journal {} is damaged ({reason}); delete the volume and restore it again", dir.display())]

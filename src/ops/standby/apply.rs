@@ -144,9 +144,16 @@ pub(super) async fn poll(
 ) -> Result<Polled, OpError> {
     let s = rec.standby.clone();
     let dest = s.dest.parse()?;
-    let store = keys::open(&dest, keys.load(s.key.as_deref())?).await?;
+    let key = keys.load(s.key.as_deref())?;
+    let Some(store) = unless_cancelled(cancel, keys::open(&dest, key)).await else {
+        return Ok(Polled::Cancelled);
+    };
+    let store = store?;
     undo(shown, rec, Some(&store)).await?;
-    let Some(newest) = store.list(Some(&s.source)).await?.pop() else {
+    let Some(listed) = unless_cancelled(cancel, store.list(Some(&s.source))).await else {
+        return Ok(Polled::Cancelled);
+    };
+    let Some(newest) = listed?.pop() else {
         return Ok(Polled::UpToDate);
     };
     // Only forward: with the newest backups deleted, the newest left is
@@ -156,7 +163,11 @@ pub(super) async fn poll(
             return Ok(Polled::UpToDate);
         }
     }
-    let hold = store.hold(&s.source, &newest.id).await?;
+    // A hold cut short here may leave a lock object; it expires.
+    let Some(hold) = unless_cancelled(cancel, store.hold(&s.source, &newest.id)).await else {
+        return Ok(Polled::Cancelled);
+    };
+    let hold = hold?;
     let result = apply(shown, &store, rec, &newest.id, hold.key(), cancel).await;
     if result.is_err() && rec.applying.is_some() {
         // A failed apply (a corrupt chunk, the store gone) leaves the
@@ -165,15 +176,32 @@ pub(super) async fn poll(
             warn!(volume = s.volume, "undoing the failed apply: {e}");
         }
     }
-    // The hold goes whatever happened: a cut-short apply is undone from
-    // the local snapshot, never resumed from this backup.
-    if let Err(e) = hold.release().await {
-        warn!(
-            volume = s.volume,
-            "releasing the hold on {}: {e}", newest.id
-        );
-    }
+    // The hold goes whatever happened (a cut-short apply is undone from
+    // the local snapshot, never resumed from this backup), in the
+    // background: an activation waiting for this poll does not wait for
+    // the store.
+    tokio::spawn(async move {
+        if let Err(e) = hold.release().await {
+            warn!(
+                volume = s.volume,
+                "releasing the hold on {}: {e}", newest.id
+            );
+        }
+    });
     result
+}
+
+/// `fut`'s output, or `None` once `cancel` fires first: every wait on the
+/// store in a poll is cut short by an activation (or shutdown); the local
+/// writes are not.
+async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        v = fut => Some(v),
+        () = cancel.cancelled() => None,
+    }
 }
 
 async fn apply(
@@ -187,7 +215,11 @@ async fn apply(
     let started = Instant::now();
     let pool = shown.pool;
     let volume = rec.standby.volume.clone();
-    let manifest = store.manifest(&rec.standby.source, id).await?;
+    let Some(manifest) = unless_cancelled(cancel, store.manifest(&rec.standby.source, id)).await
+    else {
+        return Ok(Polled::Cancelled);
+    };
+    let manifest = manifest?;
     let size = pool.volume(&volume)?.size;
     let held_chunk_size = rec.applied.as_ref().map(|a| a.chunk_size);
     if manifest.size != size || held_chunk_size.is_some_and(|c| c != manifest.chunk_size) {

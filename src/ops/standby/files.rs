@@ -35,14 +35,20 @@ fn write<T: Serialize + ?Sized>(dir: &Path, name: &str, value: &T) -> Result<(),
         fs::rename(&temp, dir.join(name))?;
         File::open(dir)?.sync_all()
     };
-    durable().map_err(|e| OpError::journal(dir, e))
+    durable().map_err(|source| OpError::StandbyFiles {
+        dir: dir.to_path_buf(),
+        source,
+    })
 }
 
 fn read<T: DeserializeOwned>(dir: &Path, name: &str) -> Result<T, OpError> {
     let path = dir.join(name);
-    let bytes = fs::read(&path).map_err(|e| OpError::journal(dir, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| OpError::BadJournal {
-        dir: path,
+    let bytes = fs::read(&path).map_err(|source| OpError::StandbyFiles {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| OpError::StandbyFileDamaged {
+        path,
         reason: e.to_string(),
     })
 }
@@ -108,7 +114,8 @@ mod tests {
 
         fs::write(d.join("digests-3"), b"{").unwrap();
         let e = super::digests(&d, 3).unwrap_err();
-        assert!(matches!(e, OpError::BadJournal { .. }), "{e}");
+        assert!(matches!(e, OpError::StandbyFileDamaged { .. }), "{e}");
+        assert!(e.to_string().contains("digests-3"), "{e}");
 
         keep_only(&d, 3);
         assert!(changing(&d, 4).is_err(), "other generations go");
