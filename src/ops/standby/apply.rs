@@ -17,8 +17,8 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::files;
 use super::record::{self, Applied, Applying, LastApply, StandbyRecord};
+use super::{files, now};
 use crate::ops::error::OpError;
 use crate::ops::keys::{self, BackupKeys};
 
@@ -51,12 +51,6 @@ pub(super) enum Polled {
     UpToDate,
     Applied,
     Cancelled,
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn delay() -> Duration {
