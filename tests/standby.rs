@@ -79,6 +79,18 @@ fn a_standby_follows_three_incremental_backups_and_is_read_only_until_activated(
     assert!(refused.contains("is a standby"), "{refused}");
     let refused = fails(&bsock, &["delete", "sb"]);
     assert!(refused.contains("is a standby"), "{refused}");
+    let (status, body) = common::http(
+        &bsock,
+        "POST",
+        "/v1/volumes/sb/grow",
+        r#"{"size": 33554432}"#,
+    );
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = common::http(&bsock, "POST", "/v1/standbys", r#"{"volume": "x"}"#);
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = common::http(&bsock, "GET", "/v1/standbys", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""source":"src""#), "{body}");
     assert!(ok(&bsock, &["inspect", "sb"]).contains("standby:    of src in"));
 
     // Second backup: one chunk changed, one zeroed: one chunk fetched.
@@ -115,6 +127,8 @@ fn a_standby_follows_three_incremental_backups_and_is_read_only_until_activated(
     assert_same(&read_export(&uri, &b, "4.img"), &expected, "activated");
     let refused = fails(&bsock, &["standby", "activate", "sb"]);
     assert!(refused.contains("not a standby"), "{refused}");
+    let (status, body) = common::http(&bsock, "POST", "/v1/standbys/sb/activate", "");
+    assert_eq!(status, 404, "{body}");
 }
 
 #[test]
