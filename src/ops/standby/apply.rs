@@ -17,8 +17,8 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::record::{self, Applied, Applying, LastApply, StandbyRecord};
-use super::{files, now};
+use super::files;
+use super::record::{self, now, Applied, Applying, LastApply, StandbyRecord};
 use crate::ops::error::OpError;
 use crate::ops::keys::{self, BackupKeys};
 

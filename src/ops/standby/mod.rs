@@ -39,7 +39,7 @@ use super::error::OpError;
 use super::keys::{self, BackupKeys};
 use super::restore::refuse_taken;
 use apply::{Polled, Shown};
-use record::StandbyRecord;
+use record::{now, StandbyRecord};
 pub use record::{LastApply, LastError, Standby};
 
 /// How often the loop looks for standbys due a poll.
@@ -113,12 +113,6 @@ pub struct Standbys {
     pool: Pool,
     keys: BackupKeys,
     entries: Arc<std::sync::Mutex<HashMap<String, Arc<Entry>>>>,
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn fence_reason(s: &Standby) -> String {

@@ -95,6 +95,13 @@ pub struct StandbyRecord {
     pub consecutive_failures: u32,
 }
 
+/// Seconds since the Unix epoch, as every time in a record is.
+pub(super) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 pub(super) fn key(volume: &str) -> String {
     format!("{PREFIX}{volume}")
 }
