@@ -15,9 +15,9 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 
 use crate::api::types::{
-    Attached, CreateSnapshot, CreateVolume, DeletedVolume, ErrorBody, GrowVolume, JobRequest,
-    JobStarted, JobStatus, NbdEndpoints, PoolStats, ScheduleStatus, SetSchedule, SnapshotInfo,
-    VolumeDetails, VolumeInfo,
+    Attached, CreateSnapshot, CreateStandby, CreateVolume, DeletedVolume, ErrorBody, GrowVolume,
+    JobRequest, JobStarted, JobStatus, NbdEndpoints, PoolStats, ScheduleStatus, SetSchedule,
+    SnapshotInfo, StandbyStatus, VolumeDetails, VolumeInfo,
 };
 use crate::api::PREFIX;
 
@@ -187,6 +187,19 @@ impl Client {
     pub async fn remove_schedule(&self, volume: &str, dest: &str) -> Result<()> {
         let path = with_query("/schedules", &[("volume", volume), ("dest", dest)]);
         self.call_empty(Method::DELETE, &path).await
+    }
+
+    pub async fn standbys(&self) -> Result<Vec<StandbyStatus>> {
+        self.call(Method::GET, "/standbys", None::<&()>).await
+    }
+
+    pub async fn create_standby(&self, req: &CreateStandby) -> Result<StandbyStatus> {
+        self.call(Method::POST, "/standbys", Some(req)).await
+    }
+
+    pub async fn activate_standby(&self, volume: &str) -> Result<StandbyStatus> {
+        let path = format!("/standbys/{volume}/activate");
+        self.call(Method::POST, &path, None::<&()>).await
     }
 
     async fn call<T: DeserializeOwned>(

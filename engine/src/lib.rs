@@ -41,6 +41,7 @@ mod codec;
 mod commit;
 mod error;
 mod extent;
+mod fence;
 mod gate;
 pub mod io;
 mod iostats;

@@ -76,6 +76,17 @@ impl Pool {
         Ok(())
     }
 
+    /// Makes volume `name` read-only to every handle but its owner's
+    /// [`Volume::ungated`] ones, with `reason` in the error writes get; or
+    /// (`None`) writable again. Not persisted (see `crate::fence`).
+    pub fn set_read_only(&self, name: &str, reason: Option<String>) -> Result<()> {
+        validate_name(name)?;
+        self.inner.check_open()?;
+        let uid = self.inner.state.lock().catalog.get(name)?.rec.uid;
+        self.inner.fences.set(uid, reason);
+        Ok(())
+    }
+
     async fn create(
         &self,
         name: &str,
@@ -246,6 +257,7 @@ impl Pool {
             .remove(name)
             .expect("marked above");
         inner.gates.set(v.rec.uid, None);
+        inner.fences.set(v.rec.uid, None);
         inner.reclaim_volume(v.rec, v.snapshots).await?;
         Ok(removed)
     }

@@ -20,7 +20,8 @@
 //!    flights, the buffer pool.
 //!
 //! `gates` (`crate::gate`) is a leaf too: a gate is looked up and cloned
-//! (under `state` at most), and called with no lock held.
+//! (under `state` at most), and called with no lock held. `fences`
+//! (`crate::fence`) likewise: looked up and cloned, under `state` at most.
 //!
 //! `alloc` is taken on its own, never with another lock held; so is `grow`
 //! (one file growth at a time).
@@ -37,6 +38,7 @@ use crate::alloc::{Allocator, NeedChunk, Placement};
 use crate::catalog::{Catalog, VolumeState};
 use crate::error::{Error, Result};
 use crate::extent::Run;
+use crate::fence::Fences;
 use crate::gate::Gates;
 use crate::io::{Backend, BufPool};
 use crate::iostats::IoStats;
@@ -127,6 +129,8 @@ pub(crate) struct Inner {
     pub behind: Arc<WriteBehind>,
     /// Gates of volumes not all local yet (`crate::gate`).
     pub(crate) gates: Gates,
+    /// Volumes made read-only by their owner (`crate::fence`).
+    pub(crate) fences: Fences,
     /// Each volume's I/O counters, by uid (`iostats.rs`).
     pub io_stats: Mutex<std::collections::HashMap<u64, Arc<IoStats>>>,
     #[cfg(feature = "test-seams")]
@@ -480,6 +484,7 @@ impl Inner {
             read_ahead_used: AtomicU64::new(0),
             behind: Arc::default(),
             gates: Gates::default(),
+            fences: Fences::default(),
             io_stats: Mutex::default(),
             #[cfg(feature = "test-seams")]
             faults: p.faults,

@@ -156,8 +156,18 @@ impl Volume {
         self.snapshot.as_ref().map(|(n, _)| &**n)
     }
 
+    /// A snapshot, or a volume its owner fenced (`crate::fence`) seen
+    /// through a gated handle.
     pub fn read_only(&self) -> bool {
-        self.snapshot.is_some()
+        self.snapshot.is_some() || self.fence().is_some()
+    }
+
+    /// Why the volume's owner refuses writes through this handle, if it does.
+    fn fence(&self) -> Option<String> {
+        if !self.gated || self.snapshot.is_some() {
+            return None;
+        }
+        self.inner.fences.get(self.uid)
     }
 
     fn display(&self) -> String {
@@ -225,8 +235,11 @@ impl Volume {
 
     fn writable(&self) -> Result<()> {
         self.inner.check_writable()?;
-        if self.read_only() {
+        if self.snapshot.is_some() {
             return Err(Error::ReadOnly(format!("snapshot {}", self.display())));
+        }
+        if let Some(reason) = self.fence() {
+            return Err(Error::ReadOnly(format!("volume {} ({reason})", self.name)));
         }
         Ok(())
     }

@@ -42,8 +42,10 @@ impl ExportProvider for EngineExports {
         };
         let size = volume.size().ok()?;
         let read_only = volume.read_only();
-        let description = if read_only {
+        let description = if volume.snapshot().is_some() {
             format!("ballast snapshot {name} ({}, read-only)", format_size(size))
+        } else if read_only {
+            format!("ballast volume {name} ({}, read-only)", format_size(size))
         } else {
             format!("ballast volume {name} ({})", format_size(size))
         };

@@ -135,11 +135,24 @@ impl From<OpError> for ApiError {
                 status: StatusCode::INSUFFICIENT_STORAGE,
                 message: e.to_string(),
             },
-            e @ (OpError::Journal { .. } | OpError::BadJournal { .. }) => ApiError {
+            e @ (OpError::Journal { .. }
+            | OpError::BadJournal { .. }
+            | OpError::StandbyFiles { .. }
+            | OpError::StandbyFileDamaged { .. }) => ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message: e.to_string(),
             },
-            e @ OpError::NoKeyDir { .. } => ApiError::bad_request(e.to_string()),
+            e @ (OpError::NoKeyDir { .. } | OpError::StandbyMismatch { .. }) => {
+                ApiError::bad_request(e.to_string())
+            }
+            e @ (OpError::NotStandby { .. } | OpError::NoSourceBackup { .. }) => ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: e.to_string(),
+            },
+            e @ (OpError::StandbyNotReady { .. } | OpError::IsStandby { .. }) => ApiError {
+                status: StatusCode::CONFLICT,
+                message: e.to_string(),
+            },
             e @ OpError::BackupRunning { .. } => ApiError {
                 status: StatusCode::CONFLICT,
                 message: e.to_string(),

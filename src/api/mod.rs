@@ -17,6 +17,7 @@ mod query;
 mod routes;
 mod schedules;
 pub mod server;
+mod standbys;
 pub mod state;
 pub mod types;
 mod volumes;

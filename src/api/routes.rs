@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::attach;
 use super::error::ApiError;
 use super::state::{Answer, ApiReply, ApiState};
-use super::{backups, jobs, metrics, schedules, volumes, PREFIX};
+use super::{backups, jobs, metrics, schedules, standbys, volumes, PREFIX};
 
 pub async fn route(state: &ApiState, req: Request<Bytes>) -> Answer {
     let method = req.method().clone();
@@ -67,6 +67,13 @@ pub async fn route(state: &ApiState, req: Request<Bytes>) -> Answer {
             schedules::set_schedule(state, json_body(req.body())?).await
         }
         (["schedules"], &Method::DELETE) => schedules::remove_schedule(state, &query).await,
+        (["standbys"], &Method::GET) => standbys::list_standbys(state).await,
+        (["standbys"], &Method::POST) => {
+            standbys::create_standby(state, json_body(req.body())?).await
+        }
+        (["standbys", volume, "activate"], &Method::POST) => {
+            standbys::activate_standby(state, volume).await
+        }
         (
             ["pool"]
             | ["nbd"]
@@ -75,6 +82,8 @@ pub async fn route(state: &ApiState, req: Request<Bytes>) -> Answer {
             | ["jobs"]
             | ["jobs", _]
             | ["schedules"]
+            | ["standbys"]
+            | ["standbys", _, "activate"]
             | ["volumes"]
             | ["volumes", _]
             | ["volumes", _, "grow"]
@@ -91,6 +100,9 @@ pub async fn route(state: &ApiState, req: Request<Bytes>) -> Answer {
 /// Names in paths are checked before any handler runs, whatever the engine
 /// would make of them.
 fn validate_names(segments: &[&str]) -> Result<(), ApiError> {
+    if let ["standbys", volume, ..] = segments {
+        validate_name(volume)?;
+    }
     if let ["volumes", volume, rest @ ..] = segments {
         validate_name(volume)?;
         if let ["snapshots", snapshot] = rest {

@@ -13,6 +13,7 @@ use crate::ops::hydrate::Hydrations;
 use crate::ops::jobs::Jobs;
 use crate::ops::keys::BackupKeys;
 use crate::ops::schedule::Scheduler;
+use crate::ops::standby::Standbys;
 
 /// Everything the handlers can reach. Services that add API routes add
 /// their handles here.
@@ -25,6 +26,8 @@ pub struct ApiState {
     pub hydrations: Hydrations,
     /// The backup schedules and their runs.
     pub schedules: Scheduler,
+    /// The standby volumes and their applies.
+    pub standbys: Standbys,
     /// The backup keys requests may name (`--backup-key-dir`).
     pub keys: BackupKeys,
     /// Attaches volumes as block devices (`ballast attach`): the Docker

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::ops::hydrate::HydrationStatus;
 pub use crate::ops::jobs::{JobState, JobStatus};
 pub use crate::ops::schedule::{Schedule, ScheduleStatus};
+pub use crate::ops::standby::StandbyStatus;
 pub use ballast_backupstore::KeepOptions;
 pub use ballast_engine::{PoolStats, SnapshotInfo, VolumeInfo};
 
@@ -42,6 +43,9 @@ pub struct VolumeDetails {
     pub info: VolumeInfo,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hydration: Option<HydrationStatus>,
+    /// Where it stands while it is a standby (read-only until activated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<StandbyStatus>,
 }
 
 /// `POST /v1/volumes/{name}/grow`.
@@ -185,6 +189,21 @@ pub struct SetSchedule {
     pub every_secs: u64,
     #[serde(default)]
     pub keep: KeepOptions,
+    /// The backup key (by name, in the daemon's key directory) of an
+    /// encrypted destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// `POST /v1/standbys`: volume `volume` follows the backups of `source`
+/// in `dest`, polled every `every_secs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStandby {
+    pub volume: String,
+    pub dest: String,
+    pub source: String,
+    pub every_secs: u64,
     /// The backup key (by name, in the daemon's key directory) of an
     /// encrypted destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]

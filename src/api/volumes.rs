@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use super::error::ApiError;
 use super::state::{Answer, ApiReply, ApiState};
 use super::types::{CreateSnapshot, CreateVolume, DeletedVolume, GrowVolume, VolumeDetails};
+use crate::ops::error::OpError;
 
 pub async fn pool_stats(state: &ApiState) -> Answer {
     ApiReply::ok(&state.pool.stats())
@@ -27,6 +28,7 @@ pub async fn get_volume(state: &ApiState, name: &str) -> Answer {
     ApiReply::ok(&VolumeDetails {
         info: state.pool.volume(name)?,
         hydration: state.hydrations.status(name),
+        standby: state.standbys.status(name),
     })
 }
 
@@ -78,6 +80,7 @@ async fn restore_instantly(state: &ApiState, req: &CreateVolume, url: &str) -> A
         StatusCode::CREATED,
         &VolumeDetails {
             hydration: state.hydrations.status(&info.name),
+            standby: None,
             info,
         },
     )
@@ -124,6 +127,7 @@ async fn clone_volume(
 }
 
 pub async fn delete_volume(state: &ApiState, name: &str) -> Answer {
+    refuse_standby(state, name, "deleted")?;
     if let Some(attached) = state.attach.as_ref().and_then(|d| d.attachment(name)) {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
@@ -147,7 +151,20 @@ pub async fn delete_volume(state: &ApiState, name: &str) -> Answer {
     })
 }
 
+/// A standby changes only by its applies until it is activated.
+fn refuse_standby(state: &ApiState, name: &str, what: &'static str) -> Result<(), ApiError> {
+    if state.standbys.is_standby(name) {
+        return Err(OpError::IsStandby {
+            volume: name.to_string(),
+            what,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 pub async fn grow_volume(state: &ApiState, name: &str, req: GrowVolume) -> Answer {
+    refuse_standby(state, name, "grown")?;
     let info = state.pool.grow_volume(name, req.size).await?;
     info!(volume = %name, size = %format_size(info.size), "grew volume");
     ApiReply::ok(&info)

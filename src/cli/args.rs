@@ -88,6 +88,9 @@ pub enum ClientCommand {
         /// Volume name
         volume: String,
     },
+    /// Standby volumes: follow another volume's backups, read-only until activated
+    #[command(subcommand)]
+    Standby(StandbyCommand),
     /// Print the NBD URIs of a volume (read-write) or snapshot (read-only)
     Export {
         /// VOL or VOL@SNAP
@@ -441,4 +444,34 @@ mod tests {
     fn command_line_is_consistent() {
         Cli::command().debug_assert();
     }
+}
+
+/// `ballast standby ...`.
+#[derive(Debug, Subcommand)]
+pub enum StandbyCommand {
+    /// Create VOL, read-only, following the backups of --volume in --dest (each new one applied incrementally)
+    Create {
+        /// The standby volume to create
+        volume: String,
+        /// Backup destination URL
+        #[arg(long, value_name = "URL")]
+        dest: String,
+        /// The volume whose backups it follows
+        #[arg(long = "volume", value_name = "SRC")]
+        source: String,
+        /// How often the destination is polled, e.g. 30s, 1m
+        #[arg(long, value_name = "DURATION", default_value = "1m")]
+        every: String,
+        #[command(flatten)]
+        key: KeyArg,
+    },
+    /// Show every standby: source, newest backup applied, lag, state, last error
+    List(OutputArgs),
+    /// Make VOL an ordinary writable volume holding the newest backup it applied complete
+    Activate {
+        /// The standby volume
+        volume: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }

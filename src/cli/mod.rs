@@ -8,6 +8,7 @@ mod backup;
 mod key;
 pub mod output;
 mod schedule;
+mod standby;
 
 use anyhow::Result;
 use ballast_engine::{format_size, parse_size, parse_snapshot_ref, validate_name};
@@ -60,6 +61,7 @@ pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
         }
         ClientCommand::Snapshot(command) => snapshot(client, command).await?,
         ClientCommand::Backup(command) => backup::run(client, command).await?,
+        ClientCommand::Standby(command) => standby::run(client, command).await?,
         ClientCommand::Attach { volume, output } => {
             validate_name(&volume)?;
             let attached = client.attach(&volume).await?;
@@ -285,6 +287,15 @@ fn volume_details(details: &VolumeDetails) -> String {
         if let Some(e) = &h.error {
             text.push_str(&format!("            last fetch failed: {e}\n"));
         }
+    }
+    if let Some(s) = &details.standby {
+        text.push_str(&format!(
+            "standby:    of {} in {}, {}, {} applied\n",
+            s.standby.source,
+            s.standby.dest,
+            s.state,
+            s.applied_backup.as_deref().unwrap_or("nothing"),
+        ));
     }
     if !v.snapshots.is_empty() {
         text.push('\n');

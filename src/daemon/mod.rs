@@ -88,6 +88,10 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     )
     .await
     .context("cannot load the backup schedules")?;
+    // Before anything serves a volume: every standby is fenced again.
+    let standbys = ops::standby::Standbys::load(pool.clone(), keys.clone())
+        .await
+        .context("cannot load the standby volumes")?;
     let provider = PoolProvider {
         pool: pool.clone(),
         hydrations: hydrations.clone(),
@@ -102,6 +106,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         jobs: jobs.clone(),
         hydrations,
         schedules: schedules.clone(),
+        standbys: standbys.clone(),
         keys,
         attach: docker.as_ref().map(docker::DockerService::driver),
     });
@@ -119,6 +124,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         move |shutdown| commit::run(pool, COMMIT_PERIOD, shutdown)
     });
     services.spawn("backup schedules", move |shutdown| schedules.run(shutdown));
+    services.spawn("standby volumes", move |shutdown| standbys.run(shutdown));
     nbd.spawn(&mut services, pool.clone());
     if let Some(docker) = docker {
         docker.spawn(&mut services);

@@ -1,5 +1,5 @@
 //! Why an operation failed: the backup store's or the pool's own error,
-//! or the restore journal's.
+//! or the restore journal's, or a standby's refusal.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,28 @@ pub enum OpError {
         #[source]
         source: io::Error,
     },
+    #[error("volume {volume:?} is not a standby")]
+    NotStandby { volume: String },
+    #[error("standby {volume} has no backup applied complete yet; it can be activated once its first is")]
+    StandbyNotReady { volume: String },
+    #[error("no backup of volume {source_volume} in {dest} yet: a standby starts from one")]
+    NoSourceBackup { source_volume: String, dest: String },
+    #[error("standby {volume} cannot apply backup {backup}: {reason}")]
+    StandbyMismatch {
+        volume: String,
+        backup: String,
+        reason: String,
+    },
+    #[error("cannot keep the standby's chunk lists in {}: {source}", dir.display())]
+    StandbyFiles {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("standby file {} is damaged ({reason}); activate or delete the standby and create it again", path.display())]
+    StandbyFileDamaged { path: PathBuf, reason: String },
+    #[error("volume {volume} is a standby: it cannot be {what} until `ballast standby activate {volume}`")]
+    IsStandby { volume: String, what: &'static str },
     #[error("hydration journal {} is damaged ({reason}); delete the volume and restore it again", dir.display())]
     BadJournal { dir: PathBuf, reason: String },
 }

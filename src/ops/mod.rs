@@ -1,7 +1,8 @@
 //! The daemon's long operations, below any protocol: backup, restore,
 //! verify and gc as jobs ([`jobs`], [`operation`]), and crash-safe
 //! restores ([`restore`]), with the backup keys the daemon may use
-//! ([`keys`]). The control API starts them; the Docker volume
+//! ([`keys`]), and standby volumes that follow another host's backups
+//! ([`standby`]). The control API starts them; the Docker volume
 //! driver restores through [`restore::restore_backup`] the same way.
 //!
 //! Nothing here knows HTTP: failures are [`error::OpError`]s, and the
@@ -15,3 +16,4 @@ pub mod keys;
 pub mod operation;
 pub mod restore;
 pub mod schedule;
+pub mod standby;
