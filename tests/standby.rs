@@ -14,6 +14,7 @@ mod common;
 mod standby_common;
 
 use std::fs;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -131,6 +132,43 @@ fn a_standby_follows_three_incremental_backups_and_is_read_only_until_activated(
     assert_eq!(status, 404, "{body}");
 }
 
+/// Waits (10 s at most) until the store at `store` has no hold locks.
+fn wait_no_holds(store: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let holds = || {
+        fs::read_dir(store.join("locks")).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("hold-"))
+                .count()
+        })
+    };
+    while holds() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "holds left in {}",
+            store.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Deletes `backup` once no standby holds it any more (within 10 s).
+fn delete_once_released(socket: &Path, backup: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = common::ballast(socket, &["backup", "delete", backup]);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backup {backup} still held: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn activation_mid_apply_after_kill_9_and_after_the_newest_backup_went() {
     let a = TempDir::create();
@@ -185,6 +223,9 @@ fn activation_mid_apply_after_kill_9_and_after_the_newest_backup_went() {
         "activated after kill -9",
     );
     ok(&bsock, &["delete", "sb"]);
+    // The killed daemon's hold on b2 is dropped by the activation, in the
+    // background: gone before this daemon is killed in turn.
+    wait_no_holds(&store);
 
     // A new standby applies both; the third backup is slow to apply and
     // activation mid-apply leaves the second.
@@ -197,6 +238,7 @@ fn activation_mid_apply_after_kill_9_and_after_the_newest_backup_went() {
         ],
     );
     wait_applied(&bsock, "sb", &id_of(&b2));
+    wait_no_holds(&store);
     drop(sb);
     sb = standby_daemon(&b, 3000);
     let mut third = second.clone();
@@ -216,15 +258,7 @@ fn activation_mid_apply_after_kill_9_and_after_the_newest_backup_went() {
     );
     ok(&bsock, &["delete", "sb"]);
     // The hold is released: the backup can be deleted now.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while common::ballast(&ssock, &["backup", "delete", &b3])
-        .status
-        .code()
-        != Some(0)
-    {
-        assert!(Instant::now() < deadline, "backup {b3} still held");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    delete_once_released(&ssock, &b3);
 
     // The newest backup (b2 now) applied, then deleted in the store and
     // the store gone altogether: activation fetches nothing.
@@ -237,7 +271,8 @@ fn activation_mid_apply_after_kill_9_and_after_the_newest_backup_went() {
         ],
     );
     wait_applied(&bsock, "sb", &id_of(&b2));
-    ok(&ssock, &["backup", "delete", &b2]);
+    // The apply's hold on b2 goes in the background, once it is applied.
+    delete_once_released(&ssock, &b2);
     // Gone, and a file in its place: every poll fails.
     fs::rename(&store, a.join("store.away")).unwrap();
     fs::write(&store, b"not a store").unwrap();

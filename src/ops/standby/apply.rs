@@ -171,17 +171,23 @@ pub(super) async fn poll(
         }
     }
     // The hold goes whatever happened (a cut-short apply is undone from
-    // the local snapshot, never resumed from this backup), in the
-    // background: an activation waiting for this poll does not wait for
-    // the store.
-    tokio::spawn(async move {
+    // the local snapshot, never resumed from this backup): before the poll
+    // ends, so a backup just applied can be deleted at once, unless an
+    // activation is waiting for this poll; then in the background, since
+    // the activation does not wait for the store.
+    let release = |hold: ballast_backupstore::BackupHold| async move {
         if let Err(e) = hold.release().await {
             warn!(
                 volume = s.volume,
                 "releasing the hold on {}: {e}", newest.id
             );
         }
-    });
+    };
+    if cancel.is_cancelled() {
+        tokio::spawn(release(hold));
+    } else {
+        release(hold).await;
+    }
     result
 }
 
