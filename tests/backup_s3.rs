@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use backup_common::{
-    assert_same, image, read_export, read_ok, start_with_env, unix_uri, write_image,
+    assert_same, image, read_export, read_ok, start_with_env, unix_uri, write_volume,
 };
 use common::{fails, json, ok, TempDir};
 use moto::{moto_binary, Moto};
@@ -40,8 +40,7 @@ fn backup_and_restore_through_s3() {
 
     ok(sock, &["create", "vol", "--size", "8M"]);
     let data = image(3, 5, 11);
-    std::fs::write(dir.join("data.img"), &data).unwrap();
-    write_image(&unix_uri(&daemon, "vol"), &dir.join("data.img"));
+    write_volume(&daemon, &dir, "vol", &data);
 
     let url = ok(sock, &["backup", "create", "vol", "--dest", &dest]);
     assert_eq!(url.lines().count(), 1, "{url:?}");
@@ -214,8 +213,7 @@ fn instant_restore_through_s3_survives_the_store_going_away() {
     let dest = format!("s3://{BUCKET}/i?endpoint=http://127.0.0.1:{}", relay.port);
     ok(&sock, &["create", "src", "--size", "12M"]);
     let data = image(10, 2, 5);
-    std::fs::write(dir.join("data.img"), &data).unwrap();
-    write_image(&unix_uri(&daemon, "src"), &dir.join("data.img"));
+    write_volume(&daemon, &dir, "src", &data);
     let backup = ok(&sock, &["backup", "create", "src", "--dest", &dest]);
     let backup = backup.trim();
 

@@ -22,7 +22,7 @@ use backup_common::schedule::{
 };
 use backup_common::{
     assert_same, image, qemu_io, read_export, start_with_args, start_with_env, unix_uri,
-    write_image,
+    write_volume,
 };
 use common::{fails, json, ok, Daemon, TempDir};
 use moto::{moto_binary, Moto, Proxy, DAEMON_ENV};
@@ -57,13 +57,6 @@ fn setup(args: &[&str]) -> Option<Setup> {
 /// The destination `PREFIX` in the test bucket, reached on loopback `port`.
 fn s3_dest(prefix: &str, port: u16) -> String {
     format!("s3://{BUCKET}/{prefix}?endpoint=http://127.0.0.1:{port}")
-}
-
-/// Writes `contents` over the start of `volume`.
-fn write_volume(daemon: &Daemon, dir: &TempDir, volume: &str, contents: &[u8]) {
-    let file = dir.join(&format!("{volume}.in"));
-    std::fs::write(&file, contents).unwrap();
-    write_image(&unix_uri(daemon, volume), &file);
 }
 
 /// Restores backup `url` as volume `name` and reads it back through NBD.

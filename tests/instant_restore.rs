@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use backup_common::{
-    assert_same, image, qemu_io, read_export, read_ok, unix_uri, write_image, MIB,
+    assert_same, image, qemu_io, read_export, read_ok, unix_uri, write_volume, MIB,
 };
 use common::{fails, json, ok, Daemon, TempDir};
 
@@ -60,8 +60,7 @@ fn instant_restore_serves_at_once_and_never_returns_wrong_bytes() {
     // 12 MiB of distinct random chunks, then 4 MiB of zeros.
     ok(&sock, &["create", "src", "--size", "16M"]);
     let data = image(12, 4, 7);
-    fs::write(dir.join("data.img"), &data).unwrap();
-    write_image(&unix_uri(&daemon, "src"), &dir.join("data.img"));
+    write_volume(&daemon, &dir, "src", &data);
     let backup = ok(&sock, &["backup", "create", "src", "--dest", &dest])
         .trim()
         .to_string();
@@ -170,8 +169,7 @@ fn reads_fetch_on_demand_while_the_background_hydrates_and_wait_restores_fully()
     let dest = format!("file://{}", dir.join("store").display());
     ok(&sock, &["create", "src", "--size", "64M"]);
     let data = image(48, 16, 11);
-    fs::write(dir.join("data.img"), &data).unwrap();
-    write_image(&unix_uri(&daemon, "src"), &dir.join("data.img"));
+    write_volume(&daemon, &dir, "src", &data);
     let backup = ok(&sock, &["backup", "create", "src", "--dest", &dest])
         .trim()
         .to_string();

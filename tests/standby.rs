@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use backup_common::{assert_same, image, qemu_io, read_export, unix_uri, write_image, MIB};
+use backup_common::{assert_same, image, qemu_io, read_export, unix_uri, write_volume, MIB};
 use common::{fails, json, ok, TempDir};
 use standby_common::{
     activate, backup, fill_chunk, id_of, standby, wait_applied, wait_for, write_fails,
@@ -39,9 +39,8 @@ fn a_standby_follows_three_incremental_backups_and_is_read_only_until_activated(
 
     ok(&ssock, &["create", "src", "--size", "16M"]);
     let mut expected = image(12, 4, 21);
-    fs::write(a.join("data.img"), &expected).unwrap();
     let src_uri = unix_uri(&src, "src");
-    write_image(&src_uri, &a.join("data.img"));
+    write_volume(&src, &a, "src", &expected);
     let b1 = backup(&ssock, "src", &dest);
 
     let refused = fails(
@@ -179,9 +178,8 @@ fn activation_mid_apply_after_kill_9_and_after_the_newest_backup_went() {
     let dest = format!("file://{}", store.display());
     ok(&ssock, &["create", "src", "--size", "16M"]);
     let first = image(4, 12, 31);
-    fs::write(a.join("data.img"), &first).unwrap();
     let src_uri = unix_uri(&src, "src");
-    write_image(&src_uri, &a.join("data.img"));
+    write_volume(&src, &a, "src", &first);
     let b1 = backup(&ssock, "src", &dest);
 
     // 300 ms a fetch, four at a time: the first apply takes 0.3 s.
@@ -300,9 +298,8 @@ fn a_damaged_chunk_fails_the_apply_and_leaves_the_last_complete_backup() {
     let dest = format!("file://{}", store.display());
     ok(&ssock, &["create", "src", "--size", "8M"]);
     let first = image(4, 4, 51);
-    fs::write(a.join("data.img"), &first).unwrap();
     let src_uri = unix_uri(&src, "src");
-    write_image(&src_uri, &a.join("data.img"));
+    write_volume(&src, &a, "src", &first);
     let b1 = backup(&ssock, "src", &dest);
     let sb = standby_daemon(&b, 0);
     ok(

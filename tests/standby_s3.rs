@@ -9,9 +9,7 @@ mod common;
 mod moto;
 mod standby_common;
 
-use std::fs;
-
-use backup_common::{assert_same, image, read_export, unix_uri, write_image, MIB};
+use backup_common::{assert_same, image, read_export, unix_uri, write_volume, MIB};
 use common::{ok, TempDir};
 use moto::{moto_binary, Moto, DAEMON_ENV};
 use standby_common::{
@@ -32,9 +30,8 @@ fn a_standby_follows_backups_in_s3_and_activates_mid_apply() {
 
     ok(&ssock, &["create", "db", "--size", "16M"]);
     let mut expected = image(10, 6, 41);
-    fs::write(a.join("data.img"), &expected).unwrap();
     let src_uri = unix_uri(&src, "db");
-    write_image(&src_uri, &a.join("data.img"));
+    write_volume(&src, &a, "db", &expected);
     let b1 = backup(&ssock, "db", &dest);
     ok(
         &bsock,

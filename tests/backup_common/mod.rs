@@ -92,6 +92,13 @@ pub fn read_ok(uri: &str, offset: usize, len: usize) -> bool {
     out.status.success() && !text.contains("failed") && !text.contains("error")
 }
 
+/// Writes `contents` over the start of `volume`.
+pub fn write_volume(daemon: &Daemon, dir: &TempDir, volume: &str, contents: &[u8]) {
+    let file = dir.join(&format!("{volume}.in"));
+    std::fs::write(&file, contents).unwrap();
+    write_image(&unix_uri(daemon, volume), &file);
+}
+
 /// Runs qemu-io commands (e.g. `write -P 0x77 2M 1M`) on `uri`.
 pub fn qemu_io(uri: &str, commands: &[&str]) {
     let mut cmd = Command::new("qemu-io");
