@@ -78,6 +78,7 @@ impl Drop for SocketFile {
 /// socket. Must run inside a tokio runtime.
 pub fn bind(path: &Path, options: &BindOptions) -> Result<(UnixListener, SocketFile), BindError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let created = !dir.exists();
         let mut builder = DirBuilder::new();
         builder.recursive(true);
         if let Some(mode) = options.dir_mode {
@@ -86,6 +87,12 @@ pub fn bind(path: &Path, options: &BindOptions) -> Result<(UnixListener, SocketF
         builder
             .create(dir)
             .map_err(BindError::io("create directory", dir))?;
+        // Exactly `mode` for a directory made here: the umask is process-wide,
+        // and another bind may have narrowed it (`bind_with_mode`) meanwhile.
+        if let (true, Some(mode)) = (created, options.dir_mode) {
+            fs::set_permissions(dir, Permissions::from_mode(mode))
+                .map_err(BindError::io("set permissions on", dir))?;
+        }
     }
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
