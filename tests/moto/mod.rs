@@ -107,21 +107,36 @@ impl Moto {
     }
 
     /// One plain HTTP/1.1 request (`line` is `METHOD PATH`); the response.
+    /// Under load moto's server sometimes resets the connection before the
+    /// response is read: the request is sent again (every request made
+    /// here is idempotent or checked by its caller).
     pub fn request(&self, line: &str, headers: &[(&str, &str)], body: &str) -> String {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         let mut head = format!("{line} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n", self.port);
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
-        write!(
-            stream,
+        let message = format!(
             "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
+        );
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let exchange = || -> std::io::Result<String> {
+                let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+                stream.write_all(message.as_bytes())?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response)?;
+                Ok(response)
+            };
+            match exchange() {
+                Ok(response) if !response.is_empty() => return response,
+                Ok(_) if attempt < 5 => {}
+                Err(e) if attempt < 5 && e.kind() == ErrorKind::ConnectionReset => {}
+                other => panic!("{line} to moto: {other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
