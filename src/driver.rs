@@ -16,6 +16,8 @@ use crate::ops::hydrate::Hydrations;
 use crate::ops::keys::BackupKeys;
 use crate::ops::restore::restore_backup;
 use crate::ops::schedule::Scheduler;
+use crate::ops::standby::Standbys;
+use crate::ops::volumes::delete_volume;
 
 /// The Docker driver as the daemon runs it.
 pub type DockerDriver = Driver<PoolProvider, LinuxHost>;
@@ -30,6 +32,8 @@ pub struct PoolProvider {
     pub keys: BackupKeys,
     /// A volume's backup schedules go with it (`docker volume rm`).
     pub schedules: Scheduler,
+    /// A standby is not removed (`docker volume rm` is refused).
+    pub standbys: Standbys,
 }
 
 impl VolumeProvider for PoolProvider {
@@ -79,18 +83,15 @@ impl VolumeProvider for PoolProvider {
         restore
             .await
             .map(drop)
-            .map_err(|e| ProviderError::Restore(Box::new(e)))
+            .map_err(|e| ProviderError::Operation(Box::new(e)))
     }
 
     async fn delete_volume(&self, name: &str) -> Result<(), ProviderError> {
-        let deleted = self
-            .hydrations
-            .delete_volume(name, self.schedules.delete_volume(name))
-            .await;
+        let deleted = delete_volume(&self.hydrations, &self.schedules, &self.standbys, name).await;
         let removed = match deleted {
             Ok(removed) => removed,
             Err(OpError::Engine(e)) => return Err(ProviderError::Pool(e)),
-            Err(e) => return Err(ProviderError::Restore(Box::new(e))),
+            Err(e) => return Err(ProviderError::Operation(Box::new(e))),
         };
         for s in removed {
             tracing::info!(volume = name, dest = %s.dest, "backup schedule removed with the volume");

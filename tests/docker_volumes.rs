@@ -714,6 +714,26 @@ fn docker_uses_ballast_volumes() {
     docker(&f, &["volume", "rm", "r2"]);
     docker(&f, &["volume", "rm", "r3"]);
 
+    // A standby that follows v1's backups is not Docker's to remove until
+    // it is activated.
+    ok(
+        &f.socket(),
+        &["standby", "create", "s1", "--dest", &dest, "--volume", "v1"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = json(&f.socket(), &["standby", "list", "--json"]);
+        if all[0]["applied_backup"].is_string() && all[0]["applying_backup"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "s1 never applied: {all}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stderr = f.docker().fails(&["volume", "rm", "s1"]);
+    assert!(stderr.contains("is a standby"), "{stderr}");
+    ok(&f.socket(), &["standby", "activate", "s1"]);
+    docker(&f, &["volume", "rm", "s1"]);
+
     // Remove: the clone first (it depends on v1's snapshot), then v1.
     docker(&f, &["volume", "rm", "c1"]);
     docker(&f, &["volume", "rm", "v1"]);

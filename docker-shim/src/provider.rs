@@ -10,10 +10,11 @@ pub enum ProviderError {
     /// The pool refused or failed the operation.
     #[error(transparent)]
     Pool(#[from] ballast_engine::Error),
-    /// Restoring the volume from a backup failed (the backup store's or
-    /// the restore's own error, message unchanged).
+    /// An operation of the daemon's beyond the pool failed: a restore
+    /// from a backup, or a delete the daemon refused (a standby). The
+    /// operation's own error, message unchanged.
     #[error(transparent)]
-    Restore(Box<dyn std::error::Error + Send + Sync>),
+    Operation(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A volume as the driver reports it to Docker.

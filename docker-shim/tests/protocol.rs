@@ -99,7 +99,7 @@ impl VolumeProvider for FakeProvider {
             .lock()
             .unwrap()
             .push(format!("restore {name} {url}"));
-        Err(ProviderError::Restore(
+        Err(ProviderError::Operation(
             "restoring from a backup is not available yet".into(),
         ))
     }

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::error::ApiError;
 use super::state::{Answer, ApiReply, ApiState};
 use super::types::{CreateSnapshot, CreateVolume, DeletedVolume, GrowVolume, VolumeDetails};
-use crate::ops::error::OpError;
+use crate::ops;
 
 pub async fn pool_stats(state: &ApiState) -> Answer {
     ApiReply::ok(&state.pool.stats())
@@ -127,7 +127,6 @@ async fn clone_volume(
 }
 
 pub async fn delete_volume(state: &ApiState, name: &str) -> Answer {
-    refuse_standby(state, name, "deleted")?;
     if let Some(attached) = state.attach.as_ref().and_then(|d| d.attachment(name)) {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
@@ -136,10 +135,9 @@ pub async fn delete_volume(state: &ApiState, name: &str) -> Answer {
             ),
         });
     }
-    let removed_schedules = state
-        .hydrations
-        .delete_volume(name, state.schedules.delete_volume(name))
-        .await?;
+    let removed_schedules =
+        ops::volumes::delete_volume(&state.hydrations, &state.schedules, &state.standbys, name)
+            .await?;
     info!(
         volume = %name,
         schedules = removed_schedules.len(),
@@ -151,20 +149,8 @@ pub async fn delete_volume(state: &ApiState, name: &str) -> Answer {
     })
 }
 
-/// A standby changes only by its applies until it is activated.
-fn refuse_standby(state: &ApiState, name: &str, what: &'static str) -> Result<(), ApiError> {
-    if state.standbys.is_standby(name) {
-        return Err(OpError::IsStandby {
-            volume: name.to_string(),
-            what,
-        }
-        .into());
-    }
-    Ok(())
-}
-
 pub async fn grow_volume(state: &ApiState, name: &str, req: GrowVolume) -> Answer {
-    refuse_standby(state, name, "grown")?;
+    state.standbys.refuse(name, "grown")?;
     let info = state.pool.grow_volume(name, req.size).await?;
     info!(volume = %name, size = %format_size(info.size), "grew volume");
     ApiReply::ok(&info)

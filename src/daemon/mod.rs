@@ -98,6 +98,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         nbd_socket: nbd.driver_socket(),
         keys: keys.clone(),
         schedules: schedules.clone(),
+        standbys: standbys.clone(),
     };
     let docker = docker::prepare(docker_socket, provider, &config.root, config.docker_attach)?;
     let state = Arc::new(ApiState {

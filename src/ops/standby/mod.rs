@@ -187,6 +187,18 @@ impl Standbys {
         self.lock().contains_key(volume)
     }
 
+    /// Refuses to change `volume` (`what`: "deleted", "grown") if it is a
+    /// standby: it changes only by its applies until it is activated.
+    pub fn refuse(&self, volume: &str, what: &'static str) -> Result<(), OpError> {
+        if self.is_standby(volume) {
+            return Err(OpError::IsStandby {
+                volume: volume.to_string(),
+                what,
+            });
+        }
+        Ok(())
+    }
+
     /// Creates the standby volume `s.volume`, the size of the newest
     /// backup of `s.source` in `s.dest` (refused when there is none), and
     /// lets the loop apply it at once. The record is written before the
