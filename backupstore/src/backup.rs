@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::frame::Kind;
 use crate::lock::{Lock, LockKind, DEFAULT_STALE};
 use crate::manifest::{chunk_key, digest_hex, manifest_key, Digest, Manifest};
+use crate::objects::PutBatch;
 use crate::progress::Progress;
 use crate::sealing::Sealing;
 use crate::store::{BackupInfo, BackupStore};
@@ -66,6 +67,8 @@ struct Run<'a> {
     chunk_size: u64,
     /// Digests known to be in the store or claimed by a task of this run.
     known: Mutex<HashSet<Digest>>,
+    /// New chunks go here; committed before the manifest is written.
+    chunks: Box<dyn PutBatch + 'a>,
     progress: &'a dyn Progress,
 }
 
@@ -113,7 +116,7 @@ impl Run<'_> {
         let framed =
             blocking(move || sealing.encode(Kind::Chunk, &object_key, &buf, level)).await?;
         let stored = framed.len() as u64;
-        self.store.objects.put(&key, framed).await?;
+        self.chunks.put(&key, framed).await?;
         Ok(Outcome::New { digest, stored })
     }
 }
@@ -318,6 +321,7 @@ impl BackupStore {
             size,
             chunk_size: cs,
             known: Mutex::new(known),
+            chunks: self.objects.batch(),
             progress,
         };
         progress.start("backup", total);
@@ -326,6 +330,9 @@ impl BackupStore {
             .buffer_unordered(self.opts.parallel)
             .try_collect()
             .await?;
+        // Every chunk the manifest names, new or reused, is durable before
+        // the manifest exists.
+        run.chunks.commit().await?;
         progress.finish();
 
         let id = new_backup_id();

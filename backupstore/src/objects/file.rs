@@ -3,7 +3,9 @@
 //! Writes are atomic and durable: the data goes to a temporary file in the
 //! target directory, which is fsynced, renamed over the key, and the directory
 //! is fsynced. A crash leaves either the old object or the new one, plus at
-//! worst a stray `.tmp.*` file that listings ignore.
+//! worst a stray `.tmp.*` file that listings ignore. A batch of puts
+//! ([`PutBatch`], a backup's chunks) shares two `syncfs` calls instead of
+//! two fsyncs per object: see `batch`.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -13,8 +15,12 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ObjectError, ObjectMeta, ObjectStore};
+use super::{ObjectError, ObjectMeta, ObjectStore, PutBatch};
 use crate::error::{Error, Result};
+
+mod batch;
+
+use batch::FileBatch;
 
 const TMP_PREFIX: &str = ".tmp.";
 
@@ -73,7 +79,9 @@ fn meta_of(key: String, m: &fs::Metadata) -> io::Result<ObjectMeta> {
     })
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+/// The directory `path` goes in (created if missing) and a fresh temporary
+/// name next to it.
+fn tmp_for(path: &Path) -> io::Result<(&Path, PathBuf)> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("object path has no parent"))?;
@@ -83,6 +91,11 @@ fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         .and_then(|n| n.to_str())
         .unwrap_or("object");
     let tmp = dir.join(format!("{TMP_PREFIX}{name}.{:016x}", rand::random::<u64>()));
+    Ok((dir, tmp))
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let (dir, tmp) = tmp_for(path)?;
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
@@ -187,6 +200,10 @@ impl ObjectStore for FileStore {
         let path = self.path("put", key)?;
         self.blocking("put", key, move || write_atomic(&path, &data))
             .await
+    }
+
+    fn batch(&self) -> Box<dyn PutBatch + '_> {
+        Box::new(FileBatch::new(self))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {

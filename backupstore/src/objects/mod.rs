@@ -4,6 +4,7 @@
 //! Keys are `/`-separated paths relative to the store root, made by this
 //! crate only (`chunks/ab/cd/<digest>`, `backups/<volume>/<id>.manifest`, ...).
 
+mod batch;
 mod error;
 mod file;
 mod s3;
@@ -14,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use batch::PutBatch;
 pub use error::{ObjectError, SdkCause};
 pub use file::FileStore;
 pub use s3::S3Store;
@@ -37,6 +39,11 @@ pub trait ObjectStore: Send + Sync + Debug {
     /// Stores an object; readers see either the old object or the complete
     /// new one, never a partial write.
     async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    /// A batch of puts made durable together (see [`PutBatch`]); by
+    /// default each put is durable when it returns.
+    fn batch(&self) -> Box<dyn PutBatch + '_> {
+        Box::new(batch::Immediate(self))
+    }
     /// Every object whose key starts with `prefix` (which ends with `/`).
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
     /// Removes an object; removing a missing object is not an error.
