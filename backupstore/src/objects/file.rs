@@ -10,6 +10,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -20,9 +21,7 @@ use crate::error::{Error, Result};
 
 mod batch;
 
-use batch::FileBatch;
-
-const TMP_PREFIX: &str = ".tmp.";
+use batch::{tmp_for, TMP_PREFIX};
 
 #[derive(Debug, Clone)]
 pub struct FileStore {
@@ -71,27 +70,48 @@ impl FileStore {
     }
 }
 
+/// A batch of puts to a [`FileStore`]: the steps and their crash cases
+/// are in `batch`.
+struct FileBatch<'a> {
+    store: &'a FileStore,
+    state: Arc<Mutex<batch::State>>,
+}
+
+#[async_trait]
+impl PutBatch for FileBatch<'_> {
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        let path = self.store.path("put", key)?;
+        let (state, root) = (self.state.clone(), self.store.root.clone());
+        self.store
+            .blocking("put", key, move || {
+                batch::stage(&state, &root, path, &data, &batch::syncfs)
+            })
+            .await
+    }
+
+    async fn commit(&self) -> Result<()> {
+        let (state, root) = (self.state.clone(), self.store.root.clone());
+        self.store
+            .blocking("commit", "", move || {
+                batch::commit(&state, &root, &batch::syncfs)
+            })
+            .await
+    }
+}
+
+impl Drop for FileBatch<'_> {
+    /// Puts never committed (the writer failed) leave no temporary files.
+    fn drop(&mut self) {
+        batch::discard(&self.state);
+    }
+}
+
 fn meta_of(key: String, m: &fs::Metadata) -> io::Result<ObjectMeta> {
     Ok(ObjectMeta {
         key,
         size: m.len(),
         modified: m.modified()?,
     })
-}
-
-/// The directory `path` goes in (created if missing) and a fresh temporary
-/// name next to it.
-fn tmp_for(path: &Path) -> io::Result<(&Path, PathBuf)> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("object path has no parent"))?;
-    fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("object");
-    let tmp = dir.join(format!("{TMP_PREFIX}{name}.{:016x}", rand::random::<u64>()));
-    Ok((dir, tmp))
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
@@ -203,7 +223,10 @@ impl ObjectStore for FileStore {
     }
 
     fn batch(&self) -> Box<dyn PutBatch + '_> {
-        Box::new(FileBatch::new(self))
+        Box::new(FileBatch {
+            store: self,
+            state: Arc::default(),
+        })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
@@ -312,6 +335,82 @@ mod tests {
             s.get("chunks/ab/cd/x").await.unwrap().unwrap(),
             &b"kept"[..]
         );
+    }
+
+    fn tmp_count(dir: &Path) -> usize {
+        batch::tests::names(dir)
+            .iter()
+            .filter(|n| n.contains("/.tmp."))
+            .count()
+    }
+
+    fn store(dir: &Path) -> FileStore {
+        fs::create_dir_all(dir).unwrap();
+        FileStore::new(dir.to_path_buf(), "file:///test".into())
+    }
+
+    #[tokio::test]
+    async fn puts_appear_at_commit_with_their_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let batch = s.batch();
+        batch
+            .put("chunks/aa/bb/one", Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+        batch
+            .put("chunks/aa/cc/two", Bytes::from_static(b"22"))
+            .await
+            .unwrap();
+        assert!(
+            s.list("chunks/").await.unwrap().is_empty(),
+            "invisible before commit"
+        );
+        assert!(!s.exists("chunks/aa/bb/one").await.unwrap());
+        batch.commit().await.unwrap();
+        assert_eq!(s.get("chunks/aa/bb/one").await.unwrap().unwrap(), &b"1"[..]);
+        assert_eq!(
+            s.get("chunks/aa/cc/two").await.unwrap().unwrap(),
+            &b"22"[..]
+        );
+        assert_eq!(tmp_count(dir.path()), 0);
+        // A batch stays usable after a commit.
+        batch
+            .put("chunks/aa/bb/three", Bytes::from_static(b"3"))
+            .await
+            .unwrap();
+        batch.commit().await.unwrap();
+        assert_eq!(s.list("chunks/").await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_uncommitted_batch_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        {
+            let batch = s.batch();
+            batch
+                .put("chunks/aa/bb/one", Bytes::from_static(b"1"))
+                .await
+                .unwrap();
+            assert_eq!(tmp_count(dir.path()), 1);
+        }
+        assert_eq!(tmp_count(dir.path()), 0);
+        assert!(s.list("chunks/").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn invalid_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let batch = s.batch();
+        for key in ["../x", "/etc/passwd", "a//b", ".tmp.x"] {
+            assert!(
+                batch.put(key, Bytes::from_static(b"x")).await.is_err(),
+                "{key}"
+            );
+        }
+        assert!(batch::tests::names(dir.path()).is_empty());
     }
 
     #[tokio::test]

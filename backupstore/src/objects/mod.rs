@@ -4,7 +4,6 @@
 //! Keys are `/`-separated paths relative to the store root, made by this
 //! crate only (`chunks/ab/cd/<digest>`, `backups/<volume>/<id>.manifest`, ...).
 
-mod batch;
 mod error;
 mod file;
 mod s3;
@@ -15,7 +14,6 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use batch::PutBatch;
 pub use error::{ObjectError, SdkCause};
 pub use file::FileStore;
 pub use s3::S3Store;
@@ -42,7 +40,7 @@ pub trait ObjectStore: Send + Sync + Debug {
     /// A batch of puts made durable together (see [`PutBatch`]); by
     /// default each put is durable when it returns.
     fn batch(&self) -> Box<dyn PutBatch + '_> {
-        Box::new(batch::Immediate(self))
+        Box::new(Immediate(self))
     }
     /// Every object whose key starts with `prefix` (which ends with `/`).
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
@@ -56,5 +54,37 @@ pub trait ObjectStore: Send + Sync + Debug {
     /// returns how many. Stores whose writes leave none do nothing.
     async fn remove_leftovers(&self, _age: Duration) -> Result<u64> {
         Ok(0)
+    }
+}
+
+/// A batch of puts, from [`ObjectStore::batch`]: puts that become durable
+/// together. A writer of many objects that needs them only once it has
+/// written them all (a backup's chunks, which no manifest refers to until
+/// the manifest is written) lets the store pay for durability once per
+/// batch instead of once per object.
+#[async_trait]
+pub trait PutBatch: Send + Sync {
+    /// Writes an object. It may stay invisible, and not durable, until the
+    /// next [`commit`](PutBatch::commit) returns; a store may publish some
+    /// earlier puts sooner, to bound what a batch holds.
+    async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    /// Makes every object put so far durable and visible, together with
+    /// every object this writer found already in the store (a name another
+    /// writer published but has not yet made durable is made durable here).
+    /// Puts made while it runs belong to the next commit.
+    async fn commit(&self) -> Result<()>;
+}
+
+/// The batch of a store whose puts are durable when they return (S3).
+struct Immediate<'a, S: ?Sized>(&'a S);
+
+#[async_trait]
+impl<S: ObjectStore + ?Sized> PutBatch for Immediate<'_, S> {
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        self.0.put(key, data).await
+    }
+
+    async fn commit(&self) -> Result<()> {
+        Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! A [`FileStore`]'s batch of puts: one flush for all their data and one
+//! A file store's batch of puts: one flush for all their data and one
 //! for all their names, where single puts take two fsyncs each.
 //!
 //! Crash cases, in the order of a batch's steps:
@@ -39,26 +39,32 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
-use async_trait::async_trait;
-use bytes::Bytes;
+/// Names of temporary files start so; they are never keys.
+pub(super) const TMP_PREFIX: &str = ".tmp.";
 
-use super::{tmp_for, FileStore};
-use crate::error::Result;
-use crate::objects::PutBatch;
+/// The directory `path` goes in (created if missing) and a fresh temporary
+/// name next to it.
+pub(super) fn tmp_for(path: &Path) -> io::Result<(&Path, PathBuf)> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("object path has no parent"))?;
+    fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("object");
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}.{:016x}", rand::random::<u64>()));
+    Ok((dir, tmp))
+}
 
 /// Puts that wait for a commit at most; 256 chunks of 1 MiB cost two
 /// `syncfs` calls per 256 MiB written.
 pub(super) const MAX_PENDING: usize = 256;
 
-pub(super) struct FileBatch<'a> {
-    store: &'a FileStore,
-    state: Arc<Mutex<State>>,
-}
-
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     /// The store's root, opened before the batch's first write (see the
     /// module comment on `syncfs` errors).
     root: Option<File>,
@@ -81,7 +87,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn syncfs(root: &File) -> io::Result<()> {
+pub(super) fn syncfs(root: &File) -> io::Result<()> {
     // SAFETY: `root` is an open file descriptor for the duration of the call.
     if unsafe { libc::syncfs(root.as_raw_fd()) } == 0 {
         Ok(())
@@ -105,15 +111,6 @@ fn start_writeback(f: &File) -> io::Result<()> {
     match e.raw_os_error() {
         Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(()),
         _ => Err(e),
-    }
-}
-
-impl<'a> FileBatch<'a> {
-    pub(super) fn new(store: &'a FileStore) -> Self {
-        FileBatch {
-            store,
-            state: Arc::default(),
-        }
     }
 }
 
@@ -147,7 +144,12 @@ fn remove_all(pending: &[(PathBuf, PathBuf)]) {
 
 /// Writes `data` to a temporary file for `path` and records it in `state`;
 /// publishes the pending puts if there are [`MAX_PENDING`] of them now.
-fn stage(
+/// Removes the temporary files of the puts not committed.
+pub(super) fn discard(state: &Mutex<State>) {
+    remove_all(&lock(state).pending);
+}
+
+pub(super) fn stage(
     state: &Mutex<State>,
     root: &Path,
     path: PathBuf,
@@ -180,7 +182,7 @@ fn stage(
 }
 
 /// Publishes every pending put (steps 2 to 4).
-fn commit(
+pub(super) fn commit(
     state: &Mutex<State>,
     root: &Path,
     sync: &dyn Fn(&File) -> io::Result<()>,
@@ -192,42 +194,14 @@ fn commit(
     publish(&root, pending, sync)
 }
 
-#[async_trait]
-impl PutBatch for FileBatch<'_> {
-    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
-        let path = self.store.path("put", key)?;
-        let (state, root) = (self.state.clone(), self.store.root.clone());
-        self.store
-            .blocking("put", key, move || {
-                stage(&state, &root, path, &data, &syncfs)
-            })
-            .await
-    }
-
-    async fn commit(&self) -> Result<()> {
-        let (state, root) = (self.state.clone(), self.store.root.clone());
-        self.store
-            .blocking("commit", "", move || commit(&state, &root, &syncfs))
-            .await
-    }
-}
-
-impl Drop for FileBatch<'_> {
-    /// Puts never committed (the writer failed) leave no temporary files.
-    fn drop(&mut self) {
-        remove_all(&lock(&self.state).pending);
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::objects::ObjectStore;
 
     /// Every file under `dir`, relative to it, sorted.
-    fn names(dir: &Path) -> Vec<String> {
+    pub(crate) fn names(dir: &Path) -> Vec<String> {
         let mut out = Vec::new();
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
@@ -242,79 +216,6 @@ mod tests {
         }
         out.sort();
         out
-    }
-
-    fn tmp_count(dir: &Path) -> usize {
-        names(dir).iter().filter(|n| n.contains("/.tmp.")).count()
-    }
-
-    fn store(dir: &Path) -> FileStore {
-        fs::create_dir_all(dir).unwrap();
-        FileStore::new(dir.to_path_buf(), "file:///test".into())
-    }
-
-    #[tokio::test]
-    async fn puts_appear_at_commit_with_their_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
-        let batch = s.batch();
-        batch
-            .put("chunks/aa/bb/one", Bytes::from_static(b"1"))
-            .await
-            .unwrap();
-        batch
-            .put("chunks/aa/cc/two", Bytes::from_static(b"22"))
-            .await
-            .unwrap();
-        assert!(
-            s.list("chunks/").await.unwrap().is_empty(),
-            "invisible before commit"
-        );
-        assert!(!s.exists("chunks/aa/bb/one").await.unwrap());
-        batch.commit().await.unwrap();
-        assert_eq!(s.get("chunks/aa/bb/one").await.unwrap().unwrap(), &b"1"[..]);
-        assert_eq!(
-            s.get("chunks/aa/cc/two").await.unwrap().unwrap(),
-            &b"22"[..]
-        );
-        assert_eq!(tmp_count(dir.path()), 0);
-        // A batch stays usable after a commit.
-        batch
-            .put("chunks/aa/bb/three", Bytes::from_static(b"3"))
-            .await
-            .unwrap();
-        batch.commit().await.unwrap();
-        assert_eq!(s.list("chunks/").await.unwrap().len(), 3);
-    }
-
-    #[tokio::test]
-    async fn an_uncommitted_batch_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
-        {
-            let batch = s.batch();
-            batch
-                .put("chunks/aa/bb/one", Bytes::from_static(b"1"))
-                .await
-                .unwrap();
-            assert_eq!(tmp_count(dir.path()), 1);
-        }
-        assert_eq!(tmp_count(dir.path()), 0);
-        assert!(s.list("chunks/").await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn invalid_keys_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
-        let batch = s.batch();
-        for key in ["../x", "/etc/passwd", "a//b", ".tmp.x"] {
-            assert!(
-                batch.put(key, Bytes::from_static(b"x")).await.is_err(),
-                "{key}"
-            );
-        }
-        assert!(names(dir.path()).is_empty());
     }
 
     /// Stages `n` objects named `k0..` holding their own names.
