@@ -18,7 +18,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use backup_common::{assert_same, image, qemu_io, read_export, unix_uri, write_volume, MIB};
+use backup_common::{
+    assert_same, image, qemu_io, read_export, schedule, unix_uri, write_volume, MIB,
+};
 use common::{fails, json, ok, TempDir};
 use standby_common::{
     activate, backup, fill_chunk, id_of, standby, wait_applied, wait_for, write_fails,
@@ -60,6 +62,27 @@ fn a_standby_follows_three_incremental_backups_and_is_read_only_until_activated(
     assert_eq!(s["last_apply"]["chunks_fetched"], 12, "{s}");
     assert_eq!(s["last_apply"]["bytes_fetched"], 12 * MIB as u64, "{s}");
     assert_eq!(s["state"], "following", "{s}");
+    // The same figures on /metrics, which Prometheus' checker accepts.
+    if let Some(promtool) = schedule::promtool() {
+        let page = schedule::metrics_page(&bsock);
+        schedule::promtool_check(&promtool, &page);
+        let labels = format!(
+            "{{volume=\"sb\",source=\"src\",dest=\"{}\"}}",
+            s["dest"].as_str().unwrap()
+        );
+        let series = |name: &str| schedule::sample(&page, &format!("{name}{labels}"));
+        assert_eq!(
+            series("ballast_standby_last_apply_fetched_bytes"),
+            (12 * MIB) as f64
+        );
+        assert_eq!(
+            series("ballast_standby_applied_backup_created_timestamp_seconds"),
+            s["applied_created"].as_f64().unwrap()
+        );
+        assert_eq!(series("ballast_standby_applying"), 0.0);
+        assert_eq!(series("ballast_standby_failing"), 0.0);
+        assert!(series("ballast_standby_lag_seconds") >= 0.0);
+    }
     let uri = unix_uri(&sb, "sb");
     assert_same(&read_export(&uri, &b, "1.img"), &expected, "first backup");
 
@@ -335,6 +358,12 @@ fn a_damaged_chunk_fails_the_apply_and_leaves_the_last_complete_backup() {
         "{error}"
     );
     assert_eq!(s["applied_backup"], id_of(&b1).as_str(), "{s}");
+    let page = schedule::metrics_page(&bsock);
+    let failing = format!(
+        "ballast_standby_failing{{volume=\"sb\",source=\"src\",dest=\"{}\"}}",
+        s["dest"].as_str().unwrap()
+    );
+    assert_eq!(schedule::sample(&page, &failing), 1.0, "{page}");
     let uri = unix_uri(&sb, "sb");
     assert_same(
         &read_export(&uri, &b, "f.img"),

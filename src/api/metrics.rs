@@ -6,7 +6,9 @@
 //! size and allocated bytes. The pool: used, file size, cap, failed.
 //! Per schedule: interval, creation, last success (and what it uploaded),
 //! last failure, failures in a row, last run's duration, bytes uploaded,
-//! runs, failures, skips. Jobs by state.
+//! runs, failures, skips. Per standby: the applied backup's creation and
+//! the lag behind it, the last poll, applying and failing, the last
+//! apply's duration and fetched bytes. Jobs by state.
 
 use std::fmt::Write;
 
@@ -14,6 +16,7 @@ use ballast_engine::{DirectionStats, LATENCY_BUCKETS};
 
 use super::state::ApiState;
 use crate::ops::schedule::ScheduleStatus;
+use crate::ops::standby::StandbyStatus;
 
 /// The `Content-Type` of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -275,6 +278,8 @@ pub async fn render(state: &ApiState) -> String {
         }
     }
 
+    standbys(&mut t, &state.standbys.list());
+
     t.family(
         "ballast_jobs",
         "gauge",
@@ -284,6 +289,62 @@ pub async fn render(state: &ApiState) -> String {
         t.sample("ballast_jobs", &[("state", job_state)], n as f64);
     }
     t.0
+}
+
+/// The standby gauges, each labelled with the standby's volume, the volume
+/// it follows and the destination; a gauge without a value is left out.
+fn standbys(t: &mut Text, list: &[StandbyStatus]) {
+    type Gauge = fn(&StandbyStatus) -> Option<f64>;
+    let gauges: [(&str, &str, Gauge); 7] = [
+        (
+            "ballast_standby_applied_backup_created_timestamp_seconds",
+            "When the newest backup the standby holds complete was taken (Unix time); absent before the first apply.",
+            |s| s.applied_created.map(|c| c as f64),
+        ),
+        (
+            "ballast_standby_lag_seconds",
+            "Seconds from the creation of the newest backup the standby holds complete to now.",
+            |s| s.lag_secs.map(|l| l as f64),
+        ),
+        (
+            "ballast_standby_last_check_timestamp_seconds",
+            "When the standby last polled its destination (Unix time), whatever the outcome.",
+            |s| s.last_check.map(|c| c as f64),
+        ),
+        (
+            "ballast_standby_applying",
+            "1 while the standby applies a backup.",
+            |s| Some(f64::from(u8::from(s.applying_backup.is_some()))),
+        ),
+        (
+            "ballast_standby_failing",
+            "1 if the standby's last poll or apply failed (it keeps its last complete backup).",
+            |s| Some(f64::from(u8::from(s.last_error.is_some()))),
+        ),
+        (
+            "ballast_standby_last_apply_duration_seconds",
+            "How long the standby's last complete apply took.",
+            |s| s.last_apply.as_ref().map(|a| a.duration_ms as f64 / 1000.0),
+        ),
+        (
+            "ballast_standby_last_apply_fetched_bytes",
+            "Bytes of chunks the standby's last complete apply fetched.",
+            |s| s.last_apply.as_ref().map(|a| a.bytes_fetched as f64),
+        ),
+    ];
+    for (name, help, pick) in gauges {
+        t.family(name, "gauge", help);
+        for s in list {
+            if let Some(value) = pick(s) {
+                let labels = [
+                    ("volume", s.standby.volume.as_str()),
+                    ("source", s.standby.source.as_str()),
+                    ("dest", s.standby.dest.as_str()),
+                ];
+                t.sample(name, &labels, value);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
