@@ -68,8 +68,10 @@ async fn encryption() {
 }
 
 /// A backup cancelled midway (the future dropped, as on Ctrl-C) leaves no
-/// listed backup and no lock; the next run succeeds and reuses what was
-/// already uploaded.
+/// listed backup, no lock, and none of its chunks: a file target makes a
+/// backup's chunks visible in batches, at a commit, and this one never
+/// reached one; the temporary files of its puts go with it. The next run
+/// succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_backup_leaves_nothing_visible() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,21 +87,21 @@ async fn interrupted_backup_leaves_nothing_visible() {
         r = store.backup(&pool, "vol1", Some("s1"), &progress) => panic!("backup finished before the interruption: {r:?}"),
         _ = halfway.notified() => {}
     }
-    let uploaded = stored_chunks(&store).await.len();
-    assert!(
-        uploaded > 0,
-        "some chunks were uploaded before the interruption"
-    );
     assert!(
         store.list(None).await.unwrap().is_empty(),
         "no backup is visible"
     );
-    // The lock of the cancelled backup is released in the background.
+    assert!(
+        stored_chunks(&store).await.is_empty(),
+        "no chunk of the uncommitted batch is visible"
+    );
+    // The lock of the cancelled backup is released in the background, and
+    // puts already handed to the blocking pool remove their own files.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !store.objects().list("locks/").await.unwrap().is_empty() {
+    while !store.objects().list("locks/").await.unwrap().is_empty() || tmp_files(dir.path()) > 0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "lock of the cancelled backup stayed"
+            "the lock or temporary files of the cancelled backup stayed"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -108,20 +110,32 @@ async fn interrupted_backup_leaves_nothing_visible() {
         .backup(&pool, "vol1", Some("s1"), &NoProgress)
         .await
         .unwrap();
-    // Writes already handed to the blocking pool may land after the
-    // cancellation, so `uploaded` is a lower bound of what the retry finds.
     let referenced = scenarios::chunk_digests(&store, &b).await;
     assert_eq!(
         stored_chunks(&store).await,
         referenced,
         "every stored chunk belongs to the backup"
     );
-    assert!(
-        b.new_chunks as usize <= referenced.len() - uploaded,
-        "chunks of the interrupted run are reused"
-    );
+    assert_eq!(b.new_chunks as usize, referenced.len());
     assert_eq!(store.list(None).await.unwrap().len(), 1);
     scenarios::restore_and_compare(&store, &pool, &b, "r1", "s1").await;
+}
+
+/// Temporary files (`.tmp.*`) anywhere under `dir`.
+fn tmp_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if e.file_name().to_string_lossy().starts_with(".tmp.") {
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 /// gc and backups exclude each other through lock objects; a lock that is

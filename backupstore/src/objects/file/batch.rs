@@ -70,6 +70,9 @@ pub(super) struct State {
     root: Option<File>,
     /// Temporary files written and not yet renamed, with their names.
     pending: Vec<(PathBuf, PathBuf)>,
+    /// The writer gave up (the batch was dropped uncommitted): a put still
+    /// in flight removes its own temporary file.
+    discarded: bool,
 }
 
 impl State {
@@ -146,7 +149,9 @@ fn remove_all(pending: &[(PathBuf, PathBuf)]) {
 /// publishes the pending puts if there are [`MAX_PENDING`] of them now.
 /// Removes the temporary files of the puts not committed.
 pub(super) fn discard(state: &Mutex<State>) {
-    remove_all(&lock(state).pending);
+    let mut s = lock(state);
+    s.discarded = true;
+    remove_all(&std::mem::take(&mut s.pending));
 }
 
 pub(super) fn stage(
@@ -167,6 +172,10 @@ pub(super) fn stage(
         return Err(e);
     }
     let mut s = lock(state);
+    if s.discarded {
+        let _ = fs::remove_file(&tmp);
+        return Ok(());
+    }
     s.pending.push((tmp, path));
     if s.pending.len() < MAX_PENDING {
         return Ok(());
@@ -288,6 +297,20 @@ pub(super) mod tests {
             names(root)
         );
         assert!(lock(&state).pending.is_empty(), "nothing left to publish");
+    }
+
+    #[test]
+    fn a_put_that_lands_after_the_writer_gave_up_removes_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let state = Mutex::new(State::default());
+        let sync = |_: &File| -> io::Result<()> { Ok(()) };
+        stage_n(&state, root, 2, &sync);
+        discard(&state);
+        stage(&state, root, root.join("d0/late"), b"late", &sync).unwrap();
+        let left: Vec<String> = names(root);
+        assert!(left.is_empty(), "{left:?}");
+        assert!(lock(&state).pending.is_empty());
     }
 
     #[test]
