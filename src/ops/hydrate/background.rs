@@ -103,37 +103,47 @@ pub async fn run(
             break;
         }
         // One stream, PARALLEL fetches in flight; every BATCH chunks
-        // fetched are settled together.
+        // fetched are settled together, while the next ones are fetched
+        // (a settle takes the chunks `Written` when it starts; one at a
+        // time).
         let mut fetches = futures::stream::iter(pending)
             .map(|c| {
                 let h = &h;
                 async move { h.make_readable(c).await }
             })
             .buffer_unordered(PARALLEL);
-        let mut unsettled = 0;
-        loop {
-            let next = fetches.next().await;
-            if let Some(result) = &next {
-                failed |= result.is_err();
-                unsettled += 1;
-                if unsettled < BATCH {
-                    continue;
+        let mut settling = None;
+        let (mut unsettled, mut fetching) = (0, true);
+        while fetching || settling.is_some() {
+            tokio::select! {
+                settled = async { settling.as_mut().expect("guarded").await }, if settling.is_some() => {
+                    settling = None;
+                    if let Err(e) = settled {
+                        warn!(volume = %h.volume, "settling hydrated chunks: {e}");
+                        failed = true;
+                    }
+                    let (_, _, now, _) = h.counts();
+                    progress.advance(now.saturating_sub(reported));
+                    reported = reported.max(now);
+                    if cancel.is_cancelled() {
+                        return Ended::Cancelled;
+                    }
                 }
+                next = fetches.next(), if fetching => match next {
+                    Some(result) => {
+                        failed |= result.is_err();
+                        unsettled += 1;
+                    }
+                    None => fetching = false,
+                },
             }
-            unsettled = 0;
-            if let Err(e) = h.settle(&[]).await {
-                warn!(volume = %h.volume, "settling hydrated chunks: {e}");
-                failed = true;
+            if settling.is_none() && unsettled > 0 && (unsettled >= BATCH || !fetching) {
+                settling = Some(Box::pin(h.settle(&[])));
+                unsettled = 0;
             }
-            let (_, _, now, _) = h.counts();
-            progress.advance(now.saturating_sub(reported));
-            reported = reported.max(now);
-            if cancel.is_cancelled() {
-                return Ended::Cancelled;
-            }
-            if next.is_none() {
-                break;
-            }
+        }
+        if cancel.is_cancelled() {
+            return Ended::Cancelled;
         }
         if failed {
             tokio::select! {
