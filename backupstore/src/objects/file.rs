@@ -344,6 +344,10 @@ mod tests {
             .count()
     }
 
+    async fn put(batch: &dyn PutBatch, key: &str, data: &'static [u8]) {
+        batch.put(key, Bytes::from_static(data)).await.unwrap();
+    }
+
     fn store(dir: &Path) -> FileStore {
         fs::create_dir_all(dir).unwrap();
         FileStore::new(dir.to_path_buf(), "file:///test".into())
@@ -354,14 +358,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         let batch = s.batch();
-        batch
-            .put("chunks/aa/bb/one", Bytes::from_static(b"1"))
-            .await
-            .unwrap();
-        batch
-            .put("chunks/aa/cc/two", Bytes::from_static(b"22"))
-            .await
-            .unwrap();
+        put(&*batch, "chunks/aa/bb/one", b"1").await;
+        put(&*batch, "chunks/aa/cc/two", b"22").await;
         assert!(
             s.list("chunks/").await.unwrap().is_empty(),
             "invisible before commit"
@@ -375,10 +373,7 @@ mod tests {
         );
         assert_eq!(tmp_count(dir.path()), 0);
         // A batch stays usable after a commit.
-        batch
-            .put("chunks/aa/bb/three", Bytes::from_static(b"3"))
-            .await
-            .unwrap();
+        put(&*batch, "chunks/aa/bb/three", b"3").await;
         batch.commit().await.unwrap();
         assert_eq!(s.list("chunks/").await.unwrap().len(), 3);
     }
@@ -389,10 +384,7 @@ mod tests {
         let s = store(dir.path());
         {
             let batch = s.batch();
-            batch
-                .put("chunks/aa/bb/one", Bytes::from_static(b"1"))
-                .await
-                .unwrap();
+            put(&*batch, "chunks/aa/bb/one", b"1").await;
             assert_eq!(tmp_count(dir.path()), 1);
         }
         assert_eq!(tmp_count(dir.path()), 0);
