@@ -14,8 +14,10 @@
 #   idle_s      the same for a second instant restore nobody reads
 #   full_s      seconds for `ballast create w --backup URL --wait` (the full
 #               restore, as before instant restore)
+# idle_s and full_s are medians of ROUNDS (default 3) pairs, the order
+# alternating from pair to pair (the disk's speed swings).
 #
-# Env: SIZES, TARGETS, READ_S (default 10), BENCH_DIR (default
+# Env: SIZES, TARGETS, READ_S (default 10), ROUNDS, BENCH_DIR (default
 # /var/tmp/ballast-instant-bench), BALLAST (a ballast binary; default:
 # built with --release), BALLAST_TEST_VENV (moto_server's venv, default
 # /opt/ballast-test/venv). The disk needs about 4x the largest size.
@@ -24,6 +26,7 @@ set -euo pipefail
 SIZES=${SIZES:-1 8}
 TARGETS=${TARGETS:-file s3}
 READ_S=${READ_S:-10}
+ROUNDS=${ROUNDS:-3}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ballast-instant-bench}
 VENV=${BALLAST_TEST_VENV:-/opt/ballast-test/venv}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -58,6 +61,7 @@ trap cleanup EXIT
 now() { date +%s.%N; }
 since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$(now)"; }
 uri() { echo "nbd+unix:///$1?socket=$SOCK"; }
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
 "$BALLAST" daemon --root "$POOL" --nbd-socket "$SOCK" --nbd-listen off >>"$BENCH_DIR/daemon.log" 2>&1 &
 DAEMON=$!
@@ -108,17 +112,27 @@ for size in $SIZES; do
         iops=$(python3 -c "import json; print(round(json.load(open('$BENCH_DIR/rr.json'))['jobs'][0]['read']['iops']))")
         wait_hydrated r
         hydrated_s=$(since "$t0")
-        t3=$(now)
-        "$BALLAST" create q --backup "$url" >/dev/null
-        wait_hydrated q
-        idle_s=$(since "$t3")
-        t2=$(now)
-        "$BALLAST" create w --backup "$url" --wait >/dev/null
-        full_s=$(since "$t2")
+        # ROUNDS pairs, alternating which goes first; medians.
+        idles=() fulls=()
+        for round in $(seq "$ROUNDS"); do
+            for which in $( [ $((round % 2)) = 1 ] && echo "idle full" || echo "full idle"); do
+                t3=$(now)
+                if [ "$which" = idle ]; then
+                    "$BALLAST" create q --backup "$url" >/dev/null
+                    wait_hydrated q
+                    idles+=("$(since "$t3")")
+                else
+                    "$BALLAST" create w --backup "$url" --wait >/dev/null
+                    fulls+=("$(since "$t3")")
+                fi
+            done
+            "$BALLAST" delete q >/dev/null
+            "$BALLAST" delete w >/dev/null
+        done
+        idle_s=$(median "${idles[@]}") full_s=$(median "${fulls[@]}")
+        echo "  $target ${size} GiB: idle ${idles[*]}; full ${fulls[*]}" >&2
         printf '%-6s %5s %9s %9s %9s %11s %8s %8s\n' "$target" "$size" "$create_s" "$first_ms" "$iops" "$hydrated_s" "$idle_s" "$full_s"
         "$BALLAST" delete r >/dev/null
-        "$BALLAST" delete q >/dev/null
-        "$BALLAST" delete w >/dev/null
         "$BALLAST" backup delete "$url" >/dev/null
     done
     "$BALLAST" delete src >/dev/null

@@ -5,7 +5,7 @@
 //! chunk gets there.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ballast_backupstore::{Progress, ProgressCounter};
 use futures::StreamExt;
@@ -18,8 +18,11 @@ use super::hydration::Hydration;
 
 /// Chunks fetched at once: memory in flight is this many chunks.
 pub const PARALLEL: usize = 8;
-/// Chunks fetched per settle (one pool flush and one bitmap write).
-const BATCH: usize = 64;
+/// A settle (one pool flush and one bitmap write) starts at most this
+/// often while chunks are fetched, and once at the end: what a crash can
+/// cost is the chunks fetched in the last interval (fetched again), and
+/// the flushes do not grow with the volume's size or the fetch rate.
+const SETTLE_EVERY: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Milliseconds to wait before the first background pass (default none):
 /// lets the tests and the benchmark see reads fetch on demand alone.
@@ -102,10 +105,10 @@ pub async fn run(
         if pending.is_empty() {
             break;
         }
-        // One stream, PARALLEL fetches in flight; every BATCH chunks
-        // fetched are settled together, while the next ones are fetched
-        // (a settle takes the chunks `Written` when it starts; one at a
-        // time).
+        // One stream, PARALLEL fetches in flight; the chunks fetched are
+        // settled together every SETTLE_EVERY, while the next ones are
+        // fetched (a settle takes the chunks `Written` when it starts; one
+        // at a time).
         let mut fetches = futures::stream::iter(pending)
             .map(|c| {
                 let h = &h;
@@ -114,6 +117,7 @@ pub async fn run(
             .buffer_unordered(PARALLEL);
         let mut settling = None;
         let (mut unsettled, mut fetching) = (0, true);
+        let mut last_settle = Instant::now();
         while fetching || settling.is_some() {
             tokio::select! {
                 settled = async { settling.as_mut().expect("guarded").await }, if settling.is_some() => {
@@ -137,9 +141,10 @@ pub async fn run(
                     None => fetching = false,
                 },
             }
-            if settling.is_none() && unsettled > 0 && (unsettled >= BATCH || !fetching) {
+            let due = !fetching || last_settle.elapsed() >= SETTLE_EVERY;
+            if settling.is_none() && unsettled > 0 && due {
                 settling = Some(Box::pin(h.settle(&[])));
-                unsettled = 0;
+                (unsettled, last_settle) = (0, Instant::now());
             }
         }
         if cancel.is_cancelled() {
