@@ -26,12 +26,11 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp/ballast-attach-bench}
 read -r -a TARGETS <<<"${TARGETS:-fuse loop ext4 nbd host}"
 read -r -a EXTRA <<<"${DAEMON_ARGS:-}"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/lib.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
 [ "$(id -u)" = 0 ] || { echo "attach-layers: run as root" >&2; exit 1; }
-for tool in fio losetup mkfs.ext4 python3; do
-    command -v "$tool" >/dev/null || { echo "attach-layers: $tool is required" >&2; exit 1; }
-done
+require attach-layers fio losetup mkfs.ext4 python3
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "attach-layers: this fio has no nbd engine" >&2; exit 1; }
 
 echo "building ballast (release)..." >&2

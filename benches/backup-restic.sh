@@ -27,6 +27,7 @@ set -euo pipefail
 SIZE_MIB=${1:-2048}
 ROUNDS=${ROUNDS:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/lib.sh"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ballast-bench.XXXXXX")
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
@@ -36,10 +37,8 @@ cargo build -q --release -p ballast-backupstore --example backup-bench --manifes
 BENCH="$CARGO_TARGET_DIR/release/examples/backup-bench"
 BALLAST="$CARGO_TARGET_DIR/release/ballast"
 
-now() { date +%s.%N; }
 elapsed() { echo "$(now) - $1" | bc -l | xargs printf '%.2f'; }
 dir_mib() { du -sm "$1" | cut -f1; }
-median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
 POOL=$WORK/pool IMAGE=$WORK/image.raw

@@ -19,11 +19,10 @@ IOS=${IOS:-2000}
 RANDOM_IOS=${RANDOM_IOS:-20000}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ballast-flush-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/lib.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
-for tool in fio qemu-nbd mkfs.ext4 python3; do
-    command -v "$tool" >/dev/null || { echo "commit-flushes: $tool is required (scripts/install-test-deps.sh)" >&2; exit 1; }
-done
+require commit-flushes fio qemu-nbd mkfs.ext4 python3
 
 echo "building ballast (release)..." >&2
 (cd "$ROOT" && cargo build --quiet --release --bin ballast)

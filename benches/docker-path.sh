@@ -46,14 +46,13 @@ PG_CLIENTS=${PG_CLIENTS:-4}
 PG_TIME=${PG_TIME:-30}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ballast-docker-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/lib.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 PLUGIN=ballast-bench-$$
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 
 [ "$(id -u)" = 0 ] || { echo "docker-path: run as root" >&2; exit 1; }
-for tool in docker dockerd fio python3 ldd busybox runuser; do
-    command -v "$tool" >/dev/null || { echo "docker-path: $tool is required (scripts/install-test-deps.sh)" >&2; exit 1; }
-done
+require docker-path docker dockerd fio python3 ldd busybox runuser
 if [ -z "${SKIP_PGBENCH:-}" ] && [ ! -x "$PG_BIN/pgbench" ]; then
     echo "docker-path: PostgreSQL is required for pgbench (apt-get install postgresql), or SKIP_PGBENCH=1" >&2
     exit 1

@@ -30,15 +30,10 @@ ROUNDS=${ROUNDS:-3}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ballast-instant-bench}
 VENV=${BALLAST_TEST_VENV:-/opt/ballast-test/venv}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/lib.sh"
 
-for tool in fio qemu-io python3 curl; do
-    command -v "$tool" >/dev/null || { echo "instant-restore: $tool is required (scripts/install-test-deps.sh)" >&2; exit 1; }
-done
-if [ -z "${BALLAST:-}" ]; then
-    echo "building ballast (release)..." >&2
-    (cd "$ROOT" && cargo build --quiet --release --bin ballast)
-    BALLAST=$ROOT/target/release/ballast
-fi
+require instant-restore fio qemu-io python3 curl
+ballast_binary
 
 rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
@@ -58,10 +53,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$(now)"; }
 uri() { echo "nbd+unix:///$1?socket=$SOCK"; }
-median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
 "$BALLAST" daemon --root "$POOL" --nbd-socket "$SOCK" --nbd-listen off >>"$BENCH_DIR/daemon.log" 2>&1 &
 DAEMON=$!
@@ -72,11 +64,7 @@ dest_of() {
     file) echo "file://$BENCH_DIR/store" ;;
     s3)
         if [ -z "$MOTO" ]; then
-            PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-            "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >/dev/null 2>&1 &
-            MOTO=$!
-            until curl -s -o /dev/null "http://127.0.0.1:$PORT/"; do sleep 0.1; done
-            curl -s -X PUT "http://127.0.0.1:$PORT/bench" >/dev/null
+            start_moto
         fi
         echo "s3://bench/i?endpoint=http://127.0.0.1:$PORT"
         ;;

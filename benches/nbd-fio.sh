@@ -52,11 +52,10 @@ SIZE=${SIZE:-1G}
 PEER_CACHE=${PEER_CACHE:-64M}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ballast-nbd-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/lib.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
-for tool in fio nbdkit nbdinfo qemu-nbd qemu-img python3 fincore numfmt openssl setpriv; do
-    command -v "$tool" >/dev/null || { echo "nbd-fio: $tool is required (scripts/install-test-deps.sh)" >&2; exit 1; }
-done
+require nbd-fio fio nbdkit nbdinfo qemu-nbd qemu-img python3 fincore numfmt openssl setpriv
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "nbd-fio: this fio has no nbd engine" >&2; exit 1; }
 
 echo "building ballast (release)..." >&2

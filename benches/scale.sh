@@ -28,11 +28,10 @@ READ_S=${READ_S:-10}
 ROUNDS=${ROUNDS:-3}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ballast-scale-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/lib.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
-for tool in fio python3; do
-    command -v "$tool" >/dev/null || { echo "scale: $tool is required (scripts/install-test-deps.sh)" >&2; exit 1; }
-done
+require scale fio python3
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "scale: this fio has no nbd engine" >&2; exit 1; }
 
 echo "building ballast (release)..." >&2

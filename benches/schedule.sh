@@ -36,17 +36,11 @@ READ_S=${READ_S:-10}
 SAMPLES=${SAMPLES:-3}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ballast-schedule-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+. "$ROOT/benches/lib.sh"
 
-for tool in fio python3; do
-    command -v "$tool" >/dev/null || { echo "schedule: $tool is required (scripts/install-test-deps.sh)" >&2; exit 1; }
-done
+require schedule fio python3
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "schedule: this fio has no nbd engine" >&2; exit 1; }
-if [ -z "${BALLAST:-}" ]; then
-    echo "building ballast (release)..." >&2
-    (cd "$ROOT" && cargo build --quiet --release --bin ballast)
-    BALLAST=$TARGET/release/ballast
-fi
+ballast_binary
 
 rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
@@ -84,7 +78,6 @@ randread_iops() {
     python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["jobs"][0]["read"]["iops"]))' \
         "$BENCH_DIR/randread.json"
 }
-median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
 echo "filling $SIZE twice..." >&2
 fio_nbd vol --name=fill --rw=write --bs=1m --iodepth=8 --size="$SIZE"

@@ -25,15 +25,10 @@ TARGET=${TARGET:-file}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ballast-standby-bench}
 VENV=${BALLAST_TEST_VENV:-/opt/ballast-test/venv}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/lib.sh"
 
-for tool in qemu-io nbdcopy python3 curl; do
-    command -v "$tool" >/dev/null || { echo "standby: $tool is required (scripts/install-test-deps.sh)" >&2; exit 1; }
-done
-if [ -z "${BALLAST:-}" ]; then
-    echo "building ballast (release)..." >&2
-    (cd "$ROOT" && cargo build --quiet --release --bin ballast)
-    BALLAST=$ROOT/target/release/ballast
-fi
+require standby qemu-io nbdcopy python3 curl
+ballast_binary
 
 rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
@@ -49,8 +44,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$(now)"; }
 src() { "$BALLAST" --socket "$BENCH_DIR/a/control.sock" "$@"; }
 sb() { "$BALLAST" --socket "$BENCH_DIR/b/control.sock" "$@"; }
 uri() { echo "nbd+unix:///$2?socket=$BENCH_DIR/$1.nbd"; }
@@ -70,11 +63,7 @@ stop() { kill "$1"; while kill -0 "$1" 2>/dev/null; do sleep 0.05; done; }  # no
 case $TARGET in
 file) DEST="file://$BENCH_DIR/store" ;;
 s3)
-    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >/dev/null 2>&1 &
-    MOTO=$!
-    until curl -s -o /dev/null "http://127.0.0.1:$PORT/"; do sleep 0.1; done
-    curl -s -X PUT "http://127.0.0.1:$PORT/bench" >/dev/null
+    start_moto
     DEST="s3://bench/s?endpoint=http://127.0.0.1:$PORT"
     ;;
 *) echo "standby: TARGET is file or s3" >&2; exit 1 ;;
