@@ -8,7 +8,9 @@
 //! The test image is built with `docker import` from busybox-static; no
 //! registry is contacted. Under `CI=true` a missing tool is a failure.
 
+mod backup_common;
 mod common;
+mod standby_common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -716,19 +718,10 @@ fn docker_uses_ballast_volumes() {
 
     // A standby that follows v1's backups is not Docker's to remove until
     // it is activated.
-    ok(
-        &f.socket(),
-        &["standby", "create", "s1", "--dest", &dest, "--volume", "v1"],
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let all = json(&f.socket(), &["standby", "list", "--json"]);
-        if all[0]["applied_backup"].is_string() && all[0]["applying_backup"].is_null() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "s1 never applied: {all}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    standby_common::follow(&f.socket(), "s1", &dest, "v1");
+    standby_common::wait_for(&f.socket(), "s1", "applied a backup", |s| {
+        s["applied_backup"].is_string() && s["applying_backup"].is_null()
+    });
     let stderr = f.docker().fails(&["volume", "rm", "s1"]);
     assert!(stderr.contains("is a standby"), "{stderr}");
     ok(&f.socket(), &["standby", "activate", "s1"]);

@@ -18,12 +18,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use backup_common::{
-    assert_same, image, qemu_io, read_export, schedule, unix_uri, write_volume, MIB,
-};
+use backup_common::{assert_same, image, qemu_io, read_export, schedule, unix_uri, MIB};
 use common::{fails, json, ok, TempDir};
 use standby_common::{
-    activate, backup, fill_chunk, id_of, standby, wait_applied, wait_for, write_fails,
+    activate, backed_up_volume, backup, fill_chunk, follow, id_of, standby, wait_applied, wait_for,
+    write_fails,
 };
 
 fn standby_daemon(dir: &TempDir, delay_ms: u64) -> common::Daemon {
@@ -39,11 +38,9 @@ fn a_standby_follows_three_incremental_backups_and_is_read_only_until_activated(
     let (ssock, bsock) = (src.socket.clone(), sb.socket.clone());
     let dest = format!("file://{}", a.join("store").display());
 
-    ok(&ssock, &["create", "src", "--size", "16M"]);
     let mut expected = image(12, 4, 21);
+    let b1 = backed_up_volume(&src, &a, ("src", "16M"), &expected, &dest);
     let src_uri = unix_uri(&src, "src");
-    write_volume(&src, &a, "src", &expected);
-    let b1 = backup(&ssock, "src", &dest);
 
     let refused = fails(
         &bsock,
@@ -52,12 +49,7 @@ fn a_standby_follows_three_incremental_backups_and_is_read_only_until_activated(
         ],
     );
     assert!(refused.contains("no backup of volume nope"), "{refused}");
-    ok(
-        &bsock,
-        &[
-            "standby", "create", "sb", "--dest", &dest, "--volume", "src", "--every", "1s",
-        ],
-    );
+    follow(&bsock, "sb", &dest, "src");
     let s = wait_applied(&bsock, "sb", &id_of(&b1));
     assert_eq!(s["last_apply"]["chunks_fetched"], 12, "{s}");
     assert_eq!(s["last_apply"]["bytes_fetched"], 12 * MIB as u64, "{s}");
@@ -199,20 +191,13 @@ fn activation_mid_apply_after_kill_9_and_after_the_newest_backup_went() {
     let (ssock, bsock) = (src.socket.clone(), b.join("control.sock"));
     let store = a.join("store");
     let dest = format!("file://{}", store.display());
-    ok(&ssock, &["create", "src", "--size", "16M"]);
     let first = image(4, 12, 31);
+    let b1 = backed_up_volume(&src, &a, ("src", "16M"), &first, &dest);
     let src_uri = unix_uri(&src, "src");
-    write_volume(&src, &a, "src", &first);
-    let b1 = backup(&ssock, "src", &dest);
 
     // 300 ms a fetch, four at a time: the first apply takes 0.3 s.
     let mut sb = standby_daemon(&b, 300);
-    ok(
-        &bsock,
-        &[
-            "standby", "create", "sb", "--dest", &dest, "--volume", "src", "--every", "1s",
-        ],
-    );
+    follow(&bsock, "sb", &dest, "src");
     wait_applied(&bsock, "sb", &id_of(&b1));
 
     // Twelve chunks change: the apply takes about a second, at 3 s a
@@ -252,12 +237,7 @@ fn activation_mid_apply_after_kill_9_and_after_the_newest_backup_went() {
     // activation mid-apply leaves the second.
     drop(sb);
     sb = standby_daemon(&b, 0);
-    ok(
-        &bsock,
-        &[
-            "standby", "create", "sb", "--dest", &dest, "--volume", "src", "--every", "1s",
-        ],
-    );
+    follow(&bsock, "sb", &dest, "src");
     wait_applied(&bsock, "sb", &id_of(&b2));
     wait_no_holds(&store);
     drop(sb);
@@ -285,12 +265,7 @@ fn activation_mid_apply_after_kill_9_and_after_the_newest_backup_went() {
     // the store gone altogether: activation fetches nothing.
     drop(sb);
     sb = standby_daemon(&b, 0);
-    ok(
-        &bsock,
-        &[
-            "standby", "create", "sb", "--dest", &dest, "--volume", "src", "--every", "1s",
-        ],
-    );
+    follow(&bsock, "sb", &dest, "src");
     wait_applied(&bsock, "sb", &id_of(&b2));
     // The apply's hold on b2 goes in the background, once it is applied.
     delete_once_released(&ssock, &b2);
@@ -319,18 +294,11 @@ fn a_damaged_chunk_fails_the_apply_and_leaves_the_last_complete_backup() {
     let (ssock, bsock) = (src.socket.clone(), b.join("control.sock"));
     let store = a.join("store");
     let dest = format!("file://{}", store.display());
-    ok(&ssock, &["create", "src", "--size", "8M"]);
     let first = image(4, 4, 51);
+    let b1 = backed_up_volume(&src, &a, ("src", "8M"), &first, &dest);
     let src_uri = unix_uri(&src, "src");
-    write_volume(&src, &a, "src", &first);
-    let b1 = backup(&ssock, "src", &dest);
     let sb = standby_daemon(&b, 0);
-    ok(
-        &bsock,
-        &[
-            "standby", "create", "sb", "--dest", &dest, "--volume", "src", "--every", "1s",
-        ],
-    );
+    follow(&bsock, "sb", &dest, "src");
     wait_applied(&bsock, "sb", &id_of(&b1));
 
     // The changed chunk is damaged in the store before the (slowed)

@@ -9,11 +9,12 @@ mod common;
 mod moto;
 mod standby_common;
 
-use backup_common::{assert_same, image, read_export, unix_uri, write_volume, MIB};
-use common::{ok, TempDir};
+use backup_common::{assert_same, image, read_export, unix_uri, MIB};
+use common::TempDir;
 use moto::{moto_binary, Moto, DAEMON_ENV};
 use standby_common::{
-    activate, backup, fill_chunk, id_of, standby_daemon, wait_applied, wait_for, write_fails,
+    activate, backed_up_volume, backup, fill_chunk, follow, id_of, standby_daemon, wait_applied,
+    wait_for, write_fails,
 };
 
 #[test]
@@ -28,17 +29,10 @@ fn a_standby_follows_backups_in_s3_and_activates_mid_apply() {
     let (ssock, bsock) = (src.socket.clone(), sb.socket.clone());
     let dest = format!("s3://standby/site?endpoint=http://127.0.0.1:{}", moto.port);
 
-    ok(&ssock, &["create", "db", "--size", "16M"]);
     let mut expected = image(10, 6, 41);
+    let b1 = backed_up_volume(&src, &a, ("db", "16M"), &expected, &dest);
     let src_uri = unix_uri(&src, "db");
-    write_volume(&src, &a, "db", &expected);
-    let b1 = backup(&ssock, "db", &dest);
-    ok(
-        &bsock,
-        &[
-            "standby", "create", "db2", "--dest", &dest, "--volume", "db", "--every", "1s",
-        ],
-    );
+    follow(&bsock, "db2", &dest, "db");
     let s = wait_applied(&bsock, "db2", &id_of(&b1));
     assert_eq!(s["last_apply"]["chunks_fetched"], 10, "{s}");
     let uri = unix_uri(&sb, "db2");

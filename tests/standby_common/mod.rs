@@ -47,6 +47,31 @@ pub fn wait_applied(sock: &Path, volume: &str, backup: &str) -> serde_json::Valu
     standby(sock, volume)
 }
 
+/// Volume `volume` (`size`) on the source's daemon `src` (root `dir`),
+/// holding `contents`, backed up once to `dest`; the backup's URL.
+pub fn backed_up_volume(
+    src: &Daemon,
+    dir: &TempDir,
+    (volume, size): (&str, &str),
+    contents: &[u8],
+    dest: &str,
+) -> String {
+    ok(&src.socket, &["create", volume, "--size", size]);
+    crate::backup_common::write_volume(src, dir, volume, contents);
+    backup(&src.socket, volume, dest)
+}
+
+/// Makes `name` a standby of `source`'s backups in `dest`, polled every
+/// second.
+pub fn follow(sock: &Path, name: &str, dest: &str, source: &str) {
+    ok(
+        sock,
+        &[
+            "standby", "create", name, "--dest", dest, "--volume", source, "--every", "1s",
+        ],
+    );
+}
+
 /// A backup of `volume`; its URL.
 pub fn backup(sock: &Path, volume: &str, dest: &str) -> String {
     ok(sock, &["backup", "create", volume, "--dest", dest])
