@@ -116,7 +116,7 @@ pub async fn run(
             })
             .buffer_unordered(PARALLEL);
         let mut settling = None;
-        let (mut unsettled, mut fetching) = (0, true);
+        let (mut unsettled, mut fetching) = (false, true);
         let mut last_settle = Instant::now();
         while fetching || settling.is_some() {
             tokio::select! {
@@ -136,15 +136,15 @@ pub async fn run(
                 next = fetches.next(), if fetching => match next {
                     Some(result) => {
                         failed |= result.is_err();
-                        unsettled += 1;
+                        unsettled = true;
                     }
                     None => fetching = false,
                 },
             }
             let due = !fetching || last_settle.elapsed() >= SETTLE_EVERY;
-            if settling.is_none() && unsettled > 0 && due {
+            if settling.is_none() && unsettled && due {
                 settling = Some(Box::pin(h.settle(&[])));
-                (unsettled, last_settle) = (0, Instant::now());
+                (unsettled, last_settle) = (false, Instant::now());
             }
         }
         if cancel.is_cancelled() {
