@@ -82,6 +82,40 @@ pub(crate) struct Lock {
     released: bool,
 }
 
+/// A lock object written and not yet owned by a [`Lock`]: deleted in the
+/// background when dropped, so an `acquire` dropped while it writes the
+/// object (its caller cancelled) leaves no lock that nobody owns.
+struct Written {
+    objects: Arc<dyn ObjectStore>,
+    /// `None` once a [`Lock`] owns the object.
+    key: Option<String>,
+}
+
+impl Written {
+    fn into_key(mut self) -> String {
+        self.key.take().expect("owned until now")
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            delete_in_background(self.objects.clone(), key);
+        }
+    }
+}
+
+/// Deletes lock object `key` on the current runtime, if there is one.
+fn delete_in_background(objects: Arc<dyn ObjectStore>, key: String) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(async move {
+            if let Err(e) = objects.delete(&key).await {
+                tracing::warn!("releasing lock {key}: {e}");
+            }
+        });
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -139,7 +173,21 @@ impl Lock {
             })
             .expect("lock body serialises"),
         );
-        objects.put(&key, body.clone()).await?;
+        // Written by a task of its own: an acquire dropped mid-write lets
+        // the write finish there, and the object is deleted after it.
+        let written = tokio::spawn({
+            let (objects, key, body) = (objects.clone(), key.clone(), body.clone());
+            async move {
+                objects.put(&key, body).await?;
+                Ok::<_, Error>(Written {
+                    objects,
+                    key: Some(key),
+                })
+            }
+        })
+        .await
+        .map_err(Error::Worker)??;
+        let key = written.into_key();
         let refresher = {
             let objects = objects.clone();
             let key = key.clone();
@@ -219,15 +267,7 @@ impl Drop for Lock {
             return;
         }
         self.refresher.abort();
-        let objects = self.objects.clone();
-        let key = std::mem::take(&mut self.key);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Err(e) = objects.delete(&key).await {
-                    tracing::warn!("releasing lock {key}: {e}");
-                }
-            });
-        }
+        delete_in_background(self.objects.clone(), std::mem::take(&mut self.key));
     }
 }
 
@@ -248,4 +288,61 @@ pub(crate) async fn remove_stale(
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::objects::FileStore;
+
+    /// A file store whose puts finish 300 ms after they start, in a task
+    /// of their own, as a put handed to a blocking thread does when its
+    /// caller goes away.
+    #[derive(Debug)]
+    struct SlowPuts(FileStore);
+
+    #[async_trait]
+    impl ObjectStore for SlowPuts {
+        async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+            self.0.get(key).await
+        }
+        async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+            let (store, key) = (self.0.clone(), key.to_string());
+            let put = async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                store.put(&key, data).await
+            };
+            tokio::spawn(put).await.map_err(Error::Worker)?
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+            self.0.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<()> {
+            self.0.delete(key).await
+        }
+        async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+            self.0.head(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_acquire_cancelled_mid_write_leaves_no_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = FileStore::new(dir.path().to_path_buf(), "file:///test".into());
+        let objects: Arc<dyn ObjectStore> = Arc::new(SlowPuts(files.clone()));
+        let acquire = Lock::acquire(objects, LockKind::Hold, "vol/id", DEFAULT_STALE);
+        let cut = tokio::time::timeout(Duration::from_millis(50), acquire).await;
+        assert!(cut.is_err(), "cancelled while the lock object is written");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        while !files.list(LOCKS_PREFIX).await.unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a lock nobody owns stayed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

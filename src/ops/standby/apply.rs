@@ -157,25 +157,12 @@ pub(super) async fn poll(
             return Ok(Polled::UpToDate);
         }
     }
-    // Taking the hold runs to its end even when the poll is cancelled, and
-    // a hold taken after the cancel is released in the background: cut
-    // short, it could leave a lock object that refuses the backup's delete
-    // until it expires.
-    let mut taking = tokio::spawn({
-        let (store, source, id) = (store.clone(), s.source.clone(), newest.id.clone());
-        async move { store.hold(&source, &id).await }
-    });
-    let Some(taken) = unless_cancelled(cancel, &mut taking).await else {
-        tokio::spawn(async move {
-            if let Ok(Ok(hold)) = taking.await {
-                if let Err(e) = hold.release().await {
-                    warn!("releasing a hold taken after its poll was cancelled: {e}");
-                }
-            }
-        });
+    // A hold cut short here leaves no lock object: the store deletes one
+    // whose acquire was dropped mid-write.
+    let Some(hold) = unless_cancelled(cancel, store.hold(&s.source, &newest.id)).await else {
         return Ok(Polled::Cancelled);
     };
-    let hold = taken.map_err(ballast_backupstore::Error::Worker)??;
+    let hold = hold?;
     let result = apply(shown, &store, rec, &newest.id, hold.key(), cancel).await;
     if result.is_err() && rec.applying.is_some() {
         // A failed apply (a corrupt chunk, the store gone) leaves the
