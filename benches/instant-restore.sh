@@ -10,7 +10,8 @@
 #   iops        4 KiB random-read IOPS (fio nbd, iodepth 32, READ_S s)
 #               while the volume hydrates
 #   hydrated_s  seconds from the create until its hydrate job has ended
-#               (with the READ_S seconds of reads above in it)
+#               (the job's own end time, `ballast wait --json`; with the
+#               READ_S seconds of reads above in it)
 #   idle_s      the same for a second instant restore nobody reads
 #   full_s      seconds for `ballast create w --backup URL --wait` (the full
 #               restore, as before instant restore)
@@ -71,15 +72,14 @@ dest_of() {
     esac
 }
 
-# Waits until volume $1 is fully hydrated: long polls of its hydrate job on
-# the control API (no process spawned per poll to load the machine).
+# Waits until volume $1 is fully hydrated (`ballast wait`); prints the
+# Unix time its hydrate job ended (that of now if nothing was left).
 wait_hydrated() {
-    local job
-    job=$("$BALLAST" inspect "$1" --json | python3 -c 'import json,sys; h=json.load(sys.stdin).get("hydration"); print(h["job"] if h else "")')
-    [ -z "$job" ] && return
-    until curl -s --unix-socket "$BALLAST_SOCKET" "http://ballast/v1/jobs/$job?wait_ms=10000" |
-        python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["state"] != "running" else 1)'; do :; done
+    "$BALLAST" wait "$1" --json |
+        python3 -c 'import json,sys,time; j=json.load(sys.stdin)["job"]; print(j["finished_ms"] / 1000 if j else time.time())'
 }
+# Seconds from $1 (a `now`) to $2, three decimals.
+between() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
 
 printf '%-6s %5s %9s %9s %9s %11s %8s %8s\n' target GiB create_s first_ms iops hydrated_s idle_s full_s
 for size in $SIZES; do
@@ -98,8 +98,7 @@ for size in $SIZES; do
         fio --ioengine=nbd --uri="$(uri r)" --name=rr --rw=randread --bs=4k --iodepth=32 \
             --time_based --runtime="$READ_S" --output-format=json --output="$BENCH_DIR/rr.json" >/dev/null
         iops=$(python3 -c "import json; print(round(json.load(open('$BENCH_DIR/rr.json'))['jobs'][0]['read']['iops']))")
-        wait_hydrated r
-        hydrated_s=$(since "$t0")
+        hydrated_s=$(between "$t0" "$(wait_hydrated r)")
         # ROUNDS pairs, alternating which goes first; medians.
         idles=() fulls=()
         for round in $(seq "$ROUNDS"); do
@@ -107,8 +106,7 @@ for size in $SIZES; do
                 t3=$(now)
                 if [ "$which" = idle ]; then
                     "$BALLAST" create q --backup "$url" >/dev/null
-                    wait_hydrated q
-                    idles+=("$(since "$t3")")
+                    idles+=("$(between "$t3" "$(wait_hydrated q)")")
                 else
                     "$BALLAST" create w --backup "$url" --wait >/dev/null
                     fulls+=("$(since "$t3")")

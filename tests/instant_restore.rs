@@ -77,6 +77,26 @@ fn instant_restore_serves_at_once_and_never_returns_wrong_bytes() {
     assert_eq!(h["chunks_local"], 4, "only the zero chunks: {h}");
     assert_eq!(h["bytes"], 12 * MIB as u64, "{h}");
     assert!(ok(&sock, &["inspect", "r"]).contains("hydration:  0%, 4 of 16 chunks local"));
+    // Ctrl-C stops `ballast wait`, not the hydration it follows.
+    let waiting = std::process::Command::new(common::BIN)
+        .arg("--socket")
+        .arg(&sock)
+        .args(["wait", "r"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: plain kill(2) on the pid of our own child.
+    assert_eq!(unsafe { libc::kill(waiting.id() as i32, libc::SIGINT) }, 0);
+    let out = waiting.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with("error: interrupted: job ")
+            && stderr.ends_with(" goes on in the daemon\n"),
+        "{stderr}"
+    );
+    assert_eq!(hydration(&sock, "r")["chunks_local"], 4, "still hydrating");
     let uri = unix_uri(&daemon, "r");
     let mut expected = data.clone();
 
@@ -164,7 +184,7 @@ fn instant_restore_serves_at_once_and_never_returns_wrong_bytes() {
 #[test]
 fn reads_fetch_on_demand_while_the_background_hydrates_and_wait_restores_fully() {
     let dir = TempDir::create();
-    let daemon = start(&dir, 0);
+    let daemon = start(&dir, 1000);
     let sock = daemon.socket.clone();
     let dest = format!("file://{}", dir.join("store").display());
     ok(&sock, &["create", "src", "--size", "64M"]);
@@ -175,6 +195,12 @@ fn reads_fetch_on_demand_while_the_background_hydrates_and_wait_restores_fully()
         .to_string();
 
     ok(&sock, &["create", "r", "--backup", &backup]);
+    // `ballast wait` follows the hydrate job to its end (the daemon's
+    // second of delay keeps the job there for the wait to find).
+    let waiting = {
+        let sock = sock.clone();
+        std::thread::spawn(move || json(&sock, &["wait", "r", "--json"]))
+    };
     let uri = unix_uri(&daemon, "r");
     // Read at once, racing the background job, and again once it is done.
     assert_same(
@@ -182,18 +208,36 @@ fn reads_fetch_on_demand_while_the_background_hydrates_and_wait_restores_fully()
         &data,
         "read while hydrating",
     );
-    wait_hydrated(&sock, "r");
+    let waited = waiting.join().unwrap();
+    let job = &waited["job"];
+    assert_eq!(
+        (job["op"].as_str(), job["state"].as_str()),
+        (Some("hydrate"), Some("succeeded")),
+        "{waited}"
+    );
+    assert_eq!(
+        job["progress"]["done"], job["progress"]["total"],
+        "{waited}"
+    );
+    assert!(
+        job["finished_ms"].as_u64() >= job["started_ms"].as_u64(),
+        "{waited}"
+    );
+    assert!(
+        hydration(&sock, "r").is_null(),
+        "hydrated once the wait returns"
+    );
     assert_same(
         &read_export(&uri, &dir, "b.img"),
         &data,
         "read once hydrated",
     );
-    let jobs = json(&sock, &["inspect", "r", "--json"]);
-    assert!(jobs["hydration"].is_null(), "{jobs}");
 
     // --wait: the full restore, local before it returns.
     ok(&sock, &["create", "w", "--backup", &backup, "--wait"]);
     assert!(hydration(&sock, "w").is_null());
+    assert_eq!(ok(&sock, &["wait", "w"]), "w: all data local\n");
+    assert!(json(&sock, &["wait", "w", "--json"])["job"].is_null());
     assert_same(
         &read_export(&unix_uri(&daemon, "w"), &dir, "w.img"),
         &data,

@@ -167,18 +167,6 @@ pub enum JobRequest {
     },
 }
 
-impl JobRequest {
-    pub fn op(&self) -> &'static str {
-        match self {
-            JobRequest::Backup { .. } => "backup",
-            JobRequest::Restore { .. } => "restore",
-            JobRequest::Verify { .. } => "verify",
-            JobRequest::Gc { .. } => "gc",
-            JobRequest::Prune { .. } => "prune",
-        }
-    }
-}
-
 /// `PUT /v1/schedules`: back up `volume` to `dest` every `every_secs`,
 /// then prune its backups there with `keep` (nothing if empty).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

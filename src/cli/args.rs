@@ -68,6 +68,13 @@ pub enum ClientCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Wait until a volume restored from a backup holds all its data locally, with a progress bar on a terminal (Ctrl-C stops waiting, not the hydration)
+    Wait {
+        /// Volume name
+        volume: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Create, list and delete snapshots
     #[command(subcommand)]
     Snapshot(SnapshotCommand),

@@ -16,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::args::{BackupCommand, KeyArg};
 use super::output::{emit, format_local_time, format_time, json, Table};
 use super::schedule;
-use crate::api::types::{JobRequest, JobState};
+use crate::api::types::{JobRequest, JobState, JobStatus};
 use crate::client::Client;
 
 /// How often a running job's progress is refreshed.
@@ -238,8 +238,32 @@ pub async fn restore(
 /// Starts a job and polls it to the end; returns its result. Ctrl-C
 /// cancels the job in the daemon before this client gives up.
 async fn run_job(client: &Client, request: &JobRequest, may_draw: bool) -> Result<Value> {
-    let mut interrupt = signal(SignalKind::interrupt())?;
     let id = client.start_job(request).await?.id;
+    let status = follow_job(client, id, may_draw, OnInterrupt::Cancel).await?;
+    status
+        .result
+        .ok_or_else(|| anyhow!("job {id} succeeded without a result"))
+}
+
+/// What Ctrl-C does to a job a client follows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OnInterrupt {
+    /// The job was started for this command: it is cancelled.
+    Cancel,
+    /// The job runs for its own sake (a hydration): only the watching stops.
+    Detach,
+}
+
+/// Polls job `id` until it ends, drawing its progress when `may_draw` and
+/// stderr is a terminal; returns its status once it succeeded, and its
+/// error otherwise.
+pub async fn follow_job(
+    client: &Client,
+    id: u64,
+    may_draw: bool,
+    on_interrupt: OnInterrupt,
+) -> Result<JobStatus> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let bar = (may_draw && std::io::stderr().is_terminal()).then(TerminalProgress::new);
     let outcome = loop {
         // Each status request waits up to a poll period for the job to end,
@@ -247,8 +271,13 @@ async fn run_job(client: &Client, request: &JobRequest, may_draw: bool) -> Resul
         let status = tokio::select! {
             status = client.job(id, POLL) => status?,
             _ = interrupt.recv() => {
-                client.cancel_job(id).await?;
-                break Err(anyhow!("interrupted: the {} was cancelled", request.op()));
+                break Err(match on_interrupt {
+                    OnInterrupt::Cancel => {
+                        let op = client.cancel_job(id).await?.op;
+                        anyhow!("interrupted: the {op} was cancelled")
+                    }
+                    OnInterrupt::Detach => anyhow!("interrupted: job {id} goes on in the daemon"),
+                });
             }
         };
         if let Some(bar) = &bar {
@@ -256,11 +285,7 @@ async fn run_job(client: &Client, request: &JobRequest, may_draw: bool) -> Resul
         }
         match status.state {
             JobState::Running => {}
-            JobState::Succeeded => {
-                break status
-                    .result
-                    .ok_or_else(|| anyhow!("job {id} succeeded without a result"))
-            }
+            JobState::Succeeded => break Ok(status),
             JobState::Failed | JobState::Cancelled => {
                 break Err(anyhow!(status
                     .error

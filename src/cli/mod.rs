@@ -20,6 +20,7 @@ use crate::api::types::{
 };
 use crate::client::Client;
 use args::{ClientCommand, CreateArgs, KeyArg, SnapshotCommand};
+use backup::OnInterrupt;
 use output::{emit, format_time, json, Table};
 
 pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
@@ -59,6 +60,7 @@ pub async fn run(client: &Client, command: ClientCommand) -> Result<()> {
                 volume_details(&info)
             }
         }
+        ClientCommand::Wait { volume, output } => wait(client, &volume, output.json).await?,
         ClientCommand::Snapshot(command) => snapshot(client, command).await?,
         ClientCommand::Backup(command) => backup::run(client, command).await?,
         ClientCommand::Standby(command) => standby::run(client, command).await?,
@@ -132,9 +134,10 @@ async fn create(client: &Client, args: CreateArgs) -> Result<String> {
             .hydration
             .filter(|_| std::io::stderr().is_terminal())
         {
+            let name = &created.info.name;
             eprintln!(
-                "{} is served now and hydrates in the background (job {}); `ballast inspect {}` shows how far",
-                created.info.name, h.job, created.info.name
+                "{name} is served now and hydrates in the background (job {}); `ballast wait {name}` follows it",
+                h.job
             );
         }
         return Ok(format!("{}\n", created.info.name));
@@ -154,6 +157,28 @@ async fn create(client: &Client, args: CreateArgs) -> Result<String> {
     };
     let created = client.create_volume(&request).await?;
     Ok(format!("{}\n", created.info.name))
+}
+
+/// `ballast wait VOL`: follows the volume's hydration, if it has one, to
+/// its end. The JSON form is `{"volume", "job"}`, `job` being the hydrate
+/// job's final status (`null` when nothing was left to fetch).
+async fn wait(client: &Client, volume: &str, json_out: bool) -> Result<String> {
+    validate_name(volume)?;
+    let job = match client.volume(volume).await?.hydration {
+        Some(h) => Some(backup::follow_job(client, h.job, !json_out, OnInterrupt::Detach).await?),
+        None => None,
+    };
+    Ok(if json_out {
+        json(&serde_json::json!({ "volume": volume, "job": job }))
+    } else {
+        match job {
+            Some(j) => format!(
+                "{volume}: all data local; hydrated in {:.1} s\n",
+                j.elapsed_ms as f64 / 1000.0
+            ),
+            None => format!("{volume}: all data local\n"),
+        }
+    })
 }
 
 /// `ballast export VOL[@SNAP]`: checks the export exists, then prints its

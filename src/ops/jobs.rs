@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ballast_backupstore::{ProgressCounter, ProgressSnapshot};
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,11 @@ pub struct JobStatus {
     pub progress: ProgressSnapshot,
     pub result: Option<Value>,
     pub error: Option<String>,
+    /// When the job started and, once it has, ended (Unix time, ms).
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// How long it has run, or ran (a monotonic clock, ms).
+    pub elapsed_ms: u64,
 }
 
 struct Job {
@@ -62,7 +67,9 @@ struct Job {
     state: JobState,
     result: Option<Value>,
     error: Option<String>,
-    finished: Option<Instant>,
+    started: Instant,
+    started_ms: u64,
+    finished: Option<(Instant, u64)>,
     cancel: CancellationToken,
     done: watch::Receiver<bool>,
 }
@@ -103,6 +110,8 @@ impl Jobs {
                     state: JobState::Running,
                     result: None,
                     error: None,
+                    started: Instant::now(),
+                    started_ms: unix_ms(),
                     finished: None,
                     cancel,
                     done,
@@ -132,6 +141,7 @@ impl Jobs {
     pub fn status(&self, id: u64) -> Option<JobStatus> {
         let registry = self.lock();
         let job = registry.jobs.get(&id)?;
+        let ended = job.finished.map_or_else(Instant::now, |(at, _)| at);
         Some(JobStatus {
             id,
             op: job.op.to_string(),
@@ -139,6 +149,9 @@ impl Jobs {
             progress: job.progress.snapshot(),
             result: job.result.clone(),
             error: job.error.clone(),
+            started_ms: job.started_ms,
+            finished_ms: job.finished.map(|(_, ms)| ms),
+            elapsed_ms: (ended - job.started).as_millis() as u64,
         })
     }
 
@@ -194,7 +207,7 @@ impl Jobs {
         let Some(job) = registry.jobs.get_mut(&id) else {
             return;
         };
-        job.finished = Some(Instant::now());
+        job.finished = Some((Instant::now(), unix_ms()));
         match outcome {
             Outcome::Done(value) => {
                 info!(job = id, op = job.op, "job succeeded");
@@ -226,7 +239,7 @@ impl Registry {
     fn prune(&mut self) {
         let now = Instant::now();
         self.jobs
-            .retain(|_, job| job.finished.is_none_or(|at| now - at < KEEP_FOR));
+            .retain(|_, job| job.finished.is_none_or(|(at, _)| now - at < KEEP_FOR));
         let finished: Vec<u64> = self
             .jobs
             .iter()
@@ -238,6 +251,12 @@ impl Registry {
             self.jobs.remove(id);
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn wait_done(id: u64, mut done: watch::Receiver<bool>) {
@@ -270,12 +289,18 @@ mod tests {
         }
         let status = jobs.status(id).unwrap();
         assert_eq!(status.state, JobState::Running);
+        assert_eq!(status.finished_ms, None);
         assert_eq!(status.op, "backup");
         assert_eq!(status.progress.total, 10);
         go_tx.send(()).unwrap();
         assert!(jobs.cancel(id).await, "waiting for a finished job");
         let status = jobs.status(id).unwrap();
         assert_eq!(status.state, JobState::Succeeded);
+        let finished = status.finished_ms.expect("a finished job says when");
+        assert!(finished >= status.started_ms && status.started_ms > 0);
+        // A finished job's elapsed time no longer grows.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(jobs.status(id).unwrap().elapsed_ms, status.elapsed_ms);
         assert_eq!(status.result.unwrap()["url"], "x");
 
         let slow = jobs.spawn("gc", |_progress, cancel| async move {
