@@ -21,7 +21,8 @@
 # Env: SIZES, TARGETS, READ_S (default 10), ROUNDS, BENCH_DIR (default
 # /var/tmp/ballast-instant-bench), BALLAST (a ballast binary; default:
 # built with --release), BALLAST_TEST_VENV (moto_server's venv, default
-# /opt/ballast-test/venv). The disk needs about 4x the largest size.
+# /opt/ballast-test/venv). The disk needs about 3x the largest size (the
+# source, its backup and one restored volume at a time).
 set -euo pipefail
 
 SIZES=${SIZES:-1 8}
@@ -99,6 +100,7 @@ for size in $SIZES; do
             --time_based --runtime="$READ_S" --output-format=json --output="$BENCH_DIR/rr.json" >/dev/null
         iops=$(python3 -c "import json; print(round(json.load(open('$BENCH_DIR/rr.json'))['jobs'][0]['read']['iops']))")
         hydrated_s=$(between "$t0" "$(wait_hydrated r)")
+        "$BALLAST" delete r >/dev/null
         # ROUNDS pairs, alternating which goes first; medians.
         idles=() fulls=()
         for round in $(seq "$ROUNDS"); do
@@ -107,18 +109,17 @@ for size in $SIZES; do
                 if [ "$which" = idle ]; then
                     "$BALLAST" create q --backup "$url" >/dev/null
                     idles+=("$(between "$t3" "$(wait_hydrated q)")")
+                    "$BALLAST" delete q >/dev/null
                 else
                     "$BALLAST" create w --backup "$url" --wait >/dev/null
                     fulls+=("$(since "$t3")")
+                    "$BALLAST" delete w >/dev/null
                 fi
             done
-            "$BALLAST" delete q >/dev/null
-            "$BALLAST" delete w >/dev/null
         done
         idle_s=$(median "${idles[@]}") full_s=$(median "${fulls[@]}")
         echo "  $target ${size} GiB: idle ${idles[*]}; full ${fulls[*]}" >&2
         printf '%-6s %5s %9s %9s %9s %11s %8s %8s\n' "$target" "$size" "$create_s" "$first_ms" "$iops" "$hydrated_s" "$idle_s" "$full_s"
-        "$BALLAST" delete r >/dev/null
         "$BALLAST" backup delete "$url" >/dev/null
     done
     "$BALLAST" delete src >/dev/null
