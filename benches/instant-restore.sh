@@ -61,15 +61,13 @@ uri() { echo "nbd+unix:///$1?socket=$SOCK"; }
 DAEMON=$!
 until "$BALLAST" pool >/dev/null 2>&1; do sleep 0.05; done
 
+# moto runs in this shell (not in the $(dest_of) subshell), so the
+# cleanup knows its pid.
+case " $TARGETS " in *" s3 "*) start_moto ;; esac
 dest_of() {
     case $1 in
     file) echo "file://$BENCH_DIR/store" ;;
-    s3)
-        if [ -z "$MOTO" ]; then
-            start_moto
-        fi
-        echo "s3://bench/i?endpoint=http://127.0.0.1:$PORT"
-        ;;
+    s3) echo "s3://bench/i?endpoint=http://127.0.0.1:$PORT" ;;
     esac
 }
 

@@ -48,6 +48,9 @@ pub struct Volume {
     /// Whether I/O consults the volume's gate (see [`crate::gate`]);
     /// `false` only for the gate owner's own handles.
     gated: bool,
+    /// Whether a write may be acknowledged before its data reaches the
+    /// disk (`crate::write_behind`); `false` for [`Volume::written_through`].
+    behind: bool,
     /// The volume's I/O counters; `None` for a snapshot handle.
     stats: Option<Arc<IoStats>>,
 }
@@ -124,6 +127,7 @@ impl Volume {
             ahead: Default::default(),
             reported: Arc::new(AtomicU64::new(inner.behind.failures())),
             gated: true,
+            behind: true,
             inner,
         }
     }
@@ -134,6 +138,18 @@ impl Volume {
     pub fn ungated(&self) -> Volume {
         Volume {
             gated: false,
+            ..self.clone()
+        }
+    }
+
+    /// This handle, but its writes return only once their data is on the
+    /// disk (not yet durable: a flush still makes it so). For a bulk
+    /// writer in the background: its writes never fill the write-behind
+    /// budget, so a foreground write, and a read of what it wrote, queue
+    /// behind at most the few writes the bulk writer has in flight.
+    pub fn written_through(&self) -> Volume {
+        Volume {
+            behind: false,
             ..self.clone()
         }
     }
@@ -685,7 +701,12 @@ impl Volume {
             .map(|(off, buf)| Run::new(off / BS, buf.len() as u64 / BS))
             .collect();
         // Registered before the mappings appear (write-behind invariant 1).
-        let Some(tickets) = self.inner.behind.admit(&flights) else {
+        let admitted = if self.behind {
+            self.inner.behind.admit(&flights)
+        } else {
+            None
+        };
+        let Some(tickets) = admitted else {
             self.submit_writes(ios, runs).await?;
             return self
                 .install(blocks, pieces)

@@ -207,3 +207,28 @@ async fn a_failure_after_the_acknowledgement_is_reported_once_per_handle() {
     later.flush().await.unwrap();
     pool.flush().await.unwrap();
 }
+
+/// A written-through handle's write returns once its data is on the disk:
+/// a failure comes back to that write, the old data stays, and no flush
+/// reports it later.
+#[tokio::test]
+async fn a_written_through_write_reports_its_own_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pool, v, faults) = faulty_volume(dir.path()).await;
+    v.write(0, &block(1)).await.unwrap();
+    v.flush().await.unwrap();
+
+    let through = v.written_through();
+    faults.fail_writes(1);
+    let err = through.write(0, &block(2)).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    assert_eq!(read_block(&pool, 0).await.unwrap(), block(1), "unchanged");
+    v.flush().await.unwrap();
+    through.flush().await.unwrap();
+    through.write(0, &block(3)).await.unwrap();
+    through.flush().await.unwrap();
+    assert_eq!(read_block(&pool, 0).await.unwrap(), block(3));
+    drop(through);
+    let pool = reopen(pool, v, dir.path()).await;
+    assert_eq!(read_block(&pool, 0).await.unwrap(), block(3));
+}

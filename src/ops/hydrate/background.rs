@@ -112,7 +112,11 @@ pub async fn run(
         let mut fetches = futures::stream::iter(pending)
             .map(|c| {
                 let h = &h;
-                async move { h.make_readable(c).await }
+                async move {
+                    // Readers' fetches go first (`demand.rs`).
+                    h.demand.none_waiting().await;
+                    h.make_readable(c).await
+                }
             })
             .buffer_unordered(PARALLEL);
         let mut settling = None;

@@ -27,6 +27,7 @@ use tracing::warn;
 use super::super::error::OpError;
 use super::super::keys::{self, BackupKeys};
 use super::chunks::{Chunk, ChunkTable};
+use super::demand::Demand;
 use super::journal::Journal;
 
 /// The key a hydration opens its store with: read from the key directory
@@ -57,6 +58,8 @@ pub struct Hydration {
     pub hold: tokio::sync::Mutex<Option<BackupHold>>,
     /// The last failure to fetch, until a pass succeeds.
     pub last_error: Mutex<Option<String>>,
+    /// Reads and writes waiting for fetches: the background yields to them.
+    pub demand: Demand,
 }
 
 /// What a writer found when it went to overwrite a chunk whole.
@@ -88,12 +91,16 @@ impl Hydration {
             handle: OnceLock::new(),
             hold: tokio::sync::Mutex::new(None),
             last_error: Mutex::new(None),
+            demand: Demand::default(),
         }
     }
 
     /// Gives the hydration its (ungated) handle on the volume.
     pub fn attach(&self, volume: Volume) {
-        let _ = self.handle.set(volume.ungated());
+        // Written through: a reader waits for its chunk's write, which
+        // must not queue behind the write-behind budget's worth of
+        // background fills.
+        let _ = self.handle.set(volume.ungated().written_through());
     }
 
     fn handle(&self) -> Result<&Volume, EngineError> {
@@ -275,6 +282,10 @@ impl Hydration {
 
     async fn readable(&self, offset: u64, len: u64) -> Result<(), EngineError> {
         let missing = self.chunks.missing(self.chunk_range(offset, len));
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let _waiting = self.demand.waiting();
         futures::stream::iter(missing)
             .map(|c| self.make_readable(c))
             .buffer_unordered(READ_PARALLEL)
@@ -297,6 +308,13 @@ impl Hydration {
         // Chunks written in part are made local first; chunks written whole
         // are taken, in ascending order (no two writers wait on each other).
         let mut mine = Vec::new();
+        // Only a chunk written in part is fetched for a write.
+        let fetches = self
+            .chunks
+            .missing(range.clone())
+            .into_iter()
+            .any(|c| !whole(c));
+        let _waiting = fetches.then(|| self.demand.waiting());
         let result = async {
             for c in range.clone().filter(|&c| !whole(c)) {
                 self.make_local(c).await?;

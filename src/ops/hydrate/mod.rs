@@ -10,6 +10,7 @@
 
 mod background;
 mod chunks;
+mod demand;
 mod hydration;
 mod journal;
 
