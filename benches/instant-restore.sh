@@ -119,6 +119,7 @@ for size in $SIZES; do
         echo "  $target ${size} GiB: idle ${idles[*]}; full ${fulls[*]}" >&2
         printf '%-6s %5s %9s %9s %9s %11s %8s %8s\n' "$target" "$size" "$create_s" "$first_ms" "$iops" "$hydrated_s" "$idle_s" "$full_s"
         "$BALLAST" backup delete "$url" >/dev/null
+        "$BALLAST" backup gc --dest "$dest" --grace 0s >/dev/null
     done
     "$BALLAST" delete src >/dev/null
 done
