@@ -251,6 +251,14 @@ fn activation_mid_apply_after_kill_9_and_after_the_newest_backup_went() {
         s["applying_backup"] == id_of(&b3).as_str() && s["state"] == "applying"
     });
     activate(&bsock, "sb");
+    // Caught before its first write (each fetch takes 3 s): the undo
+    // copies back nothing (`started-N` is still 0).
+    let log = sb.log();
+    let undo = log
+        .lines()
+        .rfind(|l| l.contains("undid an unfinished apply"))
+        .unwrap_or_else(|| panic!("no undo logged:\n{log}"));
+    assert!(undo.contains("chunks=0"), "{undo}");
     let uri = unix_uri(&sb, "sb");
     assert_same(
         &read_export(&uri, &b, "m.img"),

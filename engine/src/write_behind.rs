@@ -28,6 +28,10 @@
 //! 5. **Bounded.** At most [`MAX_BYTES`] and [`MAX_WRITES`] are in flight;
 //!    a write that does not fit completes before it is acknowledged, as
 //!    every write did before.
+//! 6. **Opt-out.** A handle from `Volume::written_through` never registers
+//!    here: its writes complete before they return, as in (5), so a bulk
+//!    writer in the background (a hydration's fills) cannot fill the
+//!    bounds that foreground writes, and reads of what it wrote, wait on.
 
 use std::collections::BTreeMap;
 use std::io;

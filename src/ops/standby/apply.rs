@@ -6,8 +6,11 @@
 //!
 //! Invariant: outside an apply (`applying` unset in the record) the head
 //! holds exactly `applied`'s backup; during one it differs from it at most
-//! in the chunks `changing-N` lists (`files.rs`), which is written and
-//! named by the record before the first of them is.
+//! in the first `started-N` chunks `changing-N` lists (`files.rs`): the
+//! list is written and named by the record before the first of them is,
+//! and the count raised, durably, before a chunk past it is written. So
+//! an undo costs what the apply had written (and up to [`STARTED_STEP`]
+//! chunks more), not the whole backup's change.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +27,9 @@ use crate::ops::keys::{self, BackupKeys};
 
 /// Chunks fetched at once: memory in flight is this many chunks.
 const PARALLEL: usize = 4;
+/// How far ahead of the writes `started-N` is raised: one small durable
+/// file write per this many chunks written.
+const STARTED_STEP: usize = 64;
 /// Milliseconds each chunk's fetch waits first (default none): lets the
 /// tests and the benchmark catch an apply in flight.
 const DELAY_ENV: &str = "BALLAST_STANDBY_DELAY_MS";
@@ -87,8 +93,11 @@ pub(super) async fn undo(
         Some(a) => Some(pool.open_snapshot(volume, &a.snapshot)?),
         None => None,
     };
-    let changed = files::changing(&files::dir(pool.root(), volume), applying.generation)?;
-    for &index in &changed {
+    let dir = files::dir(pool.root(), volume);
+    let changing = files::changing(&dir, applying.generation)?;
+    let started = files::started(&dir, applying.generation)?.unwrap_or(changing.len());
+    let changed = &changing[..started.min(changing.len())];
+    for &index in changed {
         let (offset, len) = chunk_range(index, size, chunk_size);
         copy_back(&head, from.as_ref(), offset, len).await?;
     }
@@ -247,6 +256,7 @@ async fn apply(
         .map(|(i, _)| i as u32)
         .collect();
     files::write_changing(&dir, generation, &changed)?;
+    files::write_started(&dir, generation, 0)?;
     rec.applying = Some(Applying {
         backup: id.to_string(),
         since: now(),
@@ -263,11 +273,19 @@ async fn apply(
     );
 
     let head = pool.open_volume(&volume)?.ungated();
-    let (fetched, bytes, zeroed) =
-        match write_chunks(store, &manifest, &head, &changed, cancel).await? {
-            Some(counts) => counts,
-            None => return Ok(Polled::Cancelled),
-        };
+    let (fetched, bytes, zeroed) = match write_chunks(
+        store,
+        &manifest,
+        &head,
+        &changed,
+        (&dir, generation),
+        cancel,
+    )
+    .await?
+    {
+        Some(counts) => counts,
+        None => return Ok(Polled::Cancelled),
+    };
     pool.flush().await?;
     files::write_digests(&dir, generation, &manifest.chunks)?;
     let snapshot = format!("{SNAPSHOT_PREFIX}{generation}");
@@ -309,14 +327,17 @@ async fn apply(
 }
 
 /// Writes the `changed` chunks of `manifest` into `head`: fetched (and
-/// verified by the store) a few at a time, written one after the other,
-/// so a cancel drops only fetches, never a write half done. `None` when
-/// cancelled. Returns chunks fetched, their bytes, and chunks zeroed.
+/// verified by the store) a few at a time, written one after the other in
+/// their order, so a cancel drops only fetches, never a write half done,
+/// and `started-N` is raised before a chunk past it is written (`at`: the standby's
+/// directory and N). `None` when cancelled.
+/// Returns chunks fetched, their bytes, and chunks zeroed.
 async fn write_chunks(
     store: &BackupStore,
     manifest: &Manifest,
     head: &Volume,
     changed: &[u32],
+    at: (&std::path::Path, u64),
     cancel: &CancellationToken,
 ) -> Result<Option<(u64, u64, u64)>, OpError> {
     let pause = delay();
@@ -331,13 +352,18 @@ async fn write_chunks(
         .buffered(PARALLEL);
     let chunk_size = u64::from(manifest.chunk_size);
     let (mut fetched, mut bytes, mut zeroed) = (0, 0, 0);
-    loop {
+    let mut started = 0;
+    for position in 0.. {
         let next = tokio::select! {
             next = fetches.next() => next,
             () = cancel.cancelled() => return Ok(None),
         };
         let Some(next) = next else { break };
         let (index, data) = next?;
+        if position >= started {
+            started = (position + STARTED_STEP).min(changed.len());
+            files::write_started(at.0, at.1, started)?;
+        }
         let (offset, len) = chunk_range(index, manifest.size, chunk_size);
         match data {
             Some(data) => {

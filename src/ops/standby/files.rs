@@ -7,7 +7,11 @@
 //! - `digests-N`: the chunk digests of the backup frozen as `standby.N`
 //!   (its manifest's, JSON), so the next apply compares without the store;
 //! - `changing-N`: the chunk indices the apply that makes `standby.N` may
-//!   change (JSON), what an undo copies back.
+//!   change (JSON);
+//! - `started-N`: how many of them, from the first, it may have written
+//!   (JSON, a number): written as 0 with `changing-N`, and raised a step
+//!   ahead of the writes, so an undo copies back only those. Without it
+//!   (an apply of an earlier version) the undo copies back all of them.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -73,6 +77,19 @@ pub(super) fn changing(dir: &Path, generation: u64) -> Result<Vec<u32>, OpError>
     read(dir, &format!("changing-{generation}"))
 }
 
+pub(super) fn write_started(dir: &Path, generation: u64, upto: usize) -> Result<(), OpError> {
+    write(dir, &format!("started-{generation}"), &upto)
+}
+
+/// `None` when the apply wrote no `started-N`.
+pub(super) fn started(dir: &Path, generation: u64) -> Result<Option<usize>, OpError> {
+    let name = format!("started-{generation}");
+    if !dir.join(&name).exists() {
+        return Ok(None);
+    }
+    read(dir, &name).map(Some)
+}
+
 /// Removes every file but `digests-{keep}`; a failure only costs space.
 pub(super) fn keep_only(dir: &Path, keep: u64) {
     let keep = format!("digests-{keep}");
@@ -110,6 +127,9 @@ mod tests {
         write_changing(&d, 4, &[0, 7]).unwrap();
         assert_eq!(super::digests(&d, 3).unwrap(), digests);
         assert_eq!(changing(&d, 4).unwrap(), vec![0, 7]);
+        assert_eq!(started(&d, 4).unwrap(), None);
+        write_started(&d, 4, 1).unwrap();
+        assert_eq!(started(&d, 4).unwrap(), Some(1));
         assert!(super::digests(&d, 4).is_err(), "another generation");
 
         fs::write(d.join("digests-3"), b"{").unwrap();
