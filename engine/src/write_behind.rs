@@ -30,8 +30,8 @@
 //!    every write did before.
 //! 6. **Opt-out.** A handle from `Volume::written_through` never registers
 //!    here: its writes complete before they return, as in (5), so a bulk
-//!    writer in the background (a hydration's fills) cannot fill the
-//!    bounds that foreground writes, and reads of what it wrote, wait on.
+//!    writer in the background (a hydration's fills while a reader waits)
+//!    cannot fill the bounds that reads of what it wrote wait on.
 
 use std::collections::BTreeMap;
 use std::io;

@@ -33,6 +33,11 @@ impl Demand {
         Waiting(self)
     }
 
+    /// Whether a read or write waits for a fetch now.
+    pub fn any(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+    }
+
     /// Returns once nobody waits for a fetch.
     pub async fn none_waiting(&self) {
         loop {
@@ -41,7 +46,7 @@ impl Demand {
             // Registered before the count is read: a drop to zero after
             // the read still wakes this.
             gone.as_mut().enable();
-            if self.waiting.load(Ordering::Acquire) == 0 {
+            if !self.any() {
                 return;
             }
             gone.await;
@@ -58,7 +63,9 @@ mod tests {
     async fn the_background_waits_until_nobody_waits_for_a_fetch() {
         let demand = Demand::default();
         demand.none_waiting().await; // nobody: at once
+        assert!(!demand.any());
         let a = demand.waiting();
+        assert!(demand.any());
         let b = demand.waiting();
         let blocked = tokio::time::timeout(Duration::from_millis(50), demand.none_waiting());
         assert!(blocked.await.is_err(), "two readers wait");

@@ -97,10 +97,7 @@ impl Hydration {
 
     /// Gives the hydration its (ungated) handle on the volume.
     pub fn attach(&self, volume: Volume) {
-        // Written through: a reader waits for its chunk's write, which
-        // must not queue behind the write-behind budget's worth of
-        // background fills.
-        let _ = self.handle.set(volume.ungated().written_through());
+        let _ = self.handle.set(volume.ungated());
     }
 
     fn handle(&self) -> Result<&Volume, EngineError> {
@@ -160,7 +157,16 @@ impl Hydration {
         .await
         .map_err(|e| not_local(Box::new(e)))?;
         if let Some(raw) = fetched {
-            self.handle()?.write(start, &raw).await?;
+            // While a reader waits, fills are written through: the reader
+            // waits for its chunk's write, which must not queue behind the
+            // write-behind budget's worth of background fills. Otherwise
+            // the background streams through write-behind.
+            let handle = self.handle()?;
+            if self.demand.any() {
+                handle.written_through().write(start, &raw).await?;
+            } else {
+                handle.write(start, &raw).await?;
+            }
         }
         Ok(())
     }
