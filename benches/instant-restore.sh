@@ -77,8 +77,6 @@ wait_hydrated() {
     "$BALLAST" wait "$1" --json |
         python3 -c 'import json,sys,time; j=json.load(sys.stdin)["job"]; print(j["finished_ms"] / 1000 if j else time.time())'
 }
-# Seconds from $1 (a `now`) to $2, three decimals.
-between() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
 
 printf '%-6s %5s %9s %9s %9s %11s %8s %8s\n' target GiB create_s first_ms iops hydrated_s idle_s full_s
 for size in $SIZES; do

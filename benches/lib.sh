@@ -20,8 +20,10 @@ ballast_binary() {
 }
 
 now() { date +%s.%N; }
-# Seconds since $1 (a `now`), three decimals.
-since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$(now)"; }
+# Seconds from $1 to $2 (Unix times, as `now` prints them), three decimals.
+between() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
+# Seconds since $1 (a `now`).
+since() { between "$1" "$(now)"; }
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
 # Starts moto_server from $VENV on a free loopback port with a bucket

@@ -329,9 +329,9 @@ async fn apply(
 /// Writes the `changed` chunks of `manifest` into `head`: fetched (and
 /// verified by the store) a few at a time, written one after the other in
 /// their order, so a cancel drops only fetches, never a write half done,
-/// and `started-N` is raised before a chunk past it is written (`at`: the standby's
-/// directory and N). `None` when cancelled.
-/// Returns chunks fetched, their bytes, and chunks zeroed.
+/// and `started-N` is raised before a chunk past it is written (`at`: the
+/// standby's directory and N). `None` when cancelled. Returns chunks
+/// fetched, their bytes, and chunks zeroed.
 async fn write_chunks(
     store: &BackupStore,
     manifest: &Manifest,
