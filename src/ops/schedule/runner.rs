@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use ballast_backupstore::{BackupInfo, BackupStore, GcOptions, NoProgress, StoreUrl};
 use ballast_engine::Pool;
-use tokio::sync::{oneshot, Mutex, Semaphore};
+use tokio::sync::{oneshot, Mutex, RwLock, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -53,6 +53,18 @@ struct Shared {
     /// Bounds the scheduled runs that upload at once.
     uploads: Semaphore,
     entries: Mutex<BTreeMap<Key, ScheduleStatus>>,
+    /// Per destination: the scheduled runs backing up there (readers) and
+    /// the scheduled gc (the writer). The store refuses a gc while a
+    /// backup runs and a backup while a gc runs; this keeps the scheduler's
+    /// own runs from refusing each other.
+    stores: std::sync::Mutex<BTreeMap<String, Arc<RwLock<()>>>>,
+}
+
+impl Shared {
+    fn store_turns(&self, dest: &str) -> Arc<RwLock<()>> {
+        let mut stores = self.stores.lock().expect("store turns");
+        stores.entry(dest.to_string()).or_default().clone()
+    }
 }
 
 fn now() -> u64 {
@@ -118,6 +130,7 @@ impl Scheduler {
                 keys,
                 uploads: Semaphore::new(concurrency.max(1)),
                 entries: Mutex::new(entries),
+                stores: Default::default(),
             }),
         })
     }
@@ -340,6 +353,8 @@ impl Scheduler {
             .keys
             .load(schedule.key.as_deref())
             .map_err(|e| e.to_string())?;
+        let turns = self.shared.store_turns(&schedule.dest);
+        let backing_up = turns.read().await;
         let info = self
             .backup_job(&dest, &schedule.volume, key.clone())
             .await?;
@@ -355,8 +370,13 @@ impl Scheduler {
                 Err(e) => afterwards = Some(format!("prune after the backup failed: {e}")),
             }
         }
-        if let Err(e) = self.gc_when_due(&store, &schedule.dest).await {
-            afterwards.get_or_insert(format!("gc after the backup failed: {e}"));
+        drop(backing_up);
+        // With another scheduled backup to this store running, the gc
+        // waits for a later run.
+        if let Ok(_alone) = turns.try_write() {
+            if let Err(e) = self.gc_when_due(&store, &schedule.dest).await {
+                afterwards.get_or_insert(format!("gc after the backup failed: {e}"));
+            }
         }
         Ok(Done {
             info,
