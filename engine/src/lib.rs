@@ -54,6 +54,7 @@ mod readahead;
 mod reclaim;
 mod records;
 mod recovery;
+mod revert;
 mod shared;
 mod space;
 mod tree;

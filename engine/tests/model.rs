@@ -67,6 +67,11 @@ enum Op {
         vol: usize,
         blocks: u64,
     },
+    /// To the newest snapshot (`older`: to the one before it, refused).
+    Revert {
+        vol: usize,
+        older: bool,
+    },
     Flush,
     Reopen,
 }
@@ -99,7 +104,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (vol.clone(), vol.clone(), snap).prop_map(|(vol, from, snap)| Op::Clone { vol, from, snap }),
         1 => vol.clone().prop_map(|vol| Op::DeleteVolume { vol }),
         1 => (vol.clone(), vol.clone()).prop_map(|(vol, to)| Op::Rename { vol, to }),
-        1 => (vol, 1..=MAX_BLOCKS).prop_map(|(vol, blocks)| Op::Grow { vol, blocks }),
+        1 => (vol.clone(), 1..=MAX_BLOCKS).prop_map(|(vol, blocks)| Op::Grow { vol, blocks }),
+        2 => (vol, prop::bool::weighted(0.2)).prop_map(|(vol, older)| Op::Revert { vol, older }),
         2 => Just(Op::Flush),
         1 => Just(Op::Reopen),
     ]
@@ -466,6 +472,25 @@ async fn run(ops: Vec<Op>, backend: Backend) {
                     .await
                     .is_err());
                 assert!(pool.grow_volume(&vname(vol), BS).await.is_err() || new == BS);
+            }
+            Op::Revert { vol, older } => {
+                let name = vname(vol);
+                let snaps = m.snaps_of(&name);
+                let Some((newest, sdata)) = snaps.last().cloned() else {
+                    assert!(pool.revert_volume(&name, &sname(0)).await.is_err());
+                    continue;
+                };
+                if older && snaps.len() >= 2 {
+                    let snap = &snaps[snaps.len() - 2].0;
+                    let r = pool.revert_volume(&name, snap).await;
+                    assert!(r.is_err(), "revert to {name}@{snap}, not the newest");
+                    continue;
+                }
+                pool.revert_volume(&name, &newest).await.unwrap();
+                let data = m.vols.get_mut(&name).unwrap();
+                let len = data.len();
+                *data = sdata;
+                data.resize(len, 0);
             }
             Op::Flush => pool.flush().await.unwrap(),
             Op::Reopen => {

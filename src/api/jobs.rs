@@ -82,8 +82,10 @@ fn check(state: &ApiState, req: JobRequest) -> Result<Operation, ApiError> {
         } => {
             let dest = dest.parse()?;
             validate_name(&volume)?;
-            if let Some(snapshot) = &snapshot {
-                validate_name(snapshot)?;
+            match &snapshot {
+                Some(snapshot) => validate_name(snapshot)?,
+                // A backup of a standby reads one of its snapshots.
+                None => state.standbys.refuse(&volume, "snapshotted")?,
             }
             pool.volume(&volume)?;
             Operation::Backup {

@@ -23,6 +23,9 @@ pub async fn list_schedules(state: &ApiState) -> Answer {
 
 pub async fn set_schedule(state: &ApiState, req: SetSchedule) -> Answer {
     validate_name(&req.volume)?;
+    state
+        .standbys
+        .refuse(&req.volume, "backed up on a schedule")?;
     let dest: StoreUrl = req.dest.parse()?;
     if req.every_secs < MIN_EVERY_SECS {
         return Err(ApiError::bad_request(format!(

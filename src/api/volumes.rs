@@ -164,6 +164,9 @@ pub async fn create_snapshot(state: &ApiState, volume: &str, req: CreateSnapshot
     if let Some(name) = &req.name {
         validate_name(name)?;
     }
+    // Its applies take its snapshots: one taken meanwhile could hold half
+    // an apply, and would stop an undo from reverting to the last one.
+    state.standbys.refuse(volume, "snapshotted")?;
     let snapshot = state
         .pool
         .create_snapshot(volume, req.name.as_deref())
@@ -173,6 +176,7 @@ pub async fn create_snapshot(state: &ApiState, volume: &str, req: CreateSnapshot
 }
 
 pub async fn delete_snapshot(state: &ApiState, volume: &str, snapshot: &str) -> Answer {
+    state.standbys.refuse(volume, "pruned of snapshots")?;
     state.pool.delete_snapshot(volume, snapshot).await?;
     info!(volume = %volume, snapshot = %snapshot, "deleted snapshot");
     ApiReply::no_content()

@@ -14,6 +14,8 @@ pub struct Faults {
     syncs: AtomicU32,
     writes: AtomicU32,
     meta: AtomicU32,
+    /// Metadata writes to let through before a planned one fails.
+    meta_skip: AtomicU32,
 }
 
 fn take(n: &AtomicU32) -> bool {
@@ -38,6 +40,13 @@ impl Faults {
         self.meta.fetch_add(n, Ordering::AcqRel);
     }
 
+    /// The metadata write after the next `skip` ones fails: a crash at
+    /// that point of an operation, for a test that tries every point.
+    pub fn fail_meta_after(&self, skip: u32) {
+        self.meta_skip.store(skip, Ordering::Release);
+        self.meta.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub(super) fn fails(&self, op: Op) -> bool {
         match op {
             Op::SyncData => take(&self.syncs),
@@ -48,6 +57,9 @@ impl Faults {
 
     /// Whether this metadata write is to fail.
     pub fn meta_fails(&self) -> bool {
+        if self.meta.load(Ordering::Acquire) == 0 || take(&self.meta_skip) {
+            return false;
+        }
         take(&self.meta)
     }
 }

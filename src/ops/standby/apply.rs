@@ -1,16 +1,14 @@
 //! One apply: the newest backup of the source, written into the standby
 //! volume's head chunk by chunk where its digests differ from the backup
 //! the volume holds, then frozen as the next `standby.N` snapshot. And its
-//! undo: the chunks an unfinished apply may have changed copied back from
-//! the last complete snapshot (local I/O only, nothing fetched).
+//! undo: the head reverted to the last complete snapshot (the engine's
+//! `revert_volume`: metadata only, nothing copied, nothing fetched).
 //!
 //! Invariant: outside an apply (`applying` unset in the record) the head
-//! holds exactly `applied`'s backup; during one it differs from it at most
-//! in the first `started-N` chunks `changing-N` lists (`files.rs`): the
-//! list is written and named by the record before the first of them is,
-//! and the count raised, durably, before a chunk past it is written. So
-//! an undo costs what the apply had written (and up to [`STARTED_STEP`]
-//! chunks more), not the whole backup's change.
+//! holds exactly `applied`'s backup, and `standby.N` is the volume's
+//! newest snapshot (the standbys refuse other snapshots of it); during an
+//! apply it differs from it only by what the apply wrote since that
+//! snapshot, so an undo costs the same early or late in a long apply.
 
 use std::time::{Duration, Instant};
 
@@ -27,9 +25,6 @@ use crate::ops::keys::{self, BackupKeys};
 
 /// Chunks fetched at once: memory in flight is this many chunks.
 const PARALLEL: usize = 4;
-/// How far ahead of the writes `started-N` is raised: one small durable
-/// file write per this many chunks written.
-const STARTED_STEP: usize = 64;
 /// Milliseconds each chunk's fetch waits first (default none): lets the
 /// tests and the benchmark catch an apply in flight.
 const DELAY_ENV: &str = "BALLAST_STANDBY_DELAY_MS";
@@ -73,9 +68,10 @@ fn chunk_range(index: u32, size: u64, chunk_size: u64) -> (u64, u64) {
 }
 
 /// Brings the head back to `applied` if an apply was cut short (crash,
-/// activation, failure), then clears `applying` in the record. The hold
-/// the apply had is dropped when the store can be reached (it goes stale
-/// on its own otherwise).
+/// activation, failure), then clears `applying` in the record: reverted
+/// to `applied`'s snapshot, or zeroed (holes, no data written) when no
+/// backup was applied yet. The hold the apply had is dropped when the
+/// store can be reached (it goes stale on its own otherwise).
 pub(super) async fn undo(
     shown: &Shown<'_>,
     rec: &mut StandbyRecord,
@@ -86,53 +82,29 @@ pub(super) async fn undo(
     };
     let pool = shown.pool;
     let volume = &rec.standby.volume;
-    let head = pool.open_volume(volume)?.ungated();
-    let size = head.size()?;
-    let chunk_size = u64::from(applying.chunk_size);
-    let from = match &rec.applied {
-        Some(a) => Some(pool.open_snapshot(volume, &a.snapshot)?),
-        None => None,
-    };
-    let dir = files::dir(pool.root(), volume);
-    let changing = files::changing(&dir, applying.generation)?;
-    let started = files::started(&dir, applying.generation)?.unwrap_or(changing.len());
-    let changed = &changing[..started.min(changing.len())];
-    for &index in changed {
-        let (offset, len) = chunk_range(index, size, chunk_size);
-        copy_back(&head, from.as_ref(), offset, len).await?;
+    let began = Instant::now();
+    match &rec.applied {
+        Some(a) => {
+            pool.revert_volume(volume, &a.snapshot).await?;
+        }
+        None => {
+            let head = pool.open_volume(volume)?.ungated();
+            head.write_zeroes(0, head.size()?).await?;
+            pool.flush().await?;
+        }
     }
-    pool.flush().await?;
     rec.applying = None;
     shown.save(rec).await?;
     info!(
         volume,
         backup = applying.backup,
-        chunks = changed.len(),
+        ms = began.elapsed().as_millis() as u64,
         "undid an unfinished apply"
     );
     if let (Some(key), Some(store)) = (applying.hold, store) {
         if let Err(e) = store.drop_hold(&key).await {
             warn!(volume, "removing the hold {key}: {e}");
         }
-    }
-    Ok(())
-}
-
-async fn copy_back(
-    head: &Volume,
-    from: Option<&Volume>,
-    offset: u64,
-    len: u64,
-) -> Result<(), OpError> {
-    let Some(from) = from else {
-        head.write_zeroes(offset, len).await?;
-        return Ok(());
-    };
-    let data = from.read_owned(offset, len as usize).await?;
-    if data.iter().all(|&b| b == 0) {
-        head.write_zeroes(offset, len).await?;
-    } else {
-        head.write(offset, &data).await?;
     }
     Ok(())
 }
@@ -255,13 +227,10 @@ async fn apply(
         .filter(|(i, c)| held.get(*i).cloned().flatten() != **c)
         .map(|(i, _)| i as u32)
         .collect();
-    files::write_changing(&dir, generation, &changed)?;
-    files::write_started(&dir, generation, 0)?;
     rec.applying = Some(Applying {
         backup: id.to_string(),
         since: now(),
         generation,
-        chunk_size: manifest.chunk_size,
         hold: Some(hold.to_string()),
     });
     shown.save(rec).await?;
@@ -273,19 +242,11 @@ async fn apply(
     );
 
     let head = pool.open_volume(&volume)?.ungated();
-    let (fetched, bytes, zeroed) = match write_chunks(
-        store,
-        &manifest,
-        &head,
-        &changed,
-        (&dir, generation),
-        cancel,
-    )
-    .await?
-    {
-        Some(counts) => counts,
-        None => return Ok(Polled::Cancelled),
-    };
+    let (fetched, bytes, zeroed) =
+        match write_chunks(store, &manifest, &head, &changed, cancel).await? {
+            Some(counts) => counts,
+            None => return Ok(Polled::Cancelled),
+        };
     pool.flush().await?;
     files::write_digests(&dir, generation, &manifest.chunks)?;
     let snapshot = format!("{SNAPSHOT_PREFIX}{generation}");
@@ -328,16 +289,14 @@ async fn apply(
 
 /// Writes the `changed` chunks of `manifest` into `head`: fetched (and
 /// verified by the store) a few at a time, written one after the other in
-/// their order, so a cancel drops only fetches, never a write half done,
-/// and `started-N` is raised before a chunk past it is written (`at`: the
-/// standby's directory and N). `None` when cancelled. Returns chunks
-/// fetched, their bytes, and chunks zeroed.
+/// their order, so a cancel drops only fetches, never a write half done.
+/// `None` when cancelled. Returns chunks fetched, their bytes, and chunks
+/// zeroed.
 async fn write_chunks(
     store: &BackupStore,
     manifest: &Manifest,
     head: &Volume,
     changed: &[u32],
-    at: (&std::path::Path, u64),
     cancel: &CancellationToken,
 ) -> Result<Option<(u64, u64, u64)>, OpError> {
     let pause = delay();
@@ -352,18 +311,13 @@ async fn write_chunks(
         .buffered(PARALLEL);
     let chunk_size = u64::from(manifest.chunk_size);
     let (mut fetched, mut bytes, mut zeroed) = (0, 0, 0);
-    let mut started = 0;
-    for position in 0.. {
+    loop {
         let next = tokio::select! {
             next = fetches.next() => next,
             () = cancel.cancelled() => return Ok(None),
         };
         let Some(next) = next else { break };
         let (index, data) = next?;
-        if position >= started {
-            started = (position + STARTED_STEP).min(changed.len());
-            files::write_started(at.0, at.1, started)?;
-        }
         let (offset, len) = chunk_range(index, manifest.size, chunk_size);
         match data {
             Some(data) => {

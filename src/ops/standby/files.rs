@@ -1,17 +1,10 @@
-//! What a standby keeps beside its record, under `ROOT/standby/VOL/`:
-//! lists too large for a metadata record (which holds at most 64 KiB),
-//! each named after the generation it belongs to and written durably
+//! What a standby keeps beside its record, under `ROOT/standby/VOL/`: a
+//! list too large for a metadata record (which holds at most 64 KiB),
+//! named after the generation it belongs to and written durably
 //! (temporary file, fsync, rename, directory fsync) before the record that
-//! names it:
-//!
-//! - `digests-N`: the chunk digests of the backup frozen as `standby.N`
-//!   (its manifest's, JSON), so the next apply compares without the store;
-//! - `changing-N`: the chunk indices the apply that makes `standby.N` may
-//!   change (JSON);
-//! - `started-N`: how many of them, from the first, it may have written
-//!   (JSON, a number): written as 0 with `changing-N`, and raised a step
-//!   ahead of the writes, so an undo copies back only those. Without it
-//!   (an apply of an earlier version) the undo copies back all of them.
+//! names it: `digests-N`, the chunk digests of the backup frozen as
+//! `standby.N` (its manifest's, JSON), so the next apply compares without
+//! the store.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -69,27 +62,6 @@ pub(super) fn digests(dir: &Path, generation: u64) -> Result<Vec<Option<String>>
     read(dir, &format!("digests-{generation}"))
 }
 
-pub(super) fn write_changing(dir: &Path, generation: u64, chunks: &[u32]) -> Result<(), OpError> {
-    write(dir, &format!("changing-{generation}"), chunks)
-}
-
-pub(super) fn changing(dir: &Path, generation: u64) -> Result<Vec<u32>, OpError> {
-    read(dir, &format!("changing-{generation}"))
-}
-
-pub(super) fn write_started(dir: &Path, generation: u64, upto: usize) -> Result<(), OpError> {
-    write(dir, &format!("started-{generation}"), &upto)
-}
-
-/// `None` when the apply wrote no `started-N`.
-pub(super) fn started(dir: &Path, generation: u64) -> Result<Option<usize>, OpError> {
-    let name = format!("started-{generation}");
-    if !dir.join(&name).exists() {
-        return Ok(None);
-    }
-    read(dir, &name).map(Some)
-}
-
 /// Removes every file but `digests-{keep}`; a failure only costs space.
 pub(super) fn keep_only(dir: &Path, keep: u64) {
     let keep = format!("digests-{keep}");
@@ -124,13 +96,9 @@ mod tests {
         let d = dir(root.path(), "sb");
         let digests = vec![Some("ab".repeat(32)), None];
         write_digests(&d, 3, &digests).unwrap();
-        write_changing(&d, 4, &[0, 7]).unwrap();
+        write_digests(&d, 4, &digests[..1]).unwrap();
         assert_eq!(super::digests(&d, 3).unwrap(), digests);
-        assert_eq!(changing(&d, 4).unwrap(), vec![0, 7]);
-        assert_eq!(started(&d, 4).unwrap(), None);
-        write_started(&d, 4, 1).unwrap();
-        assert_eq!(started(&d, 4).unwrap(), Some(1));
-        assert!(super::digests(&d, 4).is_err(), "another generation");
+        assert!(super::digests(&d, 5).is_err(), "another generation");
 
         fs::write(d.join("digests-3"), b"{").unwrap();
         let e = super::digests(&d, 3).unwrap_err();
@@ -138,7 +106,7 @@ mod tests {
         assert!(e.to_string().contains("digests-3"), "{e}");
 
         keep_only(&d, 3);
-        assert!(changing(&d, 4).is_err(), "other generations go");
+        assert!(super::digests(&d, 4).is_err(), "other generations go");
         assert!(d.join("digests-3").exists());
         remove(&d);
         assert!(!d.exists());

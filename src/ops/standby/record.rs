@@ -45,16 +45,15 @@ pub struct Applied {
     pub generation: u64,
 }
 
-/// An apply in flight. Every chunk it may change is listed (in
-/// `changing-{generation}`, `files.rs`) before the first is written:
-/// undoing it copies exactly those back from the applied snapshot.
+/// An apply in flight, recorded before its first write: while it is set,
+/// the head may differ from `applied`, and undoing the apply reverts the
+/// head to `applied`'s snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applying {
     pub backup: String,
     pub since: u64,
     /// The generation the apply makes (its snapshot `standby.N`).
     pub generation: u64,
-    pub chunk_size: u32,
     /// The hold lock on the backup in the store, dropped after a crash.
     pub hold: Option<String>,
 }
