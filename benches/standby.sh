@@ -12,8 +12,13 @@
 #   mid_ms        `ballast standby activate` mid-apply (the daemon restarted
 #                 with BALLAST_STANDBY_DELAY_MS=500 so an apply lasts), and
 #                 the volume checked to hold the previous backup (sha256)
+#   late_ms       the same late in a long apply: LATE_PCT % of the chunks
+#                 changed (default 50), fetches slowed to 10 ms (4 at a
+#                 time: about 400 chunks a second), activation LATE_S
+#                 seconds (default 1) after the apply started; with the
+#                 undo's own time from the daemon's log
 #
-# Env: SIZE_GIB, CHANGE_PCT, TARGET (file or s3), BENCH_DIR (default
+# Env: SIZE_GIB, CHANGE_PCT, LATE_PCT, LATE_S, TARGET (file or s3), BENCH_DIR (default
 # /var/tmp/ballast-standby-bench), BALLAST (a ballast binary; default:
 # built with --release), BALLAST_TEST_VENV (moto_server's venv). The disk
 # needs about 4x SIZE_GIB.
@@ -21,6 +26,8 @@ set -euo pipefail
 
 SIZE_GIB=${SIZE_GIB:-1}
 CHANGE_PCT=${CHANGE_PCT:-1}
+LATE_PCT=${LATE_PCT:-50}
+LATE_S=${LATE_S:-1}
 TARGET=${TARGET:-file}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ballast-standby-bench}
 VENV=${BALLAST_TEST_VENV:-/opt/ballast-test/venv}
@@ -77,8 +84,8 @@ head -c "$((SIZE_GIB << 30))" /dev/urandom >"$BENCH_DIR/data.img"
 nbdcopy --flush "$BENCH_DIR/data.img" "$(uri a src)"
 rm -f "$BENCH_DIR/data.img"
 backup() { src backup create src --dest "$DEST" | sed 's/.*backup=\([^&]*\).*/\1/'; }
-change() { # rewrite CHANGE_PCT % of the chunks, spread over the volume
-    local n=$((CHUNKS * CHANGE_PCT / 100)) args=() i
+change() { # rewrite PCT % of the chunks (default CHANGE_PCT), spread over the volume
+    local n=$((CHUNKS * ${1:-$CHANGE_PCT} / 100)) args=() i
     [ "$n" -ge 1 ] || n=1
     for ((i = 0; i < n; i++)); do args+=(-c "write -P $((RANDOM % 250 + 1)) $((i * CHUNKS / n))M 1M"); done
     qemu-io -f raw "${args[@]}" -c flush "$(uri a src)" >/dev/null
@@ -119,3 +126,22 @@ wait_applied "$B3"
 T=$(now)
 sb standby activate sb >/dev/null
 echo "activate_ms=$(python3 -c "print(round($(since "$T") * 1000))")"
+SUM3=$(nbdcopy "$(uri b sb)" - | sha256sum)
+
+# Late in a long apply: a third standby holding B3, then LATE_PCT % of
+# the chunks changed, activation LATE_S seconds into their apply.
+stop "$SB_PID"
+SB_PID=$(start b BALLAST_STANDBY_DELAY_MS=10)
+sb delete sb >/dev/null
+sb standby create sb --dest "$DEST" --volume src --every 1s >/dev/null
+wait_applied "$B3"
+change "$LATE_PCT"
+B4=$(backup)
+until [ "$(field "s and s['applying_backup']")" = "$B4" ]; do sleep 0.02; done
+sleep "$LATE_S"
+T=$(now)
+sb standby activate sb >/dev/null
+LATE=$(since "$T")
+[ "$(nbdcopy "$(uri b sb)" - | sha256sum)" = "$SUM3" ] || { echo "standby: activated late in an apply, the volume is not the previous backup" >&2; exit 1; }
+UNDO=$(grep "undid an unfinished apply" "$BENCH_DIR/b.log" | tail -1 | sed -n 's/.*\(ms=[0-9]*\|chunks=[0-9]*\).*/\1/p')
+echo "late_ms=$(python3 -c "print(round($LATE * 1000))") after ${LATE_S}s of an apply of $((CHUNKS * LATE_PCT / 100)) chunks (undo: ${UNDO:-?}, holds $B3)"

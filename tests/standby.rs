@@ -1,10 +1,11 @@
 //! Standby volumes with the real daemon, two of them on two roots (the
 //! source's host and the standby's) sharing a file:// store, data checked
 //! through NBD byte for byte: a standby following three incremental
-//! backups, fetching only the changed chunks, read-only until activated;
-//! activated mid-apply (an apply slowed by `BALLAST_STANDBY_DELAY_MS`)
-//! holding exactly the previous complete backup, the backup held during
-//! the apply; activated after the source's newest backup was deleted and
+//! backups, fetching only the changed chunks, read-only until activated,
+//! its snapshots its applies' own (snapshots, backups from a new snapshot
+//! and schedules refused); activated mid-apply, once the apply (slowed by
+//! `BALLAST_STANDBY_DELAY_MS`) has written some of its chunks, holding
+//! exactly the previous complete backup, the backup held during the apply; activated after the source's newest backup was deleted and
 //! the store is gone; `kill -9` mid-apply, restart, activate; a damaged
 //! chunk failing an apply, which leaves the last complete backup, then the
 //! retry once it is whole.
@@ -111,6 +112,9 @@ fn a_standby_follows_three_incremental_backups_and_is_read_only_until_activated(
     }
     let after = json(&bsock, &["snapshot", "list", "sb", "--json"]);
     assert_eq!(after, snapshots, "the standby's snapshots are unchanged");
+    // Its applied snapshot can be backed up by name.
+    let out = ok(&bsock, &["backup", "create", &applied, "--dest", &dest]);
+    assert!(out.contains("backup="), "{out}");
     let (status, body) = common::http(
         &bsock,
         "POST",

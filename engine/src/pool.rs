@@ -3,7 +3,8 @@
 //! flush, checkpoint, maintenance, stats and close. The state a pool and
 //! its handles share, and the order of its locks, are in `crate::shared`;
 //! opening a pool is in `crate::recovery`, diffs between snapshots in
-//! `crate::space`.
+//! `crate::space`, reverting a head to its newest snapshot in
+//! `crate::revert`.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

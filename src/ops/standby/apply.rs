@@ -83,6 +83,12 @@ pub(super) async fn undo(
     let pool = shown.pool;
     let volume = &rec.standby.volume;
     let began = Instant::now();
+    // Left by an apply a crash cut short after its snapshot: not complete
+    // by the record, so it goes (and `standby.N` is the newest again).
+    let stray = format!("{SNAPSHOT_PREFIX}{}", applying.generation);
+    if pool.snapshots(volume)?.iter().any(|x| x.name == stray) {
+        pool.delete_snapshot(volume, &stray).await?;
+    }
     match &rec.applied {
         Some(a) => {
             pool.revert_volume(volume, &a.snapshot).await?;
@@ -250,11 +256,6 @@ async fn apply(
     pool.flush().await?;
     files::write_digests(&dir, generation, &manifest.chunks)?;
     let snapshot = format!("{SNAPSHOT_PREFIX}{generation}");
-    // Left by an apply a crash cut short after its snapshot: not complete
-    // by the record, so it goes.
-    if pool.snapshots(&volume)?.iter().any(|x| x.name == snapshot) {
-        pool.delete_snapshot(&volume, &snapshot).await?;
-    }
     pool.create_snapshot(&volume, Some(&snapshot)).await?;
     rec.applied = Some(Applied {
         backup: id.to_string(),
