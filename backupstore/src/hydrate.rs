@@ -29,9 +29,10 @@ impl BackupHold {
 impl BackupStore {
     /// Holds backup `id` of `volume`: refused while it is being deleted,
     /// and then it cannot be deleted until the hold is released (or its
-    /// holder stops refreshing it for the stale period). Checks that the
-    /// backup still exists once held.
-    pub async fn hold(&self, volume: &str, id: &str) -> Result<BackupHold> {
+    /// holder stops refreshing it for the stale period). Reads (and
+    /// checks) its manifest once held, so it still exists: returned with
+    /// the hold, for the holder that needs it.
+    pub async fn hold(&self, volume: &str, id: &str) -> Result<(BackupHold, Manifest)> {
         let what = format!("{volume}/{id}");
         let lock = Lock::acquire(
             self.objects.clone(),
@@ -41,11 +42,13 @@ impl BackupStore {
         )
         .await?;
         let hold = BackupHold { lock };
-        if let Err(e) = self.manifest(volume, id).await {
-            hold.release().await?;
-            return Err(e);
+        match self.manifest(volume, id).await {
+            Ok(manifest) => Ok((hold, manifest)),
+            Err(e) => {
+                hold.release().await?;
+                Err(e)
+            }
         }
-        Ok(hold)
     }
 
     /// Removes the hold `key` a killed daemon left behind (its successor

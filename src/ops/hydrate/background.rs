@@ -44,7 +44,7 @@ async fn hold(h: &Hydration) -> bool {
     }
     let taken = async {
         let store = h.store().await?;
-        Ok::<_, OpError>(store.hold(&h.backup.volume, &h.backup.id).await?)
+        Ok::<_, OpError>(store.hold(&h.backup.volume, &h.backup.id).await?.0)
     }
     .await;
     match taken {

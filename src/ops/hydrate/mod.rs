@@ -88,9 +88,8 @@ impl Hydrations {
         ballast_engine::validate_name(volume)?;
         refuse_taken(&self.pool, volume)?;
         let store = keys::open(&backup.dest, self.keys.load(key)?).await?;
-        let hold = store.hold(&backup.volume, &backup.id).await?;
+        let (hold, manifest) = store.hold(&backup.volume, &backup.id).await?;
         let begun = async {
-            let manifest = store.manifest(&backup.volume, &backup.id).await?;
             let local: Vec<bool> = manifest.chunks.iter().map(Option::is_none).collect();
             let journal =
                 Journal::create(self.pool.root(), volume, backup, &manifest, &local, key)?;

@@ -149,8 +149,16 @@ pub(super) async fn poll(
     let Some(hold) = unless_cancelled(cancel, store.hold(&s.source, &newest.id)).await else {
         return Ok(Polled::Cancelled);
     };
-    let hold = hold?;
-    let result = apply(shown, &store, rec, &newest.id, hold.key(), cancel).await;
+    let (hold, manifest) = hold?;
+    let result = apply(
+        shown,
+        &store,
+        rec,
+        (&newest.id, &manifest),
+        hold.key(),
+        cancel,
+    )
+    .await;
     if result.is_err() && rec.applying.is_some() {
         // A failed apply (a corrupt chunk, the store gone) leaves the
         // head as it was: back to the last complete backup at once.
@@ -196,18 +204,13 @@ async fn apply(
     shown: &Shown<'_>,
     store: &BackupStore,
     rec: &mut StandbyRecord,
-    id: &str,
+    (id, manifest): (&str, &Manifest),
     hold: &str,
     cancel: &CancellationToken,
 ) -> Result<Polled, OpError> {
     let started = Instant::now();
     let pool = shown.pool;
     let volume = rec.standby.volume.clone();
-    let Some(manifest) = unless_cancelled(cancel, store.manifest(&rec.standby.source, id)).await
-    else {
-        return Ok(Polled::Cancelled);
-    };
-    let manifest = manifest?;
     let size = pool.volume(&volume)?.size;
     let held_chunk_size = rec.applied.as_ref().map(|a| a.chunk_size);
     if manifest.size != size || held_chunk_size.is_some_and(|c| c != manifest.chunk_size) {
@@ -249,7 +252,7 @@ async fn apply(
 
     let head = pool.open_volume(&volume)?.ungated();
     let (fetched, bytes, zeroed) =
-        match write_chunks(store, &manifest, &head, &changed, cancel).await? {
+        match write_chunks(store, manifest, &head, &changed, cancel).await? {
             Some(counts) => counts,
             None => return Ok(Polled::Cancelled),
         };
