@@ -4,6 +4,8 @@
 //! crash at any metadata write of the revert leaves either the head as it
 //! was or the snapshot's contents, with no block or record leaked.
 
+mod common;
+
 use std::sync::Arc;
 
 use ballast_engine::io::Faults;
@@ -77,13 +79,7 @@ async fn delete_all(pool: &Pool, head: &[u8]) {
         "head after the snapshot's delete"
     );
     pool.delete_volume("v").await.unwrap();
-    pool.checkpoint().await.unwrap();
-    pool.checkpoint().await.unwrap();
-    let keys = pool.metadata_keys();
-    for kind in ['N', 'G', 'D', 'E', 'P', 'V', 'X'] {
-        assert_eq!(keys.get(&kind), None, "{kind} keys left: {keys:?}");
-    }
-    assert_eq!(pool.stats().used, 0, "blocks leaked");
+    common::assert_nothing_left(pool).await;
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 //! metadata behind. (Speed and memory figures are measured by
 //! `benches/scale.sh`; these check the mechanisms, deterministically.)
 
+mod common;
+
 use ballast_engine::{Pool, PoolConfig, BLOCK_SIZE};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -149,12 +151,5 @@ async fn deletes_leave_no_metadata_behind() {
     pool.delete_snapshot("v", "s399").await.unwrap();
     pool.delete_volume("c").await.unwrap();
     pool.delete_volume("v").await.unwrap();
-    // Nodes retired by the deletes go at the next checkpoints.
-    pool.checkpoint().await.unwrap();
-    pool.checkpoint().await.unwrap();
-    let keys = pool.metadata_keys();
-    for kind in ['N', 'G', 'D', 'E', 'P', 'V', 'X'] {
-        assert_eq!(keys.get(&kind), None, "{kind} keys left: {keys:?}");
-    }
-    assert_eq!(pool.stats().used, 0, "blocks leaked");
+    common::assert_nothing_left(&pool).await;
 }

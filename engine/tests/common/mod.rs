@@ -16,3 +16,16 @@ pub fn damage_block(root: &Path, block: &[u8], at: usize, mask: u8) {
     raw[start + at] ^= mask;
     std::fs::write(&path, &raw).unwrap();
 }
+
+/// Once every volume is deleted: after the checkpoints that delete the
+/// nodes the deletes retired, the pool holds no map, dead list, snapshot
+/// or volume record and no block.
+pub async fn assert_nothing_left(pool: &ballast_engine::Pool) {
+    pool.checkpoint().await.unwrap();
+    pool.checkpoint().await.unwrap();
+    let keys = pool.metadata_keys();
+    for kind in ['N', 'G', 'D', 'E', 'P', 'V', 'X'] {
+        assert_eq!(keys.get(&kind), None, "{kind} keys left: {keys:?}");
+    }
+    assert_eq!(pool.stats().used, 0, "blocks leaked");
+}
