@@ -257,8 +257,13 @@ impl Hydration {
             return Ok(());
         }
         self.handle()?.flush().await?;
-        self.journal
-            .save_local(&local)
+        // Its fsync waits behind the disk's queue, which the fills keep
+        // full: on a thread of its own, never on the runtime's, where it
+        // would stall every reader and the control API with it.
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || journal.save_local(&local))
+            .await
+            .map_err(|e| EngineError::from_io(std::io::Error::other(e)))?
             .map_err(EngineError::from_io)?;
         self.chunks.set(&newly, Chunk::Local);
         Ok(())

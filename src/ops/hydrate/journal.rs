@@ -26,7 +26,9 @@ pub const DIR: &str = "hydrating";
 const MAGIC: &[u8; 4] = b"BHYD";
 const VERSION: u8 = 1;
 
-/// One volume's hydration journal.
+/// One volume's hydration journal (its directory: cheap to clone, for
+/// writes moved off the runtime's threads).
+#[derive(Clone)]
 pub struct Journal {
     dir: PathBuf,
 }
