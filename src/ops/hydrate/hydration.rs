@@ -157,12 +157,13 @@ impl Hydration {
         .await
         .map_err(|e| not_local(Box::new(e)))?;
         if let Some(raw) = fetched {
-            // While a reader waits, fills are written through: the reader
-            // waits for its chunk's write, which must not queue behind the
-            // write-behind budget's worth of background fills. Otherwise
-            // the background streams through write-behind.
+            // While a reader waits, or a client uses the volume, fills are
+            // written through: the reader waits for its chunk's write, and
+            // every read and flush for the disk's queue, which must not
+            // hold the write-behind budget's worth of background fills.
+            // Otherwise the background streams through write-behind.
             let handle = self.handle()?;
-            if self.demand.any() {
+            if self.demand.any() || self.demand.in_use() {
                 handle.written_through().write(start, &raw).await?;
             } else {
                 handle.write(start, &raw).await?;
@@ -292,6 +293,7 @@ impl Hydration {
     }
 
     async fn readable(&self, offset: u64, len: u64) -> Result<(), EngineError> {
+        self.demand.used();
         let missing = self.chunks.missing(self.chunk_range(offset, len));
         if missing.is_empty() {
             return Ok(());
@@ -310,6 +312,7 @@ impl Hydration {
         len: u64,
         write: BoxFuture<'_, Result<(), EngineError>>,
     ) -> Result<(), EngineError> {
+        self.demand.used();
         let range = self.chunk_range(offset, len);
         let cs = self.chunk_size();
         let whole = |c: usize| {
