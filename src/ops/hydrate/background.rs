@@ -18,6 +18,9 @@ use super::hydration::Hydration;
 
 /// Chunks fetched at once: memory in flight is this many chunks.
 pub const PARALLEL: usize = 8;
+/// Chunks fetched at once while a client uses the volume (`demand.rs`):
+/// the disk's queue ahead of its reads and flushes stays short.
+const PARALLEL_IN_USE: usize = 2;
 /// A settle (one pool flush and one bitmap write) starts at most this
 /// often while chunks are fetched, and once at the end: what a crash can
 /// cost is the chunks fetched in the last interval (fetched again), and
@@ -109,12 +112,18 @@ pub async fn run(
         // settled together every SETTLE_EVERY, while the next ones are
         // fetched (a settle takes the chunks `Written` when it starts; one
         // at a time).
+        let in_use = tokio::sync::Semaphore::new(PARALLEL_IN_USE);
         let mut fetches = futures::stream::iter(pending)
             .map(|c| {
-                let h = &h;
+                let (h, in_use) = (&h, &in_use);
                 async move {
-                    // Readers' fetches go first (`demand.rs`).
+                    // Readers' fetches go first, and a volume in use gets
+                    // fewer fetches at once (`demand.rs`).
                     h.demand.none_waiting().await;
+                    let _turn = match h.demand.in_use() {
+                        true => Some(in_use.acquire().await.expect("never closed")),
+                        false => None,
+                    };
                     h.make_readable(c).await
                 }
             })
