@@ -62,6 +62,21 @@ impl Inner {
         self.checkpoint_locked(Extra::default()).await
     }
 
+    /// Checkpoints with writes to one volume paused at the end, the control
+    /// lock held by the caller: most of its changes are merged while writes
+    /// go on, then its `install` lock is taken and a second, short
+    /// checkpoint leaves its overlay empty and every death of its head in
+    /// the metadata store. Its writes wait until the guard is dropped.
+    pub(crate) async fn checkpoint_paused<'a>(
+        &self,
+        install: &'a tokio::sync::Mutex<()>,
+    ) -> Result<tokio::sync::MutexGuard<'a, ()>> {
+        self.checkpoint_locked(Extra::default()).await?;
+        let writes = install.lock().await;
+        self.checkpoint_locked(Extra::default()).await?;
+        Ok(writes)
+    }
+
     /// A checkpoint, with the control lock held by the caller.
     pub(crate) async fn checkpoint_locked(&self, extra: Extra) -> Result<()> {
         self.check_writable()?;

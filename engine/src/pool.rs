@@ -366,12 +366,9 @@ impl Pool {
             }
             v.install.clone()
         };
-        // Most of the volume's changes are merged while writes go on; then
-        // writes to it pause for a second, short checkpoint, so the
-        // snapshot holds exactly what was written before it.
-        inner.checkpoint_locked(Default::default()).await?;
-        let _writes = install.lock().await;
-        inner.checkpoint_locked(Default::default()).await?;
+        // Writes to it pause, so the snapshot holds exactly what was
+        // written before it.
+        let _writes = inner.checkpoint_paused(&install).await?;
         let (rec, snap, sb) = {
             let st = inner.state.lock();
             let v = st.catalog.get(volume)?;

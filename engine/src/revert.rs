@@ -34,9 +34,6 @@ use crate::pool::Pool;
 use crate::shared::now;
 use crate::VolumeInfo;
 
-/// Dead entries read per page while collecting those to forget.
-const PAGE: usize = 64 * 1024;
-
 impl Pool {
     /// Brings volume `name` back to `snapshot`, which must be its newest:
     /// afterwards the head reads exactly as the snapshot does (and zeros
@@ -67,12 +64,9 @@ impl Pool {
             }
             v.install.clone()
         };
-        // As a snapshot does: most of the head's changes are merged while
-        // writes go on, then writes pause and a short checkpoint leaves the
-        // overlay empty and every death of the head in the metadata store.
-        inner.checkpoint_locked(Extra::default()).await?;
-        let _writes = install.lock().await;
-        inner.checkpoint_locked(Extra::default()).await?;
+        // As a snapshot does: writes pause, the overlay is empty and every
+        // death of the head is in the metadata store.
+        let writes = inner.checkpoint_paused(&install).await?;
 
         let (head, snap) = {
             let st = inner.state.lock();
@@ -82,34 +76,22 @@ impl Pool {
         };
         // Invariant: the newest snapshot is what the head shares.
         debug_assert_eq!(head.shared_upto, snap.gen);
+        // The dead entries of the head's interval: all removed in the one
+        // batch, so read whole rather than a page at a time.
         let mut extra = Extra::default();
-        let mut from = None;
-        loop {
-            let deaths = inner
-                .meta
-                .deaths(head.uid, snap.gen, u64::MAX, from, PAGE)?;
-            for d in &deaths {
-                debug_assert!(d.birth <= snap.gen, "a dead run is a snapshot's");
-                extra.batch.remove_death(d);
-            }
-            if deaths.len() < PAGE {
-                break;
-            }
-            from = deaths.last().map(|d| (d.death, d.run.start));
+        for d in inner
+            .meta
+            .deaths(head.uid, snap.gen, u64::MAX, None, usize::MAX)?
+        {
+            debug_assert!(d.birth <= snap.gen, "a dead run is a snapshot's");
+            extra.batch.remove_death(&d);
         }
-        let mut from = None;
-        loop {
-            let nodes = inner
-                .meta
-                .dead_nodes(head.uid, snap.gen, u64::MAX, from, PAGE)?;
-            for d in &nodes {
-                debug_assert!(d.node.birth <= snap.gen, "a dead node is a snapshot's");
-                extra.batch.remove_dead_node(d);
-            }
-            if nodes.len() < PAGE {
-                break;
-            }
-            from = nodes.last().map(|d| (d.death, d.node.id));
+        for d in inner
+            .meta
+            .dead_nodes(head.uid, snap.gen, u64::MAX, None, usize::MAX)?
+        {
+            debug_assert!(d.node.birth <= snap.gen, "a dead node is a snapshot's");
+            extra.batch.remove_dead_node(&d);
         }
         let old = VolumeRecord {
             uid: {
@@ -153,7 +135,7 @@ impl Pool {
             }
             st.volume_info(st.catalog.get(name)?)
         };
-        drop(_writes);
+        drop(writes);
         tracing::info!(
             volume = name,
             snapshot,

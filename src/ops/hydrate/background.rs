@@ -120,9 +120,10 @@ pub async fn run(
                     // Readers' fetches go first, and a volume in use gets
                     // fewer fetches at once (`demand.rs`).
                     h.demand.none_waiting().await;
-                    let _turn = match h.demand.in_use() {
-                        true => Some(in_use.acquire().await.expect("never closed")),
-                        false => None,
+                    let _turn = if h.demand.in_use() {
+                        Some(in_use.acquire().await.expect("never closed"))
+                    } else {
+                        None
                     };
                     h.make_readable(c).await
                 }

@@ -154,7 +154,8 @@ pub(super) async fn poll(
         shown,
         &store,
         rec,
-        (&newest.id, &manifest),
+        &newest.id,
+        &manifest,
         hold.key(),
         cancel,
     )
@@ -204,7 +205,8 @@ async fn apply(
     shown: &Shown<'_>,
     store: &BackupStore,
     rec: &mut StandbyRecord,
-    (id, manifest): (&str, &Manifest),
+    id: &str,
+    manifest: &Manifest,
     hold: &str,
     cancel: &CancellationToken,
 ) -> Result<Polled, OpError> {
