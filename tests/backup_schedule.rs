@@ -226,9 +226,11 @@ fn a_run_cut_short_by_kill_9_leaves_only_restorable_backups_and_runs_again() {
     let dir = TempDir::create();
     let mut daemon = start_with_env(&dir, &[]);
     let dest = format!("file://{}", dir.join("store").display());
-    ok(&daemon.socket, &["create", "db", "--size", "128M"]);
+    // 512 MiB of random data: a full backup long enough (about half a
+    // second on a fast disk) for the kill below to come mid-run.
+    ok(&daemon.socket, &["create", "db", "--size", "512M"]);
     let data = dir.join("data.img");
-    let contents = image(128, 0, 11);
+    let contents = image(512, 0, 11);
     std::fs::write(&data, &contents).unwrap();
     write_image(&unix_uri(&daemon, "db"), &data);
     set_schedule(&daemon.socket, "db", &dest, "1h");
@@ -236,7 +238,7 @@ fn a_run_cut_short_by_kill_9_leaves_only_restorable_backups_and_runs_again() {
     wait_for("the run to start", Duration::from_secs(10), || {
         !schedule_of(&daemon.socket, "db")["running_since"].is_null()
     });
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(100));
     daemon.kill9();
     let restarted = start_with_env(&dir, &[]);
     let socket = restarted.socket.clone();
