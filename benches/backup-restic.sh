@@ -6,7 +6,7 @@
 # an image file. Needs restic (scripts/install-test-deps.sh installs it).
 #
 # ballast runs twice on every step: to a plain store and to an encrypted
-# one (`--key`, XChaCha20-Poly1305 and keyed chunk ids). restic always
+# one (`--key`, AES-256-GCM and keyed chunk ids). restic always
 # encrypts, so the encrypted rows are the like-for-like comparison.
 #
 # ballast runs as a user runs it: the daemon owns the pool, the timed

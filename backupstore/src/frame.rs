@@ -6,7 +6,8 @@
 //!      4    1  format version (1 = plain, 2 = sealed)
 //!      5    1  kind (1 = chunk, 2 = manifest)
 //!      6    1  codec (0 = none, 1 = zstd)
-//!      7    1  cipher (0 in version 1; 1 = XChaCha20-Poly1305 in version 2)
+//!      7    1  cipher (0 in version 1; in version 2 1 = XChaCha20-Poly1305,
+//!                2 = AES-256-GCM)
 //!      8    8  raw length (bytes after decoding), little endian
 //!     16    8  payload length (bytes stored after the header)
 //!     24    4  crc32 of the payload
@@ -14,8 +15,9 @@
 //!     32    …  payload
 //! ```
 //!
-//! A sealed frame's payload is a 24-byte random nonce, the (compressed)
-//! data encrypted, and the 16-byte Poly1305 tag. The associated data is the
+//! A sealed frame's payload is a random nonce (24 bytes for XChaCha20, 12
+//! for AES-GCM), the (compressed) data encrypted, and the 16-byte tag.
+//! The associated data is the
 //! object's key in the store followed by header bytes 0..16, so neither the
 //! header's description of the data nor the object's place can be changed
 //! unnoticed, and an object moved to another key does not open.
@@ -23,27 +25,26 @@
 //! A frame is decoded only if every field checks out, so a damaged or foreign
 //! object is always an error, never data. A plain frame where a sealed one
 //! is expected (or the reverse) is refused too: nothing unauthenticated is
-//! read from an encrypted store.
+//! read from an encrypted store, and neither is a frame of another cipher
+//! than the store's.
 
 use std::cell::RefCell;
 
 use bytes::Bytes;
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+
+use crate::aead::Aead;
 
 pub(crate) const MAGIC: [u8; 4] = *b"BLST";
 const PLAIN_VERSION: u8 = 1;
 const SEALED_VERSION: u8 = 2;
-const XCHACHA20POLY1305: u8 = 1;
 pub(crate) const HEADER_LEN: usize = 32;
-const NONCE_LEN: usize = 24;
-const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 
-/// The cipher of a sealed frame and the store key of the object it is
-/// sealed for (bound to it as associated data).
+/// The keyed cipher of a sealed frame and the store key of the object it
+/// is sealed for (bound to it as associated data).
 #[derive(Clone, Copy)]
 pub(crate) struct Seal<'a> {
-    pub cipher: &'a XChaCha20Poly1305,
+    pub aead: &'a Aead,
     pub object_key: &'a str,
 }
 
@@ -162,40 +163,43 @@ fn looks_incompressible(raw: &[u8], level: i32) -> bool {
 pub(crate) fn encode(kind: Kind, raw: &[u8], level: i32, seal: Option<Seal<'_>>) -> Bytes {
     // The payload is compressed straight into place after the header (and
     // nonce); room for just under `raw.len()` bytes means "only if it gets
-    // smaller".
-    let body = HEADER_LEN + if seal.is_some() { NONCE_LEN } else { 0 };
-    let mut out = vec![0u8; body + raw.len()];
-    let room = raw.len().saturating_sub(1);
-    let compressed = if raw.len() > SAMPLES * SAMPLE_LEN && looks_incompressible(raw, level) {
-        None
+    // smaller". The capacity holds the tag too: the frame is never moved.
+    let nonce_len = seal.map_or(0, |s| s.aead.cipher().nonce_len());
+    let body = HEADER_LEN + nonce_len;
+    let tag_len = if seal.is_some() { TAG_LEN } else { 0 };
+    let mut out = Vec::with_capacity(body + raw.len() + tag_len);
+    out.resize(body, 0);
+    let codec = if raw.len() > SAMPLES * SAMPLE_LEN && looks_incompressible(raw, level) {
+        Codec::None
     } else {
-        compress_into(raw, level, &mut out[body..body + room])
-    };
-    let codec = match compressed {
-        Some(n) => {
-            out.truncate(body + n);
-            Codec::Zstd
+        out.resize(body + raw.len().saturating_sub(1), 0);
+        match compress_into(raw, level, &mut out[body..]) {
+            Some(n) => {
+                out.truncate(body + n);
+                Codec::Zstd
+            }
+            None => {
+                out.truncate(body);
+                Codec::None
+            }
         }
-        None => {
-            out[body..].copy_from_slice(raw);
-            Codec::None
-        }
     };
+    if codec == Codec::None {
+        out.extend_from_slice(raw);
+    }
     let (version, cipher) = match seal {
-        Some(_) => (SEALED_VERSION, XCHACHA20POLY1305),
+        Some(s) => (SEALED_VERSION, s.aead.cipher().frame_id()),
         None => (PLAIN_VERSION, 0),
     };
     out[..4].copy_from_slice(&MAGIC);
     out[4..8].copy_from_slice(&[version, kind as u8, codec as u8, cipher]);
     out[8..16].copy_from_slice(&(raw.len() as u64).to_le_bytes());
     if let Some(seal) = seal {
-        let nonce: [u8; NONCE_LEN] = rand::random();
+        let nonce: [u8; 24] = rand::random();
+        let nonce = &nonce[..nonce_len];
         let ad = seal.associated_data(&out);
-        out[HEADER_LEN..body].copy_from_slice(&nonce);
-        let tag = seal
-            .cipher
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut out[body..])
-            .expect("XChaCha20-Poly1305 seals any object below 256 GiB");
+        out[HEADER_LEN..body].copy_from_slice(nonce);
+        let tag = seal.aead.seal_in_place(nonce, &ad, &mut out[body..]);
         out.extend_from_slice(&tag);
     }
     let payload_len = out.len() - HEADER_LEN;
@@ -265,37 +269,35 @@ pub(crate) fn decode(
     if raw_len > max_len {
         return Err(FrameError::TooLarge(raw_len));
     }
-    let opened;
-    let body = match seal {
-        None => payload,
+    let codec = match data[6] {
+        0 => Codec::None,
+        1 => Codec::Zstd,
+        other => return Err(FrameError::Codec(other)),
+    };
+    let opened = match seal {
+        None => None,
         Some(seal) => {
-            if data[7] != XCHACHA20POLY1305 {
+            let cipher = seal.aead.cipher();
+            if data[7] != cipher.frame_id() {
                 return Err(FrameError::Cipher(data[7]));
             }
-            if payload.len() < NONCE_LEN + TAG_LEN {
+            if payload.len() < cipher.nonce_len() + TAG_LEN {
                 return Err(FrameError::Authentication);
             }
-            let (nonce, rest) = payload.split_at(NONCE_LEN);
+            let (nonce, rest) = payload.split_at(cipher.nonce_len());
             let (sealed, tag) = rest.split_at(rest.len() - TAG_LEN);
-            let mut buf = sealed.to_vec();
-            seal.cipher
-                .decrypt_in_place_detached(
-                    XNonce::from_slice(nonce),
-                    &seal.associated_data(data),
-                    &mut buf,
-                    Tag::from_slice(tag),
-                )
+            let opened = seal
+                .aead
+                .open(nonce, &seal.associated_data(data), sealed, tag)
                 .map_err(|_| FrameError::Authentication)?;
-            opened = buf;
-            &opened[..]
+            Some(opened)
         }
     };
-    let raw = match data[6] {
-        0 => body.to_vec(),
-        1 => {
-            decompress(body, raw_len as usize).map_err(|e| FrameError::Decompress(e.to_string()))?
-        }
-        other => return Err(FrameError::Codec(other)),
+    let raw = match (codec, opened) {
+        (Codec::None, Some(opened)) => opened,
+        (Codec::None, None) => payload.to_vec(),
+        (Codec::Zstd, opened) => decompress(opened.as_deref().unwrap_or(payload), raw_len as usize)
+            .map_err(|e| FrameError::Decompress(e.to_string()))?,
     };
     if raw.len() as u64 != raw_len {
         return Err(FrameError::RawLength {
@@ -309,6 +311,7 @@ pub(crate) fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aead::Cipher;
 
     /// The callers' bound in these tests: a largest chunk.
     const LIMIT: u64 = 16 << 20;
@@ -397,23 +400,32 @@ mod tests {
         );
     }
 
-    fn cipher(byte: u8) -> XChaCha20Poly1305 {
-        use chacha20poly1305::KeyInit;
-        XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(&[byte; 32]))
+    fn aead(cipher: Cipher, byte: u8) -> Aead {
+        Aead::new(cipher, &[byte; 32])
     }
 
     #[test]
     fn sealed_frames_open_only_with_their_key_and_place() {
+        for cipher in [Cipher::Aes256Gcm, Cipher::XChaCha20Poly1305] {
+            sealed_frames_open_only_with_their_key_and_place_under(cipher);
+        }
+    }
+
+    fn sealed_frames_open_only_with_their_key_and_place_under(cipher: Cipher) {
+        let nonce_len = cipher.nonce_len();
         let text: Vec<u8> = b"secret text "
             .iter()
             .copied()
             .cycle()
             .take(50_000)
             .collect();
-        let (c, other) = (cipher(1), cipher(2));
-        let seal = |cipher, object_key| Some(Seal { cipher, object_key });
+        let (c, other) = (aead(cipher, 1), aead(cipher, 2));
+        let seal = |aead, object_key| Some(Seal { aead, object_key });
         let f = encode(Kind::Chunk, &text, 3, seal(&c, "chunks/a")).to_vec();
-        assert_eq!((f[4], f[6], f[7]), (SEALED_VERSION, Codec::Zstd as u8, 1));
+        assert_eq!(
+            (f[4], f[6], f[7]),
+            (SEALED_VERSION, Codec::Zstd as u8, cipher.frame_id())
+        );
         assert!(!f.windows(12).any(|w| w == b"secret text "));
         assert_eq!(
             decode(Kind::Chunk, &f, LIMIT, seal(&c, "chunks/a")).unwrap(),
@@ -446,7 +458,7 @@ mod tests {
         }
         // A forger who also fixes both crc32s is stopped by the tag.
         let mut forged = f.clone();
-        forged[HEADER_LEN + NONCE_LEN] ^= 1;
+        forged[HEADER_LEN + nonce_len] ^= 1;
         let crc = crc32fast::hash(&forged[HEADER_LEN..]);
         forged[24..28].copy_from_slice(&crc.to_le_bytes());
         let crc = crc32fast::hash(&forged[..28]);
@@ -460,7 +472,7 @@ mod tests {
         let mut random = vec![0u8; 1 << 20];
         rand::thread_rng().fill_bytes(&mut random);
         let f = encode(Kind::Chunk, &random, 3, seal(&c, "k"));
-        assert_eq!(f.len(), HEADER_LEN + NONCE_LEN + random.len() + TAG_LEN);
+        assert_eq!(f.len(), HEADER_LEN + nonce_len + random.len() + TAG_LEN);
         assert_eq!(
             decode(Kind::Chunk, &f, LIMIT, seal(&c, "k")).unwrap(),
             random

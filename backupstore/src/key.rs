@@ -30,6 +30,10 @@ pub(crate) const FINGERPRINT_CONTEXT: &str = "ballast backup key fingerprint v1"
 pub(crate) const CHUNK_ID_CONTEXT: &str = "ballast backup chunk id v1";
 pub(crate) const CHUNK_SEAL_CONTEXT: &str = "ballast backup chunk seal v1";
 pub(crate) const MANIFEST_SEAL_CONTEXT: &str = "ballast backup manifest seal v1";
+/// The sealing subkeys of an AES-256-GCM store (`aead.rs`): a cipher's
+/// subkeys are its own, even where one key file serves stores of both.
+pub(crate) const GCM_CHUNK_SEAL_CONTEXT: &str = "ballast backup chunk seal aes-256-gcm v1";
+pub(crate) const GCM_MANIFEST_SEAL_CONTEXT: &str = "ballast backup manifest seal aes-256-gcm v1";
 
 /// scrypt cost of a passphrase key: N = 2^17, r = 8, p = 1 (128 MiB, about
 /// half a second), the strength restic and the scrypt paper recommend for

@@ -7,7 +7,8 @@
 //! content-addressed by BLAKE3, zstd-compressed and framed; all-zero chunks
 //! are not stored. A store initialised with a [`BackupKey`] is encrypted:
 //! chunk ids are a keyed BLAKE3 and every chunk and manifest is sealed with
-//! XChaCha20-Poly1305 (`sealing.rs`, `frame.rs`). A backup is a manifest listing every chunk's digest,
+//! AES-256-GCM (XChaCha20-Poly1305 in stores initialised by earlier builds;
+//! `aead.rs`, `sealing.rs`, `frame.rs`). A backup is a manifest listing every chunk's digest,
 //! written after all its chunks, so it is visible only when complete. Dedup
 //! is global across all volumes in a store. See `manifest.rs` for the layout.
 //!
@@ -24,6 +25,7 @@
 //! create VOL --backup BACKUP_URL       open(&b.dest).restore(&pool, &b.volume, &b.id, VOL, &p) -> VolumeInfo
 //! ```
 
+mod aead;
 mod backup;
 mod clock;
 mod error;

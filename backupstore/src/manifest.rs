@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::aead::Cipher;
 use crate::error::Error;
 use crate::frame::Kind;
 use crate::key::{BackupKey, KdfParams};
@@ -26,7 +27,6 @@ const STORE_FORMAT: &str = "ballast-backupstore";
 /// that predate encryption refuse them rather than mix in plain objects).
 const PLAIN_STORE_VERSION: u32 = 1;
 const SEALED_STORE_VERSION: u32 = 2;
-const CIPHER: &str = "xchacha20poly1305";
 const MANIFEST_FORMAT: &str = "ballast-backup";
 
 /// Upper bound on a decoded manifest (one of a 1 PiB volume in 1 MiB chunks
@@ -116,6 +116,14 @@ pub struct Encryption {
     pub kdf: Option<KdfParams>,
 }
 
+impl Encryption {
+    /// The store's cipher, if this build knows it (a parsed configuration
+    /// always names one it knows).
+    pub(crate) fn sealed_with(&self) -> Option<Cipher> {
+        Cipher::from_name(&self.cipher)
+    }
+}
+
 impl StoreConfig {
     pub fn new(chunk_size: u32, created: u64, key: Option<&BackupKey>) -> Self {
         StoreConfig {
@@ -128,7 +136,7 @@ impl StoreConfig {
             chunk_size,
             created,
             encryption: key.map(|k| Encryption {
-                cipher: CIPHER.into(),
+                cipher: Cipher::FOR_NEW_STORES.name().into(),
                 key_fingerprint: k.fingerprint(),
                 kdf: k.kdf().cloned(),
             }),
@@ -150,7 +158,7 @@ impl StoreConfig {
         }
         match (c.version, &c.encryption) {
             (PLAIN_STORE_VERSION, None) => {}
-            (SEALED_STORE_VERSION, Some(e)) if e.cipher == CIPHER => {}
+            (SEALED_STORE_VERSION, Some(e)) if e.sealed_with().is_some() => {}
             (SEALED_STORE_VERSION, Some(e)) => {
                 return Err(format!("unknown cipher {:?}", e.cipher));
             }

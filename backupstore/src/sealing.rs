@@ -1,23 +1,24 @@
 //! How a store's objects are named and framed: in the clear (chunk ids are
 //! BLAKE3 of the content) or sealed under a backup key (chunk ids are a
-//! keyed BLAKE3, chunks and manifests XChaCha20-Poly1305 with their own
-//! subkeys). Under one key equal chunks still get equal ids, so dedup
-//! works, while the ids say nothing to whoever holds only the store.
+//! keyed BLAKE3, chunks and manifests sealed by the store's cipher, see
+//! `aead.rs`, with their own subkeys). Under one key equal chunks still get
+//! equal ids, so dedup works, while the ids say nothing to whoever holds
+//! only the store.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use zeroize::Zeroizing;
 
+use crate::aead::{Aead, Cipher};
 use crate::frame::{self, FrameError, Kind, Seal};
-use crate::key::{BackupKey, CHUNK_ID_CONTEXT, CHUNK_SEAL_CONTEXT, MANIFEST_SEAL_CONTEXT};
+use crate::key::{BackupKey, CHUNK_ID_CONTEXT};
 
 /// The subkeys of one backup key.
 pub(crate) struct Keys {
     chunk_id: Zeroizing<[u8; 32]>,
-    chunks: XChaCha20Poly1305,
-    manifests: XChaCha20Poly1305,
+    chunks: Aead,
+    manifests: Aead,
 }
 
 /// A store's way with its objects, fixed by its configuration.
@@ -38,15 +39,13 @@ impl std::fmt::Debug for Sealing {
 }
 
 impl Sealing {
-    pub(crate) fn with_key(key: &BackupKey) -> Sealing {
-        let cipher = |context| {
-            let subkey = key.derive(context);
-            XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(&subkey[..]))
-        };
+    /// Sealing under `key` with `cipher`, the store's.
+    pub(crate) fn with_key(key: &BackupKey, cipher: Cipher) -> Sealing {
+        let aead = |kind| Aead::new(cipher, &key.derive(cipher.seal_context(kind)));
         Sealing::Sealed(Arc::new(Keys {
             chunk_id: key.derive(CHUNK_ID_CONTEXT),
-            chunks: cipher(CHUNK_SEAL_CONTEXT),
-            manifests: cipher(MANIFEST_SEAL_CONTEXT),
+            chunks: aead(Kind::Chunk),
+            manifests: aead(Kind::Manifest),
         }))
     }
 
@@ -62,7 +61,7 @@ impl Sealing {
         match self {
             Sealing::Plain => None,
             Sealing::Sealed(k) => Some(Seal {
-                cipher: match kind {
+                aead: match kind {
                     Kind::Chunk => &k.chunks,
                     Kind::Manifest => &k.manifests,
                 },
@@ -92,11 +91,13 @@ impl Sealing {
 mod tests {
     use super::*;
 
+    const AES: Cipher = Cipher::Aes256Gcm;
+
     #[test]
     fn chunk_ids_are_keyed_and_stable_under_one_key() {
         let key = BackupKey::generate();
-        let (a, b) = (Sealing::with_key(&key), Sealing::with_key(&key));
-        let other = Sealing::with_key(&BackupKey::generate());
+        let (a, b) = (Sealing::with_key(&key, AES), Sealing::with_key(&key, AES));
+        let other = Sealing::with_key(&BackupKey::generate(), AES);
         let data = b"some block of data";
         assert_eq!(a.chunk_id(data), b.chunk_id(data));
         assert_ne!(a.chunk_id(data), other.chunk_id(data));
@@ -116,6 +117,26 @@ mod tests {
         assert_eq!(
             a.decode(Kind::Manifest, "k", &as_manifest, 1 << 20),
             Err(FrameError::Authentication)
+        );
+    }
+
+    #[test]
+    fn the_two_ciphers_share_chunk_ids_and_nothing_else() {
+        let key = BackupKey::generate();
+        let aes = Sealing::with_key(&key, AES);
+        let chacha = Sealing::with_key(&key, Cipher::XChaCha20Poly1305);
+        let data = b"the same block under both ciphers";
+        assert_eq!(aes.chunk_id(data), chacha.chunk_id(data));
+        for (sealing, cipher) in [(&aes, AES), (&chacha, Cipher::XChaCha20Poly1305)] {
+            let f = sealing.encode(Kind::Chunk, "k", data, 3);
+            assert_eq!(f[7], cipher.frame_id());
+            assert_eq!(sealing.decode(Kind::Chunk, "k", &f, 1 << 20).unwrap(), data);
+        }
+        // A frame of the other cipher is refused unopened.
+        let f = chacha.encode(Kind::Chunk, "k", data, 3);
+        assert_eq!(
+            aes.decode(Kind::Chunk, "k", &f, 1 << 20),
+            Err(FrameError::Cipher(Cipher::XChaCha20Poly1305.frame_id()))
         );
     }
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::aead::Cipher;
 use crate::error::{Error, Result};
 use crate::key::BackupKey;
 use crate::lock::{self, Lock, LockKind};
@@ -214,7 +215,7 @@ impl BackupStore {
         match self.config().await? {
             Some(c) => self.check_key(&c),
             None => Ok(match &self.opts.key {
-                Some(k) => Sealing::with_key(k),
+                Some(k) => Sealing::with_key(k, Cipher::FOR_NEW_STORES),
                 None => Sealing::Plain,
             }),
         }
@@ -240,7 +241,11 @@ impl BackupStore {
                     key: k.fingerprint(),
                 })
             }
-            (Some(_), Some(k)) => Sealing::with_key(k),
+            (Some(e), Some(k)) => Sealing::with_key(
+                k,
+                e.sealed_with()
+                    .expect("a parsed configuration names a known cipher"),
+            ),
         };
         Ok(self.sealing.get_or_init(|| sealing).clone())
     }

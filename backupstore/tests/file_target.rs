@@ -61,6 +61,42 @@ async fn encrypted_corruption() {
     scenarios::corruption(&encrypted_file_store(&dir).await).await;
 }
 
+/// A store initialised by an earlier build is sealed with
+/// XChaCha20-Poly1305 (its configuration says so): it is backed up,
+/// restored and verified with that cipher, every frame it gains names it,
+/// while a new store gets AES-256-GCM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_the_earlier_cipher_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Arc::new(ballast_backupstore::BackupKey::generate());
+    let url = file_url(&dir, "earlier");
+    let store = open_with(&url, Some(&key)).await;
+    let mut config = ballast_backupstore::StoreConfig::new(CHUNK as u32, 1, Some(&key));
+    assert_eq!(config.encryption.as_ref().unwrap().cipher, "aes-256-gcm");
+    config.encryption.as_mut().unwrap().cipher = "xchacha20poly1305".into();
+    store
+        .objects()
+        .put("ballast-store.json", Bytes::from(config.to_bytes()))
+        .await
+        .unwrap();
+    scenarios::full_incremental_dedup(&store).await;
+    let root = dir.path().join("earlier");
+    let chunks = stored_chunks(&store).await;
+    assert!(!chunks.is_empty());
+    for id in &chunks {
+        let path = root.join(format!("chunks/{}/{}/{id}", &id[..2], &id[2..4]));
+        let frame = std::fs::read(&path).unwrap();
+        assert_eq!((frame[4], frame[7]), (2, 1), "{}", path.display());
+    }
+    let config = store.config().await.unwrap().unwrap();
+    assert_eq!(config.encryption.unwrap().cipher, "xchacha20poly1305");
+
+    let new = encrypted_file_store(&dir).await;
+    scenarios::full_incremental_dedup(&new).await;
+    let config = new.config().await.unwrap().unwrap();
+    assert_eq!(config.encryption.unwrap().cipher, "aes-256-gcm");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encryption() {
     let dir = tempfile::tempdir().unwrap();
