@@ -70,6 +70,10 @@ struct Run<'a> {
     /// New chunks go here; committed before the manifest is written.
     chunks: Box<dyn PutBatch + 'a>,
     progress: &'a dyn Progress,
+    /// Read buffers of finished chunk tasks, taken by the next ones, so a
+    /// chunk is not read into fresh (zeroed, faulted-in) memory each time.
+    /// Never more than the tasks that run at once.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Run<'_> {
@@ -90,8 +94,23 @@ impl Run<'_> {
         if extents.iter().all(|e| e.state != BlockState::Data) {
             return Ok(Outcome::Zero);
         }
-        let mut buf = vec![0u8; len];
+        let mut buf = self
+            .spare
+            .lock()
+            .expect("spare buffers")
+            .pop()
+            .unwrap_or_default();
+        // Stale bytes of an earlier chunk are fine: the read fills it all.
+        buf.resize(len, 0);
         self.vol.read(offset, &mut buf).await?;
+        let (outcome, buf) = self.store_chunk(buf).await?;
+        self.spare.lock().expect("spare buffers").push(buf);
+        Ok(outcome)
+    }
+
+    /// Hashes the chunk in `buf` and uploads it unless it is all zeros or
+    /// already known; the outcome, and `buf` back for the next chunk.
+    async fn store_chunk(&self, buf: Vec<u8>) -> Result<(Outcome, Vec<u8>)> {
         let sealing = self.sealing.clone();
         let (buf, digest) = blocking(move || {
             let d = (!is_zero(&buf)).then(|| sealing.chunk_id(&buf));
@@ -99,25 +118,28 @@ impl Run<'_> {
         })
         .await?;
         let Some(digest) = digest else {
-            return Ok(Outcome::Zero);
+            return Ok((Outcome::Zero, buf));
         };
         // The first task to claim a digest uploads it; the others reuse it.
         // A failed upload fails the whole run, so no manifest can reference
         // a claimed-but-missing chunk.
         if !self.known.lock().expect("known-digest set").insert(digest) {
-            return Ok(Outcome::Reused(digest));
+            return Ok((Outcome::Reused(digest), buf));
         }
         let key = chunk_key(&digest);
         if self.store.objects.exists(&key).await? {
-            return Ok(Outcome::Reused(digest));
+            return Ok((Outcome::Reused(digest), buf));
         }
         let level = self.store.opts.compression_level;
         let (sealing, object_key) = (self.sealing.clone(), key.clone());
-        let framed =
-            blocking(move || sealing.encode(Kind::Chunk, &object_key, &buf, level)).await?;
+        let (framed, buf) = blocking(move || {
+            let framed = sealing.encode(Kind::Chunk, &object_key, &buf, level);
+            (framed, buf)
+        })
+        .await?;
         let stored = framed.len() as u64;
         self.chunks.put(&key, framed).await?;
-        Ok(Outcome::New { digest, stored })
+        Ok((Outcome::New { digest, stored }, buf))
     }
 }
 
@@ -323,6 +345,7 @@ impl BackupStore {
             known: Mutex::new(known),
             chunks: self.objects.batch(),
             progress,
+            spare: Mutex::default(),
         };
         progress.start("backup", total);
         let outcomes: Vec<(usize, Outcome)> = futures::stream::iter(read)
