@@ -18,10 +18,8 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
 
-use crate::frame::{Kind, TAG_LEN};
-use crate::key::{
-    CHUNK_SEAL_CONTEXT, GCM_CHUNK_SEAL_CONTEXT, GCM_MANIFEST_SEAL_CONTEXT, MANIFEST_SEAL_CONTEXT,
-};
+/// Bytes of the tag of either cipher.
+pub(crate) const TAG_LEN: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cipher {
@@ -59,17 +57,6 @@ impl Cipher {
         match self {
             Cipher::XChaCha20Poly1305 => 24,
             Cipher::Aes256Gcm => 12,
-        }
-    }
-
-    /// The `blake3::derive_key` context of the subkey sealing objects of
-    /// `kind`: each cipher has its own, so no key is ever used by two.
-    pub(crate) fn seal_context(self, kind: Kind) -> &'static str {
-        match (self, kind) {
-            (Cipher::XChaCha20Poly1305, Kind::Chunk) => CHUNK_SEAL_CONTEXT,
-            (Cipher::XChaCha20Poly1305, Kind::Manifest) => MANIFEST_SEAL_CONTEXT,
-            (Cipher::Aes256Gcm, Kind::Chunk) => GCM_CHUNK_SEAL_CONTEXT,
-            (Cipher::Aes256Gcm, Kind::Manifest) => GCM_MANIFEST_SEAL_CONTEXT,
         }
     }
 }

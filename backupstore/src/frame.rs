@@ -32,13 +32,12 @@ use std::cell::RefCell;
 
 use bytes::Bytes;
 
-use crate::aead::Aead;
+use crate::aead::{Aead, TAG_LEN};
 
 pub(crate) const MAGIC: [u8; 4] = *b"BLST";
 const PLAIN_VERSION: u8 = 1;
 const SEALED_VERSION: u8 = 2;
 pub(crate) const HEADER_LEN: usize = 32;
-pub(crate) const TAG_LEN: usize = 16;
 
 /// The keyed cipher of a sealed frame and the store key of the object it
 /// is sealed for (bound to it as associated data).

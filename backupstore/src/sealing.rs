@@ -12,13 +12,28 @@ use zeroize::Zeroizing;
 
 use crate::aead::{Aead, Cipher};
 use crate::frame::{self, FrameError, Kind, Seal};
-use crate::key::{BackupKey, CHUNK_ID_CONTEXT};
+use crate::key::{
+    BackupKey, CHUNK_ID_CONTEXT, CHUNK_SEAL_CONTEXT, GCM_CHUNK_SEAL_CONTEXT,
+    GCM_MANIFEST_SEAL_CONTEXT, MANIFEST_SEAL_CONTEXT,
+};
 
 /// The subkeys of one backup key.
 pub(crate) struct Keys {
     chunk_id: Zeroizing<[u8; 32]>,
     chunks: Aead,
     manifests: Aead,
+}
+
+/// The `blake3::derive_key` context of the subkey that seals objects of
+/// `kind` with `cipher`: each cipher has its own, so no key is ever used
+/// by two.
+fn seal_context(cipher: Cipher, kind: Kind) -> &'static str {
+    match (cipher, kind) {
+        (Cipher::XChaCha20Poly1305, Kind::Chunk) => CHUNK_SEAL_CONTEXT,
+        (Cipher::XChaCha20Poly1305, Kind::Manifest) => MANIFEST_SEAL_CONTEXT,
+        (Cipher::Aes256Gcm, Kind::Chunk) => GCM_CHUNK_SEAL_CONTEXT,
+        (Cipher::Aes256Gcm, Kind::Manifest) => GCM_MANIFEST_SEAL_CONTEXT,
+    }
 }
 
 /// A store's way with its objects, fixed by its configuration.
@@ -41,7 +56,7 @@ impl std::fmt::Debug for Sealing {
 impl Sealing {
     /// Sealing under `key` with `cipher`, the store's.
     pub(crate) fn with_key(key: &BackupKey, cipher: Cipher) -> Sealing {
-        let aead = |kind| Aead::new(cipher, &key.derive(cipher.seal_context(kind)));
+        let aead = |kind| Aead::new(cipher, &key.derive(seal_context(cipher, kind)));
         Sealing::Sealed(Arc::new(Keys {
             chunk_id: key.derive(CHUNK_ID_CONTEXT),
             chunks: aead(Kind::Chunk),
