@@ -108,10 +108,10 @@ sealed_incr() {
 for round in $(seq 1 "$ROUNDS"); do
     "$BENCH" change "$POOL" "$IMAGE" 2>/dev/null
     start_daemon
-    # The second backup of a round runs slower than the first, whichever
-    # it is (2026-12-02: plain first, 0.25 s plain and 0.31 s encrypted;
-    # encrypted first, 0.23 s encrypted and 0.30 s plain), so the two
-    # take turns going first.
+    # The two take turns going first: in two runs on 2026-12-02 the second
+    # backup of a round was the slower one, whichever it was (plain first:
+    # 0.25 s plain, 0.31 s encrypted; encrypted first: 0.23 s encrypted,
+    # 0.30 s plain).
     if ((round % 2)); then
         plain_incr
         sealed_incr

@@ -58,7 +58,7 @@ fn object_error(e: &Error) -> &ObjectError {
 async fn refused_credentials() {
     let Some(bin) = moto_binary() else { return };
     // Every request is authenticated; the test's key is unknown to it.
-    let m = Moto::start_with_env(&bin, free_port(), &[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+    let m = Moto::start_with_env(&bin, &[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
     let e = backup_error(&s3_store(&m.endpoint(), "ballast-test", "p").await).await;
     match object_error(&e) {
         ObjectError::CredentialsRefused { code, .. } => assert_eq!(code, "InvalidAccessKeyId"),
@@ -74,7 +74,7 @@ async fn refused_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_bucket() {
     let Some(bin) = moto_binary() else { return };
-    let m = Moto::start(&bin, free_port());
+    let m = Moto::start(&bin);
     let e = backup_error(&s3_store(&m.endpoint(), "no-such-bucket", "").await).await;
     assert!(
         matches!(object_error(&e), ObjectError::NoSuchBucket { bucket, .. } if bucket == "no-such-bucket"),
@@ -105,7 +105,7 @@ async fn unreachable_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bucket_with_object_lock() {
     let Some(bin) = moto_binary() else { return };
-    let m = Moto::start(&bin, free_port());
+    let m = Moto::start(&bin);
     let client = s3_client(&m.endpoint()).await;
     client
         .create_bucket()

@@ -13,7 +13,7 @@ const BUCKET: &str = "ballast-test";
 /// A fresh moto_server with the test bucket, or `None` to skip (never under CI=true).
 async fn moto() -> Option<Moto> {
     let bin = moto_binary()?;
-    let m = Moto::start(&bin, free_port());
+    let m = Moto::start(&bin);
     create_bucket(&m.endpoint(), BUCKET).await;
     Some(m)
 }

@@ -3,13 +3,15 @@
 //! when dropped.
 #![allow(dead_code, unreachable_pub)]
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod spawn;
 
 /// The daemon's environment for moto: its fixed credentials, and no
 /// instance metadata lookups.
@@ -46,46 +48,9 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Starts moto on a port it picks itself (`-p 0`) and reads the port
-    /// from its startup line: a port picked here and passed in could be
-    /// taken by a parallel test in the second or so moto takes to start.
-    pub fn start(bin: &PathBuf) -> Moto {
-        let mut child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the startup line, then drains moto's request log so that it
-        // never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
-                    let port = rest.trim().parse::<u16>().ok();
-                    if let (Some(tx), Some(port)) = (tx.take(), port) {
-                        let _ = tx.send(port);
-                    }
-                }
-            }
-        });
-        let port = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(port) => port,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("moto_server did not report its port within 30 s");
-            }
-        };
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not listen");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    /// Starts moto on a port it picks itself.
+    pub fn start(bin: &Path) -> Moto {
+        let (child, port) = spawn::spawn(bin, 0, &[]);
         Moto { child, port }
     }
 

@@ -3,10 +3,13 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod scenarios;
+// The moto start shared with the workspace's own S3 tests.
+#[path = "../../../tests/moto/spawn.rs"]
+mod spawn;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -218,30 +221,21 @@ pub struct Moto {
 }
 
 impl Moto {
-    pub fn start(bin: &std::path::Path, port: u16) -> Moto {
-        Moto::start_with_env(bin, port, &[])
+    /// Starts moto on a port it picks itself.
+    pub fn start(bin: &Path) -> Moto {
+        Moto::start_with_env(bin, &[])
     }
 
     /// A server with extra environment, e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0`
     /// to check every request's credentials.
-    pub fn start_with_env(bin: &std::path::Path, port: u16, env: &[(&str, &str)]) -> Moto {
+    pub fn start_with_env(bin: &Path, env: &[(&str, &str)]) -> Moto {
+        Moto::start_on(bin, 0, env)
+    }
+
+    /// Starts moto on `port` (0: one it picks).
+    fn start_on(bin: &Path, port: u16, env: &[(&str, &str)]) -> Moto {
         set_test_credentials();
-        let child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let (child, port) = spawn::spawn(bin, port, env);
         Moto {
             child,
             port,
@@ -259,7 +253,8 @@ impl Moto {
         let _ = self.child.wait();
     }
 
-    /// Starts a fresh server on the same port (moto keeps data in memory).
+    /// Starts a fresh server on the same port (moto keeps data in memory),
+    /// so that clients of the first reach the second.
     pub fn restart(&mut self) {
         self.kill();
         let port = self.port;
@@ -272,7 +267,7 @@ impl Moto {
             assert!(Instant::now() < deadline, "port {port} stayed busy");
             std::thread::sleep(Duration::from_millis(100));
         }
-        *self = Moto::start(&self.bin.clone(), port);
+        *self = Moto::start_on(&self.bin.clone(), port, &[]);
     }
 }
 
