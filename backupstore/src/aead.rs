@@ -20,6 +20,8 @@ use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
 
 /// Bytes of the tag of either cipher.
 pub(crate) const TAG_LEN: usize = 16;
+/// Bytes of the longer of the two nonces (XChaCha20's).
+pub(crate) const MAX_NONCE_LEN: usize = 24;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cipher {
@@ -55,7 +57,7 @@ impl Cipher {
 
     pub(crate) fn nonce_len(self) -> usize {
         match self {
-            Cipher::XChaCha20Poly1305 => 24,
+            Cipher::XChaCha20Poly1305 => MAX_NONCE_LEN,
             Cipher::Aes256Gcm => 12,
         }
     }
@@ -147,6 +149,7 @@ fn gcm_nonce(nonce: &[u8]) -> Nonce {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::hex_decode;
 
     #[test]
     fn names_and_ids_round_trip_and_differ() {
@@ -165,22 +168,21 @@ mod tests {
     /// the standard one, not only self-consistent.
     #[test]
     fn aes_256_gcm_matches_a_known_answer() {
-        let hex = |s: &str| -> Vec<u8> {
-            (0..s.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-                .collect()
-        };
-        let key: [u8; 32] = hex("31bdadd96698c204aa9ce1448ea94ae1fb4a9a0b3c9d773b51bb1822666b8f22")
-            .try_into()
-            .unwrap();
-        let nonce = hex("0d18e06c7c725ac9e362e1ce");
-        let plain = hex("2db5168e932556f8089a0622981d017d");
+        let key: [u8; 32] =
+            hex_decode("31bdadd96698c204aa9ce1448ea94ae1fb4a9a0b3c9d773b51bb1822666b8f22").unwrap();
+        let nonce: [u8; 12] = hex_decode("0d18e06c7c725ac9e362e1ce").unwrap();
+        let plain: [u8; 16] = hex_decode("2db5168e932556f8089a0622981d017d").unwrap();
         let aead = Aead::new(Cipher::Aes256Gcm, &key);
-        let mut buf = plain.clone();
+        let mut buf = plain;
         let tag = aead.seal_in_place(&nonce, b"", &mut buf);
-        assert_eq!(buf, hex("fa4362189661d163fcd6a56d8bf0405a"));
-        assert_eq!(tag.to_vec(), hex("d636ac1bbedd5cc3ee727dc2ab4a9489"));
+        assert_eq!(
+            buf,
+            hex_decode::<16>("fa4362189661d163fcd6a56d8bf0405a").unwrap()
+        );
+        assert_eq!(
+            tag,
+            hex_decode::<16>("d636ac1bbedd5cc3ee727dc2ab4a9489").unwrap()
+        );
         assert_eq!(aead.open(&nonce, b"", &buf, &tag).unwrap(), plain);
         let mut bad = tag;
         bad[0] ^= 1;

@@ -32,7 +32,7 @@ use std::cell::RefCell;
 
 use bytes::Bytes;
 
-use crate::aead::{Aead, TAG_LEN};
+use crate::aead::{Aead, MAX_NONCE_LEN, TAG_LEN};
 
 pub(crate) const MAGIC: [u8; 4] = *b"BLST";
 const PLAIN_VERSION: u8 = 1;
@@ -194,7 +194,7 @@ pub(crate) fn encode(kind: Kind, raw: &[u8], level: i32, seal: Option<Seal<'_>>)
     out[4..8].copy_from_slice(&[version, kind as u8, codec as u8, cipher]);
     out[8..16].copy_from_slice(&(raw.len() as u64).to_le_bytes());
     if let Some(seal) = seal {
-        let nonce: [u8; 24] = rand::random();
+        let nonce: [u8; MAX_NONCE_LEN] = rand::random();
         let nonce = &nonce[..nonce_len];
         let ad = seal.associated_data(&out);
         out[HEADER_LEN..body].copy_from_slice(nonce);

@@ -91,7 +91,7 @@ fn key_file_error(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-fn hex_decode<const N: usize>(hex: &str) -> Option<[u8; N]> {
+pub(crate) fn hex_decode<const N: usize>(hex: &str) -> Option<[u8; N]> {
     if hex.len() != 2 * N || !hex.is_ascii() {
         return None;
     }

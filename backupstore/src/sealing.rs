@@ -136,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn the_two_ciphers_share_chunk_ids_and_nothing_else() {
+    fn the_two_ciphers_share_chunk_ids_and_refuse_each_others_frames() {
         let key = BackupKey::generate();
         let aes = Sealing::with_key(&key, AES);
         let chacha = Sealing::with_key(&key, Cipher::XChaCha20Poly1305);
