@@ -5,13 +5,15 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod spawn;
+
+pub use spawn::moto_binary;
 
 /// The daemon's environment for moto: its fixed credentials, and no
 /// instance metadata lookups.
@@ -21,25 +23,6 @@ pub const DAEMON_ENV: [(&str, &str); 4] = [
     ("AWS_REGION", "us-east-1"),
     ("AWS_EC2_METADATA_DISABLED", "true"),
 ];
-
-/// The moto_server binary, or `None` (the test skips) — except under
-/// CI=true, where a missing server fails the test.
-pub fn moto_binary() -> Option<PathBuf> {
-    let venv = std::env::var_os("BALLAST_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/ballast-test/venv"));
-    let bin = venv.join("bin/moto_server");
-    if bin.is_file() {
-        return Some(bin);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{} is missing; run scripts/install-test-deps.sh",
-        bin.display()
-    );
-    eprintln!("skipping: {} not found", bin.display());
-    None
-}
 
 /// A moto_server this test started; killed (by its PID) on drop.
 pub struct Moto {

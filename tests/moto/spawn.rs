@@ -1,10 +1,34 @@
-//! Starting moto_server and learning its port, shared by the workspace's
-//! two S3 test harnesses (`tests/moto`, `backupstore/tests/common`).
+//! Finding and starting moto_server and learning its port, shared by the
+//! workspace's two S3 test harnesses (`tests/moto`,
+//! `backupstore/tests/common`).
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// The moto_server binary of the test venv (`BALLAST_TEST_VENV`, by
+/// default `/opt/ballast-test/venv`), or `None` (the test skips), except
+/// under CI=true, where a missing server fails the test.
+pub fn moto_binary() -> Option<PathBuf> {
+    let venv = std::env::var_os("BALLAST_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/ballast-test/venv"));
+    let bin = venv.join("bin/moto_server");
+    if bin.is_file() {
+        return Some(bin);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{} is missing; run scripts/install-test-deps.sh",
+        bin.display()
+    );
+    eprintln!(
+        "skipping: {} not found (run scripts/install-test-deps.sh)",
+        bin.display()
+    );
+    None
+}
 
 /// Starts moto on loopback `port` with extra environment `env` and waits
 /// for its startup line, printed once it listens; the child and the port

@@ -7,6 +7,10 @@ pub mod scenarios;
 #[path = "../../../tests/moto/spawn.rs"]
 mod spawn;
 
+// Like the rest of this module, not every test binary uses it.
+#[allow(unused_imports)]
+pub use spawn::moto_binary;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -165,32 +169,6 @@ pub async fn file_store(dir: &TempDir) -> BackupStore {
 }
 
 // ---- moto_server ----------------------------------------------------------
-
-fn venv() -> PathBuf {
-    std::env::var_os("BALLAST_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/ballast-test/venv"))
-}
-
-/// The moto_server binary, or `None` (the test skips) — except under
-/// CI=true, where a missing server fails the test.
-pub fn moto_binary() -> Option<PathBuf> {
-    let bin = venv().join("bin/moto_server");
-    if bin.is_file() {
-        return Some(bin);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "{} is missing; run scripts/install-test-deps.sh",
-            bin.display()
-        );
-    }
-    eprintln!(
-        "skipping: {} not found (run scripts/install-test-deps.sh)",
-        bin.display()
-    );
-    None
-}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
