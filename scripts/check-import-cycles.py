@@ -316,7 +316,7 @@ def cycles(modules):
 
 def crate_roots(workspace):
     for manifest in sorted(workspace.rglob("Cargo.toml")):
-        if any(part in ("target",) or part.startswith("target-") for part in manifest.relative_to(workspace).parts):
+        if any(part in ("target", "vendor") or part.startswith("target-") for part in manifest.relative_to(workspace).parts):
             continue
         package = manifest.parent
         roots = [package / "src/lib.rs", package / "src/main.rs"]
