@@ -8,7 +8,9 @@
 #    After each step: the daemon's RSS and the metadata's size on disk
 #    (ROOT/meta).
 # 2. The daemon restarted (SIGTERM, then a new one): the time until the
-#    control API answers, and its RSS then.
+#    control API answers, its RSS then (sled reads its log to open, and
+#    what that used is handed back within a second) and at rest two
+#    commit-timer ticks later.
 # 3. On a fresh 1 GiB volume, fully written: 4 KiB random-read IOPS
 #    (iodepth 32, READ_S seconds, median of ROUNDS runs) at each depth of
 #    DEPTHS snapshots (default 0 50 200), each snapshot after 2 MiB of
@@ -131,6 +133,8 @@ stop_daemon
 start_daemon
 READY=$(wait_ready)
 printf '%-34s %10s %14s %14s\n' "restart: answers in ${READY}s" "$(rss_mib)" "$(meta_mib)" "" >>"$TABLE"
+settle
+printf '%-34s %10s %14s %14s\n' "  restarted, at rest" "$(rss_mib)" "$(meta_mib)" "" >>"$TABLE"
 "$BALLAST" delete big >/dev/null
 
 # Snapshot depth.
