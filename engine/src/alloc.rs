@@ -46,6 +46,32 @@ const SMALL: u64 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NeedChunk(pub u64);
 
+/// One journalled change to the persisted bitmap, applied in order by
+/// [`Allocator::persist`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BitmapChange {
+    /// A record allocated these blocks.
+    Alloc(Run),
+    /// A record (or a control operation) freed these blocks.
+    Free(Run),
+}
+
+impl BitmapChange {
+    pub(crate) fn run(self) -> Run {
+        match self {
+            BitmapChange::Alloc(run) | BitmapChange::Free(run) => run,
+        }
+    }
+}
+
+/// A chunk's persisted bitmap as [`Allocator::persist`] left it, for the
+/// metadata store.
+#[derive(Debug)]
+pub(crate) struct ChunkImage {
+    pub chunk: u64,
+    pub words: Vec<u64>,
+}
+
 /// What [`Allocator::allocate`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Placement {
@@ -565,27 +591,28 @@ impl Allocator {
         }
     }
 
-    /// Applies journalled allocations (`true`) and frees to the persisted
-    /// images, in order, and returns every changed chunk's new image and
-    /// free count. The changed chunks stay in memory until
-    /// [`Allocator::unpin`] says the images are written.
+    /// Applies journalled allocations and frees to the persisted images,
+    /// in order, and returns every changed chunk's new image. The changed
+    /// chunks stay in memory until [`Allocator::unpin`] says the images are
+    /// written.
     pub(crate) fn persist(
         &mut self,
-        changes: &[(Run, bool)],
-    ) -> Result<Vec<(u64, Vec<u64>, u32)>, NeedChunk> {
-        for (run, _) in changes {
+        changes: &[BitmapChange],
+    ) -> Result<Vec<ChunkImage>, NeedChunk> {
+        for change in changes {
+            let run = change.run();
             for idx in chunk_of(run.start)..=chunk_of(run.end() - 1) {
                 self.chunk(idx)?;
             }
         }
         let mut touched = std::collections::BTreeSet::new();
-        for &(run, used) in changes {
+        for &change in changes {
+            let run = change.run();
             for (idx, w, mask) in words(run.start, run.end()) {
                 let c = self.chunks.get_mut(&idx).expect("checked above");
-                if used {
-                    c.persisted[w] |= mask;
-                } else {
-                    c.persisted[w] &= !mask;
+                match change {
+                    BitmapChange::Alloc(_) => c.persisted[w] |= mask,
+                    BitmapChange::Free(_) => c.persisted[w] &= !mask,
                 }
                 c.pinned = true;
                 touched.insert(idx);
@@ -597,7 +624,10 @@ impl Allocator {
             let c = &self.chunks[&idx];
             let free = count_free(&c.persisted, idx, 0, end);
             self.persisted_free[idx as usize] = free;
-            images.push((idx, c.persisted.to_vec(), free));
+            images.push(ChunkImage {
+                chunk: idx,
+                words: c.persisted.to_vec(),
+            });
         }
         self.evict();
         Ok(images)
@@ -787,13 +817,16 @@ mod tests {
         a.cursor = 0;
         let r = runs(a.allocate(3).unwrap());
         let images = a
-            .persist(&[(r[0], true), (Run::new(r[0].start, 1), false)])
+            .persist(&[
+                BitmapChange::Alloc(r[0]),
+                BitmapChange::Free(Run::new(r[0].start, 1)),
+            ])
             .unwrap();
         assert_eq!(images.len(), 1);
-        let (idx, image, free) = &images[0];
-        assert_eq!(*idx, chunk_of(r[0].start));
-        assert_eq!(*free as u64, CHUNK_BLOCKS - 2);
-        assert_eq!(image[0] & 0b111, 0b110);
+        let image = &images[0];
+        assert_eq!(image.chunk, chunk_of(r[0].start));
+        assert_eq!(a.summary()[image.chunk as usize] as u64, CHUNK_BLOCKS - 2);
+        assert_eq!(image.words[0] & 0b111, 0b110);
     }
 
     #[test]
@@ -807,7 +840,8 @@ mod tests {
         a.release(r[0]).unwrap();
         // The free is journalled: the checkpoint's image of chunk 5 now
         // agrees with `busy`, but the metadata store has the old one.
-        a.persist(&[(r[0], true), (r[0], false)]).unwrap();
+        a.persist(&[BitmapChange::Alloc(r[0]), BitmapChange::Free(r[0])])
+            .unwrap();
         a.cursor = 0;
         a.small_cursor = 0;
         for idx in [0, 1, 2, 3, 4, 6] {

@@ -31,6 +31,7 @@
 
 use std::sync::Arc;
 
+use crate::alloc::BitmapChange;
 use crate::commit::{Commit, Frozen};
 use crate::error::{Error, Result};
 use crate::extent::Run;
@@ -143,14 +144,14 @@ impl Inner {
         }
         // 3. The batch.
         let mut changes = committed.changes;
-        changes.extend(extra.frees.iter().map(|&r| (r, false)));
+        changes.extend(extra.frees.iter().map(|&r| BitmapChange::Free(r)));
         let images = self.with_alloc(|a| a.persist(&changes))?;
         let (end, summary) = {
             let a = self.alloc.lock();
             (a.end(), a.summary().to_vec())
         };
-        for (idx, image, _) in &images {
-            batch.chunk(*idx, image);
+        for image in &images {
+            batch.chunk(image.chunk, &image.words);
         }
         batch.summary(end, &summary);
         for d in &committed.deaths {
@@ -181,7 +182,7 @@ impl Inner {
         let written = self.write_meta(batch);
         self.alloc
             .lock()
-            .unpin(images.iter().map(|(idx, _, _)| *idx));
+            .unpin(images.iter().map(|image| image.chunk));
         if let Err(e) = written {
             self.reclaim.lock().keep_dead_nodes(deletable);
             return Err(e);

@@ -329,12 +329,20 @@ fn free_deferred_pages(keys: usize) {
 }
 
 /// What open reads up front.
+/// The allocator's summary record: what open needs to find free space
+/// without reading any bitmap chunk.
+#[derive(Debug, Default)]
+pub(crate) struct AllocSummary {
+    /// The data file's end, in blocks, as of the last checkpoint.
+    pub end: u64,
+    /// Free blocks per bitmap chunk, as persisted.
+    pub free: Vec<u32>,
+}
+
 pub(crate) struct Loaded {
     /// `None` for a new pool.
     pub superblock: Option<Superblock>,
-    /// Allocator summary: the file's end as recorded and free blocks per
-    /// chunk.
-    pub summary: (u64, Vec<u32>),
+    pub summary: AllocSummary,
     pub volumes: Vec<VolumeRecord>,
     /// Volumes whose deletion a crash interrupted.
     pub deleting: Vec<VolumeRecord>,
@@ -411,9 +419,9 @@ impl Meta {
                 while !r.is_empty() {
                     free.push(r.u32_le()?);
                 }
-                (end, free)
+                AllocSummary { end, free }
             }
-            None => (0, Vec::new()),
+            None => AllocSummary::default(),
         };
         let mut volumes = Vec::new();
         for item in self.db.scan_prefix(b"V") {

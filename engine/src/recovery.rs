@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::alloc::{Allocator, NeedChunk};
+use crate::alloc::{Allocator, BitmapChange, NeedChunk};
 use crate::catalog::{Catalog, VolumeState};
 use crate::error::{Error, Result};
 use crate::extent::{Data, Piece, Run};
@@ -227,7 +227,7 @@ fn apply(
                     }),
                 }]);
                 v.own_delta += run.len as i64;
-                committed.changes.push((run, true));
+                committed.changes.push(BitmapChange::Alloc(run));
             }
             Op::Unmap { uid, vstart, len } => {
                 if let Some(v) = catalog.by_uid_mut(*uid) {
@@ -240,7 +240,7 @@ fn apply(
                 };
                 on_alloc(alloc, meta, |a| a.release(*run))?;
                 v.own_delta -= run.len as i64;
-                committed.changes.push((*run, false));
+                committed.changes.push(BitmapChange::Free(*run));
             }
             Op::Dead(d) => {
                 if catalog.by_uid(d.uid).is_some() {
@@ -273,13 +273,12 @@ impl Pool {
         let cap = config
             .max_size
             .map_or(u64::MAX / BS, |m| base.saturating_add(m / BS));
-        let (recorded_end, free) = loaded.summary;
         let mut alloc = Allocator::new(
             base,
-            recorded_end,
+            loaded.summary.end,
             file_blocks,
             cap,
-            free,
+            loaded.summary.free,
             budget.alloc_chunks,
         );
 

@@ -34,7 +34,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
-use crate::alloc::{Allocator, NeedChunk, Placement};
+use crate::alloc::{Allocator, BitmapChange, NeedChunk, Placement};
 use crate::catalog::{Catalog, VolumeState};
 use crate::error::{Error, Result};
 use crate::extent::Run;
@@ -151,8 +151,8 @@ pub(crate) struct State {
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     pub payload: Vec<u8>,
-    /// Allocations (`true`) and frees, in order, for the persisted bitmap.
-    pub changes: Vec<(Run, bool)>,
+    /// Allocations and frees, in order, for the persisted bitmap.
+    pub changes: Vec<BitmapChange>,
     pub deaths: Vec<Death>,
     /// Data blocks the operations map.
     pub data_blocks: u64,
@@ -168,10 +168,10 @@ impl Pending {
         match op {
             Op::Map { pstart, crcs, .. } => {
                 self.changes
-                    .push((Run::new(*pstart, crcs.len() as u64), true));
+                    .push(BitmapChange::Alloc(Run::new(*pstart, crcs.len() as u64)));
                 self.data_blocks += crcs.len() as u64;
             }
-            Op::Free { run, .. } => self.changes.push((*run, false)),
+            Op::Free { run, .. } => self.changes.push(BitmapChange::Free(*run)),
             Op::Dead(d) => self.deaths.push(*d),
             Op::Unmap { .. } => {}
         }
@@ -181,7 +181,7 @@ impl Pending {
 /// What a checkpoint persists besides the maps.
 #[derive(Debug, Default)]
 pub(crate) struct Committed {
-    pub changes: Vec<(Run, bool)>,
+    pub changes: Vec<BitmapChange>,
     pub deaths: Vec<Death>,
 }
 

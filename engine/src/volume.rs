@@ -361,22 +361,24 @@ impl Volume {
         let last = (offset + len as u64).div_ceil(BS);
         let ahead = self.read_ahead(offset, len as u64);
         let runs = data_runs(&pieces);
-        if let [(vb, pb, crcs)] = runs.as_slice() {
-            if *vb == first && crcs.len() as u64 == last - first {
+        if let [run] = runs.as_slice() {
+            if run.vblock == first && run.crcs.len() as u64 == last - first {
                 let start = (offset - first * BS) as usize;
-                if let Some(data) = self.take_chunk(ahead, *pb, crcs).await {
+                if let Some(data) = self.take_chunk(ahead, run.pblock, &run.crcs).await {
                     return Ok(PooledBuf::new(bufs.clone(), data, start, len));
                 }
-                let run = Run::new(*pb, crcs.len() as u64);
-                self.inner.behind.wait(std::iter::once(run)).await;
+                self.inner
+                    .behind
+                    .wait(std::iter::once(run.pool_run()))
+                    .await;
                 let (data, result) = self
                     .inner
                     .io
-                    .read(pb * BS, bufs.get(crcs.len() * BSU))
+                    .read(run.pblock * BS, bufs.get(run.crcs.len() * BSU))
                     .await;
                 let data = PooledBuf::new(bufs.clone(), data, start, len);
                 result.map_err(Error::from_io)?;
-                self.verify((*vb, *pb), crcs, &data.buf)?;
+                self.verify(run, &data.buf)?;
                 return Ok(data);
             }
         }
@@ -404,7 +406,14 @@ impl Volume {
             let Ok(pieces) = self.complete(resolution, blocks.start, blocks.end) else {
                 continue;
             };
-            let Ok([(vb, pblock, crcs)]) = <[_; 1]>::try_from(data_runs(&pieces)) else {
+            let Ok(
+                [DataRun {
+                    vblock: vb,
+                    pblock,
+                    crcs,
+                }],
+            ) = <[_; 1]>::try_from(data_runs(&pieces))
+            else {
                 continue;
             };
             if vb != blocks.start
@@ -460,13 +469,13 @@ impl Volume {
         let len = buf.len() as u64;
         let runs = data_runs(pieces);
         let (io, bufs) = (&self.inner.io, &self.inner.bufs);
-        let flights = runs
-            .iter()
-            .map(|(_, p, crcs)| Run::new(*p, crcs.len() as u64));
-        self.inner.behind.wait(flights).await;
+        self.inner
+            .behind
+            .wait(runs.iter().map(DataRun::pool_run))
+            .await;
         let results = join_all(
             runs.iter()
-                .map(|(_, p, crcs)| io.read(p * BS, bufs.get(crcs.len() * BSU))),
+                .map(|r| io.read(r.pblock * BS, bufs.get(r.crcs.len() * BSU))),
         )
         .await;
 
@@ -479,25 +488,25 @@ impl Volume {
             }
         }
         let mut outcome = Ok(());
-        for ((vb, pb, crcs), (data, result)) in runs.iter().zip(results) {
+        for (run, (data, result)) in runs.iter().zip(results) {
             if outcome.is_ok() {
                 outcome = result
                     .map_err(Error::from_io)
-                    .and_then(|()| self.verify((*vb, *pb), crcs, &data))
-                    .map(|()| copy_out(offset, buf, *vb, &data));
+                    .and_then(|()| self.verify(run, &data))
+                    .map(|()| copy_out(offset, buf, run.vblock, &data));
             }
             bufs.put(data);
         }
         outcome
     }
 
-    /// Verifies the blocks of one completed read of the run starting at
-    /// `(vblock, pblock)` against their checksums.
-    fn verify(&self, (vb, pb): (u64, u64), crcs: &[u32], data: &[u8]) -> Result<()> {
-        let Some(i) = first_mismatch(crcs, data) else {
+    /// Verifies the blocks of one completed read of `run` against their
+    /// checksums.
+    fn verify(&self, run: &DataRun, data: &[u8]) -> Result<()> {
+        let Some(i) = first_mismatch(&run.crcs, data) else {
             return Ok(());
         };
-        let (vblock, pblock) = (vb + i as u64, pb + i as u64);
+        let (vblock, pblock) = (run.vblock + i as u64, run.pblock + i as u64);
         tracing::error!(volume = %self.display(), vblock, pblock, "checksum mismatch");
         Err(Error::Checksum {
             offset: vblock * BS,
@@ -1082,19 +1091,37 @@ fn first_mismatch(crcs: &[u32], data: &[u8]) -> Option<usize> {
         .position(|(&crc, block)| crc32fast::hash(block) != crc)
 }
 
-/// Runs of data blocks contiguous both in the volume and in the pool:
-/// `(vblock, pblock, crcs)`.
-fn data_runs(pieces: &[Piece]) -> Vec<(u64, u64, Vec<u32>)> {
-    let mut runs: Vec<(u64, u64, Vec<u32>)> = Vec::new();
+/// Data blocks contiguous both in the volume and in the pool: one read.
+struct DataRun {
+    vblock: u64,
+    pblock: u64,
+    /// One per block.
+    crcs: Vec<u32>,
+}
+
+impl DataRun {
+    fn pool_run(&self) -> Run {
+        Run::new(self.pblock, self.crcs.len() as u64)
+    }
+}
+
+/// The data runs of `pieces`, in order; holes are left out.
+fn data_runs(pieces: &[Piece]) -> Vec<DataRun> {
+    let mut runs: Vec<DataRun> = Vec::new();
     for p in pieces {
         let Some(d) = &p.data else { continue };
         match runs.last_mut() {
-            Some((v, pb, crcs))
-                if *v + crcs.len() as u64 == p.vstart && *pb + crcs.len() as u64 == d.pstart =>
+            Some(r)
+                if r.vblock + r.crcs.len() as u64 == p.vstart
+                    && r.pblock + r.crcs.len() as u64 == d.pstart =>
             {
-                crcs.extend_from_slice(&d.crcs)
+                r.crcs.extend_from_slice(&d.crcs)
             }
-            _ => runs.push((p.vstart, d.pstart, d.crcs.clone())),
+            _ => runs.push(DataRun {
+                vblock: p.vstart,
+                pblock: d.pstart,
+                crcs: d.crcs.clone(),
+            }),
         }
     }
     runs
