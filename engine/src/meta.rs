@@ -328,7 +328,6 @@ fn free_deferred_pages(keys: usize) {
     }
 }
 
-/// What open reads up front.
 /// The allocator's summary record: what open needs to find free space
 /// without reading any bitmap chunk.
 #[derive(Debug, Default)]
@@ -339,6 +338,7 @@ pub(crate) struct AllocSummary {
     pub free: Vec<u32>,
 }
 
+/// What open reads up front.
 pub(crate) struct Loaded {
     /// `None` for a new pool.
     pub superblock: Option<Superblock>,

@@ -360,27 +360,24 @@ impl Volume {
         let first = offset / BS;
         let last = (offset + len as u64).div_ceil(BS);
         let ahead = self.read_ahead(offset, len as u64);
-        let runs = data_runs(&pieces);
-        if let [run] = runs.as_slice() {
-            if run.vblock == first && run.crcs.len() as u64 == last - first {
-                let start = (offset - first * BS) as usize;
-                if let Some(data) = self.take_chunk(ahead, run.pblock, &run.crcs).await {
-                    return Ok(PooledBuf::new(bufs.clone(), data, start, len));
-                }
-                self.inner
-                    .behind
-                    .wait(std::iter::once(run.pool_run()))
-                    .await;
-                let (data, result) = self
-                    .inner
-                    .io
-                    .read(run.pblock * BS, bufs.get(run.crcs.len() * BSU))
-                    .await;
-                let data = PooledBuf::new(bufs.clone(), data, start, len);
-                result.map_err(Error::from_io)?;
-                self.verify(run, &data.buf)?;
-                return Ok(data);
+        if let Some(run) = whole_run(&pieces, first..last) {
+            let start = (offset - first * BS) as usize;
+            if let Some(data) = self.take_chunk(ahead, run.pblock, &run.crcs).await {
+                return Ok(PooledBuf::new(bufs.clone(), data, start, len));
             }
+            self.inner
+                .behind
+                .wait(std::iter::once(run.pool_run()))
+                .await;
+            let (data, result) = self
+                .inner
+                .io
+                .read(run.pblock * BS, bufs.get(run.crcs.len() * BSU))
+                .await;
+            let data = PooledBuf::new(bufs.clone(), data, start, len);
+            result.map_err(Error::from_io)?;
+            self.verify(&run, &data.buf)?;
+            return Ok(data);
         }
         let mut data = PooledBuf::new(bufs.clone(), bufs.get(len), 0, len);
         self.read_mapped(offset, &mut data.buf, &pieces).await?;
@@ -406,32 +403,22 @@ impl Volume {
             let Ok(pieces) = self.complete(resolution, blocks.start, blocks.end) else {
                 continue;
             };
-            let Ok(
-                [DataRun {
-                    vblock: vb,
-                    pblock,
-                    crcs,
-                }],
-            ) = <[_; 1]>::try_from(data_runs(&pieces))
-            else {
+            let Some(run) = whole_run(&pieces, blocks) else {
                 continue;
             };
-            if vb != blocks.start
-                || crcs.len() as u64 != len / BS
-                || self.inner.behind.busy(pblock, len / BS)
-            {
+            if self.inner.behind.busy(run.pblock, len / BS) {
                 continue;
             }
             let read = self
                 .inner
                 .io
-                .start_read(pblock * BS, self.inner.bufs.get(len as usize));
+                .start_read(run.pblock * BS, self.inner.bufs.get(len as usize));
             self.inner.read_ahead.fetch_add(len, Ordering::Relaxed);
             self.ahead.lock().add(Chunk {
                 offset: start,
                 len,
-                pblock,
-                crcs,
+                pblock: run.pblock,
+                crcs: run.crcs,
                 releases,
                 read,
             });
@@ -1125,6 +1112,14 @@ fn data_runs(pieces: &[Piece]) -> Vec<DataRun> {
         }
     }
     runs
+}
+
+/// The one data run of `pieces` if it maps exactly volume blocks
+/// `blocks`: the range is then a single read into one buffer.
+fn whole_run(pieces: &[Piece], blocks: std::ops::Range<u64>) -> Option<DataRun> {
+    let [run] = <[_; 1]>::try_from(data_runs(pieces)).ok()?;
+    (run.vblock == blocks.start && run.crcs.len() as u64 == blocks.end - blocks.start)
+        .then_some(run)
 }
 
 /// Copies the part of the run read into `data` (starting at volume block
