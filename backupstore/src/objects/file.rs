@@ -20,6 +20,7 @@ use super::{ObjectError, ObjectMeta, ObjectStore, PutBatch};
 use crate::error::{Error, Result};
 
 mod batch;
+mod direct;
 
 use batch::{tmp_for, TMP_PREFIX};
 

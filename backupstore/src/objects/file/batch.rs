@@ -2,8 +2,11 @@
 //! for all their names, where single puts take two fsyncs each.
 //!
 //! Crash cases, in the order of a batch's steps:
-//! 1. `put` writes a temporary file and does not fsync it (it only starts
-//!    the writeback, `sync_file_range`, so the disk works meanwhile). A crash leaves
+//! 1. `put` writes a temporary file and does not fsync it: all but its
+//!    last partial 4 KiB goes to the disk with `O_DIRECT` (`direct`), and
+//!    `sync_file_range` starts the writeback of the rest, so the disk works
+//!    while the writer reads and hashes. Neither makes the file durable (its
+//!    size and extents are not committed, the device may cache). A crash leaves
 //!    `.tmp.*` files (listings skip them, `remove_leftovers` removes them)
 //!    and no new name.
 //! 2. `commit` calls `syncfs`: every temporary file's data is on disk before
@@ -36,7 +39,7 @@
 //! commits them, so what a batch holds does not grow with the data written.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -145,8 +148,6 @@ fn remove_all(pending: &[(PathBuf, PathBuf)]) {
     }
 }
 
-/// Writes `data` to a temporary file for `path` and records it in `state`;
-/// publishes the pending puts if there are [`MAX_PENDING`] of them now.
 /// Removes the temporary files of the puts not committed.
 pub(super) fn discard(state: &Mutex<State>) {
     let mut s = lock(state);
@@ -154,6 +155,9 @@ pub(super) fn discard(state: &Mutex<State>) {
     remove_all(&std::mem::take(&mut s.pending));
 }
 
+/// Writes `data` to a temporary file for `path` (around the page cache:
+/// see `direct`) and records it in `state`; publishes the pending puts if
+/// there are [`MAX_PENDING`] of them now.
 pub(super) fn stage(
     state: &Mutex<State>,
     root: &Path,
@@ -163,8 +167,8 @@ pub(super) fn stage(
 ) -> io::Result<()> {
     let (_, tmp) = tmp_for(&path)?;
     lock(state).root(root)?;
-    let written = File::create(&tmp).and_then(|mut f| {
-        f.write_all(data)?;
+    let written = File::create(&tmp).and_then(|f| {
+        super::direct::write_new(&f, data)?;
         start_writeback(&f)
     });
     if let Err(e) = written {
