@@ -209,12 +209,8 @@ impl ObjectStore for FileStore {
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let path = self.path("get", key)?;
-        self.blocking("get", key, move || match fs::read(&path) {
-            Ok(d) => Ok(Some(Bytes::from(d))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        })
-        .await
+        self.blocking("get", key, move || direct::read_whole(&path))
+            .await
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {

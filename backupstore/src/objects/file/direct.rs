@@ -1,4 +1,4 @@
-//! Writing a new object's file around the page cache.
+//! Writing and reading objects' files around the page cache.
 //!
 //! A backup writes each new chunk once and reads it again only for a
 //! restore, perhaps never. Copying it into the page cache costs a fresh
@@ -16,10 +16,13 @@
 //! write, and then gets a plain write of all of the data.
 
 use std::cell::RefCell;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use bytes::Bytes;
 
 /// The alignment `O_DIRECT` needs of offsets, lengths and the buffer: the
 /// largest logical block size of common devices.
@@ -104,10 +107,52 @@ fn write_direct(f: &File, data: &[u8]) -> io::Result<()> {
     })
 }
 
+/// The whole content of the file at `path`, or `None` if there is none.
+pub(super) fn read_whole(path: &Path) -> io::Result<Option<Bytes>> {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path);
+    let f = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return read_plain(path),
+        Err(e) => return Err(e),
+    };
+    let len = usize::try_from(f.metadata()?.len())
+        .map_err(|_| io::Error::other("object larger than memory"))?;
+    // Room to align the start and to read the last block whole.
+    let mut buf = vec![0u8; len.div_ceil(ALIGN) * ALIGN + ALIGN];
+    let start = buf.as_ptr().align_offset(ALIGN);
+    let mut done = 0;
+    while done < len {
+        match f.read_at(&mut buf[start + done..], done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return read_plain(path),
+            Err(e) => return Err(e),
+        }
+    }
+    if done != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{done} of {len} bytes read"),
+        ));
+    }
+    Ok(Some(Bytes::from(buf).slice(start..start + len)))
+}
+
+fn read_plain(path: &Path) -> io::Result<Option<Bytes>> {
+    match std::fs::read(path) {
+        Ok(d) => Ok(Some(Bytes::from(d))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
     const LENGTHS: [usize; 7] = [0, 100, ALIGN, ALIGN + 1, PIECE, PIECE + 60, 3 * PIECE + 5];
@@ -122,6 +167,8 @@ mod tests {
             let data = pattern(len);
             write_new(&File::create(&path).unwrap(), &data).unwrap();
             assert_eq!(std::fs::read(&path).unwrap(), data, "{len} bytes");
+            let read = read_whole(&path).unwrap().unwrap();
+            assert_eq!(&read[..], &data[..], "{len} bytes read around the cache");
         }
     }
 
@@ -149,6 +196,12 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_file_reads_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_whole(&dir.path().join("absent")).unwrap().is_none());
+    }
+
+    #[test]
     fn every_length_reads_back_and_the_aligned_part_skips_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
         write_and_check(dir.path());
@@ -167,6 +220,9 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         write_new(&File::create(&path).unwrap(), &pattern(PIECE + 60)).unwrap();
         assert_eq!(resident_pages(&path, pages), 0, "direct part not cached");
+        let read = read_whole(&path).unwrap().unwrap();
+        assert_eq!(&read[..], &pattern(PIECE + 60)[..]);
+        assert_eq!(resident_pages(&path, pages), 0, "nor read into the cache");
     }
 
     #[test]
